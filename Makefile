@@ -1,0 +1,97 @@
+# CMS server - build, run, test.
+#   make            build/cmsd, build/cmsctl, build/cms-monitor
+#   make asan       the same under build/asan/ with ASan+UBSan
+#   make run        dev PKI + private PostgreSQL + migrations + cmsd (foreground)
+#   make test       the whole suite (unit, black box, short fuzz)
+#   make bench      benchmarks (see docs/benchmarks.md)
+#   make fuzz       libFuzzer targets under build/fuzz/
+
+BUILD   ?= build
+CC      ?= cc
+PKGS     = libuv openssl libpq jansson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CURL_LIBS  := $(shell pkg-config --libs libcurl 2>/dev/null)
+WARN     = -Wall -Wextra -Wstrict-prototypes -Wshadow -Wconversion -Wno-sign-conversion \
+           -Wformat=2 -Wmissing-prototypes
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 $(WARN) -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE -fno-strict-aliasing
+ifdef WERROR
+CFLAGS  += -Werror
+endif
+LDLIBS   = $(PKG_LIBS) -lhttp_parser -lpthread -lm
+
+LIB_SRCS := $(sort $(wildcard server/base/*.c server/proto/*.c server/tls/*.c \
+              server/store/*.c server/pki/*.c server/svc/*.c server/net/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+CMSD_SRCS    := server/cmsd.c
+CMSCTL_SRCS  := $(sort $(wildcard tools/cmsctl/*.c))
+MONITOR_SRCS := $(sort $(wildcard tools/cms-monitor/*.c))
+FWVERIFY_SRCS := $(sort $(wildcard tools/cms-fwverify/*.c))
+UNIT_SRCS    := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BINS    := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+BINS = $(BUILD)/cmsd $(BUILD)/cmsctl $(BUILD)/cms-monitor
+ifneq ($(FWVERIFY_SRCS),)
+BINS += $(BUILD)/cms-fwverify
+endif
+
+.PHONY: all asan run test unit fuzz bench clean deps format
+all: $(BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libcms.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/cmsd: $(CMSD_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcms.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/cmsctl: $(CMSCTL_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcms.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) $(CURL_LIBS)
+$(BUILD)/cms-monitor: $(MONITOR_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcms.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/cms-fwverify: $(FWVERIFY_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcms.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcms.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) -lcmocka
+
+asan:
+	$(MAKE) BUILD=build/asan CC=clang \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" all $(addprefix build/asan/tests/,$(notdir $(UNIT_BINS)))
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRCS)
+	@mkdir -p $(dir $@)
+	clang -std=gnu11 -g -O1 -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	  -o $@ $< $(LIB_SRCS) $(PKG_LIBS) -lhttp_parser -lpthread -lm
+fuzz: $(FUZZ_BINS)
+
+run:
+	@tools/run.sh
+
+test:
+	@tools/test.sh
+
+bench:
+	@tools/bench.sh
+
+deps:
+	@tools/deps.sh
+
+format:
+	clang-format -i $(LIB_SRCS) $(CMSD_SRCS) $(CMSCTL_SRCS) $(MONITOR_SRCS) include/*.h tests/unit/*.c tests/fuzz/*.c
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,134 @@
+/*
+ * hl7.h - HL7 v2 ER7 ("pipe") message parsing and ACK encoding.
+ *
+ * hl7_parse() indexes a message without copying it: segments are split on CR
+ * (LF and CRLF tolerated), delimiters come from MSH-1 (field separator) and
+ * MSH-2 (component, repetition, escape, subcomponent). Accessors return the
+ * raw (still escaped) slice of a field/component; hl7_unescape() decodes
+ * \F\ \S\ \T\ \R\ \E\ and \Xhh..\ (other escapes such as \H\ \N\ are dropped).
+ *
+ * Field numbering follows the standard: for MSH, field 1 is the field
+ * separator itself and field 2 the encoding characters, so MSH-10 is
+ * hl7_field(msg, msh, 10); for other segments field 1 is the first after the
+ * segment name. Repetitions, components and subcomponents are 1-based.
+ *
+ * Thread: any; no global state.
+ */
+#ifndef CMS_HL7_H
+#define CMS_HL7_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HL7_MAX_SEGMENTS 1024
+
+typedef struct hl7_delims {
+    char field, comp, rep, esc, sub;
+} hl7_delims;
+
+/* A borrowed slice into the message buffer. */
+typedef struct hl7_str {
+    const char *p;
+    size_t len;
+} hl7_str;
+
+typedef struct hl7_msg {
+    const char *buf; /* borrowed; must outlive the hl7_msg */
+    size_t len;
+    hl7_delims d;
+    size_t nseg;
+    hl7_str seg[HL7_MAX_SEGMENTS]; /* each whole segment, without CR */
+} hl7_msg;
+
+/*
+ * Parses buf (len bytes; need not be NUL-terminated). Returns CMS_OK,
+ * CMS_EPROTO (no MSH first, bad delimiters, empty, control characters, ...)
+ * or CMS_ELIMIT (more than HL7_MAX_SEGMENTS). On error, reason (cap bytes)
+ * receives a short human-readable explanation.
+ */
+int hl7_parse(hl7_msg *m, const char *buf, size_t len, char *reason, size_t cap);
+
+/* Index of the first segment named name ("PID") at or after from, or -1. */
+int hl7_find_segment(const hl7_msg *m, const char *name, size_t from);
+/* The segment name (first three bytes), as a slice. */
+hl7_str hl7_segment_name(const hl7_msg *m, size_t seg);
+
+/*
+ * Raw slice of field f, repetition r, component c, subcomponent s of segment
+ * seg (r/c/s 1-based; pass 0 for "the whole thing at that level"). An absent
+ * element yields an empty slice (p may be NULL, len 0).
+ */
+hl7_str hl7_get(const hl7_msg *m, size_t seg, unsigned f, unsigned r, unsigned c, unsigned s);
+/* Shorthand for hl7_get(m, seg, f, 0, 0, 0). */
+hl7_str hl7_field(const hl7_msg *m, size_t seg, unsigned f);
+
+/*
+ * Unescapes src into out (cap bytes, always NUL-terminated when cap > 0).
+ * Returns the unescaped length, or CMS_ELIMIT if it does not fit, or
+ * CMS_EPROTO for a malformed escape sequence.
+ */
+int hl7_unescape(const hl7_msg *m, hl7_str src, char *out, size_t cap);
+/* hl7_get + hl7_unescape into out. Same returns as hl7_unescape. */
+int hl7_get_text(const hl7_msg *m, size_t seg, unsigned f, unsigned r, unsigned c,
+                 unsigned s, char *out, size_t cap);
+
+/*
+ * Escapes text for use inside a field with delimiters d (| ^ ~ \ & become
+ * \F\ \S\ \R\ \E\ \T\; CR/LF become a space). Returns length or CMS_ELIMIT.
+ */
+int hl7_escape(const hl7_delims *d, const char *text, char *out, size_t cap);
+
+/*
+ * A point in time from an HL7 DTM/TS value: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ].
+ * has_tz = 0 when the value carried no offset (then it is the sender's local
+ * time and the caller applies the configured default zone).
+ */
+typedef struct hl7_time {
+    int year, month, day, hour, minute, second;
+    int usec;
+    int has_tz;
+    int tz_offset_min; /* east of UTC, e.g. +0100 -> 60 */
+    int precision;     /* number of digits given before the fraction: 4..14 */
+} hl7_time;
+
+/* Parses a DTM. Returns CMS_OK or CMS_EPROTO (bad syntax or out-of-range value). */
+int hl7_time_parse(hl7_str s, hl7_time *t);
+/*
+ * Formats t as an ISO 8601 string that PostgreSQL accepts as timestamptz:
+ * "2026-11-15 08:30:00.310000+01:00", or without the offset when !has_tz.
+ * Returns length or CMS_ELIMIT (cap >= 40 always suffices).
+ */
+int hl7_time_format(const hl7_time *t, char *out, size_t cap);
+
+/* ACK codes (MSA-1). */
+enum hl7_ack_code { HL7_AA = 0, HL7_AE = 1, HL7_AR = 2 };
+
+typedef struct hl7_ack {
+    enum hl7_ack_code code;
+    /* From the message being acknowledged (unescaped text, may be ""): */
+    const char *their_app;      /* MSH-3, becomes our MSH-5 */
+    const char *their_facility; /* MSH-4, becomes our MSH-6 */
+    const char *control_id;     /* MSH-10, becomes MSA-2 */
+    const char *version;        /* MSH-12, echoed; "2.6" if empty */
+    const char *trigger;        /* MSH-9.2 (e.g. "R01"), echoed in ACK^<trigger>^ACK */
+    /* Ours: */
+    const char *our_app;        /* our MSH-3 */
+    const char *our_facility;   /* our MSH-4 */
+    const char *ack_control_id; /* our MSH-10 (unique per ACK) */
+    const char *timestamp;      /* our MSH-7, HL7 DTM (e.g. 20261128061454.123+0000) */
+    /* For AE/AR: human-readable reason (MSA-3 and ERR-8) and HL7 error code
+     * (table 0357, e.g. "100" segment sequence error, "101" required field
+     * missing, "102" data type error, "200" unsupported message type,
+     * "203" unsupported version, "207" application internal error). */
+    const char *reason;
+    const char *err_code;
+} hl7_ack;
+
+/*
+ * Encodes an ACK (MSH, MSA, and ERR when code != AA), segments ending in CR,
+ * without MLLP framing, using the standard delimiters |^~\&. All text is
+ * escaped. Returns the length or CMS_ELIMIT if cap is too small.
+ */
+int hl7_ack_encode(const hl7_ack *a, char *out, size_t cap);
+
+#endif

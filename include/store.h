@@ -1,0 +1,144 @@
+/*
+ * store.h - PostgreSQL on the event loop (async libpq), group commit.
+ *
+ * The store owns a small set of libpq connections driven without blocking:
+ * PQconnectStart/PQconnectPoll, PQsendQueryParams, PQflush with writable
+ * interest while it returns 1, PQconsumeInput/PQisBusy/PQgetResult on
+ * readable, a uv_poll_t on PQsocket() per connection and a uv_timer_t per
+ * query (query_timeout_ms; on expiry the connection is reset). One close
+ * path per connection; a lost connection is reconnected with exponential
+ * backoff (reconnect_min_ms doubling to reconnect_max_ms), logged.
+ *
+ *   - the ingest connection runs group commits: messages queued with
+ *     store_ingest() are sent as one statement (array parameters to
+ *     cms.ingest_batch(), one transaction) when batch_max_msgs are queued or
+ *     batch_max_delay_ms after the first one was queued; each message's
+ *     callback runs only after that statement (and so its COMMIT) succeeded.
+ *     If the connection is lost while a batch is in flight, the outcome is
+ *     unknown, so the whole batch is sent again after reconnecting: the
+ *     (device, control id) dedup key makes that exactly-once.
+ *     If the batch fails with a data error (SQLSTATE class 22 or 23), it is
+ *     split and retried one message at a time so that only the offending
+ *     message fails (callback with CMS_EPROTO).
+ *     While the database is unreachable, queued messages wait; a message that
+ *     has waited longer than ingest_timeout_ms fails with CMS_EUNAVAIL (the
+ *     sender gets AE and resends later).
+ *   - the control connection runs everything else (device lookups, audit
+ *     rows, maintenance) one query at a time from a FIFO queue.
+ *
+ * Never a blocking libpq call after store_new() returns.
+ * Thread: the loop's thread only.
+ */
+#ifndef CMS_STORE_H
+#define CMS_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "pcd01.h"
+
+typedef struct store store_t;
+
+typedef struct store_config {
+    const char *conninfo;        /* libpq connection string (borrowed, copied) */
+    const char *timezone;        /* session TimeZone for times without offset, e.g. "UTC" */
+    unsigned batch_max_msgs;     /* flush a batch at this many messages (default 256) */
+    unsigned batch_max_delay_ms; /* ... or this long after the first one (default 5) */
+    unsigned max_queued_msgs;    /* backlog limit: above it store_ingest refuses (default 20000) */
+    unsigned query_timeout_ms;   /* per statement (default 10000) */
+    unsigned ingest_timeout_ms;  /* a queued message fails after this (default 30000) */
+    unsigned reconnect_min_ms;   /* backoff start (default 100) */
+    unsigned reconnect_max_ms;   /* backoff cap (default 5000) */
+    unsigned retention_days;     /* drop observation partitions older (0 = keep) */
+    unsigned partitions_ahead_days; /* create daily partitions ahead (default 7) */
+} store_config;
+
+/* Fills c with the defaults above (conninfo "", timezone "UTC"). */
+void store_config_defaults(store_config *c);
+
+/*
+ * Creates the store and starts connecting (asynchronously). Returns NULL on
+ * allocation failure only; connection problems are retried with backoff and
+ * logged. loop and cfg are borrowed (cfg is copied).
+ */
+store_t *store_new(uv_loop_t *loop, const store_config *cfg);
+
+/* True once both connections are up (for readiness / health). */
+bool store_ready(const store_t *s);
+
+/*
+ * Called with the result of a store_ingest():
+ *   status CMS_OK       committed (duplicate = true when the (device,
+ *                       control id) pair was already stored: nothing new
+ *                       was written, and the sender gets AA again);
+ *   status CMS_EPROTO   the database refused this message's data (AE);
+ *   status CMS_EUNAVAIL database unavailable for ingest_timeout_ms (AE);
+ *   status CMS_ECLOSED  the store is shutting down (no ACK is sent).
+ * Runs on the loop thread, exactly once per accepted store_ingest().
+ */
+typedef void (*store_ingest_cb)(void *ctx, int status, bool duplicate);
+
+/*
+ * Queues one message of device_id for the next group commit. msg is copied
+ * (borrowed only during the call); received_at is the server's receive time
+ * (an ISO string as hl7_time_format produces). Returns CMS_OK (cb will be
+ * called once), CMS_ELIMIT when max_queued_msgs are already queued, or
+ * CMS_ECLOSED after store_close (cb is not called on error).
+ */
+int store_ingest(store_t *s, int64_t device_id, const pcd01_msg *msg,
+                 store_ingest_cb cb, void *ctx);
+
+/* Messages queued or in flight (for backpressure decisions). */
+size_t store_backlog(const store_t *s);
+
+/*
+ * Registers a callback run whenever the backlog falls back below half of
+ * max_queued_msgs after store_ingest() refused with CMS_ELIMIT (so the
+ * caller can resume reading from its peers). ctx is borrowed.
+ */
+void store_on_drain(store_t *s, void (*cb)(void *ctx), void *ctx);
+
+/* Result of a device lookup by certificate CN (serial). */
+typedef struct store_device {
+    int64_t id;
+    char serial[64];
+    char status[16];        /* "pending", "active", "revoked", "decommissioned" */
+    size_t nidents;
+    char idents[8][64];     /* other identifiers (e.g. EUI-64) from cms.device_identifiers */
+} store_device;
+
+/*
+ * Called with the result of store_device_lookup():
+ *   CMS_OK (dev filled; dev is borrowed for the call), CMS_EPERM (no such
+ *   device), CMS_EUNAVAIL (database unavailable or query failed), CMS_ECLOSED.
+ */
+typedef void (*store_device_cb)(void *ctx, int status, const store_device *dev);
+
+/*
+ * Looks up a device by serial on the control connection and, in the same
+ * statement, records last_seen_at/last_peer when found (peer may be NULL).
+ * Returns CMS_OK (cb will be called once), CMS_ELIMIT (control queue full),
+ * CMS_ECLOSED. serial and peer are copied.
+ */
+int store_device_lookup(store_t *s, const char *serial, const char *peer,
+                        store_device_cb cb, void *ctx);
+
+/*
+ * Appends an audit event (fire and forget, queued on the control connection
+ * and retried across reconnects; the queue is bounded, and an overflow is
+ * logged as an error). event: e.g. "impersonation", "tls_refused".
+ * device, peer, actor may be NULL. detail: a JSON object text or NULL.
+ * All strings are copied. The row's hash chain is computed by the database.
+ */
+void store_audit(store_t *s, const char *event, const char *actor,
+                 const char *device, const char *peer, const char *detail_json);
+
+/*
+ * Stops accepting work, fails queued-but-unsent messages with CMS_ECLOSED,
+ * waits for an in-flight batch (up to query_timeout_ms), closes the
+ * connections and handles, then calls cb(ctx) and frees s.
+ */
+void store_close(store_t *s, void (*cb)(void *ctx), void *ctx);
+
+#endif
