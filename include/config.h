@@ -1,0 +1,98 @@
+/*
+ * config.h - cmsd configuration file.
+ *
+ * Format: one "key = value" per line; '#' starts a comment; blank lines are
+ * ignored; values may be double-quoted (then \" and \\ are escapes). Unknown
+ * keys, duplicate keys and malformed values are errors (a typo must not
+ * silently fall back to a default). Paths are taken as given (relative to the
+ * working directory).
+ *
+ * Keys (default in brackets):
+ *   mllp_listen            [127.0.0.1:2575]  HL7 MLLP over TLS listener, host:port ([v6]:port)
+ *   https_listen           [127.0.0.1:8443]  HTTPS listener (EST, firmware, admin, health); "" = off
+ *   workers                [1]     event loops (threads) sharing the listeners via SO_REUSEPORT
+ *   tls_cert               (required) server certificate chain, PEM
+ *   tls_key                (required) server private key, PEM; must not be group/world-accessible
+ *   tls_device_ca          (required) CA bundle that issues device certificates, PEM
+ *   tls_operator_ca        [""]    CA bundle for operator certificates (admin API)
+ *   tls_crl                [""]    CRL file (PEM) checked for device certificates
+ *   tls_session_timeout_s  [300]   TLS session ticket/cache lifetime (resumption)
+ *   db_conninfo            (required) libpq connection string
+ *   db_timezone            [UTC]   zone for HL7 times that carry no UTC offset
+ *   db_connect_timeout_s   [60]    at start, give up (exit 1) if the database stays unreachable this long
+ *   max_connections        [20000] connections per worker; beyond, new ones are closed at accept
+ *   max_frame_bytes        [1048576] largest MLLP frame accepted; larger closes the connection
+ *   preauth_buffer_bytes   [16384] input buffered before a peer is authenticated
+ *   handshake_timeout_ms   [10000] TLS handshake + device check must finish within this
+ *   idle_timeout_ms        [120000] close a connection silent for this long
+ *   write_timeout_ms       [30000] close a connection whose output does not drain in this time
+ *   max_pending_per_conn   [64]    frames awaiting commit/ACK per connection; then stop reading
+ *   max_output_bytes       [1048576] unsent output per connection; beyond, the connection closes
+ *   batch_max_msgs         [256]   group commit: flush at this many messages
+ *   batch_max_delay_ms     [5]     group commit: or this long after the first queued message
+ *   max_queued_msgs        [20000] global ingest backlog; above it every connection stops reading
+ *   db_query_timeout_ms    [10000] per SQL statement
+ *   ingest_timeout_ms      [30000] a message waiting for the database this long gets AE
+ *   db_reconnect_min_ms    [100]   reconnect backoff start
+ *   db_reconnect_max_ms    [5000]  reconnect backoff cap
+ *   retention_days         [0]     drop observation partitions older than this (0 = keep all)
+ *   partitions_ahead_days  [7]     daily observation partitions created ahead
+ *   hl7_app                [CMS]   our MSH-3 in ACKs
+ *   hl7_facility           [CMS]   our MSH-4 in ACKs
+ *   log_level              [info]  debug | info | warn | error
+ *
+ * Thread: load once at start-up; the struct is read-only afterwards.
+ */
+#ifndef CMS_CONFIG_H
+#define CMS_CONFIG_H
+
+#include <stddef.h>
+
+#define CONFIG_STR 512
+
+typedef struct cms_config {
+    char mllp_listen[CONFIG_STR];
+    char https_listen[CONFIG_STR];
+    unsigned workers;
+    char tls_cert[CONFIG_STR];
+    char tls_key[CONFIG_STR];
+    char tls_device_ca[CONFIG_STR];
+    char tls_operator_ca[CONFIG_STR];
+    char tls_crl[CONFIG_STR];
+    unsigned tls_session_timeout_s;
+    char db_conninfo[CONFIG_STR * 2];
+    char db_timezone[64];
+    unsigned db_connect_timeout_s;
+    unsigned max_connections;
+    unsigned max_frame_bytes;
+    unsigned preauth_buffer_bytes;
+    unsigned handshake_timeout_ms;
+    unsigned idle_timeout_ms;
+    unsigned write_timeout_ms;
+    unsigned max_pending_per_conn;
+    unsigned max_output_bytes;
+    unsigned batch_max_msgs;
+    unsigned batch_max_delay_ms;
+    unsigned max_queued_msgs;
+    unsigned db_query_timeout_ms;
+    unsigned ingest_timeout_ms;
+    unsigned db_reconnect_min_ms;
+    unsigned db_reconnect_max_ms;
+    unsigned retention_days;
+    unsigned partitions_ahead_days;
+    char hl7_app[64];
+    char hl7_facility[64];
+    char log_level[16];
+} cms_config;
+
+/* Fills c with the defaults listed above (required paths empty). */
+void config_defaults(cms_config *c);
+
+/*
+ * Loads path over the defaults and validates (required keys present, ranges,
+ * key file permissions). Returns CMS_OK, or CMS_EINVAL with a message
+ * "file:line: reason" in err (cap bytes).
+ */
+int config_load(cms_config *c, const char *path, char *err, size_t cap);
+
+#endif
