@@ -1,0 +1,321 @@
+/*
+ * tls.c - OpenSSL 3 over memory BIOs. See tls.h for the data flow and the
+ * WANT_READ/WANT_WRITE rule.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "cms_err.h"
+#include "tls.h"
+
+struct tls_ctx {
+    SSL_CTX *ssl_ctx;
+};
+
+/* Copies the oldest queued OpenSSL error into err and clears the queue. */
+static void ssl_error_string(char *err, size_t cap, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    char buf[256] = "unknown error";
+    if (e)
+        ERR_error_string_n(e, buf, sizeof(buf));
+    if (err && cap)
+        snprintf(err, cap, "%s: %s", what, buf);
+    ERR_clear_error();
+}
+
+static int load_crl(SSL_CTX *ssl_ctx, const char *crl_file, char *err, size_t cap)
+{
+    X509_STORE *store = SSL_CTX_get_cert_store(ssl_ctx);
+    X509_LOOKUP *lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+    if (!lookup || X509_load_crl_file(lookup, crl_file, X509_FILETYPE_PEM) <= 0) {
+        ssl_error_string(err, cap, "cannot load CRL");
+        return CMS_EINVAL;
+    }
+    X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+    return CMS_OK;
+}
+
+tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
+{
+    tls_ctx *ctx = calloc(1, sizeof(*ctx));
+    SSL_CTX *c = NULL;
+    STACK_OF(X509_NAME) *names = NULL;
+    if (!ctx) {
+        snprintf(err, cap, "out of memory");
+        return NULL;
+    }
+    ERR_clear_error();
+    c = SSL_CTX_new(TLS_server_method());
+    if (!c) {
+        ssl_error_string(err, cap, "SSL_CTX_new");
+        goto fail;
+    }
+    SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+    SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                               SSL_OP_NO_COMPRESSION);
+    /* Idle connections give their read/write buffers back (many mostly idle monitors). */
+    SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);
+    if (SSL_CTX_set_cipher_list(c, "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1") != 1 ||
+        SSL_CTX_set1_groups_list(c, "X25519:P-256:P-384") != 1) {
+        ssl_error_string(err, cap, "cipher/group configuration");
+        goto fail;
+    }
+    if (SSL_CTX_use_certificate_chain_file(c, cfg->cert_file) != 1) {
+        ssl_error_string(err, cap, "cannot load tls_cert");
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(c, cfg->key_file, SSL_FILETYPE_PEM) != 1) {
+        /* Never print key material: OpenSSL's error string names only the failure. */
+        ssl_error_string(err, cap, "cannot load tls_key");
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(c) != 1) {
+        ssl_error_string(err, cap, "tls_key does not match tls_cert");
+        goto fail;
+    }
+    if (SSL_CTX_load_verify_locations(c, cfg->client_ca_file, NULL) != 1) {
+        ssl_error_string(err, cap, "cannot load client CA file");
+        goto fail;
+    }
+    names = SSL_load_client_CA_file(cfg->client_ca_file);
+    if (!names) {
+        ssl_error_string(err, cap, "client CA file has no certificates");
+        goto fail;
+    }
+    SSL_CTX_set_client_CA_list(c, names); /* takes ownership */
+    int mode = SSL_VERIFY_PEER;
+    if (cfg->client_auth == TLS_CLIENT_CERT_REQUIRE)
+        mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    SSL_CTX_set_verify(c, mode, NULL);
+    SSL_CTX_set_verify_depth(c, 4);
+    if (cfg->crl_file && cfg->crl_file[0] && load_crl(c, cfg->crl_file, err, cap) != CMS_OK)
+        goto fail;
+
+    const char *sid = cfg->session_id_context ? cfg->session_id_context : "cms";
+    SSL_CTX_set_session_id_context(c, (const unsigned char *)sid, (unsigned)strlen(sid));
+    if (cfg->session_timeout_s == 0) {
+        SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(c, 0);
+    } else {
+        /* Stateless tickets only: no server-side cache to grow with sessions.
+         * A resumed session still goes through the device status check above
+         * this layer, so resumption never skips authorisation. */
+        SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_timeout(c, (long)cfg->session_timeout_s);
+        SSL_CTX_set_num_tickets(c, 1);
+    }
+    ctx->ssl_ctx = c;
+    return ctx;
+fail:
+    SSL_CTX_free(c);
+    free(ctx);
+    return NULL;
+}
+
+void tls_ctx_free(tls_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    SSL_CTX_free(ctx->ssl_ctx);
+    free(ctx);
+}
+
+SSL_CTX *tls_ctx_ssl_ctx(tls_ctx *ctx)
+{
+    return ctx->ssl_ctx;
+}
+
+int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
+{
+    return load_crl(ctx->ssl_ctx, crl_file, err, cap);
+}
+
+static int conn_init(tls_conn *tc, SSL_CTX *c)
+{
+    memset(tc, 0, sizeof(*tc));
+    tc->ssl = SSL_new(c);
+    tc->rbio = BIO_new(BIO_s_mem());
+    tc->wbio = BIO_new(BIO_s_mem());
+    if (!tc->ssl || !tc->rbio || !tc->wbio) {
+        BIO_free(tc->rbio);
+        BIO_free(tc->wbio);
+        SSL_free(tc->ssl);
+        memset(tc, 0, sizeof(*tc));
+        return CMS_ENOMEM;
+    }
+    /* An empty rbio means "no data yet", not EOF. */
+    BIO_set_mem_eof_return(tc->rbio, -1);
+    BIO_set_mem_eof_return(tc->wbio, -1);
+    SSL_set_bio(tc->ssl, tc->rbio, tc->wbio); /* ssl owns both now */
+    return CMS_OK;
+}
+
+int tls_conn_init_server(tls_conn *tc, tls_ctx *ctx)
+{
+    int rc = conn_init(tc, ctx->ssl_ctx);
+    if (rc == CMS_OK)
+        SSL_set_accept_state(tc->ssl);
+    return rc;
+}
+
+int tls_conn_init_client(tls_conn *tc, SSL_CTX *ctx, const char *sni)
+{
+    int rc = conn_init(tc, ctx);
+    if (rc != CMS_OK)
+        return rc;
+    if (sni && *sni)
+        SSL_set_tlsext_host_name(tc->ssl, sni);
+    SSL_set_connect_state(tc->ssl);
+    return CMS_OK;
+}
+
+void tls_conn_free(tls_conn *tc)
+{
+    if (tc->ssl)
+        SSL_free(tc->ssl); /* frees rbio and wbio */
+    memset(tc, 0, sizeof(*tc));
+}
+
+int tls_conn_feed(tls_conn *tc, const void *data, size_t len)
+{
+    if (len == 0)
+        return CMS_OK;
+    if (len > INT32_MAX || BIO_write(tc->rbio, data, (int)len) != (int)len)
+        return CMS_ENOMEM;
+    return CMS_OK;
+}
+
+int tls_conn_handshake(tls_conn *tc, char *reason, size_t cap)
+{
+    if (tc->handshake_done)
+        return CMS_OK;
+    ERR_clear_error();
+    int r = SSL_do_handshake(tc->ssl);
+    if (r == 1) {
+        tc->handshake_done = true;
+        return CMS_OK;
+    }
+    int e = SSL_get_error(tc->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return CMS_EAGAIN;
+    long vr = SSL_get_verify_result(tc->ssl);
+    if (vr != X509_V_OK) {
+        if (reason && cap)
+            snprintf(reason, cap, "client certificate refused: %s",
+                     X509_verify_cert_error_string(vr));
+        ERR_clear_error();
+        return CMS_EPERM;
+    }
+    unsigned long err = ERR_peek_error();
+    if (err && ERR_GET_REASON(err) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+        if (reason && cap)
+            snprintf(reason, cap, "no client certificate presented");
+        ERR_clear_error();
+        return CMS_EPERM;
+    }
+    ssl_error_string(reason, cap, "handshake failed");
+    return CMS_EPROTO;
+}
+
+int tls_conn_read(tls_conn *tc, void *buf, size_t cap)
+{
+    ERR_clear_error();
+    int n = SSL_read(tc->ssl, buf, cap > INT32_MAX ? INT32_MAX : (int)cap);
+    if (n > 0)
+        return n;
+    int e = SSL_get_error(tc->ssl, n);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        return CMS_EAGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return CMS_ECLOSED;
+    default:
+        ERR_clear_error();
+        return CMS_EPROTO;
+    }
+}
+
+int tls_conn_write(tls_conn *tc, const void *data, size_t len)
+{
+    if (len == 0)
+        return CMS_OK;
+    ERR_clear_error();
+    size_t written = 0;
+    int r = SSL_write_ex(tc->ssl, data, len, &written);
+    if (r == 1 && written == len)
+        return CMS_OK;
+    ERR_clear_error();
+    return CMS_EPROTO;
+}
+
+void tls_conn_shutdown(tls_conn *tc)
+{
+    if (!tc->ssl)
+        return;
+    ERR_clear_error();
+    if (tc->handshake_done)
+        (void)SSL_shutdown(tc->ssl);
+    ERR_clear_error();
+}
+
+size_t tls_conn_pending_output(const tls_conn *tc)
+{
+    return tc->wbio ? BIO_ctrl_pending(tc->wbio) : 0;
+}
+
+long tls_conn_take_output(tls_conn *tc, char **out)
+{
+    *out = NULL;
+    size_t n = tls_conn_pending_output(tc);
+    if (n == 0)
+        return 0;
+    char *buf = malloc(n);
+    if (!buf)
+        return CMS_ENOMEM;
+    int r = BIO_read(tc->wbio, buf, (int)n);
+    if (r <= 0) {
+        free(buf);
+        return 0;
+    }
+    *out = buf;
+    return r;
+}
+
+int tls_conn_peer_cn(const tls_conn *tc, char *out, size_t cap)
+{
+    X509 *peer = SSL_get0_peer_certificate(tc->ssl);
+    if (!peer || SSL_get_verify_result(tc->ssl) != X509_V_OK)
+        return CMS_EPERM;
+    X509_NAME *name = X509_get_subject_name(peer);
+    int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+    if (idx < 0 || X509_NAME_get_index_by_NID(name, NID_commonName, idx) >= 0)
+        return CMS_EPROTO;
+    const ASN1_STRING *s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+    const unsigned char *p = ASN1_STRING_get0_data(s);
+    int len = ASN1_STRING_length(s);
+    if (len <= 0 || (size_t)len >= cap)
+        return CMS_EPROTO;
+    for (int i = 0; i < len; i++)
+        if (p[i] < 0x21 || p[i] > 0x7e)
+            return CMS_EPROTO;
+    memcpy(out, p, (size_t)len);
+    out[len] = '\0';
+    return CMS_OK;
+}
+
+bool tls_conn_resumed(const tls_conn *tc)
+{
+    return SSL_session_reused(tc->ssl) == 1;
+}
+
+const char *tls_conn_version(const tls_conn *tc)
+{
+    return SSL_get_version(tc->ssl);
+}
