@@ -1,0 +1,132 @@
+/*
+ * net.h - TCP listeners and TLS connections on a libuv loop.
+ *
+ * The net layer owns sockets, timers, limits and the single close path; it
+ * knows nothing of HL7, HTTP or SQL. A protocol plugs in with a net_proto
+ * (callbacks + per-connection state size). Life of a connection:
+ *
+ *   accept -> NET_HANDSHAKE --TLS done--> proto->on_handshake()
+ *          -> NET_AUTHORIZING (until the protocol calls net_conn_activate)
+ *          -> NET_ACTIVE (plaintext goes to proto->on_data)
+ *          -> NET_DRAINING (net_conn_close: output flushed, TLS close_notify, FIN)
+ *          -> NET_CLOSED (handles closed; memory freed when no reference remains)
+ *
+ * Every callback checks the state first; callbacks that arrive after close
+ * do nothing. proto->on_close runs exactly once, when the connection leaves
+ * the open states, whatever the reason. Memory is freed only after libuv's
+ * close callbacks and the last net_conn_unref().
+ *
+ * Timers: one per connection, lazily re-armed: handshake_timeout_ms until
+ * NET_ACTIVE, idle_timeout_ms of no input after that, write_timeout_ms while
+ * output waits to be sent (also bounds NET_DRAINING).
+ *
+ * Thread: everything here runs on the loop's thread.
+ */
+#ifndef CMS_NET_H
+#define CMS_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "tls.h"
+
+typedef struct net_conn net_conn;
+typedef struct net_server net_server;
+
+enum net_state {
+    NET_HANDSHAKE = 0,
+    NET_AUTHORIZING,
+    NET_ACTIVE,
+    NET_DRAINING,
+    NET_CLOSED
+};
+
+typedef struct net_limits {
+    unsigned max_connections;      /* per server (loop); extra connections are closed at accept */
+    unsigned handshake_timeout_ms; /* accept -> NET_ACTIVE */
+    unsigned idle_timeout_ms;      /* no input while NET_ACTIVE */
+    unsigned write_timeout_ms;     /* output not drained */
+    unsigned max_output_bytes;     /* unsent ciphertext; beyond, the connection is closed */
+    unsigned preauth_buffer_bytes; /* plaintext accepted before NET_ACTIVE (then closed) */
+} net_limits;
+
+typedef struct net_proto {
+    const char *name;    /* "mllp", "https": for logs */
+    size_t session_size; /* bytes of zeroed protocol state allocated with each connection */
+    /*
+     * TLS handshake complete (peer certificate verified if one was required).
+     * Return CMS_OK to activate at once, CMS_EAGAIN when the protocol will
+     * call net_conn_activate() or net_conn_close() later, or a negative
+     * cms_err to close now.
+     */
+    int (*on_handshake)(net_conn *c);
+    /*
+     * Decrypted bytes while NET_ACTIVE. data is borrowed for the call.
+     * Return CMS_OK, or a negative cms_err to close (output queued before is
+     * still flushed).
+     */
+    int (*on_data)(net_conn *c, const char *data, size_t len);
+    /* The connection is closing; release what the session holds. Once. */
+    void (*on_close)(net_conn *c);
+} net_proto;
+
+/* Creates the per-loop server object. loop and limits are borrowed (limits copied). */
+net_server *net_server_new(uv_loop_t *loop, const net_limits *limits);
+
+/*
+ * Listens on "host:port" ("[v6]:port" for IPv6) with SO_REUSEPORT (so several
+ * loops may listen on the same address). tls and proto are borrowed and must
+ * outlive the server; proto_ctx is handed to the protocol via
+ * net_conn_proto_ctx(). Returns CMS_OK or CMS_EINVAL (bad address, bind
+ * failure) with a reason in err.
+ */
+int net_listen(net_server *s, const char *addr, tls_ctx *tls, const net_proto *proto,
+               void *proto_ctx, char *err, size_t cap);
+
+/* Stops accepting, closes every connection, then calls cb(ctx) and frees s. */
+void net_server_close(net_server *s, void (*cb)(void *ctx), void *ctx);
+
+/* Number of open connections. */
+size_t net_server_conn_count(const net_server *s);
+
+/* Calls fn for every connection in NET_ACTIVE/NET_AUTHORIZING state. */
+void net_server_foreach(net_server *s, void (*fn)(net_conn *c, void *arg), void *arg);
+
+/* Accessors. The pointers are borrowed and live as long as the connection. */
+void *net_conn_session(net_conn *c);        /* the proto's session_size bytes */
+void *net_conn_proto_ctx(net_conn *c);      /* as given to net_listen */
+tls_conn *net_conn_tls(net_conn *c);
+enum net_state net_conn_state(const net_conn *c);
+const char *net_conn_peer(const net_conn *c);   /* "ip:port" */
+const char *net_conn_identity(const net_conn *c);/* set by the protocol, "" until then */
+void net_conn_set_identity(net_conn *c, const char *id);
+uv_loop_t *net_conn_loop(net_conn *c);
+
+/* NET_AUTHORIZING -> NET_ACTIVE; delivers input that arrived meanwhile. */
+void net_conn_activate(net_conn *c);
+
+/*
+ * Encrypts and queues plaintext. Returns CMS_OK, CMS_ECLOSED (not open),
+ * CMS_ELIMIT (output limit hit: the connection is being closed).
+ */
+int net_conn_write(net_conn *c, const void *data, size_t len);
+
+/* Stops / resumes reading input (backpressure). Idempotent. */
+void net_conn_pause(net_conn *c);
+void net_conn_resume(net_conn *c);
+bool net_conn_paused(const net_conn *c);
+
+/*
+ * The one close path. Idempotent. Flushes queued output and a TLS
+ * close_notify (bounded by write_timeout_ms), then closes. reason goes to
+ * the log line (may be NULL for a quiet close).
+ */
+void net_conn_close(net_conn *c, const char *reason);
+
+/* Keeps the connection's memory alive past close (e.g. a pending query). */
+void net_conn_ref(net_conn *c);
+void net_conn_unref(net_conn *c);
+
+#endif

@@ -1,0 +1,506 @@
+/*
+ * conn.c - one TLS connection on the loop: read, handshake, write, timers,
+ * and the single close path. See net.h for the state machine.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cms_err.h"
+#include "log.h"
+#include "net_int.h"
+
+static void conn_process(net_conn *c);
+static void conn_finish(net_conn *c);
+static void conn_arm_timer(net_conn *c);
+
+/* ---- memory ------------------------------------------------------------ */
+
+static void conn_free_if_done(net_conn *c)
+{
+    if (c->handles_open > 0 || c->refs > 0)
+        return;
+    tls_conn_free(&c->tls);
+    free(c);
+}
+
+void net_conn_ref(net_conn *c)
+{
+    c->refs++;
+}
+
+void net_conn_unref(net_conn *c)
+{
+    if (c->refs == 0) {
+        log_error("bug", c->identity, c->peer, "net_conn_unref without reference");
+        return;
+    }
+    c->refs--;
+    conn_free_if_done(c);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    net_conn *c = h->data;
+    c->handles_open--;
+    conn_free_if_done(c);
+}
+
+/* ---- accessors --------------------------------------------------------- */
+
+void *net_conn_session(net_conn *c)
+{
+    return c->session;
+}
+void *net_conn_proto_ctx(net_conn *c)
+{
+    return c->l->proto_ctx;
+}
+tls_conn *net_conn_tls(net_conn *c)
+{
+    return &c->tls;
+}
+enum net_state net_conn_state(const net_conn *c)
+{
+    return c->state;
+}
+const char *net_conn_peer(const net_conn *c)
+{
+    return c->peer;
+}
+const char *net_conn_identity(const net_conn *c)
+{
+    return c->identity;
+}
+void net_conn_set_identity(net_conn *c, const char *id)
+{
+    snprintf(c->identity, sizeof(c->identity), "%s", id);
+}
+uv_loop_t *net_conn_loop(net_conn *c)
+{
+    return c->srv->loop;
+}
+bool net_conn_paused(const net_conn *c)
+{
+    return c->paused;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+typedef struct write_req {
+    uv_write_t req;
+    char *buf;
+    size_t len;
+} write_req;
+
+static void on_write(uv_write_t *req, int status)
+{
+    write_req *w = (write_req *)req;
+    net_conn *c = req->data;
+    c->out_bytes -= w->len;
+    free(w->buf);
+    free(w);
+    if (c->state == NET_CLOSED)
+        return;
+    if (status < 0) {
+        net_conn_close(c, uv_strerror(status));
+        conn_finish(c);
+        return;
+    }
+    if (c->out_bytes == 0) {
+        c->write_since = 0;
+        if (c->state == NET_DRAINING)
+            conn_finish(c);
+    }
+}
+
+/* Moves every pending TLS record to the socket. Returns CMS_OK or an error
+ * after which the connection is being closed. */
+static int conn_flush(net_conn *c)
+{
+    for (;;) {
+        char *buf;
+        long n = tls_conn_take_output(&c->tls, &buf);
+        if (n == 0)
+            return CMS_OK;
+        if (n < 0) {
+            net_conn_close(c, "out of memory");
+            conn_finish(c);
+            return CMS_ENOMEM;
+        }
+        size_t len = (size_t)n, off = 0;
+        if (c->out_bytes == 0) {
+            uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+            int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+            if (w > 0)
+                off = (size_t)w;
+            else if (w < 0 && w != UV_EAGAIN) {
+                free(buf);
+                net_conn_close(c, uv_strerror(w));
+                conn_finish(c);
+                return CMS_EPROTO;
+            }
+            if (off == len) {
+                free(buf);
+                continue;
+            }
+            if (off > 0)
+                memmove(buf, buf + off, len - off);
+            len -= off;
+        }
+        write_req *w = malloc(sizeof(*w));
+        if (!w) {
+            free(buf);
+            net_conn_close(c, "out of memory");
+            conn_finish(c);
+            return CMS_ENOMEM;
+        }
+        w->buf = buf;
+        w->len = len;
+        w->req.data = c;
+        uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+        int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+        if (rc < 0) {
+            free(buf);
+            free(w);
+            net_conn_close(c, uv_strerror(rc));
+            conn_finish(c);
+            return CMS_EPROTO;
+        }
+        if (c->out_bytes == 0) {
+            c->write_since = uv_now(c->srv->loop);
+            conn_arm_timer(c);
+        }
+        c->out_bytes += len;
+        if (c->out_bytes > c->srv->lim.max_output_bytes && c->state < NET_DRAINING) {
+            net_conn_close(c, "output limit exceeded (peer not reading)");
+            conn_finish(c);
+            return CMS_ELIMIT;
+        }
+    }
+}
+
+int net_conn_write(net_conn *c, const void *data, size_t len)
+{
+    if (c->state != NET_ACTIVE && c->state != NET_AUTHORIZING)
+        return CMS_ECLOSED;
+    if (tls_conn_write(&c->tls, data, len) != CMS_OK) {
+        net_conn_close(c, "TLS write failed");
+        return CMS_ECLOSED;
+    }
+    if (c->in_process)
+        return CMS_OK; /* flushed when the current processing step ends */
+    return conn_flush(c) == CMS_OK ? CMS_OK : CMS_ELIMIT;
+}
+
+/* ---- timers ------------------------------------------------------------ */
+
+static void on_timer(uv_timer_t *t)
+{
+    net_conn *c = t->data;
+    uint64_t now = uv_now(c->srv->loop);
+    const net_limits *lim = &c->srv->lim;
+    switch (c->state) {
+    case NET_HANDSHAKE:
+    case NET_AUTHORIZING:
+        if (now >= c->accepted_at + lim->handshake_timeout_ms) {
+            log_warn("handshake_timeout", c->identity, c->peer, "%s: no authenticated session "
+                     "after %u ms", c->l->proto->name, lim->handshake_timeout_ms);
+            net_conn_close(c, NULL);
+            conn_finish(c);
+            return;
+        }
+        break;
+    case NET_ACTIVE:
+        if (c->out_bytes > 0 && now >= c->write_since + lim->write_timeout_ms) {
+            net_conn_close(c, "write timeout (peer not reading)");
+            conn_finish(c);
+            return;
+        }
+        if (!c->paused && now >= c->last_input + lim->idle_timeout_ms) {
+            log_info("idle_timeout", c->identity, c->peer, "no input for %u ms",
+                     lim->idle_timeout_ms);
+            net_conn_close(c, NULL);
+            return;
+        }
+        break;
+    case NET_DRAINING:
+        if (now >= c->draining_since + lim->write_timeout_ms) {
+            conn_finish(c);
+            return;
+        }
+        break;
+    case NET_CLOSED:
+        return;
+    }
+    conn_arm_timer(c);
+}
+
+/* Arms the single timer for the earliest deadline of the current state. */
+static void conn_arm_timer(net_conn *c)
+{
+    const net_limits *lim = &c->srv->lim;
+    uint64_t now = uv_now(c->srv->loop), deadline;
+    switch (c->state) {
+    case NET_HANDSHAKE:
+    case NET_AUTHORIZING:
+        deadline = c->accepted_at + lim->handshake_timeout_ms;
+        break;
+    case NET_ACTIVE:
+        deadline = c->last_input + lim->idle_timeout_ms;
+        if (c->paused)
+            deadline = now + lim->idle_timeout_ms;
+        if (c->out_bytes > 0 && c->write_since + lim->write_timeout_ms < deadline)
+            deadline = c->write_since + lim->write_timeout_ms;
+        break;
+    case NET_DRAINING:
+        deadline = c->draining_since + lim->write_timeout_ms;
+        break;
+    default:
+        return;
+    }
+    uv_timer_start(&c->timer, on_timer, deadline > now ? deadline - now : 1, 0);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    net_conn *c = h->data;
+    /* One buffer per loop: every read is fed to OpenSSL before returning. */
+    *buf = uv_buf_init(c->srv->readbuf, sizeof(c->srv->readbuf));
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    net_conn *c = stream->data;
+    if (nread == 0 || c->state >= NET_DRAINING)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF)
+            log_debug("peer_closed", c->identity, c->peer, NULL);
+        net_conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
+        conn_finish(c);
+        return;
+    }
+    c->last_input = uv_now(c->srv->loop);
+    if (tls_conn_feed(&c->tls, buf->base, (size_t)nread) != CMS_OK) {
+        net_conn_close(c, "out of memory");
+        conn_finish(c);
+        return;
+    }
+    conn_process(c);
+}
+
+static void conn_read_start(net_conn *c)
+{
+    if (!c->reading && c->state < NET_DRAINING) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = true;
+    }
+}
+
+static void conn_read_stop(net_conn *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+static void conn_handshake(net_conn *c)
+{
+    char reason[256] = "";
+    int rc = tls_conn_handshake(&c->tls, reason, sizeof(reason));
+    if (rc == CMS_EAGAIN) {
+        if (BIO_ctrl_pending(c->tls.rbio) > c->srv->lim.preauth_buffer_bytes) {
+            log_warn("tls_refused", NULL, c->peer, "handshake input over %u bytes",
+                     c->srv->lim.preauth_buffer_bytes);
+            net_conn_close(c, NULL);
+        }
+        return;
+    }
+    if (rc != CMS_OK) {
+        log_warn("tls_refused", NULL, c->peer, "%s: %s", c->l->proto->name, reason);
+        c->tls_failed = true;
+        net_conn_close(c, NULL); /* the alert OpenSSL queued is flushed first */
+        return;
+    }
+    c->state = NET_AUTHORIZING;
+    /* Input stays in the kernel / the TLS buffer until the protocol decides. */
+    conn_read_stop(c);
+    rc = c->l->proto->on_handshake(c);
+    if (rc == CMS_OK)
+        net_conn_activate(c);
+    else if (rc != CMS_EAGAIN)
+        net_conn_close(c, NULL);
+}
+
+static void conn_process(net_conn *c)
+{
+    if (c->in_process) {
+        c->again = true;
+        return;
+    }
+    c->in_process = true;
+    net_conn_ref(c);
+    do {
+        c->again = false;
+        if (c->state == NET_HANDSHAKE)
+            conn_handshake(c);
+        while (c->state == NET_ACTIVE && !c->paused) {
+            int n = tls_conn_read(&c->tls, c->srv->plainbuf, sizeof(c->srv->plainbuf));
+            if (n == CMS_EAGAIN)
+                break;
+            if (n < 0) {
+                net_conn_close(c, n == CMS_ECLOSED ? NULL : "TLS error");
+                break;
+            }
+            int rc = c->l->proto->on_data(c, c->srv->plainbuf, (size_t)n);
+            if (rc != CMS_OK) {
+                net_conn_close(c, NULL);
+                break;
+            }
+        }
+    } while (c->again && c->state < NET_DRAINING);
+    c->in_process = false;
+    if (c->state != NET_CLOSED && conn_flush(c) == CMS_OK && c->state == NET_DRAINING &&
+        c->out_bytes == 0)
+        conn_finish(c);
+    net_conn_unref(c);
+}
+
+void net_conn_activate(net_conn *c)
+{
+    if (c->state != NET_AUTHORIZING)
+        return;
+    c->state = NET_ACTIVE;
+    c->last_input = uv_now(c->srv->loop);
+    conn_arm_timer(c);
+    if (!c->paused)
+        conn_read_start(c);
+    conn_process(c); /* records that arrived with the handshake */
+}
+
+void net_conn_pause(net_conn *c)
+{
+    if (c->paused || c->state >= NET_DRAINING)
+        return;
+    c->paused = true;
+    conn_read_stop(c);
+}
+
+void net_conn_resume(net_conn *c)
+{
+    if (!c->paused || c->state >= NET_DRAINING)
+        return;
+    c->paused = false;
+    c->last_input = uv_now(c->srv->loop);
+    if (c->state == NET_ACTIVE) {
+        conn_read_start(c);
+        conn_process(c); /* plaintext already decrypted-able in the TLS buffer */
+    }
+}
+
+/* ---- close ------------------------------------------------------------- */
+
+void net_conn_close(net_conn *c, const char *reason)
+{
+    if (c->state >= NET_DRAINING)
+        return;
+    enum net_state prev = c->state;
+    c->state = NET_DRAINING;
+    c->draining_since = uv_now(c->srv->loop);
+    if (reason)
+        log_info("conn_closed", c->identity, c->peer, "%s: %s", c->l->proto->name, reason);
+    conn_read_stop(c);
+    if (prev >= NET_AUTHORIZING)
+        c->l->proto->on_close(c);
+    if (prev >= NET_AUTHORIZING)
+        tls_conn_shutdown(&c->tls); /* close_notify */
+    if (c->in_process)
+        return; /* conn_process flushes and finishes */
+    if (conn_flush(c) != CMS_OK || c->state != NET_DRAINING)
+        return;
+    if (c->out_bytes == 0)
+        conn_finish(c);
+    else
+        conn_arm_timer(c);
+}
+
+/* Closes the handles; memory goes when their callbacks ran and refs are 0. */
+static void conn_finish(net_conn *c)
+{
+    if (c->state == NET_CLOSED)
+        return;
+    if (c->state < NET_DRAINING)
+        net_conn_close(c, NULL);
+    if (c->state == NET_CLOSED)
+        return;
+    c->state = NET_CLOSED;
+    net__server_unlink(c->srv, c);
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+/* ---- accept ------------------------------------------------------------ */
+
+void net__conn_accept(net_listener *l)
+{
+    net_server *s = l->srv;
+    net_conn *c = calloc(1, sizeof(*c) + l->proto->session_size);
+    if (!c) {
+        log_error("accept_failed", NULL, NULL, "out of memory");
+        return;
+    }
+    c->srv = s;
+    c->l = l;
+    c->state = NET_HANDSHAKE;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles_open = 2;
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+        c->state = NET_CLOSED;
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        } else {
+            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        }
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+    if (s->nconns >= s->lim.max_connections) {
+        log_warn("conn_refused", NULL, c->peer, "%s: max_connections (%u) reached",
+                 l->proto->name, s->lim.max_connections);
+        c->state = NET_CLOSED;
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+        return;
+    }
+    if (tls_conn_init_server(&c->tls, l->tls) != CMS_OK) {
+        log_error("accept_failed", NULL, c->peer, "TLS: out of memory");
+        c->state = NET_CLOSED;
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_keepalive(&c->tcp, 1, 60);
+    net__server_link(s, c);
+    c->accepted_at = uv_now(s->loop);
+    conn_arm_timer(c);
+    conn_read_start(c);
+}

@@ -1,0 +1,54 @@
+/* net_int.h - internals shared by the net layer's files (not a public API). */
+#ifndef CMS_NET_INT_H
+#define CMS_NET_INT_H
+
+#include "net.h"
+
+typedef struct net_listener {
+    uv_tcp_t tcp;
+    net_server *srv;
+    tls_ctx *tls;
+    const net_proto *proto;
+    void *proto_ctx;
+    char addr[128];
+    struct net_listener *next;
+} net_listener;
+
+struct net_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    net_server *srv;
+    net_listener *l;
+    enum net_state state;
+    tls_conn tls;
+    unsigned handles_open; /* tcp + timer until their close callbacks ran */
+    unsigned refs;         /* net_conn_ref holders */
+    bool reading, paused, in_process, again, tls_failed;
+    uint64_t accepted_at, last_input, write_since, draining_since; /* uv_now() ms */
+    size_t out_bytes; /* ciphertext handed to uv_write, not yet written */
+    char peer[64];
+    char identity[64];
+    net_conn *prev, *next;
+    _Alignas(16) unsigned char session[]; /* proto->session_size bytes */
+};
+
+struct net_server {
+    uv_loop_t *loop;
+    net_limits lim;
+    net_listener *listeners;
+    net_conn *conns;
+    size_t nconns;
+    bool closing;
+    unsigned closing_handles;
+    uv_timer_t drain_timer;
+    void (*close_cb)(void *ctx);
+    void *close_ctx;
+    char readbuf[65536];  /* shared: each read is fed to OpenSSL at once */
+    char plainbuf[16384]; /* shared: each SSL_read is handed to the protocol at once */
+};
+
+void net__conn_accept(net_listener *l);
+void net__server_link(net_server *s, net_conn *c);
+void net__server_unlink(net_server *s, net_conn *c);
+
+#endif
