@@ -70,6 +70,12 @@ typedef struct net_proto {
     int (*on_data)(net_conn *c, const char *data, size_t len);
     /* The connection is closing; release what the session holds. Once. */
     void (*on_close)(net_conn *c);
+    /*
+     * Optional: the TLS handshake failed (no, bad or refused client
+     * certificate, protocol error). proto_ctx as given to net_listen; peer
+     * and reason are borrowed. For auditing; the connection closes anyway.
+     */
+    void (*on_tls_refused)(void *proto_ctx, const char *peer, const char *reason);
 } net_proto;
 
 /* Creates the per-loop server object. loop and limits are borrowed (limits copied). */

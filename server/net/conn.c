@@ -322,6 +322,8 @@ static void conn_handshake(net_conn *c)
     }
     if (rc != CMS_OK) {
         log_warn("tls_refused", NULL, c->peer, "%s: %s", c->l->proto->name, reason);
+        if (c->l->proto->on_tls_refused)
+            c->l->proto->on_tls_refused(c->l->proto_ctx, c->peer, reason);
         c->tls_failed = true;
         net_conn_close(c, NULL); /* the alert OpenSSL queued is flushed first */
         return;

@@ -1,0 +1,62 @@
+/*
+ * ingest.h - the monitor-facing service: HL7 v2 over MLLP on an
+ * authenticated TLS connection (svc layer; uses net only through net.h).
+ *
+ * Per connection: the TLS peer certificate's CN is the device serial; the
+ * device must be registered and active (checked against the database on
+ * every connection, resumed TLS sessions included) before any input is read.
+ * Then each MLLP frame is parsed (hl7 + pcd01), checked against the
+ * device's identity (MSH-3 components 1-2 and every OBX-18 must name this
+ * device: its serial or one of its registered identifiers; otherwise AR and
+ * an "impersonation" audit row), and queued for group commit. ACKs go back
+ * strictly in the order the frames arrived: AR at once (after the ones
+ * before it), AA only after COMMIT, AE when the database refused the data or
+ * stayed unavailable for ingest_timeout_ms.
+ *
+ * Backpressure: at max_pending_per_conn frames awaiting their ACK the
+ * connection stops reading; when the store's backlog reaches 90 % of its
+ * limit every connection stops reading until it drains.
+ *
+ * Thread: one ingest_ctx per loop, used on that loop's thread only.
+ */
+#ifndef CMS_INGEST_H
+#define CMS_INGEST_H
+
+#include <stdint.h>
+
+#include "hl7.h"
+#include "net.h"
+#include "pcd01.h"
+#include "store.h"
+
+typedef struct ingest_config {
+    unsigned max_frame_bytes;
+    unsigned max_pending_per_conn;
+    unsigned max_queued_msgs; /* the store's backlog limit (for the 90 % rule) */
+    const char *hl7_app;      /* our MSH-3 (borrowed) */
+    const char *hl7_facility; /* our MSH-4 (borrowed) */
+} ingest_config;
+
+typedef struct ingest_ctx {
+    store_t *store;     /* borrowed */
+    net_server *server; /* borrowed: to resume connections when the store drains */
+    ingest_config cfg;
+    uint64_t ack_seq;   /* for unique ACK control ids */
+    unsigned worker_id;
+    bool global_paused;
+    /* Scratch space (one loop thread): too big for each connection. */
+    hl7_msg hl7;
+    pcd01_msg msg;
+} ingest_ctx;
+
+/* The protocol to pass to net_listen with an ingest_ctx as proto_ctx. */
+extern const net_proto ingest_mllp_proto;
+
+/*
+ * Initialises ctx (store and server borrowed, must outlive it) and registers
+ * the store drain callback. Returns CMS_OK.
+ */
+int ingest_ctx_init(ingest_ctx *ctx, store_t *store, net_server *server,
+                    const ingest_config *cfg, unsigned worker_id);
+
+#endif

@@ -1,0 +1,419 @@
+/*
+ * ingest.c - HL7 v2 / IHE PCD-01 over MLLP from authenticated monitors.
+ * See ingest.h for the rules; this file is the per-connection session.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "cms_err.h"
+#include "ingest.h"
+#include "log.h"
+#include "mllp.h"
+
+#define ACK_BUF 2048
+
+/* One frame awaiting its ACK; the session keeps them in arrival order. */
+typedef struct pending {
+    struct pending *next;
+    net_conn *conn; /* referenced while the entry exists */
+    bool done;
+    enum hl7_ack_code code;
+    char control_id[sizeof(((pcd01_msg *)0)->control_id)];
+    char their_app[PCD01_ID_LEN];
+    char their_facility[PCD01_ID_LEN];
+    char version[16];
+    char trigger[8];
+    char err_code[8];
+    char reason[200];
+} pending;
+
+typedef struct session {
+    mllp_decoder dec;
+    int64_t device_id;
+    char serial[64];
+    size_t nidents;
+    char (*idents)[64]; /* owned: the device's other identifiers */
+    pending *head, *tail;
+    unsigned npending;
+    bool paused_local; /* by max_pending_per_conn */
+} session;
+
+/* ---- ACKs ---------------------------------------------------------------- */
+
+static void hl7_now(char *out, size_t cap)
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(out, cap, "%Y%m%d%H%M%S", &tm);
+    snprintf(out + n, cap - n, ".%03ld+0000", ts.tv_nsec / 1000000);
+}
+
+static void send_ack(net_conn *c, ingest_ctx *ix, const pending *p)
+{
+    char ts[40], ack_id[64], body[ACK_BUF], frame[ACK_BUF + 3];
+    hl7_now(ts, sizeof(ts));
+    snprintf(ack_id, sizeof(ack_id), "%s-%u-%llu", ix->cfg.hl7_app, ix->worker_id,
+             (unsigned long long)++ix->ack_seq);
+    hl7_ack a = {
+        .code = p->code,
+        .their_app = p->their_app,
+        .their_facility = p->their_facility,
+        .control_id = p->control_id,
+        .version = p->version,
+        .trigger = p->trigger[0] ? p->trigger : "R01",
+        .our_app = ix->cfg.hl7_app,
+        .our_facility = ix->cfg.hl7_facility,
+        .ack_control_id = ack_id,
+        .timestamp = ts,
+        .reason = p->code == HL7_AA ? NULL : p->reason,
+        .err_code = p->code == HL7_AA ? NULL : p->err_code,
+    };
+    int n = hl7_ack_encode(&a, body, sizeof(body));
+    if (n < 0) {
+        log_error("ack_encode_failed", net_conn_identity(c), net_conn_peer(c), "%s",
+                  cms_strerror(n));
+        net_conn_close(c, "cannot encode ACK");
+        return;
+    }
+    size_t fl = mllp_encode(frame, sizeof(frame), body, (size_t)n);
+    if (fl == 0 || net_conn_write(c, frame, fl) != CMS_OK)
+        return; /* the connection is closing; the monitor resends what it misses */
+}
+
+static void maybe_resume(net_conn *c, session *s, ingest_ctx *ix)
+{
+    if (s->paused_local && s->npending < ix->cfg.max_pending_per_conn) {
+        s->paused_local = false;
+        if (!ix->global_paused)
+            net_conn_resume(c);
+    }
+}
+
+/* Sends (or, once closed, drops) every ACK that is ready, in order. */
+static void flush_acks(net_conn *c)
+{
+    session *s = net_conn_session(c);
+    ingest_ctx *ix = net_conn_proto_ctx(c);
+    net_conn_ref(c);
+    while (s->head && s->head->done) {
+        pending *p = s->head;
+        s->head = p->next;
+        if (!s->head)
+            s->tail = NULL;
+        s->npending--;
+        if (net_conn_state(c) == NET_ACTIVE)
+            send_ack(c, ix, p);
+        free(p);
+        net_conn_unref(c);
+    }
+    if (net_conn_state(c) == NET_ACTIVE)
+        maybe_resume(c, s, ix);
+    net_conn_unref(c);
+}
+
+static pending *pending_new(net_conn *c, const pcd01_msg *m)
+{
+    session *s = net_conn_session(c);
+    pending *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->conn = c;
+    net_conn_ref(c);
+    snprintf(p->control_id, sizeof(p->control_id), "%s", m->control_id);
+    snprintf(p->their_app, sizeof(p->their_app), "%s", m->sending_app[0]);
+    snprintf(p->their_facility, sizeof(p->their_facility), "%s", m->sending_facility);
+    snprintf(p->version, sizeof(p->version), "%s", m->version[0] ? m->version : "2.6");
+    snprintf(p->trigger, sizeof(p->trigger), "%s", m->trigger);
+    if (s->tail)
+        s->tail->next = p;
+    else
+        s->head = p;
+    s->tail = p;
+    s->npending++;
+    return p;
+}
+
+static void pending_fail(pending *p, enum hl7_ack_code code, const char *err_code,
+                         const char *reason)
+{
+    p->done = true;
+    p->code = code;
+    snprintf(p->err_code, sizeof(p->err_code), "%s", err_code);
+    snprintf(p->reason, sizeof(p->reason), "%s", reason);
+}
+
+/* ---- identity ------------------------------------------------------------ */
+
+static bool names_this_device(const session *s, const char *id)
+{
+    if (strcasecmp(id, s->serial) == 0)
+        return true;
+    for (size_t i = 0; i < s->nidents; i++)
+        if (strcasecmp(id, s->idents[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Returns the first sender identifier in m that is not this device, or NULL. */
+static const char *foreign_sender(const session *s, const pcd01_msg *m)
+{
+    for (int i = 0; i < 2; i++)
+        if (m->sending_app[i][0] && !names_this_device(s, m->sending_app[i]))
+            return m->sending_app[i];
+    for (size_t i = 0; i < m->nobs; i++)
+        if (m->obs[i].equipment_id[0] && !names_this_device(s, m->obs[i].equipment_id))
+            return m->obs[i].equipment_id;
+    return NULL;
+}
+
+static void audit(ingest_ctx *ix, const char *event, net_conn *c, json_t *detail)
+{
+    char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    store_audit(ix->store, event, NULL, net_conn_identity(c)[0] ? net_conn_identity(c) : NULL,
+                net_conn_peer(c), text);
+    free(text);
+    json_decref(detail);
+}
+
+/* ---- frames -------------------------------------------------------------- */
+
+static void on_stored(void *ctx, int status, bool duplicate)
+{
+    pending *p = ctx;
+    net_conn *c = p->conn;
+    p->done = true;
+    if (status == CMS_OK) {
+        p->code = HL7_AA;
+        if (duplicate)
+            log_debug("duplicate", net_conn_identity(c), net_conn_peer(c),
+                      "control id %s already stored", p->control_id);
+    } else if (status == CMS_EPROTO) {
+        pending_fail(p, HL7_AE, "207", "the database refused this message's data");
+    } else if (status == CMS_EUNAVAIL) {
+        pending_fail(p, HL7_AE, "207", "database unavailable, message not stored: resend later");
+    } else {
+        pending_fail(p, HL7_AE, "207", "server shutting down, message not stored: resend later");
+    }
+    flush_acks(c);
+}
+
+static void pause_one(net_conn *c, void *arg)
+{
+    (void)arg;
+    net_conn_pause(c);
+}
+
+static int on_frame(void *ctx, const char *payload, size_t len)
+{
+    net_conn *c = ctx;
+    session *s = net_conn_session(c);
+    ingest_ctx *ix = net_conn_proto_ctx(c);
+    pcd01_msg *m = &ix->msg;
+    char reason[200] = "";
+    const char *err_code = "100";
+    pending *p;
+
+    if (net_conn_state(c) != NET_ACTIVE)
+        return CMS_ECLOSED;
+    memset(m, 0, offsetof(pcd01_msg, obs));
+    if (hl7_parse(&ix->hl7, payload, len, reason, sizeof(reason)) != CMS_OK) {
+        if (!(p = pending_new(c, m)))
+            return CMS_ENOMEM;
+        pending_fail(p, HL7_AR, "100", reason);
+        log_warn("hl7_rejected", s->serial, net_conn_peer(c), "%s", reason);
+        goto out;
+    }
+    (void)pcd01_read_header(&ix->hl7, m);
+    int rc = pcd01_extract(&ix->hl7, m, &err_code, reason, sizeof(reason));
+    if (!(p = pending_new(c, m)))
+        return CMS_ENOMEM;
+    if (rc != CMS_OK) {
+        pending_fail(p, HL7_AR, err_code ? err_code : "100", reason);
+        log_warn("hl7_rejected", s->serial, net_conn_peer(c), "control_id=%s: %s",
+                 m->control_id, reason);
+        goto out;
+    }
+    const char *claimed = foreign_sender(s, m);
+    if (claimed) {
+        snprintf(reason, sizeof(reason),
+                 "sender '%s' is not the authenticated device '%s': message refused", claimed,
+                 s->serial);
+        pending_fail(p, HL7_AR, "207", reason);
+        log_warn("impersonation", s->serial, net_conn_peer(c), "control_id=%s claims %s",
+                 m->control_id, claimed);
+        audit(ix, "impersonation", c,
+              json_pack("{s:s, s:s}", "claimed", claimed, "control_id", m->control_id));
+        goto out;
+    }
+    rc = store_ingest(ix->store, s->device_id, m, on_stored, p);
+    if (rc != CMS_OK) {
+        pending_fail(p, HL7_AE, "207",
+                     rc == CMS_ELIMIT ? "server busy, message not stored: resend later"
+                                      : "server shutting down, message not stored");
+        log_warn("ingest_refused", s->serial, net_conn_peer(c), "control_id=%s: %s",
+                 m->control_id, cms_strerror(rc));
+    }
+out:
+    if (s->npending >= ix->cfg.max_pending_per_conn && !s->paused_local) {
+        s->paused_local = true;
+        net_conn_pause(c);
+    }
+    if (!ix->global_paused &&
+        store_backlog(ix->store) >= (size_t)ix->cfg.max_queued_msgs * 9 / 10) {
+        ix->global_paused = true;
+        log_warn("backpressure", NULL, NULL, "ingest backlog %zu: pausing all monitors",
+                 store_backlog(ix->store));
+        net_server_foreach(ix->server, pause_one, NULL);
+    }
+    if (s->head && s->head->done)
+        flush_acks(c);
+    return CMS_OK;
+}
+
+static void resume_one(net_conn *c, void *arg)
+{
+    (void)arg;
+    session *s = net_conn_session(c);
+    if (net_conn_proto_ctx(c) && !s->paused_local)
+        net_conn_resume(c);
+}
+
+static void on_store_drain(void *ctx)
+{
+    ingest_ctx *ix = ctx;
+    if (!ix->global_paused)
+        return;
+    ix->global_paused = false;
+    log_info("backpressure", NULL, NULL, "ingest backlog drained: resuming monitors");
+    net_server_foreach(ix->server, resume_one, NULL);
+}
+
+/* ---- connection callbacks ------------------------------------------------ */
+
+static void on_device(void *ctx, int status, const store_device *dev)
+{
+    net_conn *c = ctx;
+    session *s = net_conn_session(c);
+    ingest_ctx *ix = net_conn_proto_ctx(c);
+    if (net_conn_state(c) != NET_AUTHORIZING)
+        goto done;
+    const char *why = NULL;
+    if (status == CMS_EPERM)
+        why = "device not registered";
+    else if (status != CMS_OK)
+        why = "device registry unavailable";
+    else if (strcmp(dev->status, "active") != 0)
+        why = dev->status; /* pending, revoked, decommissioned */
+    if (why) {
+        log_warn("device_refused", s->serial, net_conn_peer(c), "%s", why);
+        if (status != CMS_EUNAVAIL && status != CMS_ECLOSED)
+            audit(ix, "device_refused", c, json_pack("{s:s, s:s}", "listener", "mllp", "reason", why));
+        net_conn_close(c, NULL);
+        goto done;
+    }
+    s->device_id = dev->id;
+    if (dev->nidents) {
+        s->idents = calloc(dev->nidents, sizeof(*s->idents));
+        if (!s->idents) {
+            net_conn_close(c, "out of memory");
+            goto done;
+        }
+        memcpy(s->idents, dev->idents, dev->nidents * sizeof(*s->idents));
+        s->nidents = dev->nidents;
+    }
+    log_info("device_connected", s->serial, net_conn_peer(c), "%s%s",
+             tls_conn_version(net_conn_tls(c)),
+             tls_conn_resumed(net_conn_tls(c)) ? " resumed" : "");
+    if (ix->global_paused)
+        net_conn_pause(c);
+    net_conn_activate(c);
+done:
+    net_conn_unref(c);
+}
+
+static int on_handshake(net_conn *c)
+{
+    session *s = net_conn_session(c);
+    ingest_ctx *ix = net_conn_proto_ctx(c);
+    int rc = tls_conn_peer_cn(net_conn_tls(c), s->serial, sizeof(s->serial));
+    if (rc != CMS_OK) {
+        log_warn("tls_refused", NULL, net_conn_peer(c),
+                 "client certificate subject has no usable CN");
+        audit(ix, "tls_refused", c, json_pack("{s:s, s:s}", "listener", "mllp", "reason",
+                                              "certificate subject has no usable CN"));
+        return CMS_EPERM;
+    }
+    net_conn_set_identity(c, s->serial);
+    mllp_decoder_init(&s->dec, ix->cfg.max_frame_bytes, on_frame, c);
+    net_conn_ref(c);
+    rc = store_device_lookup(ix->store, s->serial, net_conn_peer(c), on_device, c);
+    if (rc != CMS_OK) {
+        net_conn_unref(c);
+        log_warn("device_refused", s->serial, net_conn_peer(c), "registry lookup: %s",
+                 cms_strerror(rc));
+        return rc;
+    }
+    return CMS_EAGAIN;
+}
+
+static int on_data(net_conn *c, const char *data, size_t len)
+{
+    session *s = net_conn_session(c);
+    int rc = mllp_decoder_feed(&s->dec, data, len);
+    if (rc == CMS_OK)
+        return CMS_OK;
+    if (rc == CMS_ELIMIT)
+        log_warn("frame_too_large", s->serial, net_conn_peer(c),
+                 "MLLP frame over max_frame_bytes: closing");
+    else if (rc == CMS_EPROTO)
+        log_warn("mllp_error", s->serial, net_conn_peer(c),
+                 "bytes outside an MLLP frame: closing");
+    return rc;
+}
+
+static void on_close(net_conn *c)
+{
+    session *s = net_conn_session(c);
+    mllp_decoder_free(&s->dec);
+    free(s->idents);
+    s->idents = NULL;
+    s->nidents = 0;
+    flush_acks(c); /* frees what is done; the rest is freed by on_stored */
+}
+
+static void on_tls_refused(void *proto_ctx, const char *peer, const char *reason)
+{
+    ingest_ctx *ix = proto_ctx;
+    json_t *d = json_pack("{s:s, s:s}", "listener", "mllp", "reason", reason);
+    char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
+    store_audit(ix->store, "tls_refused", NULL, NULL, peer, text);
+    free(text);
+    json_decref(d);
+}
+
+const net_proto ingest_mllp_proto = {
+    .name = "mllp",
+    .session_size = sizeof(session),
+    .on_handshake = on_handshake,
+    .on_data = on_data,
+    .on_close = on_close,
+    .on_tls_refused = on_tls_refused,
+};
+
+int ingest_ctx_init(ingest_ctx *ctx, store_t *store, net_server *server, const ingest_config *cfg,
+                    unsigned worker_id)
+{
+    memset(ctx, 0, offsetof(ingest_ctx, hl7));
+    ctx->store = store;
+    ctx->server = server;
+    ctx->cfg = *cfg;
+    ctx->worker_id = worker_id;
+    store_on_drain(store, on_store_drain, ctx);
+    return CMS_OK;
+}
