@@ -1,0 +1,106 @@
+"""Who may talk to the MLLP port: only a device CA certificate that is
+valid now, not revoked, meant for client authentication, whose CN is a
+registered active device. Anything else is refused at the TLS handshake or
+the connection is closed before any ACK, with a log line naming the reason
+and the peer; cmsd keeps serving good clients."""
+
+import re
+import ssl
+import warnings
+
+import pytest
+
+import helpers as h
+
+# name -> (certificate, regex the log line must match to name the reason)
+CASES = {
+    "no-client-cert": (None, r"(?i)(no|without|missing|did not return a?|absent).{0,30}"
+                             r"cert|cert\w*.{0,20}(required|missing|absent)"),
+    "rogue-ca": ("bad/rogue", r"(?i)unable to get (local )?issuer|unknown ca|untrusted|"
+                              r"self.signed|issuer|unable to verify|verify"),
+    "expired": ("bad/expired", r"(?i)expired"),
+    "not-yet-valid": ("bad/notyet", r"(?i)not yet valid"),
+    "crl-revoked": ("bad/revoked", r"(?i)revoked"),
+    "server-only-eku": ("bad/server-eku", r"(?i)purpose|usage|eku|clientauth|client auth"),
+    "operator-cert": ("operators/operator", r"(?i)unable to get (local )?issuer|unknown ca|"
+                                            r"untrusted|self.signed|issuer|verify"),
+    "unregistered": ("bad/unknown", r"(?i)(MON-9999).*(unknown|not registered|unregistered|"
+                                    r"not found|no such|not in)|(unknown|not registered|"
+                                    r"unregistered|not found|no such).*MON-9999"),
+    "unregistered-minted": ("MON-0099", r"(?i)(MON-0099).*(unknown|not registered|unregistered|"
+                                        r"not found|no such|not in)|(unknown|not registered|"
+                                        r"unregistered|not found|no such).*MON-0099"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refused_and_logged(cmsd, pki, db, case):
+    cert_name, reason_rx = CASES[case]
+    since = cmsd.test_log_start
+    cert_key = pki.device(cert_name) if cert_name else None
+    before = db.scalar("SELECT count(*) FROM cms.messages")
+    local, how = h.expect_refused(pki, cmsd.port, cert_key,
+                                  h.pcd01("MON-0001", h.unique("REFUSED"),
+                                          patient=h.unique("PT-REFUSED")))
+    assert local is not None, "TCP connect itself failed: %s" % how
+    h.assert_refusal_logged(cmsd, local, reason_rx, since)
+    assert db.scalar("SELECT count(*) FROM cms.messages") == before, "a refused peer stored data"
+    h.good_client_still_served(cmsd, pki)
+
+
+def test_tls11_refused(cmsd, pki):
+    since = cmsd.test_log_start
+    cert, key = pki.device("MON-0001")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = h.client_context(pki, cert, key, min_version=ssl.TLSVersion.TLSv1_1,
+                               max_version=ssl.TLSVersion.TLSv1_1, seclevel0=True)
+    c = h.MllpClient(cmsd.port, ctx, handshake=False)
+    with c:
+        with pytest.raises((ssl.SSLError, OSError)) as ei:
+            c.sock.do_handshake()
+        err = str(ei.value)
+        # Make sure our client did offer TLS 1.1 (else this test proves nothing).
+        assert "NO_PROTOCOLS_AVAILABLE" not in err.upper(), "client could not offer TLS 1.1: %s" % err
+    h.assert_refusal_logged(cmsd, c.local_port, r"(?i)version|protocol", since)
+    h.good_client_still_served(cmsd, pki)
+
+
+def test_tls12_accepted_tls13_preferred(cmsd, pki):
+    cert, key = pki.device("MON-0001")
+    ctx = h.client_context(pki, cert, key, min_version=ssl.TLSVersion.TLSv1_2,
+                           max_version=ssl.TLSVersion.TLSv1_2)
+    cid = h.unique("TLS12")
+    with h.MllpClient(cmsd.port, ctx) as c:
+        assert c.sock.version() == "TLSv1.2"
+        ack = c.request(h.pcd01("MON-0001", cid, patient=h.unique("PT")))
+    assert ack.code == "AA" and ack.control_id == cid, ack
+    with h.device_client(pki, cmsd.port, "MON-0001") as c:
+        assert c.sock.version() == "TLSv1.3"
+
+
+def test_plaintext_hl7_is_not_accepted(cmsd, pki, db):
+    """The CMS8000 lesson: no plaintext listener. An MLLP frame sent in the
+    clear gets no ACK and the connection is closed."""
+    import socket
+    cid = h.unique("PLAIN")
+    s = socket.create_connection(("127.0.0.1", cmsd.port), timeout=h.T_CONNECT)
+    try:
+        s.sendall(h.frame(h.pcd01("MON-0001", cid, patient=h.unique("PT"))))
+        s.settimeout(20)
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+        except socket.timeout:
+            pytest.fail("plaintext connection still open after 20s")
+    finally:
+        s.close()
+    assert b"MSA" not in data, "plaintext got an HL7 answer: %r" % data[:200]
+    assert db.message_count("MON-0001", cid) == 0
+    h.good_client_still_served(cmsd, pki)
