@@ -1,0 +1,116 @@
+/*
+ * https.h - the HTTPS service: one listener for EST enrollment, firmware,
+ * the operator API, health and metrics (svc layer; net through net.h only).
+ *
+ * TLS asks for a client certificate but does not require one (EST bootstrap
+ * has none); a certificate that is sent must verify against the device CA or
+ * the operator CA. The peer is then classified:
+ *   - HTTPS_PEER_DEVICE:   issued by the device CA, CN = device serial; the
+ *                          device must be registered and active (checked on
+ *                          every connection, resumed sessions included);
+ *   - HTTPS_PEER_OPERATOR: issued by the operator CA, CN = operator name,
+ *                          role from the certificate's OU (admin, operator,
+ *                          viewer);
+ *   - HTTPS_PEER_NONE:     no certificate.
+ * The connection's identity (net_conn_identity) is the serial for a device
+ * and "operator:<CN>" for an operator, so revocation can find devices.
+ * Each route says which peer kind and which minimum role it needs; the
+ * router answers 401/403 with a JSON body otherwise. Requests on a
+ * connection are answered one at a time, in order (pipelining-safe).
+ *
+ * Thread: one https_ctx per worker loop.
+ */
+#ifndef CMS_HTTPS_H
+#define CMS_HTTPS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <openssl/x509.h>
+
+#include "http.h"
+#include "net.h"
+#include "store.h"
+
+enum https_peer_kind { HTTPS_PEER_NONE = 0, HTTPS_PEER_DEVICE, HTTPS_PEER_OPERATOR };
+enum https_role { HTTPS_ROLE_NONE = 0, HTTPS_ROLE_VIEWER, HTTPS_ROLE_OPERATOR, HTTPS_ROLE_ADMIN };
+
+typedef struct https_ctx https_ctx;
+typedef struct https_req https_req;
+
+/*
+ * A route handler. Returns CMS_OK when it already answered with one of the
+ * https_reply_* functions, or CMS_EAGAIN when it will answer later (exactly
+ * once, e.g. from a store callback). While an answer is pending the
+ * connection reads nothing more.
+ */
+typedef int (*https_handler)(https_req *r);
+
+typedef struct https_route {
+    const char *method;  /* "GET", "POST" */
+    const char *pattern; /* "/api/v1/devices/:serial/revoke": ":name" matches one segment */
+    https_handler fn;
+    enum https_peer_kind peer; /* required peer kind; HTTPS_PEER_NONE = anyone */
+    enum https_role min_role;  /* for HTTPS_PEER_OPERATOR routes */
+} https_route;
+
+#define HTTPS_MAX_PARAMS 4
+
+struct https_req {
+    https_ctx *ctx;
+    net_conn *conn;           /* borrowed; may close while the answer is pending */
+    const http_request *http; /* borrowed until the answer */
+    enum https_peer_kind peer;
+    enum https_role role;
+    const char *peer_cn;      /* "" when no certificate */
+    const char *peer_addr;
+    int64_t device_id;        /* HTTPS_PEER_DEVICE: the registry id */
+    size_t nparams;
+    char params[HTTPS_MAX_PARAMS][128]; /* percent-decoded ":name" segments, in order */
+    void *user;               /* for the handler */
+};
+
+typedef struct https_config {
+    unsigned max_header_bytes, max_body_bytes;
+    unsigned max_output_bytes;
+} https_config;
+
+/* Service hooks shared by the handlers (filled by cmsd). */
+struct https_ctx {
+    store_t *store;          /* borrowed */
+    net_server *server;      /* borrowed */
+    https_config cfg;
+    X509 *device_issuer;     /* owned: the CA that issues device certs */
+    STACK_OF(X509) *operator_issuers; /* owned */
+    const https_route *routes; /* borrowed, NULL-method terminated */
+    void *svc;               /* borrowed: the services' shared state (enrollment, ...) */
+};
+
+/* The protocol to pass to net_listen with an https_ctx as proto_ctx. */
+extern const net_proto https_proto;
+
+/*
+ * Initialises ctx: loads the device issuing CA certificate (first cert of
+ * device_ca_file) and the operator CA bundle (may be NULL/""). Returns
+ * CMS_OK or CMS_EINVAL with a reason in err.
+ */
+int https_ctx_init(https_ctx *ctx, store_t *store, net_server *server, const https_config *cfg,
+                   const char *device_ca_file, const char *operator_ca_file,
+                   const https_route *routes, void *svc, char *err, size_t cap);
+void https_ctx_free(https_ctx *ctx);
+
+/*
+ * Answers r. Each takes over nothing the caller owns except where noted; all
+ * may be called after the connection closed (they then only release r).
+ * Exactly one reply per request.
+ */
+void https_reply_json(https_req *r, int status, json_t *body /* stolen */);
+void https_reply_error(https_req *r, int status, const char *error, const char *detail);
+void https_reply(https_req *r, int status, const char *content_type, const void *body,
+                 size_t len, const http_field *extra, size_t n_extra);
+
+/* Adds an audit row naming r's peer as actor (event e.g. "device_revoked"). detail stolen. */
+void https_audit(https_req *r, const char *event, const char *device, json_t *detail);
+
+#endif

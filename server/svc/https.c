@@ -1,0 +1,467 @@
+/*
+ * https.c - HTTPS sessions: peer classification, routing, one request at a
+ * time per connection, replies. Handlers live in their own files.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "cms_err.h"
+#include "https.h"
+#include "log.h"
+
+typedef struct session {
+    http_conn http;
+    https_req req;        /* the request being answered */
+    bool answered;        /* the current request has its answer */
+    bool async;           /* the handler deferred: the answer comes from a callback */
+    bool authorized;      /* peer classified and (device) checked */
+    enum https_peer_kind peer;
+    enum https_role role;
+    int64_t device_id;
+    char cn[64];
+    char *kept;           /* plaintext not consumed while an answer was pending */
+    size_t kept_len;
+} session;
+
+/* ---- replies --------------------------------------------------------------- */
+
+static int feed(net_conn *c, const char *data, size_t len);
+
+/* Sends out (if the connection is open) and ends the request. */
+static void finish(https_req *r, http_buf *out)
+{
+    net_conn *c = r->conn;
+    session *s = net_conn_session(c);
+    bool open = net_conn_state(c) == NET_ACTIVE;
+    bool last = !r->http->keep_alive;
+    if (open && out->len)
+        net_conn_write(c, out->data, out->len);
+    http_buf_free(out);
+    s->answered = true;
+    if (!s->async) { /* synchronous: the feed loop goes on */
+        if (open && last)
+            net_conn_close(c, NULL);
+        return;
+    }
+    s->async = false;
+    if (open)
+        http_conn_resume(&s->http);
+    if (open && last) {
+        net_conn_close(c, NULL);
+    } else if (open) {
+        char *kept = s->kept;
+        size_t kept_len = s->kept_len;
+        s->kept = NULL;
+        s->kept_len = 0;
+        if (kept_len == 0 || feed(c, kept, kept_len) == CMS_OK)
+            net_conn_resume(c);
+        else if (!s->async)
+            net_conn_close(c, NULL);
+        free(kept);
+    }
+    net_conn_unref(c);
+}
+
+static unsigned resp_flags(const https_req *r)
+{
+    return r->http->keep_alive ? HTTP_RESP_KEEP_ALIVE : 0;
+}
+
+void https_reply(https_req *r, int status, const char *content_type, const void *body, size_t len,
+                 const http_field *extra, size_t n_extra)
+{
+    http_buf out;
+    http_buf_init(&out, len + 4096);
+    if (http_response_start(&out, status, NULL, content_type, len, resp_flags(r) | HTTP_RESP_NO_STORE,
+                            extra, n_extra) == CMS_OK &&
+        r->http->method != HTTP_HEAD)
+        http_buf_append(&out, body, len);
+    finish(r, &out);
+}
+
+void https_reply_json(https_req *r, int status, json_t *body)
+{
+    http_buf out;
+    http_buf_init(&out, r->ctx->cfg.max_output_bytes);
+    if (!body || http_json_response(&out, status, body, resp_flags(r)) != CMS_OK) {
+        http_buf_reset(&out);
+        http_json_error(&out, 500, "internal_error", "cannot encode the answer", resp_flags(r),
+                        NULL, 0);
+    }
+    json_decref(body);
+    finish(r, &out);
+}
+
+void https_reply_error(https_req *r, int status, const char *error, const char *detail)
+{
+    http_buf out;
+    http_buf_init(&out, 8192);
+    log_info("http_error", r->peer_cn, r->peer_addr, "%s %s -> %d %s: %s", r->http->method_name,
+             r->http->path, status, error, detail ? detail : "");
+    http_json_error(&out, status, error, detail, resp_flags(r), NULL, 0);
+    finish(r, &out);
+}
+
+void https_audit(https_req *r, const char *event, const char *device, json_t *detail)
+{
+    char actor[96];
+    if (r->peer == HTTPS_PEER_OPERATOR)
+        snprintf(actor, sizeof(actor), "operator:%s", r->peer_cn);
+    else if (r->peer == HTTPS_PEER_DEVICE)
+        snprintf(actor, sizeof(actor), "device:%s", r->peer_cn);
+    else
+        snprintf(actor, sizeof(actor), "anonymous");
+    char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    store_audit(r->ctx->store, event, actor, device, r->peer_addr, text);
+    free(text);
+    json_decref(detail);
+}
+
+/* ---- routing --------------------------------------------------------------- */
+
+/* Matches path against pattern, filling r->params. */
+static bool route_match(const char *pattern, const char *path, size_t path_len, https_req *r)
+{
+    const char *p = pattern, *q = path, *end = path + path_len;
+    r->nparams = 0;
+    while (*p && q < end) {
+        if (*p == ':') {
+            const char *seg_end = memchr(q, '/', (size_t)(end - q));
+            if (!seg_end)
+                seg_end = end;
+            if (seg_end == q || r->nparams >= HTTPS_MAX_PARAMS)
+                return false;
+            size_t n;
+            if (http_pct_decode(q, (size_t)(seg_end - q), false, r->params[r->nparams],
+                                sizeof(r->params[0]), &n) != CMS_OK ||
+                n != strlen(r->params[r->nparams]))
+                return false;
+            r->nparams++;
+            q = seg_end;
+            while (*p && *p != '/')
+                p++;
+            continue;
+        }
+        if (*p != *q)
+            return false;
+        p++, q++;
+    }
+    return *p == '\0' && q == end;
+}
+
+static int route(net_conn *c, const http_request *req)
+{
+    session *s = net_conn_session(c);
+    https_ctx *ctx = net_conn_proto_ctx(c);
+    https_req *r = &s->req;
+    memset(r, 0, sizeof(*r));
+    r->ctx = ctx;
+    r->conn = c;
+    r->http = req;
+    r->peer = s->peer;
+    r->role = s->role;
+    r->peer_cn = s->cn;
+    r->peer_addr = net_conn_peer(c);
+    r->device_id = s->device_id;
+
+    const https_route *match = NULL;
+    bool path_known = false;
+    for (const https_route *rt = ctx->routes; rt && rt->method; rt++) {
+        if (!route_match(rt->pattern, req->path, req->path_len, r))
+            continue;
+        path_known = true;
+        if (strcmp(rt->method, req->method_name) == 0 ||
+            (req->method == HTTP_HEAD && strcmp(rt->method, "GET") == 0)) {
+            match = rt;
+            break;
+        }
+    }
+    if (!match) {
+        if (path_known)
+            https_reply_error(r, 405, "method_not_allowed", req->method_name);
+        else
+            https_reply_error(r, 404, "not_found", "no such resource");
+        return CMS_OK;
+    }
+    if (match->peer == HTTPS_PEER_OPERATOR) {
+        if (s->peer != HTTPS_PEER_OPERATOR) {
+            https_reply_error(r, 401, "unauthenticated",
+                              "an operator certificate is required for this resource");
+            return CMS_OK;
+        }
+        if (s->role < match->min_role) {
+            static const char *const names[] = {"none", "viewer", "operator", "admin"};
+            char why[128];
+            snprintf(why, sizeof(why), "role '%s' may not do this (needs '%s')", names[s->role],
+                     names[match->min_role]);
+            https_audit(r, "operator_forbidden", NULL,
+                        json_pack("{s:s, s:s}", "method", req->method_name, "path", req->path));
+            https_reply_error(r, 403, "forbidden", why);
+            return CMS_OK;
+        }
+    } else if (match->peer == HTTPS_PEER_DEVICE && s->peer != HTTPS_PEER_DEVICE) {
+        https_reply_error(r, 401, "unauthenticated",
+                          "a device certificate is required for this resource");
+        return CMS_OK;
+    }
+    s->answered = false;
+    s->async = false;
+    int rc = match->fn(r);
+    if (s->answered)
+        return CMS_OK;
+    if (rc == CMS_EAGAIN) {
+        s->async = true;
+        net_conn_ref(c); /* released in finish() */
+        return CMS_EAGAIN;
+    }
+    /* A handler that neither answered nor deferred: a bug. */
+    log_error("bug", s->cn, net_conn_peer(c), "handler for %s did not answer", req->path);
+    https_reply_error(r, 500, "internal_error", "no answer");
+    return CMS_OK;
+}
+
+static int on_request(void *ctx, const http_request *req)
+{
+    net_conn *c = ctx;
+    if (net_conn_state(c) != NET_ACTIVE)
+        return CMS_ECLOSED;
+    return route(c, req);
+}
+
+/* Feeds plaintext; keeps what is not consumed while an answer is pending. */
+static int feed(net_conn *c, const char *data, size_t len)
+{
+    session *s = net_conn_session(c);
+    size_t used = 0;
+    int rc = http_conn_feed(&s->http, data, len, &used);
+    if (rc == CMS_OK)
+        return CMS_OK;
+    if (rc == CMS_EAGAIN) {
+        if (used < len) {
+            char *k = realloc(s->kept, s->kept_len + (len - used));
+            if (!k)
+                return CMS_ENOMEM;
+            memcpy(k + s->kept_len, data + used, len - used);
+            s->kept = k;
+            s->kept_len += len - used;
+        }
+        net_conn_pause(c);
+        return CMS_OK;
+    }
+    if (rc == CMS_ECLOSED)
+        return CMS_ECLOSED;
+    int status = http_conn_error_status(&s->http);
+    if (status >= 400) {
+        http_buf out;
+        http_buf_init(&out, 8192);
+        const char *err = status == 413 ? "payload_too_large"
+                        : status == 431 ? "headers_too_large"
+                        : status == 414 ? "uri_too_long" : "bad_request";
+        http_json_error(&out, status, err, http_conn_error_detail(&s->http), 0, NULL, 0);
+        net_conn_write(c, out.data, out.len);
+        http_buf_free(&out);
+        log_info("http_error", s->cn, net_conn_peer(c), "%d %s: %s", status, err,
+                 http_conn_error_detail(&s->http));
+    }
+    return rc;
+}
+
+static int on_data(net_conn *c, const char *data, size_t len)
+{
+    session *s = net_conn_session(c);
+    if (s->async) { /* paused, but bytes already decrypted: keep them */
+        char *k = realloc(s->kept, s->kept_len + len);
+        if (!k)
+            return CMS_ENOMEM;
+        memcpy(k + s->kept_len, data, len);
+        s->kept = k;
+        s->kept_len += len;
+        return CMS_OK;
+    }
+    return feed(c, data, len);
+}
+
+/* ---- peer classification ---------------------------------------------------- */
+
+static enum https_role role_from_cert(X509 *cert)
+{
+    X509_NAME *name = X509_get_subject_name(cert);
+    int idx = -1;
+    enum https_role best = HTTPS_ROLE_NONE;
+    while ((idx = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, idx)) >= 0) {
+        const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+        const char *p = (const char *)ASN1_STRING_get0_data(v);
+        size_t n = (size_t)ASN1_STRING_length(v);
+        enum https_role r = HTTPS_ROLE_NONE;
+        if (n == 5 && memcmp(p, "admin", 5) == 0)
+            r = HTTPS_ROLE_ADMIN;
+        else if (n == 8 && memcmp(p, "operator", 8) == 0)
+            r = HTTPS_ROLE_OPERATOR;
+        else if (n == 6 && memcmp(p, "viewer", 6) == 0)
+            r = HTTPS_ROLE_VIEWER;
+        if (r > best)
+            best = r;
+    }
+    return best;
+}
+
+static void on_device(void *ctx, int status, const store_device *dev)
+{
+    net_conn *c = ctx;
+    session *s = net_conn_session(c);
+    if (net_conn_state(c) == NET_AUTHORIZING) {
+        if (status == CMS_OK && strcmp(dev->status, "active") == 0) {
+            s->device_id = dev->id;
+            net_conn_activate(c);
+        } else {
+            const char *why = status == CMS_EPERM   ? "device not registered"
+                              : status != CMS_OK    ? "device registry unavailable"
+                                                    : dev->status;
+            log_warn("device_refused", s->cn, net_conn_peer(c), "https: %s", why);
+            if (status == CMS_OK || status == CMS_EPERM) {
+                json_t *d = json_pack("{s:s, s:s}", "listener", "https", "reason", why);
+                char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
+                store_audit(((https_ctx *)net_conn_proto_ctx(c))->store, "device_refused", NULL,
+                            s->cn, net_conn_peer(c), text);
+                free(text);
+                json_decref(d);
+            }
+            net_conn_close(c, NULL);
+        }
+    }
+    net_conn_unref(c);
+}
+
+static int on_handshake(net_conn *c)
+{
+    session *s = net_conn_session(c);
+    https_ctx *ctx = net_conn_proto_ctx(c);
+    http_limits lim;
+    http_limits_default(&lim);
+    lim.max_header_bytes = ctx->cfg.max_header_bytes;
+    lim.max_body_bytes = ctx->cfg.max_body_bytes;
+    if (http_conn_init(&s->http, &lim, on_request, c) != CMS_OK)
+        return CMS_EINTERNAL;
+    X509 *peer = SSL_get0_peer_certificate(net_conn_tls(c)->ssl);
+    if (!peer)
+        return CMS_OK; /* anonymous: only public routes and EST bootstrap */
+    if (tls_conn_peer_cn(net_conn_tls(c), s->cn, sizeof(s->cn)) != CMS_OK) {
+        log_warn("tls_refused", NULL, net_conn_peer(c), "https: certificate without usable CN");
+        return CMS_EPERM;
+    }
+    if (ctx->device_issuer && X509_check_issued(ctx->device_issuer, peer) == X509_V_OK) {
+        s->peer = HTTPS_PEER_DEVICE;
+        net_conn_set_identity(c, s->cn);
+        net_conn_ref(c);
+        if (store_device_lookup(ctx->store, s->cn, net_conn_peer(c), on_device, c) != CMS_OK) {
+            net_conn_unref(c);
+            return CMS_EUNAVAIL;
+        }
+        return CMS_EAGAIN;
+    }
+    for (int i = 0; ctx->operator_issuers && i < sk_X509_num(ctx->operator_issuers); i++) {
+        if (X509_check_issued(sk_X509_value(ctx->operator_issuers, i), peer) == X509_V_OK) {
+            char id[80];
+            s->peer = HTTPS_PEER_OPERATOR;
+            s->role = role_from_cert(peer);
+            snprintf(id, sizeof(id), "operator:%s", s->cn);
+            net_conn_set_identity(c, id);
+            return CMS_OK;
+        }
+    }
+    log_warn("tls_refused", s->cn, net_conn_peer(c),
+             "https: certificate not issued directly by the device or operator CA");
+    return CMS_EPERM;
+}
+
+static void on_close(net_conn *c)
+{
+    session *s = net_conn_session(c);
+    http_conn_free(&s->http);
+    free(s->kept);
+    s->kept = NULL;
+    s->kept_len = 0;
+}
+
+static void on_tls_refused(void *proto_ctx, const char *peer, const char *reason)
+{
+    https_ctx *ctx = proto_ctx;
+    json_t *d = json_pack("{s:s, s:s}", "listener", "https", "reason", reason);
+    char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
+    store_audit(ctx->store, "tls_refused", NULL, NULL, peer, text);
+    free(text);
+    json_decref(d);
+}
+
+const net_proto https_proto = {
+    .name = "https",
+    .session_size = sizeof(session),
+    .on_handshake = on_handshake,
+    .on_data = on_data,
+    .on_close = on_close,
+    .on_tls_refused = on_tls_refused,
+};
+
+/* ---- context ------------------------------------------------------------------ */
+
+static STACK_OF(X509) *load_certs(const char *path, char *err, size_t cap)
+{
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    BIO *b = BIO_new_file(path, "r");
+    X509 *x;
+    if (!sk || !b) {
+        snprintf(err, cap, "cannot read %s", path);
+        goto fail;
+    }
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL)
+        sk_X509_push(sk, x);
+    ERR_clear_error();
+    if (sk_X509_num(sk) == 0) {
+        snprintf(err, cap, "%s holds no certificate", path);
+        goto fail;
+    }
+    BIO_free(b);
+    return sk;
+fail:
+    BIO_free(b);
+    sk_X509_pop_free(sk, X509_free);
+    return NULL;
+}
+
+int https_ctx_init(https_ctx *ctx, store_t *store, net_server *server, const https_config *cfg,
+                   const char *device_ca_file, const char *operator_ca_file,
+                   const https_route *routes, void *svc, char *err, size_t cap)
+{
+    memset(ctx, 0, sizeof(*ctx));
+    ctx->store = store;
+    ctx->server = server;
+    ctx->cfg = *cfg;
+    ctx->routes = routes;
+    ctx->svc = svc;
+    STACK_OF(X509) *dev = load_certs(device_ca_file, err, cap);
+    if (!dev)
+        return CMS_EINVAL;
+    ctx->device_issuer = sk_X509_shift(dev); /* the first: the issuing CA */
+    sk_X509_pop_free(dev, X509_free);
+    if (operator_ca_file && *operator_ca_file) {
+        ctx->operator_issuers = load_certs(operator_ca_file, err, cap);
+        if (!ctx->operator_issuers) {
+            X509_free(ctx->device_issuer);
+            ctx->device_issuer = NULL;
+            return CMS_EINVAL;
+        }
+    }
+    return CMS_OK;
+}
+
+void https_ctx_free(https_ctx *ctx)
+{
+    X509_free(ctx->device_issuer);
+    sk_X509_pop_free(ctx->operator_issuers, X509_free);
+    ctx->device_issuer = NULL;
+    ctx->operator_issuers = NULL;
+}
