@@ -826,8 +826,9 @@ class Pipeline:
     """Streams messages over one connection with up to `window` un-ACKed
     messages in flight. acks: control_id -> list of MSA-1 codes received."""
 
-    def __init__(self, client, window=16):
+    def __init__(self, client, window=16, on_ack=None):
         self.c = client
+        self.on_ack = on_ack  # on_ack(control_id, code, monotonic time)
         self.window = window
         self.inflight = []  # control ids sent, not yet answered (in order)
         self.acks = {}
@@ -843,8 +844,11 @@ class Pipeline:
             a = self.c.recv_ack(timeout)
         except socket.timeout:
             return False
+        now = time.monotonic()
         self.acks.setdefault(a.control_id, []).append(a.code)
-        self.ack_times.setdefault(a.control_id, []).append(time.monotonic())
+        self.ack_times.setdefault(a.control_id, []).append(now)
+        if self.on_ack:
+            self.on_ack(a.control_id, a.code, now)
         if a.control_id in self.inflight:
             self.inflight.remove(a.control_id)
         return True
