@@ -240,6 +240,8 @@ static void release_request(http_conn *c)
     c->head_bytes = 0;
     c->n_headers = 0;
     c->body_len = 0;
+    if (c->body != NULL)
+        c->body[0] = '\0';
     c->target_len = 0;
     c->last_cb = CB_NONE;
     c->headers_done = false;
@@ -584,7 +586,7 @@ int http_conn_feed(http_conn *c, const char *data, size_t len, size_t *consumed)
             /* Paused by on_message_complete: deliver outside the parser. */
             http_parser_pause(&c->parser, 0);
             c->message_done = false;
-            c->req.body = c->body != NULL ? c->body : "";
+            c->req.body = c->body_len > 0 ? c->body : "";
             c->req.body_len = c->body_len;
             c->req.keep_alive = http_should_keep_alive(&c->parser) != 0 && !c->parser.upgrade;
             c->last_request = !c->req.keep_alive;

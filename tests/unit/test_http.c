@@ -152,6 +152,11 @@ static void test_two_pipelined(void **state)
     assert_string_equal(rec.req[0].path, "/a");
     assert_string_equal(rec.req[1].path, "/b");
     assert_string_equal(rec.req[1].body, "xyz");
+    /* a body-less request after one with a body has an empty body */
+    assert_int_equal(feed_all("GET /c HTTP/1.1\r\nHost: h\r\n\r\n"), CMS_OK);
+    assert_int_equal(rec.n, 3);
+    assert_int_equal(rec.req[2].body_len, 0);
+    assert_string_equal(rec.req[2].body, "");
 }
 
 /* An asynchronous answer holds back the next pipelined request. */
