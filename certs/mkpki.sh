@@ -9,8 +9,9 @@
 # Environment:
 #   KEY_ALG     ec (P-256, default) | rsa:2048 (any rsa:BITS) | ed25519. Applies to keys created
 #               by this run; existing keys are reused (delete DIR to switch algorithms).
-#   MINT_KEYS   shared (default: one key for all minted certs, DIR/mint/PREFIX.key) | each
-#               (one key per cert, DIR/devices/SERIAL.key; about 2x slower)
+#   MINT_KEYS   shared (default: one key for all minted certs, DIR/mint/PREFIX.key, with a
+#               symlink DIR/devices/SERIAL.key to it) | each (one key per cert in
+#               DIR/devices/SERIAL.key)
 #   MINT_JOBS   parallel CSR/key jobs for mint (default: nproc)
 #
 # Idempotent: every file is created only when missing; a certificate is re-issued only when it
@@ -475,7 +476,12 @@ make_mint() {
 				  close(src); close(dst)
 				  if (!ok) { print "missing " src > "/dev/stderr"; exit 1 } }'
 		chmod 0644 "$DIR"/devices/*.crt
-		[[ $mode == each ]] && chmod 0600 "$DIR"/devices/*.key
+		if [[ $mode == shared ]]; then
+			# devices/SERIAL.key -> ../mint/PREFIX.key, so that every cert has its .key beside it
+			xargs -P "$jobs" -I{} ln -sfn "../mint/$prefix.key" "$DIR/devices/{}.key" <"$todo"
+		else
+			chmod 0600 "$DIR"/devices/*.key
+		fi
 	fi
 	local ms=$((($(date +%s%N) - t0) / 1000000))
 	printf '%s: minted %d device certs (%d already present) in %d.%03d s\n' "$PROG" "$n" \
@@ -483,7 +489,7 @@ make_mint() {
 	printf '%s: certs: %s/devices/%s%04d.crt ... ' "$PROG" "$DIR" "$prefix" "$first"
 	printf '%s%04d.crt\n' "$prefix" "$((first + count - 1))"
 	if [[ $mode == shared ]]; then
-		echo "$PROG: shared key: $mdir/$prefix.key"
+		echo "$PROG: shared key: $mdir/$prefix.key (devices/SERIAL.key link to it)"
 	else
 		echo "$PROG: keys: $DIR/devices/SERIAL.key"
 	fi
