@@ -1,0 +1,220 @@
+/*
+ * fuzz_mllp_hl7.c - libFuzzer target for everything a monitor's bytes reach
+ * before the database: MLLP framing, HL7 parsing, PCD-01 extraction and the
+ * ACK we send back.
+ *
+ * The input is a byte stream as read from the socket. It is fed twice: in
+ * one piece to decoder A, whose frame callback runs hl7_parse +
+ * pcd01_extract + hl7_ack_encode, and byte by byte to decoder B, which must
+ * deliver the same frames and end with the same result (split invariance).
+ * An input that does not start with 0x0B is also processed as one bare HL7
+ * payload, so that the parser is reached without the fuzzer having to learn
+ * the framing first.
+ *
+ * Checked invariants (abort on violation), beyond ASan/UBSan:
+ *   - every ACK we encode parses back with 3 (AE/AR) or 2 (AA) segments,
+ *     MSA-1 is the code and MSA-2 unescapes to the control id we echoed;
+ *   - the frames and the final return code do not depend on read sizes.
+ *
+ * Build: make build/fuzz/fuzz_mllp_hl7
+ * Run:   build/fuzz/fuzz_mllp_hl7 -max_len=8192 tests/fuzz/corpus/mllp_hl7
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cms_err.h"
+#include "hl7.h"
+#include "mllp.h"
+#include "pcd01.h"
+
+#define FUZZ_MAX_FRAME 4096
+#define FUZZ_MAX_FRAMES 256
+
+static hl7_msg msg;   /* large: static, the target is single-threaded */
+static hl7_msg ack_msg;
+static pcd01_msg pcd;
+
+typedef struct frames {
+    size_t n;
+    size_t len[FUZZ_MAX_FRAMES];
+    uint64_t hash[FUZZ_MAX_FRAMES];
+    size_t checked; /* decoder B's position in the list */
+} frames;
+
+static uint64_t fnv1a(const char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static void check(int cond, const char *what)
+{
+    if (!cond) {
+        fprintf(stderr, "invariant violated: %s\n", what);
+        abort();
+    }
+}
+
+static void check_ack(const hl7_ack *a, const char *ack, int n)
+{
+    char reason[128], text[512];
+    static const char *codes[] = {"AA", "AE", "AR"};
+    hl7_str s;
+    int rc;
+
+    rc = hl7_parse(&ack_msg, ack, (size_t)n, reason, sizeof(reason));
+    check(rc == CMS_OK, "our ACK parses");
+    check(ack_msg.nseg == (a->code == HL7_AA ? 2u : 3u), "ACK segment count");
+    s = hl7_field(&ack_msg, 1, 1);
+    check(s.len == 2 && memcmp(s.p, codes[a->code], 2) == 0, "MSA-1 is the ack code");
+    rc = hl7_get_text(&ack_msg, 1, 2, 0, 0, 0, text, sizeof(text));
+    if (rc >= 0) {
+        /* hl7_escape turns control characters (e.g. from \X0D\) into spaces */
+        const char *c = a->control_id;
+        size_t i = 0;
+        for (; c[i] && text[i]; i++) {
+            unsigned char want = (unsigned char)c[i];
+            if (want < 0x20 && want != '\t')
+                want = ' ';
+            if (want == 0x7f)
+                want = ' ';
+            check((unsigned char)text[i] == want, "MSA-2 round-trips the control id");
+        }
+        check(c[i] == '\0' && text[i] == '\0', "MSA-2 round-trips the control id (length)");
+    }
+    if (a->code != HL7_AA) {
+        s = hl7_field(&ack_msg, 2, 4);
+        check(s.len == 1 && s.p[0] == 'E', "ERR-4 is E");
+    }
+}
+
+static void process(const char *payload, size_t len)
+{
+    char reason[256], ack[2048];
+    const char *err_code = NULL;
+    hl7_ack a;
+    int rc, n;
+
+    memset(&a, 0, sizeof(a));
+    a.our_app = "CMS";
+    a.our_facility = "FUZZ";
+    a.ack_control_id = "CMS-ACK-1";
+    a.timestamp = "20261128061454.123+0000";
+
+    rc = hl7_parse(&msg, payload, len, reason, sizeof(reason));
+    if (rc < 0) {
+        /* What the server does: AR without an echo. */
+        a.code = HL7_AR;
+        a.control_id = "";
+        a.reason = reason;
+        a.err_code = "100";
+        n = hl7_ack_encode(&a, ack, sizeof(ack));
+        check(n > 0, "AR for an unparsable message fits");
+        check_ack(&a, ack, n);
+        return;
+    }
+
+    /* Poke at accessors with coordinates taken from the message itself. */
+    for (size_t i = 0; i < msg.nseg && i < 8; i++) {
+        char text[64];
+        unsigned f = (unsigned)(msg.seg[i].len % 24);
+        (void)hl7_get_text(&msg, i, f, (unsigned)(i % 3), (unsigned)(i % 4), (unsigned)(i % 2),
+                           text, sizeof(text));
+        (void)hl7_segment_name(&msg, i);
+    }
+    (void)hl7_find_segment(&msg, "OBX", 1);
+
+    rc = pcd01_extract(&msg, &pcd, &err_code, reason, sizeof(reason));
+    check(err_code != NULL, "pcd01_extract sets err_code");
+    check(pcd.nobs <= PCD01_MAX_OBS, "nobs within limit");
+    for (size_t i = 0; i < pcd.nobs && rc == CMS_OK; i++) {
+        const char *ts = pcd.obs[i].observed_at;
+        check(strlen(pcd.obs[i].value_text) > 0, "stored NM has a value");
+        check(ts[0] == '\0' || strlen(ts) >= 26, "observed_at is empty or formatted");
+    }
+
+    a.code = rc == CMS_OK ? HL7_AA : (rc == CMS_EPROTO || rc == CMS_EINVAL ? HL7_AR : HL7_AE);
+    a.their_app = pcd.sending_app[0];
+    a.their_facility = pcd.sending_facility;
+    a.control_id = pcd.control_id;
+    a.version = pcd.version;
+    a.trigger = pcd.trigger;
+    a.reason = rc == CMS_OK ? NULL : reason;
+    a.err_code = rc == CMS_OK ? NULL : err_code;
+    n = hl7_ack_encode(&a, ack, sizeof(ack));
+    check(n > 0 || n == CMS_ELIMIT, "ACK encodes or reports ELIMIT");
+    if (n > 0)
+        check_ack(&a, ack, n);
+}
+
+static int on_frame_a(void *ctx, const char *payload, size_t len)
+{
+    frames *fr = ctx;
+
+    check(payload[len] == '\0', "payload NUL-terminated");
+    check(len <= FUZZ_MAX_FRAME, "frame within max_frame");
+    if (fr->n < FUZZ_MAX_FRAMES) {
+        fr->len[fr->n] = len;
+        fr->hash[fr->n] = fnv1a(payload, len);
+    }
+    fr->n++;
+    process(payload, len);
+    return 0;
+}
+
+static int on_frame_b(void *ctx, const char *payload, size_t len)
+{
+    frames *fr = ctx;
+    size_t i = fr->checked++;
+
+    check(i < fr->n, "split feed delivers no extra frame");
+    if (i < FUZZ_MAX_FRAMES) {
+        check(fr->len[i] == len, "split feed: same frame length");
+        check(fr->hash[i] == fnv1a(payload, len), "split feed: same frame bytes");
+    }
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const char *in = (const char *)data;
+    mllp_decoder a, b;
+    frames fr;
+    int rc_a, rc_b = CMS_OK;
+
+    memset(&fr, 0, sizeof(fr));
+    mllp_decoder_init(&a, FUZZ_MAX_FRAME, on_frame_a, &fr);
+    mllp_decoder_init(&b, FUZZ_MAX_FRAME, on_frame_b, &fr);
+
+    rc_a = mllp_decoder_feed(&a, in, size);
+    for (size_t i = 0; i < size && rc_b == CMS_OK; i++)
+        rc_b = mllp_decoder_feed(&b, in + i, 1);
+    check(rc_a == rc_b, "split feed: same result");
+    check(fr.checked == fr.n, "split feed: same number of frames");
+    check(mllp_decoder_buffered(&a) == mllp_decoder_buffered(&b), "same buffered bytes");
+    check(mllp_decoder_buffered(&a) <= FUZZ_MAX_FRAME, "buffered within max_frame");
+    if (rc_a < 0)
+        check(mllp_decoder_feed(&a, "\r", 1) == CMS_EPROTO, "failed decoder stays failed");
+    mllp_decoder_free(&a);
+    mllp_decoder_free(&b);
+
+    if (size > 0 && data[0] != MLLP_SB) {
+        /* exact-size copy: no NUL after the payload */
+        char *copy = malloc(size);
+        if (copy) {
+            memcpy(copy, in, size);
+            process(copy, size);
+            free(copy);
+        }
+    }
+    return 0;
+}
