@@ -37,6 +37,8 @@
  *   db_reconnect_max_ms    [5000]  reconnect backoff cap
  *   retention_days         [0]     drop observation partitions older than this (0 = keep all)
  *   partitions_ahead_days  [7]     daily observation partitions created ahead
+ *   http_max_header_bytes  [16384] HTTP request header section limit (431 beyond)
+ *   http_max_body_bytes    [65536] HTTP request body limit (413 beyond)
  *   hl7_app                [CMS]   our MSH-3 in ACKs
  *   hl7_facility           [CMS]   our MSH-4 in ACKs
  *   log_level              [info]  debug | info | warn | error
@@ -80,6 +82,8 @@ typedef struct cms_config {
     unsigned db_reconnect_max_ms;
     unsigned retention_days;
     unsigned partitions_ahead_days;
+    unsigned http_max_header_bytes;
+    unsigned http_max_body_bytes;
     char hl7_app[64];
     char hl7_facility[64];
     char log_level[16];

@@ -37,6 +37,7 @@ typedef struct tls_server_config {
     const char *cert_file;     /* server certificate chain, PEM */
     const char *key_file;      /* server private key, PEM */
     const char *client_ca_file;/* CAs that issue acceptable client certs (may be a bundle) */
+    const char *extra_ca_file; /* a second such bundle (operator CA), or NULL/"" */
     const char *crl_file;      /* CRL (PEM) to check client certs against, or NULL/"" */
     enum tls_client_auth client_auth;
     unsigned session_timeout_s;/* session resumption lifetime; 0 disables resumption */

@@ -19,7 +19,9 @@
 #include "config.h"
 #include "ingest.h"
 #include "log.h"
+#include "https.h"
 #include "net.h"
+#include "svc.h"
 #include "store.h"
 #include "tls.h"
 
@@ -32,6 +34,9 @@ typedef struct worker {
     pthread_t thread;
     const cms_config *cfg;
     tls_ctx *mllp_tls;
+    tls_ctx *https_tls; /* NULL when https_listen is "" */
+    https_ctx https;
+    svc_state svc;
     uv_loop_t loop;
     uv_async_t stop_async;
     uv_timer_t ready_timer;
@@ -123,6 +128,21 @@ static int worker_listen(worker *w)
     };
     ingest_ctx_init(&w->ingest, w->store, w->net, &ic, w->id);
     if (net_listen(w->net, cfg->mllp_listen, w->mllp_tls, &ingest_mllp_proto, &w->ingest, err,
+                   sizeof(err)) != CMS_OK) {
+        log_error("listen_failed", NULL, NULL, "%s", err);
+        return CMS_EINVAL;
+    }
+    if (!w->https_tls)
+        return CMS_OK;
+    w->svc = (svc_state){.cfg = cfg, .store = w->store, .server = w->net, .worker_id = w->id};
+    https_config hc = {
+        .max_header_bytes = cfg->http_max_header_bytes,
+        .max_body_bytes = cfg->http_max_body_bytes,
+        .max_output_bytes = cfg->max_output_bytes,
+    };
+    if (https_ctx_init(&w->https, w->store, w->net, &hc, cfg->tls_device_ca, cfg->tls_operator_ca,
+                       svc_routes, &w->svc, err, sizeof(err)) != CMS_OK ||
+        net_listen(w->net, cfg->https_listen, w->https_tls, &https_proto, &w->https, err,
                    sizeof(err)) != CMS_OK) {
         log_error("listen_failed", NULL, NULL, "%s", err);
         return CMS_EINVAL;
@@ -320,9 +340,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "cmsd: TLS configuration: %s\n", err);
         return 1;
     }
+    tls_ctx *https_tls = NULL;
+    if (cfg.https_listen[0]) {
+        tls_server_config hc = tc;
+        hc.extra_ca_file = cfg.tls_operator_ca;
+        hc.client_auth = TLS_CLIENT_CERT_OPTIONAL;
+        hc.session_id_context = "cms-https";
+        https_tls = tls_ctx_new_server(&hc, err, sizeof(err));
+        if (!https_tls) {
+            fprintf(stderr, "cmsd: TLS configuration (https): %s\n", err);
+            tls_ctx_free(mllp_tls);
+            return 1;
+        }
+    }
     if (check_only) {
         printf("cmsd: configuration %s is valid\n", config_path);
         tls_ctx_free(mllp_tls);
+        tls_ctx_free(https_tls);
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -342,14 +376,15 @@ int main(int argc, char **argv)
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);
 
-    log_info("starting", NULL, NULL, "cmsd %s, %u worker(s), mllp %s", CMSD_VERSION,
-             cfg.workers, cfg.mllp_listen);
+    log_info("starting", NULL, NULL, "cmsd %s, %u worker(s), mllp %s, https %s", CMSD_VERSION,
+             cfg.workers, cfg.mllp_listen, cfg.https_listen[0] ? cfg.https_listen : "off");
     unsigned started = 0;
     for (unsigned i = 0; i < cfg.workers; i++) {
         worker *w = &d.workers[i];
         w->id = i;
         w->cfg = &cfg;
         w->mllp_tls = mllp_tls;
+        w->https_tls = https_tls;
         w->notify_main = &d.notify;
         /* Handles other threads touch are set up before the thread runs. */
         if (uv_loop_init(&w->loop) != 0 ||
@@ -373,7 +408,10 @@ int main(int argc, char **argv)
         uv_loop_close(&d.workers[i].loop);
     }
     uv_loop_close(d.loop);
+    for (unsigned i = 0; i < started; i++)
+        https_ctx_free(&d.workers[i].https);
     tls_ctx_free(mllp_tls);
+    tls_ctx_free(https_tls);
     free(d.workers);
     log_info("stopped", NULL, NULL, "exit code %d", d.exit_code);
     return d.exit_code;

@@ -59,6 +59,8 @@ static const struct opt opts[] = {
     U(db_reconnect_max_ms, 10, 600000),
     U(retention_days, 0, 36500),
     U(partitions_ahead_days, 1, 365),
+    U(http_max_header_bytes, 1024, 1u << 20),
+    U(http_max_body_bytes, 1024, 64u << 20),
     S(hl7_app),
     S(hl7_facility),
     S(log_level),
@@ -90,6 +92,8 @@ void config_defaults(cms_config *c)
     c->db_reconnect_max_ms = 5000;
     c->retention_days = 0;
     c->partitions_ahead_days = 7;
+    c->http_max_header_bytes = 16384;
+    c->http_max_body_bytes = 65536;
     snprintf(c->hl7_app, sizeof(c->hl7_app), "CMS");
     snprintf(c->hl7_facility, sizeof(c->hl7_facility), "CMS");
     snprintf(c->log_level, sizeof(c->log_level), "info");

@@ -100,7 +100,7 @@ void https_reply_error(https_req *r, int status, const char *error, const char *
 {
     http_buf out;
     http_buf_init(&out, 8192);
-    log_info("http_error", r->peer_cn, r->peer_addr, "%s %s -> %d %s: %s", r->http->method_name,
+    log_info("http_error", net_conn_identity(r->conn), r->peer_addr, "%s %s -> %d %s: %s", r->http->method_name,
              r->http->path, status, error, detail ? detail : "");
     http_json_error(&out, status, error, detail, resp_flags(r), NULL, 0);
     finish(r, &out);

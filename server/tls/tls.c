@@ -87,6 +87,14 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
         ssl_error_string(err, cap, "client CA file has no certificates");
         goto fail;
     }
+    if (cfg->extra_ca_file && cfg->extra_ca_file[0]) {
+        if (SSL_CTX_load_verify_locations(c, cfg->extra_ca_file, NULL) != 1 ||
+            SSL_add_file_cert_subjects_to_stack(names, cfg->extra_ca_file) != 1) {
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            ssl_error_string(err, cap, "cannot load the second client CA file");
+            goto fail;
+        }
+    }
     SSL_CTX_set_client_CA_list(c, names); /* takes ownership */
     int mode = SSL_VERIFY_PEER;
     if (cfg->client_auth == TLS_CLIENT_CERT_REQUIRE)

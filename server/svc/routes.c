@@ -1,0 +1,24 @@
+/*
+ * routes.c - the HTTPS route table and the health endpoint. Who may call
+ * what is decided here, in one place, and enforced by the router (https.c).
+ */
+#include "cms_err.h"
+#include "https.h"
+#include "svc.h"
+
+int svc_health(https_req *r)
+{
+    svc_state *st = r->ctx->svc;
+    bool up = store_ready(st->store);
+    https_reply_json(r, up ? 200 : 503,
+                     json_pack("{s:s, s:s, s:I, s:I}", "status", up ? "ok" : "degraded",
+                               "database", up ? "up" : "down", "connections",
+                               (json_int_t)net_server_conn_count(st->server), "ingest_backlog",
+                               (json_int_t)store_backlog(st->store)));
+    return CMS_OK;
+}
+
+const https_route svc_routes[] = {
+    {"GET", "/healthz", svc_health, HTTPS_PEER_NONE, HTTPS_ROLE_NONE},
+    {NULL, NULL, NULL, HTTPS_PEER_NONE, HTTPS_ROLE_NONE},
+};
