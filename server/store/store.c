@@ -1,0 +1,524 @@
+/*
+ * store.c - store_new/store_close and the control connection's FIFO queue:
+ * device lookups, audit rows and periodic maintenance (partitions ahead on
+ * connect and hourly, retention if configured). The ingest side lives in
+ * store_ingest.c, the connection state machine in store_conn.c.
+ *
+ * Control queue rules:
+ *   - one statement in flight at a time, in FIFO order;
+ *   - bounded by STORE_CTL_QUEUE_MAX items (lookups get CMS_ELIMIT, audit
+ *     rows are dropped with an error log line);
+ *   - a lookup waits at most query_timeout_ms for the database (then
+ *     CMS_EUNAVAIL); an audit row waits across reconnects;
+ *   - when the connection is lost with an item in flight, the item goes back
+ *     to the head of the queue (a lookup is idempotent; an audit row whose
+ *     COMMIT was lost with the connection may be written twice, never zero
+ *     times);
+ *   - an audit row refused by the database is logged at error level with
+ *     its fields and dropped (retrying would not help).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cms_err.h"
+#include "log.h"
+#include "store_int.h"
+
+#define MAINT_INTERVAL_MS (3600u * 1000u)
+
+static const char lookup_sql[] =
+    "WITH d AS ("
+    "  UPDATE cms.devices SET last_seen_at = now(), last_peer = coalesce($2, last_peer)"
+    "  WHERE serial = $1 RETURNING id, serial, status)"
+    " SELECT d.id, d.serial, d.status,"
+    "  coalesce((SELECT array_agg(i.identifier ORDER BY i.identifier)"
+    "            FROM cms.device_identifiers i WHERE i.device_id = d.id), '{}')"
+    " FROM d";
+static const char audit_sql[] = "SELECT cms.audit_append($1, $2, $3, $4, $5)";
+static const char partitions_sql[] = "SELECT cms.ensure_partitions($1::integer)";
+static const char retention_sql[] = "SELECT cms.drop_partitions_older_than($1::integer)";
+
+void store_config_defaults(store_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->conninfo = "";
+    c->timezone = "UTC";
+    c->batch_max_msgs = 256;
+    c->batch_max_delay_ms = 5;
+    c->max_queued_msgs = 20000;
+    c->query_timeout_ms = 10000;
+    c->ingest_timeout_ms = 30000;
+    c->reconnect_min_ms = 100;
+    c->reconnect_max_ms = 5000;
+    c->retention_days = 0;
+    c->partitions_ahead_days = 7;
+}
+
+/* ---- control queue ----------------------------------------------------- */
+
+static void ctl_free(ctl_item *it)
+{
+    for (int i = 0; i < it->nparams; i++)
+        free(it->params[i]);
+    free(it);
+}
+
+static ctl_item *ctl_new(enum ctl_kind kind, int nparams, const char *const *params)
+{
+    ctl_item *it = calloc(1, sizeof *it);
+    if (!it)
+        return NULL;
+    it->kind = kind;
+    it->nparams = nparams;
+    for (int i = 0; i < nparams; i++) {
+        if (params[i] && !(it->params[i] = strdup(params[i]))) {
+            ctl_free(it);
+            return NULL;
+        }
+    }
+    return it;
+}
+
+static void ctl_push(store_t *s, ctl_item *it)
+{
+    it->next = NULL;
+    if (s->ctl_tail)
+        s->ctl_tail->next = it;
+    else
+        s->ctl_head = it;
+    s->ctl_tail = it;
+    s->ctl_n++;
+}
+
+static void ctl_push_front(store_t *s, ctl_item *it)
+{
+    it->next = s->ctl_head;
+    s->ctl_head = it;
+    if (!s->ctl_tail)
+        s->ctl_tail = it;
+    s->ctl_n++;
+}
+
+static ctl_item *ctl_pop(store_t *s)
+{
+    ctl_item *it = s->ctl_head;
+    if (!it)
+        return NULL;
+    s->ctl_head = it->next;
+    if (!s->ctl_head)
+        s->ctl_tail = NULL;
+    s->ctl_n--;
+    it->next = NULL;
+    return it;
+}
+
+static void audit_dropped(const ctl_item *it, const char *why)
+{
+    /* params: event, actor, device, peer, detail */
+    log_error("audit_dropped", it->params[2], it->params[3], "event=%s actor=%s reason=%s",
+              it->params[0] ? it->params[0] : "-", it->params[1] ? it->params[1] : "-", why);
+}
+
+/* Ends an item without running it: lookups get status, audits are logged. */
+static void ctl_abandon(ctl_item *it, int status, const char *why)
+{
+    if (it->kind == CTL_LOOKUP)
+        it->cb(it->ctx, status, NULL);
+    else if (it->kind == CTL_AUDIT)
+        audit_dropped(it, why);
+    ctl_free(it);
+}
+
+static void ctl_kick(store_t *s)
+{
+    if (s->ctl_inflight || !s->ctl_head || s->control.state != SC_READY)
+        return;
+    ctl_item *it = ctl_pop(s);
+    const char *sql = lookup_sql, *what = "device_lookup";
+    switch (it->kind) {
+    case CTL_LOOKUP: break;
+    case CTL_AUDIT: sql = audit_sql; what = "audit"; break;
+    case CTL_MAINT_PARTITIONS: sql = partitions_sql; what = "ensure_partitions"; break;
+    case CTL_MAINT_RETENTION: sql = retention_sql; what = "retention"; break;
+    }
+    s->ctl_inflight = it;
+    /* On failure the connection resets and ctl_on_down requeues the item. */
+    store__conn_send(&s->control, what, sql, it->nparams, (const char *const *)it->params);
+}
+
+static void lookup_done(ctl_item *it, PGresult *res)
+{
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        log_warn("device_lookup_failed", it->params[0], it->params[1], "sqlstate=%s",
+                 st ? st : "-");
+        it->cb(it->ctx, CMS_EUNAVAIL, NULL);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        it->cb(it->ctx, CMS_EPERM, NULL);
+        return;
+    }
+    store_device dev;
+    memset(&dev, 0, sizeof dev);
+    dev.id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    snprintf(dev.serial, sizeof dev.serial, "%s", PQgetvalue(res, 0, 1));
+    snprintf(dev.status, sizeof dev.status, "%s", PQgetvalue(res, 0, 2));
+    int n = store__arr_parse(PQgetvalue(res, 0, 3), dev.idents,
+                             sizeof dev.idents / sizeof dev.idents[0]);
+    dev.nidents = n > 0 ? (size_t)n : 0;
+    it->cb(it->ctx, CMS_OK, &dev);
+}
+
+static void maint_done(ctl_item *it, PGresult *res)
+{
+    const char *what = it->kind == CTL_MAINT_PARTITIONS ? "ensure_partitions" : "retention";
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+        for (char *p = msg; *p; p++)
+            if (*p == '\n')
+                *p = ' ';
+        log_error("store_maintenance_failed", NULL, NULL, "task=%s sqlstate=%s error=\"%s\"",
+                  what, st ? st : "-", msg);
+        return;
+    }
+    long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    log_event(n > 0 ? LOG_INFO : LOG_DEBUG, "store_maintenance", NULL, NULL, "task=%s %s=%ld",
+              what, it->kind == CTL_MAINT_PARTITIONS ? "created" : "dropped", n);
+}
+
+static void ctl_on_result(store__conn *c, PGresult *res)
+{
+    store_t *s = c->s;
+    ctl_item *it = s->ctl_inflight;
+    s->ctl_inflight = NULL;
+    if (it) {
+        switch (it->kind) {
+        case CTL_LOOKUP: lookup_done(it, res); break;
+        case CTL_AUDIT:
+            if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                audit_dropped(it, st ? st : "query failed");
+            }
+            break;
+        default: maint_done(it, res); break;
+        }
+        ctl_free(it);
+    }
+    if (s->closing)
+        store__maybe_finish_close(s);
+    else
+        ctl_kick(s);
+}
+
+static void ctl_on_down(store__conn *c, bool query_lost)
+{
+    store_t *s = c->s;
+    (void)query_lost;
+    ctl_item *it = s->ctl_inflight;
+    s->ctl_inflight = NULL;
+    if (it) {
+        if (it->kind == CTL_MAINT_PARTITIONS || it->kind == CTL_MAINT_RETENTION)
+            ctl_free(it); /* runs again on reconnect */
+        else
+            ctl_push_front(s, it);
+    }
+    if (s->closing)
+        store__maybe_finish_close(s);
+}
+
+static void queue_maintenance(store_t *s)
+{
+    char days[16];
+    const char *p[1] = {days};
+    snprintf(days, sizeof days, "%u", s->cfg.partitions_ahead_days);
+    ctl_item *it = ctl_new(CTL_MAINT_PARTITIONS, 1, p);
+    if (it)
+        ctl_push(s, it);
+    if (s->cfg.retention_days > 0) {
+        snprintf(days, sizeof days, "%u", s->cfg.retention_days);
+        it = ctl_new(CTL_MAINT_RETENTION, 1, p);
+        if (it)
+            ctl_push(s, it);
+    }
+}
+
+static void ctl_on_up(store__conn *c)
+{
+    store_t *s = c->s;
+    queue_maintenance(s);
+    ctl_kick(s);
+}
+
+static void maint_timer_cb(uv_timer_t *t)
+{
+    store_t *s = t->data;
+    if (s->closing)
+        return;
+    queue_maintenance(s);
+    ctl_kick(s);
+}
+
+/* ---- public: lookups and audit ---------------------------------------- */
+
+int store_device_lookup(store_t *s, const char *serial, const char *peer, store_device_cb cb,
+                        void *ctx)
+{
+    if (s->closing)
+        return CMS_ECLOSED;
+    if (!serial || !cb)
+        return CMS_EINVAL;
+    if (s->ctl_n >= STORE_CTL_QUEUE_MAX)
+        return CMS_ELIMIT;
+    const char *p[2] = {serial, peer};
+    ctl_item *it = ctl_new(CTL_LOOKUP, 2, p);
+    if (!it)
+        return CMS_ENOMEM;
+    it->cb = cb;
+    it->ctx = ctx;
+    it->deadline = uv_now(s->loop) + s->cfg.query_timeout_ms;
+    ctl_push(s, it);
+    ctl_kick(s);
+    return CMS_OK;
+}
+
+void store_audit(store_t *s, const char *event, const char *actor, const char *device,
+                 const char *peer, const char *detail_json)
+{
+    const char *p[5] = {event ? event : "unknown", actor, device, peer, detail_json};
+    ctl_item tmp = {.kind = CTL_AUDIT, .nparams = 5};
+    memcpy(tmp.params, p, sizeof p); /* for the log line only */
+    if (s->closing) {
+        audit_dropped(&tmp, "store closed");
+        return;
+    }
+    if (s->ctl_n >= STORE_CTL_QUEUE_MAX) {
+        audit_dropped(&tmp, "queue full");
+        return;
+    }
+    ctl_item *it = ctl_new(CTL_AUDIT, 5, p);
+    if (!it) {
+        audit_dropped(&tmp, "out of memory");
+        return;
+    }
+    ctl_push(s, it);
+    ctl_kick(s);
+}
+
+/* ---- timers ------------------------------------------------------------ */
+
+static void expire_lookups(store_t *s, uint64_t now)
+{
+    ctl_item **pp = &s->ctl_head;
+    ctl_item *prev = NULL;
+    while (*pp) {
+        ctl_item *it = *pp;
+        if (it->kind == CTL_LOOKUP && it->deadline <= now) {
+            *pp = it->next;
+            if (s->ctl_tail == it)
+                s->ctl_tail = prev;
+            s->ctl_n--;
+            log_warn("device_lookup_timeout", it->params[0], it->params[1],
+                     "control_conn=%s", store__conn_up(&s->control) ? "up" : "down");
+            ctl_abandon(it, CMS_EUNAVAIL, "timeout");
+            continue; /* callbacks may append: re-read *pp */
+        }
+        prev = it;
+        pp = &it->next;
+    }
+}
+
+static void expire_timer_cb(uv_timer_t *t)
+{
+    store_t *s = t->data;
+    if (s->closing)
+        return;
+    uint64_t now = uv_now(s->loop);
+    store__ingest_expire(s, now);
+    expire_lookups(s, now);
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+store_t *store_new(uv_loop_t *loop, const store_config *cfg)
+{
+    store_config def;
+    store_config_defaults(&def);
+    store_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->loop = loop;
+    s->cfg = *cfg;
+    s->conninfo = strdup(cfg->conninfo ? cfg->conninfo : "");
+    s->timezone = strdup(cfg->timezone && *cfg->timezone ? cfg->timezone : "UTC");
+    if (!s->conninfo || !s->timezone) {
+        free(s->conninfo);
+        free(s->timezone);
+        free(s);
+        return NULL;
+    }
+    store_config *c = &s->cfg;
+    c->conninfo = s->conninfo;
+    c->timezone = s->timezone;
+    if (c->batch_max_msgs == 0)
+        c->batch_max_msgs = def.batch_max_msgs;
+    if (c->batch_max_msgs > 10000)
+        c->batch_max_msgs = 10000;
+    if (c->max_queued_msgs == 0)
+        c->max_queued_msgs = def.max_queued_msgs;
+    if (c->query_timeout_ms == 0)
+        c->query_timeout_ms = def.query_timeout_ms;
+    if (c->ingest_timeout_ms == 0)
+        c->ingest_timeout_ms = def.ingest_timeout_ms;
+    if (c->reconnect_min_ms == 0)
+        c->reconnect_min_ms = def.reconnect_min_ms;
+    if (c->reconnect_max_ms < c->reconnect_min_ms)
+        c->reconnect_max_ms = c->reconnect_min_ms;
+
+    store__conn_init(s, &s->ingest, "ingest");
+    s->ingest.on_up = store__ingest_on_up;
+    s->ingest.on_result = store__ingest_on_result;
+    s->ingest.on_down = store__ingest_on_down;
+    store__conn_init(s, &s->control, "control");
+    s->control.on_up = ctl_on_up;
+    s->control.on_result = ctl_on_result;
+    s->control.on_down = ctl_on_down;
+
+    store__ingest_init(s);
+    uv_timer_init(loop, &s->expire_timer);
+    s->expire_timer.data = s;
+    uv_timer_init(loop, &s->maint_timer);
+    s->maint_timer.data = s;
+    uv_timer_init(loop, &s->close_timer);
+    s->close_timer.data = s;
+
+    unsigned tick = (c->ingest_timeout_ms < c->query_timeout_ms ? c->ingest_timeout_ms
+                                                                : c->query_timeout_ms) / 4;
+    tick = tick < 50 ? 50 : tick > 1000 ? 1000 : tick;
+    uv_timer_start(&s->expire_timer, expire_timer_cb, tick, tick);
+    uv_timer_start(&s->maint_timer, maint_timer_cb, MAINT_INTERVAL_MS, MAINT_INTERVAL_MS);
+
+    store__conn_start(&s->ingest);
+    store__conn_start(&s->control);
+    return s;
+}
+
+bool store_ready(const store_t *s)
+{
+    return !s->closing && store__conn_up(&s->ingest) && store__conn_up(&s->control);
+}
+
+void store__release(store_t *s)
+{
+    if (--s->pending_closes > 0 || !s->closed_conns)
+        return;
+    void (*cb)(void *) = s->close_cb;
+    void *ctx = s->close_ctx;
+    store__ingest_free_buffers(s);
+    free(s->conninfo);
+    free(s->timezone);
+    free(s);
+    if (cb)
+        cb(ctx);
+}
+
+/* Close callback of the store's own timers (data = the store). */
+static void timer_closed(uv_handle_t *h)
+{
+    store__release(h->data);
+}
+
+static void close_handle(store_t *s, uv_timer_t *t)
+{
+    uv_timer_stop(t);
+    s->pending_closes++;
+    uv_close((uv_handle_t *)t, timer_closed);
+}
+
+/* Everything still pending is ended now; then the handles are closed. */
+static void finish_close(store_t *s)
+{
+    if (s->closed_conns)
+        return;
+    s->closed_conns = true; /* before callbacks: they may call store_close */
+    store__ingest_fail_queued(s, CMS_ECLOSED);
+    store__ingest_fail_inflight(s, CMS_ECLOSED);
+    if (s->ctl_inflight) {
+        ctl_abandon(s->ctl_inflight, CMS_ECLOSED, "store closed while in flight");
+        s->ctl_inflight = NULL;
+    }
+    ctl_item *it;
+    while ((it = ctl_pop(s)) != NULL)
+        ctl_abandon(it, CMS_ECLOSED, "store closed");
+    /* The last close callback frees s (store__release). */
+    store__conn_close(&s->ingest);
+    store__conn_close(&s->control);
+    close_handle(s, &s->batch_timer);
+    close_handle(s, &s->expire_timer);
+    close_handle(s, &s->maint_timer);
+    close_handle(s, &s->close_timer);
+    log_info("store_closed", NULL, NULL, "batches=%llu msgs=%llu obs=%llu",
+             (unsigned long long)s->batches_ok, (unsigned long long)s->msgs_ok,
+             (unsigned long long)s->obs_ok);
+}
+
+void store__maybe_finish_close(store_t *s)
+{
+    if (!s->closing || s->closed_conns)
+        return;
+    bool ingest_busy = s->inflight.n > 0 && store__conn_up(&s->ingest);
+    bool ctl_busy = (s->ctl_inflight || s->ctl_head) && store__conn_up(&s->control);
+    if (ingest_busy || ctl_busy) {
+        ctl_kick(s); /* drain the audit rows while we wait */
+        return;
+    }
+    finish_close(s);
+}
+
+static void close_timer_cb(uv_timer_t *t)
+{
+    store_t *s = t->data;
+    log_warn("store_close_timeout", NULL, NULL, "in_flight_msgs=%zu control_queue=%zu",
+             s->inflight.n, s->ctl_n + (s->ctl_inflight ? 1u : 0u));
+    finish_close(s);
+}
+
+void store_close(store_t *s, void (*cb)(void *ctx), void *ctx)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    s->close_cb = cb;
+    s->close_ctx = ctx;
+    if (s->batch_timer_on) {
+        uv_timer_stop(&s->batch_timer);
+        s->batch_timer_on = false;
+    }
+    uv_timer_stop(&s->expire_timer);
+    uv_timer_stop(&s->maint_timer);
+    /* Queued-but-unsent messages and lookups end now; audit rows may drain. */
+    store__ingest_fail_queued(s, CMS_ECLOSED);
+    ctl_item *keep_head = NULL, *keep_tail = NULL, *it;
+    size_t kept = 0;
+    while ((it = ctl_pop(s)) != NULL) {
+        if (it->kind == CTL_AUDIT) {
+            it->next = NULL;
+            if (keep_tail)
+                keep_tail->next = it;
+            else
+                keep_head = it;
+            keep_tail = it;
+            kept++;
+        } else {
+            ctl_abandon(it, CMS_ECLOSED, "store closed");
+        }
+    }
+    s->ctl_head = keep_head;
+    s->ctl_tail = keep_tail;
+    s->ctl_n = kept;
+    uv_timer_start(&s->close_timer, close_timer_cb, s->cfg.query_timeout_ms, 0);
+    store__maybe_finish_close(s);
+}

@@ -1,0 +1,459 @@
+/*
+ * store_ingest.c - the ingest queue and group commit.
+ *
+ * store_ingest() copies a message into one compact allocation and appends it
+ * to s->queue. A batch (up to batch_max_msgs from the head) is sent as one
+ * call of cms.ingest_batch() with 21 array parameters when the queue reaches
+ * batch_max_msgs, when batch_max_delay_ms passed since the first queued one,
+ * or right after the previous batch returned (group commit: whatever queued
+ * meanwhile goes next). One batch is in flight at a time.
+ *
+ * Outcomes of a batch:
+ *   - success: each callback gets CMS_OK and its duplicate flag;
+ *   - connection lost / query timeout: outcome unknown, the batch goes back
+ *     to the head of the queue and is sent again after reconnecting (the
+ *     (device_id, control_id) key makes this exactly-once);
+ *   - SQLSTATE class 22 or 23: the batch is split, its messages are sent one
+ *     at a time; a single message refused so gets CMS_EPROTO;
+ *   - other errors (deadlock, serialization, statement timeout, missing
+ *     schema...): the batch goes back to the head and is retried after a
+ *     growing delay.
+ * Queued (not in-flight) messages older than ingest_timeout_ms fail with
+ * CMS_EUNAVAIL.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cms_err.h"
+#include "log.h"
+#include "store_int.h"
+
+static const char ingest_sql[] =
+    "SELECT idx, duplicate FROM cms.ingest_batch("
+    "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+    " $7::text[], $8::integer[],"
+    " $9::integer[], $10::integer[], $11::text[], $12::text[], $13::text[], $14::text[],"
+    " $15::double precision[], $16::text[], $17::text[], $18::text[], $19::text[],"
+    " $20::text[], $21::text[])";
+
+/* ---- fifo -------------------------------------------------------------- */
+
+static void fifo_push(ingest_fifo *f, ingest_item *it)
+{
+    it->next = NULL;
+    if (f->tail)
+        f->tail->next = it;
+    else
+        f->head = it;
+    f->tail = it;
+    f->n++;
+}
+
+static ingest_item *fifo_pop(ingest_fifo *f)
+{
+    ingest_item *it = f->head;
+    if (!it)
+        return NULL;
+    f->head = it->next;
+    if (!f->head)
+        f->tail = NULL;
+    f->n--;
+    it->next = NULL;
+    return it;
+}
+
+/* Puts all of src (in order) in front of dst; src becomes empty. */
+static void fifo_prepend(ingest_fifo *dst, ingest_fifo *src)
+{
+    if (!src->head)
+        return;
+    src->tail->next = dst->head;
+    if (!dst->tail)
+        dst->tail = src->tail;
+    dst->head = src->head;
+    dst->n += src->n;
+    src->head = src->tail = NULL;
+    src->n = 0;
+}
+
+/* Puts the in-flight batch back at the head of the queue, as it was. */
+static void requeue_inflight(store_t *s)
+{
+    if (s->inflight_split)
+        s->split_remaining += s->inflight.n;
+    s->inflight_split = false;
+    fifo_prepend(&s->queue, &s->inflight);
+}
+
+size_t store_backlog(const store_t *s)
+{
+    return s->queue.n + s->inflight.n;
+}
+
+void store_on_drain(store_t *s, void (*cb)(void *ctx), void *ctx)
+{
+    s->drain_cb = cb;
+    s->drain_ctx = ctx;
+}
+
+static void check_drain(store_t *s)
+{
+    if (s->refused && !s->closing && store_backlog(s) < s->cfg.max_queued_msgs / 2) {
+        s->refused = false;
+        if (s->drain_cb)
+            s->drain_cb(s->drain_ctx);
+    }
+}
+
+/* ---- copying a message ------------------------------------------------- */
+
+static size_t slen(const char *p)
+{
+    return strlen(p) + 1;
+}
+
+static const char *put(char **arena, const char *src)
+{
+    size_t n = strlen(src) + 1;
+    char *d = *arena;
+    memcpy(d, src, n);
+    *arena += n;
+    return d;
+}
+
+/* Server receive time as text with an explicit UTC offset. */
+static void now_text(char out[40])
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(out, 40, "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(out + n, 40 - n, ".%06d+00:00", (int)(ts.tv_nsec / 1000 % 1000000));
+}
+
+static ingest_item *item_new(int64_t device_id, const pcd01_msg *m)
+{
+    size_t nobs = m->nobs > PCD01_MAX_OBS ? PCD01_MAX_OBS : m->nobs;
+    size_t strs = slen(m->control_id) + slen(m->patient_authority) + slen(m->patient_id) +
+                  slen(m->location) + slen(m->msg_time);
+    for (size_t i = 0; i < nobs; i++) {
+        const pcd01_obs *o = &m->obs[i];
+        strs += slen(o->code) + slen(o->label) + slen(o->coding_system) + slen(o->sub_id) +
+                slen(o->value_text) + slen(o->unit_code) + slen(o->unit_label) +
+                slen(o->status) + slen(o->observed_at) + slen(o->equipment_id);
+    }
+    ingest_item *it = malloc(sizeof *it + nobs * sizeof(ingest_obs) + strs);
+    if (!it)
+        return NULL;
+    memset(it, 0, sizeof *it);
+    it->obs = (ingest_obs *)(it + 1);
+    char *arena = (char *)(it->obs + nobs);
+    it->device_id = device_id;
+    it->control_id = put(&arena, m->control_id);
+    it->patient_authority = put(&arena, m->patient_authority);
+    it->patient_id = put(&arena, m->patient_id);
+    it->location = put(&arena, m->location);
+    it->msg_time = put(&arena, m->msg_time);
+    now_text(it->received_at);
+    it->nobs = nobs;
+    for (size_t i = 0; i < nobs; i++) {
+        const pcd01_obs *o = &m->obs[i];
+        ingest_obs *d = &it->obs[i];
+        d->set_id = o->set_id;
+        d->value = o->value;
+        d->code = put(&arena, o->code);
+        d->label = put(&arena, o->label);
+        d->coding_system = put(&arena, o->coding_system);
+        d->sub_id = put(&arena, o->sub_id);
+        d->value_text = put(&arena, o->value_text);
+        d->unit_code = put(&arena, o->unit_code);
+        d->unit_label = put(&arena, o->unit_label);
+        d->status = put(&arena, o->status);
+        d->observed_at = put(&arena, o->observed_at);
+        d->equipment_id = put(&arena, o->equipment_id);
+    }
+    return it;
+}
+
+static void item_done(store_t *s, ingest_item *it, int status, bool dup)
+{
+    (void)s;
+    store_ingest_cb cb = it->cb;
+    void *ctx = it->ctx;
+    free(it);
+    cb(ctx, status, dup);
+}
+
+/* ---- batching ---------------------------------------------------------- */
+
+static void batch_timer_cb(uv_timer_t *t)
+{
+    store_t *s = t->data;
+    s->batch_timer_on = false;
+    store__ingest_kick(s);
+}
+
+static void arm_batch_timer(store_t *s, uint64_t ms)
+{
+    uv_timer_start(&s->batch_timer, batch_timer_cb, ms, 0);
+    s->batch_timer_on = true;
+}
+
+void store__ingest_init(store_t *s)
+{
+    uv_timer_init(s->loop, &s->batch_timer);
+    s->batch_timer.data = s;
+    s->retry_ms = s->cfg.reconnect_min_ms;
+}
+
+void store__ingest_free_buffers(store_t *s)
+{
+    for (int i = 0; i < STORE_NARRAYS; i++)
+        store__buf_free(&s->arr[i]);
+}
+
+/* Builds the 21 array parameters of s->inflight. Returns false on OOM. */
+static bool build_params(store_t *s, const char *vals[STORE_NARRAYS])
+{
+    store__buf *a = s->arr;
+    for (int i = 0; i < STORE_NARRAYS; i++)
+        store__arr_begin(&a[i]);
+    long long idx = 0;
+    for (ingest_item *it = s->inflight.head; it; it = it->next) {
+        idx++;
+        store__arr_int(&a[0], (long long)it->device_id);
+        store__arr_text(&a[1], it->control_id);
+        store__arr_text(&a[2], it->patient_authority);
+        store__arr_text(&a[3], it->patient_id);
+        store__arr_text(&a[4], it->location);
+        store__arr_text(&a[5], it->msg_time);
+        store__arr_text(&a[6], it->received_at);
+        store__arr_int(&a[7], (long long)it->nobs);
+        for (size_t j = 0; j < it->nobs; j++) {
+            const ingest_obs *o = &it->obs[j];
+            store__arr_int(&a[8], idx);
+            store__arr_int(&a[9], (long long)o->set_id);
+            store__arr_text(&a[10], o->code);
+            store__arr_text(&a[11], o->label);
+            store__arr_text(&a[12], o->coding_system);
+            store__arr_text(&a[13], o->sub_id);
+            store__arr_double(&a[14], o->value);
+            store__arr_text(&a[15], o->value_text);
+            store__arr_text(&a[16], o->unit_code);
+            store__arr_text(&a[17], o->unit_label);
+            store__arr_text(&a[18], o->status);
+            store__arr_text(&a[19], o->observed_at);
+            store__arr_text(&a[20], o->equipment_id);
+        }
+    }
+    for (int i = 0; i < STORE_NARRAYS; i++) {
+        store__arr_end(&a[i]);
+        if (a[i].oom)
+            return false;
+        vals[i] = a[i].p;
+    }
+    return true;
+}
+
+void store__ingest_kick(store_t *s)
+{
+    if (s->inflight.n > 0 || s->queue.n == 0 || !store__conn_up(&s->ingest) ||
+        s->ingest.state != SC_READY)
+        return;
+    uint64_t now = uv_now(s->loop);
+    if (s->hold_until > now) {
+        if (!s->batch_timer_on)
+            arm_batch_timer(s, s->hold_until - now);
+        return;
+    }
+    if (s->batch_timer_on) {
+        uv_timer_stop(&s->batch_timer);
+        s->batch_timer_on = false;
+    }
+    s->inflight_split = s->split_remaining > 0;
+    size_t max = s->inflight_split ? 1 : s->cfg.batch_max_msgs;
+    while (s->inflight.n < max && s->queue.n > 0)
+        fifo_push(&s->inflight, fifo_pop(&s->queue));
+    if (s->inflight_split)
+        s->split_remaining--;
+
+    const char *vals[STORE_NARRAYS];
+    if (!build_params(s, vals)) {
+        log_error("store_batch_oom", NULL, NULL, "msgs=%zu", s->inflight.n);
+        requeue_inflight(s);
+        s->hold_until = now + s->retry_ms;
+        arm_batch_timer(s, s->retry_ms);
+        return;
+    }
+    /* On failure the connection resets and on_down puts the batch back. */
+    store__conn_send(&s->ingest, "ingest_batch", ingest_sql, STORE_NARRAYS, vals);
+}
+
+int store_ingest(store_t *s, int64_t device_id, const pcd01_msg *msg, store_ingest_cb cb,
+                 void *ctx)
+{
+    if (s->closing)
+        return CMS_ECLOSED;
+    if (!cb || !msg)
+        return CMS_EINVAL;
+    if (store_backlog(s) >= s->cfg.max_queued_msgs) {
+        s->refused = true;
+        return CMS_ELIMIT;
+    }
+    ingest_item *it = item_new(device_id, msg);
+    if (!it)
+        return CMS_ENOMEM;
+    it->cb = cb;
+    it->ctx = ctx;
+    it->deadline = uv_now(s->loop) + s->cfg.ingest_timeout_ms;
+    fifo_push(&s->queue, it);
+    if (s->queue.n >= s->cfg.batch_max_msgs)
+        store__ingest_kick(s);
+    else if (!s->batch_timer_on && s->inflight.n == 0)
+        arm_batch_timer(s, s->cfg.batch_max_delay_ms);
+    return CMS_OK;
+}
+
+/* ---- results ----------------------------------------------------------- */
+
+void store__ingest_on_up(store__conn *c)
+{
+    store_t *s = c->s;
+    s->hold_until = 0;
+    store__ingest_kick(s);
+}
+
+void store__ingest_on_down(store__conn *c, bool query_lost)
+{
+    store_t *s = c->s;
+    (void)query_lost;
+    if (s->inflight.n > 0) {
+        /* Unknown outcome: send the same messages again after reconnecting. */
+        log_warn("store_batch_resend", NULL, NULL, "msgs=%zu reason=connection_lost",
+                 s->inflight.n);
+        requeue_inflight(s);
+    }
+    if (s->closing)
+        store__maybe_finish_close(s);
+}
+
+static bool data_error(const char *sqlstate)
+{
+    return sqlstate && (strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0);
+}
+
+static void one_line(char *buf, size_t cap, const char *m)
+{
+    snprintf(buf, cap, "%s", m ? m : "");
+    for (char *p = buf; *p; p++)
+        if (*p == '\n' || *p == '\t')
+            *p = ' ';
+    size_t n = strlen(buf);
+    while (n > 0 && buf[n - 1] == ' ')
+        buf[--n] = '\0';
+}
+
+static void batch_failed(store_t *s, PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    char msg[512];
+    const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    one_line(msg, sizeof msg, primary ? primary : PQresultErrorMessage(res));
+    if (data_error(state)) {
+        if (s->inflight.n > 1) {
+            log_warn("store_batch_split", NULL, NULL, "msgs=%zu sqlstate=%s error=\"%s\"",
+                     s->inflight.n, state, msg);
+            s->inflight_split = true; /* all of it goes back one by one */
+            requeue_inflight(s);
+            return;
+        }
+        ingest_item *it = fifo_pop(&s->inflight);
+        log_warn("store_msg_refused", NULL, NULL,
+                 "device_id=%lld control_id=%s sqlstate=%s error=\"%s\"",
+                 (long long)it->device_id, it->control_id, state, msg);
+        item_done(s, it, CMS_EPROTO, false);
+        return;
+    }
+    /* Transient or not ours to judge: retry the same batch after a delay. */
+    log_warn("store_batch_retry", NULL, NULL, "msgs=%zu sqlstate=%s retry_in_ms=%u error=\"%s\"",
+             s->inflight.n, state ? state : "-", s->retry_ms, msg);
+    requeue_inflight(s);
+    s->hold_until = uv_now(s->loop) + s->retry_ms;
+    unsigned next = s->retry_ms * 2;
+    s->retry_ms = next > s->cfg.reconnect_max_ms ? s->cfg.reconnect_max_ms : next;
+}
+
+void store__ingest_on_result(store__conn *c, PGresult *res)
+{
+    store_t *s = c->s;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        batch_failed(s, res);
+        goto next;
+    }
+    size_t n = s->inflight.n;
+    if ((size_t)PQntuples(res) != n || PQnfields(res) != 2) {
+        log_error("store_batch_bad_result", NULL, NULL, "msgs=%zu rows=%d", n,
+                  PQntuples(res));
+        requeue_inflight(s);
+        s->hold_until = uv_now(s->loop) + s->retry_ms;
+        goto next;
+    }
+    s->retry_ms = s->cfg.reconnect_min_ms;
+    /* Detach first: callbacks may queue new messages or close the store. */
+    ingest_fifo done = s->inflight;
+    s->inflight.head = s->inflight.tail = NULL;
+    s->inflight.n = 0;
+    s->batches_ok++;
+    s->msgs_ok += n;
+    int row = 0;
+    ingest_item *it;
+    while ((it = fifo_pop(&done)) != NULL) {
+        bool dup = PQgetvalue(res, row, 1)[0] == 't';
+        s->obs_ok += dup ? 0 : it->nobs;
+        row++;
+        item_done(s, it, CMS_OK, dup);
+    }
+next:
+    check_drain(s);
+    if (s->closing)
+        store__maybe_finish_close(s);
+    else
+        store__ingest_kick(s);
+}
+
+/* ---- expiry and shutdown ---------------------------------------------- */
+
+void store__ingest_expire(store_t *s, uint64_t now)
+{
+    size_t expired = 0;
+    while (s->queue.head && s->queue.head->deadline <= now) {
+        ingest_item *it = fifo_pop(&s->queue);
+        if (s->split_remaining > 0)
+            s->split_remaining--;
+        expired++;
+        item_done(s, it, CMS_EUNAVAIL, false);
+    }
+    if (expired) {
+        log_warn("store_ingest_timeout", NULL, NULL, "expired=%zu queued=%zu ingest_conn=%s",
+                 expired, s->queue.n, store__conn_up(&s->ingest) ? "up" : "down");
+        check_drain(s);
+    }
+}
+
+void store__ingest_fail_queued(store_t *s, int status)
+{
+    ingest_item *it;
+    s->split_remaining = 0;
+    while ((it = fifo_pop(&s->queue)) != NULL)
+        item_done(s, it, status, false);
+}
+
+void store__ingest_fail_inflight(store_t *s, int status)
+{
+    ingest_item *it;
+    while ((it = fifo_pop(&s->inflight)) != NULL)
+        item_done(s, it, status, false);
+}

@@ -1,0 +1,218 @@
+/*
+ * store_int.h - internals shared by the files of server/store (not public).
+ *
+ *   store_array.c  PostgreSQL array literals (build, parse) and a byte buffer
+ *   store_conn.c   one async libpq connection: connect, query, timers, close,
+ *                  reconnect with backoff
+ *   store_ingest.c ingest queue, group commit, resend, split-and-retry
+ *   store.c        store_new/close, control queue (lookups, audit,
+ *                  maintenance)
+ *
+ * Thread: the loop's thread only.
+ */
+#ifndef CMS_STORE_INT_H
+#define CMS_STORE_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include "store.h"
+
+/* ------------------------------------------------------------------------ */
+/* store_array.c                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Growable byte buffer, always NUL-terminated once anything was written. */
+typedef struct store__buf {
+    char *p;
+    size_t len, cap;
+    bool oom; /* sticky: an append failed */
+} store__buf;
+
+void store__buf_reset(store__buf *b);
+void store__buf_free(store__buf *b);
+void store__buf_append(store__buf *b, const char *s, size_t n);
+
+/*
+ * Array literal builder: store__arr_begin, then one store__arr_* per element,
+ * then store__arr_end. Text elements are always double-quoted with '"' and
+ * '\' backslash-escaped; a NULL pointer becomes the unquoted NULL. The result
+ * is a value for a text-format parameter ("{...}"), never SQL text.
+ */
+void store__arr_begin(store__buf *b);
+void store__arr_text(store__buf *b, const char *s);
+void store__arr_int(store__buf *b, long long v);
+void store__arr_double(store__buf *b, double v);
+void store__arr_end(store__buf *b);
+
+/*
+ * Parses a one-dimensional text array as PostgreSQL outputs it
+ * ({a,"b c",NULL}) into at most max strings of cap bytes (longer ones are
+ * truncated; NULL elements are skipped; elements beyond max are ignored).
+ * Returns the number stored, or -1 if s is not an array literal.
+ */
+int store__arr_parse(const char *s, char (*out)[64], size_t max);
+
+/* ------------------------------------------------------------------------ */
+/* store_conn.c                                                             */
+/* ------------------------------------------------------------------------ */
+
+enum store__conn_state {
+    SC_DOWN = 0,    /* not connected, nothing scheduled (initial) */
+    SC_BACKOFF,     /* waiting to reconnect (timer) */
+    SC_CONNECTING,  /* PQconnectPoll in progress */
+    SC_SETUP,       /* connected; session settings query in flight */
+    SC_READY,       /* idle, may send */
+    SC_BUSY,        /* a query is in flight */
+    SC_CLOSED,      /* closed for good (store_close) */
+};
+
+typedef struct store__conn store__conn;
+
+struct store__conn {
+    store_t *s;
+    const char *name;              /* "ingest" or "control" (static) */
+    enum store__conn_state state;
+    PGconn *pg;
+    uv_poll_t *poll;               /* heap; NULL when none; freed in close cb */
+    int poll_fd;
+    int poll_events;
+    uv_timer_t timer;              /* connect, query or backoff timeout */
+    unsigned backoff_ms;
+    unsigned failures;             /* consecutive failed attempts (for logs) */
+    PGresult *result;              /* result being collected */
+    char what[32];                 /* label of the query in flight (logs) */
+    /* Owner callbacks (set once by the owner). */
+    void (*on_up)(store__conn *c);
+    /* The query finished; res is owned by the connection (cleared after). */
+    void (*on_result)(store__conn *c, PGresult *res);
+    /* The connection was lost; query_lost when a query was in flight. */
+    void (*on_down)(store__conn *c, bool query_lost);
+};
+
+void store__conn_init(store_t *s, store__conn *c, const char *name);
+/* Starts connecting now (from SC_DOWN). */
+void store__conn_start(store__conn *c);
+/*
+ * Sends one parameterized statement (text parameters, text results). Only in
+ * SC_READY. Returns CMS_OK (on_result or on_down will follow) or
+ * CMS_EUNAVAIL (connection not ready or libpq refused: the connection is
+ * then being reset, on_down follows with query_lost = false).
+ */
+int store__conn_send(store__conn *c, const char *what, const char *sql, int nparams,
+                     const char *const *values);
+/* Drops the connection and reconnects after backoff (e.g. on bad state). */
+void store__conn_reset(store__conn *c, const char *why);
+/* Closes for good (idempotent); handles are released asynchronously. */
+void store__conn_close(store__conn *c);
+static inline bool store__conn_up(const store__conn *c)
+{
+    return c->state == SC_READY || c->state == SC_BUSY;
+}
+
+/* ------------------------------------------------------------------------ */
+/* store_ingest.c                                                           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct ingest_obs {
+    unsigned set_id;
+    double value;
+    const char *code, *label, *coding_system, *sub_id, *value_text, *unit_code,
+        *unit_label, *status, *observed_at, *equipment_id;
+} ingest_obs;
+
+/* One queued message: a single allocation (obs and strings follow). */
+typedef struct ingest_item {
+    struct ingest_item *next;
+    store_ingest_cb cb;
+    void *ctx;
+    uint64_t deadline;       /* uv_now() ms after which it fails (queued only) */
+    int64_t device_id;
+    const char *control_id, *patient_authority, *patient_id, *location, *msg_time;
+    char received_at[40];
+    size_t nobs;
+    ingest_obs *obs;
+} ingest_item;
+
+#define STORE_NARRAYS 21
+
+typedef struct ingest_fifo {
+    ingest_item *head, *tail;
+    size_t n;
+} ingest_fifo;
+
+/* ------------------------------------------------------------------------ */
+/* store.c: the control queue                                               */
+/* ------------------------------------------------------------------------ */
+
+enum ctl_kind { CTL_LOOKUP, CTL_AUDIT, CTL_MAINT_PARTITIONS, CTL_MAINT_RETENTION };
+
+typedef struct ctl_item {
+    struct ctl_item *next;
+    enum ctl_kind kind;
+    uint64_t deadline;       /* lookups: fail with EUNAVAIL after this */
+    store_device_cb cb;
+    void *ctx;
+    int nparams;
+    char *params[5];         /* owned copies; NULL = SQL NULL */
+} ctl_item;
+
+#define STORE_CTL_QUEUE_MAX 4096
+
+struct store {
+    uv_loop_t *loop;
+    store_config cfg;
+    char *conninfo, *timezone;   /* owned copies of cfg strings */
+    bool closing;
+    bool closed_conns;
+    void (*close_cb)(void *ctx);
+    void *close_ctx;
+    int pending_closes;          /* handles whose close callback is due */
+
+    store__conn ingest, control;
+
+    /* ingest */
+    ingest_fifo queue;           /* waiting, oldest first */
+    ingest_fifo inflight;        /* the batch in flight on the ingest conn */
+    size_t split_remaining;      /* head items to send one at a time */
+    bool inflight_split;         /* the in-flight batch is one of those */
+    uint64_t hold_until;         /* no batch before (transient error backoff) */
+    unsigned retry_ms;           /* transient error backoff */
+    bool batch_timer_on;
+    uv_timer_t batch_timer;      /* batch_max_delay_ms / retry hold */
+    uv_timer_t expire_timer;     /* ingest_timeout / lookup deadlines (periodic) */
+    store__buf arr[STORE_NARRAYS];
+    bool refused;                /* store_ingest returned ELIMIT since last drain */
+    void (*drain_cb)(void *ctx);
+    void *drain_ctx;
+    uint64_t batches_ok, msgs_ok, obs_ok; /* counters (debug logs) */
+
+    /* control */
+    ctl_item *ctl_head, *ctl_tail;
+    size_t ctl_n;
+    ctl_item *ctl_inflight;
+    uv_timer_t maint_timer;      /* hourly maintenance */
+    uv_timer_t close_timer;      /* store_close deadline */
+};
+
+/* store.c */
+/* A handle of s finished closing; frees s after the last one once closed. */
+void store__release(store_t *s);
+void store__maybe_finish_close(store_t *s);
+
+/* store_ingest.c */
+void store__ingest_init(store_t *s);
+void store__ingest_kick(store_t *s);          /* send a batch if possible */
+void store__ingest_on_up(store__conn *c);
+void store__ingest_on_result(store__conn *c, PGresult *res);
+void store__ingest_on_down(store__conn *c, bool query_lost);
+void store__ingest_expire(store_t *s, uint64_t now);
+void store__ingest_fail_queued(store_t *s, int status);
+void store__ingest_fail_inflight(store_t *s, int status);
+void store__ingest_free_buffers(store_t *s);
+
+#endif
