@@ -37,6 +37,13 @@
  *   db_reconnect_max_ms    [5000]  reconnect backoff cap
  *   retention_days         [0]     drop observation partitions older than this (0 = keep all)
  *   partitions_ahead_days  [7]     daily observation partitions created ahead
+ *   est_ca_cert            [""]    device-issuing CA certificate (PEM) used by EST and the CRL; "" = EST off
+ *   est_ca_key             [""]    its private key (mode 0600); required when est_ca_cert is set
+ *   est_ca_chain           [""]    chain returned by /cacerts (device CA + root), default tls_device_ca
+ *   est_cert_days          [365]   validity of device certificates issued by EST
+ *   enroll_token_ttl_s     [86400] default lifetime of an enrollment token (cmsctl may ask less)
+ *   crl_next_update_hours  [24]    nextUpdate of the published CRL (re-issued on every revocation
+ *                                  and when half of this has passed)
  *   http_max_header_bytes  [16384] HTTP request header section limit (431 beyond)
  *   http_max_body_bytes    [65536] HTTP request body limit (413 beyond)
  *   hl7_app                [CMS]   our MSH-3 in ACKs
@@ -82,6 +89,12 @@ typedef struct cms_config {
     unsigned db_reconnect_max_ms;
     unsigned retention_days;
     unsigned partitions_ahead_days;
+    char est_ca_cert[CONFIG_STR];
+    char est_ca_key[CONFIG_STR];
+    char est_ca_chain[CONFIG_STR];
+    unsigned est_cert_days;
+    unsigned enroll_token_ttl_s;
+    unsigned crl_next_update_hours;
     unsigned http_max_header_bytes;
     unsigned http_max_body_bytes;
     char hl7_app[64];

@@ -141,4 +141,42 @@ void store_audit(store_t *s, const char *event, const char *actor,
  */
 void store_close(store_t *s, void (*cb)(void *ctx), void *ctx);
 
+
+/* ---- generic statements and notifications (HTTPS services) ---------------- */
+
+/*
+ * Called with the result of store_query():
+ *   CMS_OK       res holds the result (PGRES_TUPLES_OK or PGRES_COMMAND_OK);
+ *   CMS_EPROTO   the statement failed in SQL: res holds the error
+ *                (PQresultErrorField(res, PG_DIAG_SQLSTATE) / _MESSAGE_PRIMARY,
+ *                e.g. a RAISE from a function with a custom SQLSTATE);
+ *   CMS_EUNAVAIL database unavailable or the statement timed out (res NULL);
+ *   CMS_ECLOSED  the store is closing (res NULL).
+ * res is borrowed for the call (PQclear is the store's business).
+ */
+typedef void (*store_query_cb)(void *ctx, int status, const struct pg_result *res);
+
+/*
+ * Runs one parameterized statement (text parameters; NULL = SQL NULL) on the
+ * control connection, in FIFO order with lookups and audit rows. A statement
+ * is its own transaction (put multi-step work in a SQL function). sql and
+ * params are copied. Not retried after a connection loss (the outcome would
+ * be unknown: cb gets CMS_EUNAVAIL). Returns CMS_OK (cb will be called
+ * once), CMS_ELIMIT (queue full), CMS_EINVAL (nparams > 16), CMS_ECLOSED.
+ */
+int store_query(store_t *s, const char *sql, int nparams, const char *const *params,
+                store_query_cb cb, void *ctx);
+
+/*
+ * Subscribes to a PostgreSQL NOTIFY channel (LISTEN on the control
+ * connection, re-issued after every reconnect). cb(ctx, payload) runs on the
+ * loop for each notification (payload borrowed). After a reconnect, cb is
+ * also called once with payload NULL: notifications may have been missed,
+ * so the subscriber must re-read the state it cares about. At most 8
+ * channels. Returns CMS_OK, CMS_ELIMIT, CMS_EINVAL (channel not
+ * [a-z_]{1,63}).
+ */
+int store_listen(store_t *s, const char *channel, void (*cb)(void *ctx, const char *payload),
+                 void *ctx);
+
 #endif

@@ -27,4 +27,45 @@ extern const https_route svc_routes[];
 /* GET /healthz: 200 {"status":"ok"} when the database is reachable, else 503. */
 int svc_health(https_req *r);
 
+/*
+ * Handlers (each returns CMS_OK after answering or CMS_EAGAIN, see https.h).
+ * est.c / enroll.c: EST (RFC 7030), enrollment tokens, revocation, CRL.
+ */
+int est_cacerts(https_req *r);        /* GET  /.well-known/est/cacerts        anyone */
+int est_csrattrs(https_req *r);       /* GET  /.well-known/est/csrattrs       anyone */
+int est_simpleenroll(https_req *r);   /* POST /.well-known/est/simpleenroll   token */
+int est_simplereenroll(https_req *r); /* POST /.well-known/est/simplereenroll device */
+int crl_get(https_req *r);            /* GET  /crl (DER), /crl.pem            anyone */
+int enroll_token_create(https_req *r);/* POST /api/v1/enroll/tokens            operator */
+int enroll_token_list(https_req *r);  /* GET  /api/v1/enroll/tokens            viewer */
+int enroll_token_revoke(https_req *r);/* POST /api/v1/enroll/tokens/:id/revoke operator */
+int device_revoke(https_req *r);      /* POST /api/v1/devices/:serial/revoke   admin */
+int device_decommission(https_req *r);/* POST /api/v1/devices/:serial/decommission admin */
+int cert_revoke(https_req *r);        /* POST /api/v1/certs/:fingerprint/revoke admin */
+/* admin.c: read side of the registry, groups, audit. */
+int admin_device_list(https_req *r);  /* GET  /api/v1/devices                  viewer */
+int admin_device_show(https_req *r);  /* GET  /api/v1/devices/:serial          viewer */
+int admin_device_certs(https_req *r); /* GET  /api/v1/devices/:serial/certs    viewer */
+int admin_group_list(https_req *r);   /* GET  /api/v1/groups                   viewer */
+int admin_group_set(https_req *r);    /* POST /api/v1/groups/:name/devices     operator */
+int admin_audit_list(https_req *r);   /* GET  /api/v1/audit                    viewer */
+int admin_audit_verify(https_req *r); /* GET  /api/v1/audit/verify             viewer */
+int admin_whoami(https_req *r);       /* GET  /api/v1/whoami                   viewer */
+
+/*
+ * Revocation fan-out (enroll.c): subscribes this worker to the
+ * "cms_revocation" NOTIFY channel; on a notification naming a serial, every
+ * connection of that device on this worker (MLLP and HTTPS) is closed at
+ * once. Returns CMS_OK.
+ */
+int svc_revocation_init(svc_state *st);
+
+/*
+ * Enrollment state (enroll.c): loads est_ca_cert/key/chain when configured.
+ * Returns CMS_OK (st->est set, or NULL when EST is off) or CMS_EINVAL with
+ * a reason in err.
+ */
+int svc_est_init(svc_state *st, char *err, size_t cap);
+void svc_est_free(svc_state *st);
+
 #endif

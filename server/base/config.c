@@ -59,6 +59,12 @@ static const struct opt opts[] = {
     U(db_reconnect_max_ms, 10, 600000),
     U(retention_days, 0, 36500),
     U(partitions_ahead_days, 1, 365),
+    S(est_ca_cert),
+    S(est_ca_key),
+    S(est_ca_chain),
+    U(est_cert_days, 1, 3650),
+    U(enroll_token_ttl_s, 60, 30 * 86400),
+    U(crl_next_update_hours, 1, 24 * 30),
     U(http_max_header_bytes, 1024, 1u << 20),
     U(http_max_body_bytes, 1024, 64u << 20),
     S(hl7_app),
@@ -92,6 +98,9 @@ void config_defaults(cms_config *c)
     c->db_reconnect_max_ms = 5000;
     c->retention_days = 0;
     c->partitions_ahead_days = 7;
+    c->est_cert_days = 365;
+    c->enroll_token_ttl_s = 86400;
+    c->crl_next_update_hours = 24;
     c->http_max_header_bytes = 16384;
     c->http_max_body_bytes = 65536;
     snprintf(c->hl7_app, sizeof(c->hl7_app), "CMS");
@@ -150,20 +159,20 @@ static int set_opt(cms_config *c, const struct opt *o, const char *v, char *err,
 }
 
 /* The private key must exist, be a regular file and not be readable by others. */
-static int check_key_file(const char *path, char *err, size_t cap)
+static int check_key_file(const char *key, const char *path, char *err, size_t cap)
 {
     struct stat st;
     if (stat(path, &st) != 0) {
-        snprintf(err, cap, "tls_key %s: %s", path, strerror(errno));
+        snprintf(err, cap, "%s %s: %s", key, path, strerror(errno));
         return CMS_EINVAL;
     }
     if (!S_ISREG(st.st_mode)) {
-        snprintf(err, cap, "tls_key %s: not a regular file", path);
+        snprintf(err, cap, "%s %s: not a regular file", key, path);
         return CMS_EINVAL;
     }
     if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-        snprintf(err, cap, "tls_key %s: mode %03o is accessible by group/others; chmod 600 it",
-                 path, (unsigned)(st.st_mode & 0777));
+        snprintf(err, cap, "%s %s: mode %03o is accessible by group/others; chmod 600 it",
+                 key, path, (unsigned)(st.st_mode & 0777));
         return CMS_EINVAL;
     }
     return CMS_OK;
@@ -205,7 +214,7 @@ static int validate(const cms_config *c, char *err, size_t cap)
     }
     int rc;
     if ((rc = check_readable("tls_cert", c->tls_cert, err, cap)) != CMS_OK ||
-        (rc = check_key_file(c->tls_key, err, cap)) != CMS_OK ||
+        (rc = check_key_file("tls_key", c->tls_key, err, cap)) != CMS_OK ||
         (rc = check_readable("tls_device_ca", c->tls_device_ca, err, cap)) != CMS_OK)
         return rc;
     if (c->tls_operator_ca[0] &&
@@ -213,6 +222,18 @@ static int validate(const cms_config *c, char *err, size_t cap)
         return rc;
     if (c->tls_crl[0] && (rc = check_readable("tls_crl", c->tls_crl, err, cap)) != CMS_OK)
         return rc;
+    if (c->est_ca_cert[0]) {
+        if (!c->est_ca_key[0]) {
+            snprintf(err, cap, "est_ca_key is required when est_ca_cert is set");
+            return CMS_EINVAL;
+        }
+        if ((rc = check_readable("est_ca_cert", c->est_ca_cert, err, cap)) != CMS_OK ||
+            (rc = check_key_file("est_ca_key", c->est_ca_key, err, cap)) != CMS_OK)
+            return rc;
+        if (c->est_ca_chain[0] &&
+            (rc = check_readable("est_ca_chain", c->est_ca_chain, err, cap)) != CMS_OK)
+            return rc;
+    }
     return CMS_OK;
 }
 
