@@ -154,6 +154,7 @@ void store_close(store_t *s, void (*cb)(void *ctx), void *ctx);
  *   CMS_ECLOSED  the store is closing (res NULL).
  * res is borrowed for the call (PQclear is the store's business).
  */
+struct pg_result; /* libpq's PGresult */
 typedef void (*store_query_cb)(void *ctx, int status, const struct pg_result *res);
 
 /*
