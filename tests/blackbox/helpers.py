@@ -604,9 +604,12 @@ class Ack:
             self.err_code = self.msg.extract_field("ERR", 1, 3, 1, 1) if len(err) > 3 else ""
             self.err_text = self.msg.extract_field("ERR", 1, 8, 1, 1) if len(err) > 8 else ""
 
-    @property
-    def msh(self):
-        return self.msg.segment("MSH")
+    def get(self, seg, field, comp=1):
+        """Unescaped text of SEG-field.comp (MSH numbering as in the standard)."""
+        try:
+            return self.msg.extract_field(seg, 1, field, 1, comp)
+        except (KeyError, IndexError):
+            return ""
 
     def reason(self):
         """The human-readable reason (MSA-3 and/or ERR-8)."""
@@ -853,6 +856,16 @@ class Pipeline:
             self.inflight.remove(a.control_id)
         return True
 
+    def send_burst(self, msgs):
+        """Sends msgs [(control_id, text)] in one write (coalesced frames),
+        without waiting for ACKs."""
+        data = b"".join(frame(text) for _, text in msgs)
+        now = time.monotonic()
+        for cid, _ in msgs:
+            self.sent_times.setdefault(cid, now)
+            self.inflight.append(cid)
+        self.c.send_bytes(data)
+
     def run(self, msgs, stop=None, deadline=60.0, drain=True, pace=0.0):
         """Sends msgs [(control_id, text)] keeping the window full; calls
         stop(self) after every ACK and returns when it is true, when all are
@@ -871,7 +884,7 @@ class Pipeline:
                 if pending is not None and len(self.inflight) < self.window:
                     cid, text = pending
                     self.c.send(text)
-                    self.sent_times[cid] = time.monotonic()
+                    self.sent_times.setdefault(cid, time.monotonic())
                     self.inflight.append(cid)
                     sent.append(cid)
                     pending = None

@@ -100,6 +100,12 @@ def test_db_outage_mid_stream(cmsd_factory, pg, db, pki):
     assert s.exc is None, "streamer failed: %r" % s.exc
     assert cmsd.alive(), "cmsd exited during the outage:\n" + cmsd.log_tail()
 
+    codes = {}
+    for t, cid, code in s.events:
+        phase = "before" if t < t_stopped else "outage" if t < t_start0 else "after"
+        codes[(phase, code)] = codes.get((phase, code), 0) + 1
+    print("db outage: sent %d, answers by phase %s, reconnects %d"
+          % (len(s.sent), sorted(codes.items()), len(s.closes)))
     # No AA for data sent while the database was down (it cannot be committed).
     early = [(cid, t - t_stopped) for t, cid, code in s.events
              if code == "AA" and t_stopped <= t < t_start0 and s.sent.get(cid, 0) >= t_stopped]

@@ -18,12 +18,11 @@ def db_now(db):
 def assert_aa(ack, control_id, device):
     assert ack.code == "AA", "expected AA, got %r" % ack
     assert ack.control_id == control_id
-    msh = ack.msh
-    assert str(msh(9)(1)(1)) == "ACK", ack
-    assert str(msh(3)) == "CMS-TEST", "MSH-3 of the ACK must be hl7_app: %r" % ack
-    assert str(msh(4)) == "BB-HOSPITAL", "MSH-4 of the ACK must be hl7_facility: %r" % ack
-    assert str(msh(5)(1)(1)) == device, "MSH-5 of the ACK must echo the sender: %r" % ack
-    assert str(msh(10)), "the ACK needs its own MSH-10: %r" % ack
+    assert ack.get("MSH", 9) == "ACK", ack
+    assert ack.get("MSH", 3) == "CMS-TEST", "MSH-3 of the ACK must be hl7_app: %r" % ack
+    assert ack.get("MSH", 4) == "BB-HOSPITAL", "MSH-4 of the ACK must be hl7_facility: %r" % ack
+    assert ack.get("MSH", 5) == device, "MSH-5 of the ACK must echo the sender: %r" % ack
+    assert ack.get("MSH", 10), "the ACK needs its own MSH-10: %r" % ack
 
 
 def assert_sample_rows(rows, device, patient, t_before, t_after):
