@@ -410,6 +410,13 @@ static int on_headers_complete(http_parser *p)
         c->headers[i].value = c->head + c->hoff[i].value_off;
         c->headers[i].value_len = c->hoff[i].value_len;
     }
+    /* The Debian build of libhttp-parser is not strict: it lets a space into
+     * a header name ("Content-Length : 5"). Refuse any name that is not a
+     * token, so that no header can mean one thing to us and another to a
+     * proxy in front. */
+    for (size_t i = 0; i < c->n_headers; i++)
+        if (!is_token(c->headers[i].name) || strlen(c->headers[i].name) != c->headers[i].name_len)
+            return cb_fail(c, CMS_EPROTO, 400, "invalid character in header name");
     memset(r, 0, sizeof(*r));
     r->method = (enum http_method)p->method;
     r->method_name = http_method_str(r->method);

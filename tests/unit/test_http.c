@@ -305,6 +305,15 @@ static void test_cl_and_te_400(void **state)
     assert_int_equal(http_conn_error_status(&conn), 400);
 }
 
+static void test_space_in_header_name_400(void **state)
+{
+    (void)state;
+    assert_int_equal(feed_all("POST / HTTP/1.1\r\nHost: h\r\nContent-Length : 5\r\n\r\nhello"),
+                     CMS_EPROTO);
+    assert_int_equal(http_conn_error_status(&conn), 400);
+    assert_int_equal(rec.n, 0);
+}
+
 static void test_http2_version_505(void **state)
 {
     (void)state;
@@ -691,6 +700,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_method_400, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_host_400, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cl_and_te_400, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_space_in_header_name_400, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http2_version_505, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keep_alive_variants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_close, setup, teardown),
