@@ -269,6 +269,21 @@ static int ec_group_name(const EVP_PKEY *key, char *name, size_t cap)
     return 1;
 }
 
+/* RSA public exponent: odd and 2^16+1 <= e < 2^256 (CA/Browser Forum rule). */
+static int rsa_exponent_ok(const EVP_PKEY *key)
+{
+    BIGNUM *e = NULL;
+    int ok;
+
+    if (EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &e) != 1) {
+        ERR_clear_error();
+        return 0;
+    }
+    ok = BN_is_odd(e) && BN_num_bits(e) >= 17 && BN_num_bits(e) <= 256;
+    BN_free(e);
+    return ok;
+}
+
 int pki__key_allowed(const EVP_PKEY *key, char *desc, size_t desc_cap, char *reason,
                      size_t reason_cap)
 {
@@ -309,6 +324,11 @@ int pki__key_allowed(const EVP_PKEY *key, char *desc, size_t desc_cap, char *rea
         }
         if (bits > 8192) {
             pki__reason(reason, reason_cap, "RSA key of %d bits is above 8192", bits);
+            return 0;
+        }
+        if (!rsa_exponent_ok(key)) {
+            pki__reason(reason, reason_cap,
+                        "RSA public exponent refused (odd, 65537 or larger required)");
             return 0;
         }
         pki__reason(desc, desc_cap, "RSA %d", bits);

@@ -603,6 +603,33 @@ static void test_csr_key_policy(void **state)
     }
 }
 
+static void test_csr_rsa_small_exponent_refused(void **state)
+{
+    EVP_PKEY_CTX *kctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    BIGNUM *three = BN_new();
+    EVP_PKEY *k = NULL;
+    char reason[PKI_REASON_MAX];
+    unsigned char *der;
+    char *body;
+    int len;
+
+    (void)state;
+    BN_set_word(three, 3);
+    assert_int_equal(EVP_PKEY_keygen_init(kctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_keygen_bits(kctx, 2048), 1);
+    assert_int_equal(EVP_PKEY_CTX_set1_rsa_keygen_pubexp(kctx, three), 1);
+    assert_int_equal(EVP_PKEY_generate(kctx, &k), 1);
+    der = make_csr_der(k, "MON-0013", 0, &len);
+    body = b64_lines(der, len);
+    assert_int_equal(csr_refused(body, strlen(body), reason), CMS_EPERM);
+    assert_non_null(strstr(reason, "exponent"));
+    free(body);
+    OPENSSL_free(der);
+    EVP_PKEY_free(k);
+    BN_free(three);
+    EVP_PKEY_CTX_free(kctx);
+}
+
 static void test_csr_weak_digest_refused(void **state)
 {
     EVP_PKEY *k = keygen("RSA", "2048");
@@ -1245,6 +1272,7 @@ int main(void)
         cmocka_unit_test(test_issue_arguments_expired_and_clamp),
         cmocka_unit_test(test_csr_bad_signature_refused),
         cmocka_unit_test(test_csr_key_policy),
+        cmocka_unit_test(test_csr_rsa_small_exponent_refused),
         cmocka_unit_test(test_csr_weak_digest_refused),
         cmocka_unit_test(test_csr_encodings),
         cmocka_unit_test(test_csr_garbage_refused),
