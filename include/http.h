@@ -47,7 +47,7 @@
  * ---------------------------------------------------------------------------
  * A malformed request gives CMS_EPROTO, a limit gives CMS_ELIMIT. In both
  * cases http_conn_error_status() tells which status to answer (400, 413,
- * 414, 431, 505) and http_conn_error_detail() a short static-or-owned
+ * 414, 417, 431, 505) and http_conn_error_detail() a short static-or-owned
  * description (for a parse error, libhttp-parser's http_errno description).
  * The connection is then HTTP_CONN_FAILED: answer with http_json_error(...,
  * no keep-alive) and close. A body larger than max_body_bytes is refused from
@@ -217,7 +217,8 @@ void http_conn_free(http_conn *c);
  *                delivered and answered (state DONE; the rest is ignored);
  *   CMS_EAGAIN   an answer is pending (state WAITING): keep data+*consumed..
  *                and feed it again after http_conn_resume();
- *   CMS_EPROTO   malformed request (status 400 or 505);
+ *   CMS_EPROTO   malformed request (status 400; 417 for an Expect other
+ *                than 100-continue; 505 for an HTTP major version not 1);
  *   CMS_ELIMIT   a limit was hit (status 413, 414 or 431);
  *   CMS_ENOMEM   allocation failed (answer 500 or just close);
  *   CMS_ECLOSED  the connection is DONE; nothing consumed;
@@ -241,8 +242,8 @@ enum http_conn_state http_conn_get_state(const http_conn *c);
 bool http_conn_in_request(const http_conn *c);
 /* Bytes of memory held for the request in progress (memory accounting). */
 size_t http_conn_buffered(const http_conn *c);
-/* After CMS_EPROTO/CMS_ELIMIT: the status to answer (400, 413, 414, 431,
- * 505); 500 after CMS_ENOMEM; 0 if no error. */
+/* After CMS_EPROTO/CMS_ELIMIT: the status to answer (400, 413, 414, 417,
+ * 431, 505); 500 after CMS_ENOMEM; 0 if none (or after a callback error). */
 int http_conn_error_status(const http_conn *c);
 /* Short static description of the error, or "" (never NULL). */
 const char *http_conn_error_detail(const http_conn *c);
