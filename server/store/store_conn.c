@@ -398,8 +398,16 @@ static void conn_poll_cb(uv_poll_t *h, int status, int events)
         return;
     }
     if (status < 0) {
-        snprintf(err, sizeof err, "poll: %s", uv_strerror(status));
-        conn_lost(c, err);
+        /* EPOLLERR (libuv reports UV_EBADF), e.g. the backend reset the
+         * socket: let libpq read what is left for a precise error (and a
+         * result that may have completed), then drop the connection: libuv
+         * has stopped this watcher. */
+        if (c->state == SC_BUSY || c->state == SC_SETUP || c->state == SC_READY)
+            conn_read(c);
+        if (c->state == SC_BUSY || c->state == SC_SETUP || c->state == SC_READY) {
+            snprintf(err, sizeof err, "socket error (%s)", uv_strerror(status));
+            conn_lost(c, err);
+        }
         return;
     }
     if (events & UV_WRITABLE) {

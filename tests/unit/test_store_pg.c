@@ -6,6 +6,10 @@
  * The test side uses blocking libpq to prepare and check rows; the store
  * under test runs on a libuv loop as in cmsd.
  *
+ * CMS_TEST_ADMIN_DSN (default: CMS_TEST_DSN) is used by the test itself to
+ * create devices and check rows, so that the store can run as a role that
+ * only has cms_server's grants.
+ *
  * CMS_TEST_STORE_N (default 10000) messages of 10 observations are used for
  * the throughput and kill tests; the measured obs/s is printed.
  */
@@ -469,7 +473,8 @@ static void test_unavailable_timeout_backlog_close(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    side = PQconnectdb(dsn);
+    const char *admin = getenv("CMS_TEST_ADMIN_DSN");
+    side = PQconnectdb(admin && *admin ? admin : dsn);
     if (PQstatus(side) != CONNECTION_OK) {
         fprintf(stderr, "test_store_pg: cannot connect: %s", PQerrorMessage(side));
         return -1;

@@ -1,0 +1,89 @@
+/*
+ * test_store_array.c - PostgreSQL array literals built for array parameters
+ * and parsed from array_agg output (server/store/store_array.c).
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "../../server/store/store_int.h"
+
+static void test_text_quoting(void **state)
+{
+    (void)state;
+    store__buf b = {0};
+    store__arr_begin(&b);
+    store__arr_text(&b, "plain");
+    store__arr_text(&b, "say \"hi\"");
+    store__arr_text(&b, "back\\slash");
+    store__arr_text(&b, "");
+    store__arr_text(&b, NULL);
+    store__arr_text(&b, "NULL");
+    store__arr_text(&b, "a,b{c}");
+    store__arr_end(&b);
+    assert_false(b.oom);
+    assert_string_equal(b.p, "{\"plain\",\"say \\\"hi\\\"\",\"back\\\\slash\",\"\",NULL,"
+                             "\"NULL\",\"a,b{c}\"}");
+    store__buf_free(&b);
+}
+
+static void test_numbers(void **state)
+{
+    (void)state;
+    store__buf b = {0};
+    store__arr_begin(&b);
+    store__arr_int(&b, -42);
+    store__arr_double(&b, 0.1);
+    store__arr_double(&b, 36.6);
+    store__arr_double(&b, NAN);
+    store__arr_end(&b);
+    assert_string_equal(b.p, "{-42,0.10000000000000001,36.600000000000001,NaN}");
+    store__arr_begin(&b); /* reuse */
+    store__arr_end(&b);
+    assert_string_equal(b.p, "{}");
+    store__buf_free(&b);
+}
+
+static void test_grows(void **state)
+{
+    (void)state;
+    store__buf b = {0};
+    store__arr_begin(&b);
+    for (int i = 0; i < 10000; i++)
+        store__arr_text(&b, "0123456789\"");
+    store__arr_end(&b);
+    assert_false(b.oom);
+    assert_int_equal(b.len, 2 + 10000 * 14 + 9999); /* braces, elements, commas */
+    store__buf_free(&b);
+}
+
+static void test_parse(void **state)
+{
+    (void)state;
+    char out[8][64];
+    assert_int_equal(store__arr_parse("{}", out, 8), 0);
+    assert_int_equal(store__arr_parse("{abc,\"x \\\"y\\\" \\\\z\",NULL,\"NULL\"}", out, 8), 3);
+    assert_string_equal(out[0], "abc");
+    assert_string_equal(out[1], "x \"y\" \\z");
+    assert_string_equal(out[2], "NULL");
+    assert_int_equal(store__arr_parse("{a,b,c}", out, 2), 2);
+    assert_int_equal(store__arr_parse("abc", out, 8), -1);
+    assert_int_equal(store__arr_parse("{\"unterminated", out, 8), -1);
+    assert_int_equal(store__arr_parse(NULL, out, 8), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_text_quoting),
+        cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_grows),
+        cmocka_unit_test(test_parse),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
