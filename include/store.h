@@ -81,10 +81,12 @@ typedef void (*store_ingest_cb)(void *ctx, int status, bool duplicate);
 
 /*
  * Queues one message of device_id for the next group commit. msg is copied
- * (borrowed only during the call); received_at is the server's receive time
- * (an ISO string as hl7_time_format produces). Returns CMS_OK (cb will be
- * called once), CMS_ELIMIT when max_queued_msgs are already queued, or
- * CMS_ECLOSED after store_close (cb is not called on error).
+ * (borrowed only during the call). The store stamps the message's
+ * received_at (server receive time, UTC, microseconds) during this call;
+ * observations without a time get received_at as observed_at. Returns
+ * CMS_OK (cb will be called once), CMS_ELIMIT when max_queued_msgs are
+ * already queued, CMS_ENOMEM, or CMS_ECLOSED after store_close (cb is not
+ * called on error).
  */
 int store_ingest(store_t *s, int64_t device_id, const pcd01_msg *msg,
                  store_ingest_cb cb, void *ctx);
