@@ -262,7 +262,10 @@ static void connect_step(store__conn *c)
 static void setup_send(store__conn *c)
 {
     char tmo[32], app[64];
-    snprintf(tmo, sizeof tmo, "%u", c->s->cfg.query_timeout_ms);
+    /* The server cancels a statement first (clean error, connection kept);
+     * our timer at query_timeout_ms is the backstop for a dead link. */
+    unsigned stmt_ms = c->s->cfg.query_timeout_ms / 10 * 9;
+    snprintf(tmo, sizeof tmo, "%u", stmt_ms ? stmt_ms : 1);
     snprintf(app, sizeof app, "cmsd-%s", c->name);
     const char *vals[3] = {c->s->timezone, tmo, app};
     c->state = SC_READY; /* store__conn_send requires it */

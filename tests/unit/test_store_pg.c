@@ -11,7 +11,8 @@
  * only has cms_server's grants.
  *
  * CMS_TEST_STORE_N (default 10000) messages of 10 observations are used for
- * the throughput and kill tests; the measured obs/s is printed.
+ * the throughput and kill tests, in batches of CMS_TEST_STORE_BATCH (256);
+ * the measured obs/s is printed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,6 +38,7 @@ static int64_t dev_id;    /* a device created for this run */
 static char run_tag[64];  /* unique per run, prefixes control ids */
 static pcd01_msg tmpl;
 static unsigned n_msgs = 10000;
+static unsigned batch_msgs = 256; /* CMS_TEST_STORE_BATCH */
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -143,9 +145,10 @@ static void on_ingest(void *ctx, int status, bool duplicate)
     case CMS_ECLOSED: r->eclosed++; break;
     default: r->other++; break;
     }
-    if (r->kill_at && !r->killed && r->done >= r->kill_at) {
+    if (r->kill_at && r->done >= r->kill_at) { /* at 1/4, 2/4, 3/4 of the run */
         r->killed = true;
         terminate_backends();
+        r->kill_at = r->kill_at + r->total / 4 < r->total ? r->kill_at + r->total / 4 : 0;
     }
 }
 
@@ -160,6 +163,7 @@ static store_t *open_store(uv_loop_t *loop, const char *conninfo, store_config *
     store_config_defaults(cfg);
     cfg->conninfo = conninfo;
     cfg->timezone = "Europe/Berlin";
+    cfg->batch_max_msgs = batch_msgs;
     store_t *s = store_new(loop, cfg);
     assert_non_null(s);
     double t0 = now_s();
@@ -308,7 +312,7 @@ static void test_kill_backend_exactly_once(void **state)
     run r = {.loop = &loop};
     r.s = open_store(&loop, dsn, &cfg);
     msg_ctx *ctxs = calloc(n_msgs, sizeof *ctxs);
-    r.kill_at = n_msgs / 3;
+    r.kill_at = n_msgs / 4;
     push_all(&r, "kill", n_msgs, ctxs);
     assert_true(r.killed);
     printf("    after kill: ok=%u (dup=%u, i.e. committed before the loss) eunavail=%u\n",
@@ -323,6 +327,49 @@ static void test_kill_backend_exactly_once(void **state)
     assert_true(store_ready(r.s));
     close_store(&r);
     free(ctxs);
+    uv_loop_close(&loop);
+}
+
+/* A batch blocked on a row lock: the statement is cancelled by the server
+ * (statement_timeout) or our timer, retried, and succeeds once the lock goes. */
+static void test_blocked_batch_retried(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    store_config cfg;
+    store_config_defaults(&cfg);
+    cfg.conninfo = dsn;
+    cfg.query_timeout_ms = 400;
+    cfg.reconnect_min_ms = 50;
+    run r = {.loop = &loop};
+    r.s = store_new(&loop, &cfg);
+    double t0 = now_s();
+    while (!store_ready(r.s) && now_s() - t0 < 10)
+        uv_run(&loop, UV_RUN_ONCE);
+    static pcd01_msg m;
+    m = tmpl;
+    set_control_id(&m, "locked", 0);
+    char dev[32];
+    snprintf(dev, sizeof dev, "%lld", (long long)dev_id);
+    const char *v[2] = {dev, m.control_id};
+    PQclear(q("BEGIN", 0, NULL));
+    PQclear(q("INSERT INTO cms.messages (device_id, control_id, received_at, nobs) "
+              "VALUES ($1, $2, now(), 0)", 2, v));
+    msg_ctx a = {&r, 0};
+    assert_int_equal(store_ingest(r.s, dev_id, &m, on_ingest, &a), CMS_OK);
+    r.total = 1;
+    t0 = now_s();
+    while (now_s() - t0 < 1.2)
+        uv_run(&loop, UV_RUN_NOWAIT), usleep(1000);
+    assert_int_equal(r.done, 0); /* still blocked, being retried */
+    PQclear(q("ROLLBACK", 0, NULL));
+    while (r.done < 1)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(r.ok, 1);
+    assert_int_equal(r.dup, 0);
+    assert_int_equal(count_obs("locked"), 10);
+    close_store(&r);
     uv_loop_close(&loop);
 }
 
@@ -520,6 +567,9 @@ int main(void)
     const char *n = getenv("CMS_TEST_STORE_N");
     if (n && atoi(n) > 0)
         n_msgs = (unsigned)atoi(n);
+    const char *b = getenv("CMS_TEST_STORE_BATCH");
+    if (b && atoi(b) > 0)
+        batch_msgs = (unsigned)atoi(b);
     const char *lv = getenv("CMS_TEST_LOG");
     enum log_level level = LOG_WARN;
     if (lv)
@@ -528,6 +578,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_throughput_and_duplicates),
         cmocka_unit_test(test_kill_backend_exactly_once),
+        cmocka_unit_test(test_blocked_batch_retried),
         cmocka_unit_test(test_split_on_data_error),
         cmocka_unit_test(test_lookup_and_audit),
         cmocka_unit_test(test_unavailable_timeout_backlog_close),
