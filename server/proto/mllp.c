@@ -14,6 +14,7 @@
  */
 #include "mllp.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +26,8 @@ void mllp_decoder_init(mllp_decoder *d, size_t max_frame, mllp_frame_cb cb, void
 {
     memset(d, 0, sizeof(*d));
     d->state = MLLP_WAIT_SB;
-    d->max_frame = max_frame;
+    /* Clamped so that max_frame + 1 and the doubling below cannot overflow. */
+    d->max_frame = max_frame > SIZE_MAX / 4 ? SIZE_MAX / 4 : max_frame;
     d->on_frame = cb;
     d->ctx = ctx;
 }

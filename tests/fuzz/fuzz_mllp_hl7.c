@@ -30,7 +30,7 @@
 #include "mllp.h"
 #include "pcd01.h"
 
-#define FUZZ_MAX_FRAME 4096
+#define FUZZ_MAX_FRAME 2048
 #define FUZZ_MAX_FRAMES 256
 
 static hl7_msg msg;   /* large: static, the target is single-threaded */

@@ -242,6 +242,19 @@ static void test_callback_error_stops_feed(void **state)
     mllp_decoder_free(&d);
 }
 
+static void test_huge_max_frame_does_not_overflow(void **state)
+{
+    rec *r = *state;
+    mllp_decoder d;
+    const char in[] = F(MSG1);
+
+    mllp_decoder_init(&d, SIZE_MAX, on_frame, r);
+    assert_int_equal(mllp_decoder_feed(&d, in, sizeof(in) - 1), CMS_OK);
+    assert_int_equal(r->n, 1);
+    assert_string_equal(r->frame[0], MSG1);
+    mllp_decoder_free(&d);
+}
+
 static void test_empty_frame(void **state)
 {
     rec *r = *state;
@@ -292,6 +305,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_oversize_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_frame_grows_buffer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_callback_error_stops_feed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_huge_max_frame_does_not_overflow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_encode_roundtrip, setup, teardown),
     };
