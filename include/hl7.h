@@ -44,7 +44,12 @@ typedef struct hl7_msg {
  * Parses buf (len bytes; need not be NUL-terminated). Returns CMS_OK,
  * CMS_EPROTO (no MSH first, bad delimiters, empty, control characters, ...)
  * or CMS_ELIMIT (more than HL7_MAX_SEGMENTS). On error, reason (cap bytes)
- * receives a short human-readable explanation.
+ * receives a short human-readable explanation and m->nseg is 0.
+ * Details: MSH-2 holds 4 encoding characters (a 5th, the v2.7 truncation
+ * character, is accepted and ignored); all delimiters must be distinct
+ * printable ASCII punctuation. Blank lines are skipped. Control characters
+ * other than TAB, CR and LF are refused. Segment names are 3 of [A-Z0-9].
+ * A second MSH (batch) is refused.
  */
 int hl7_parse(hl7_msg *m, const char *buf, size_t len, char *reason, size_t cap);
 
@@ -56,7 +61,10 @@ hl7_str hl7_segment_name(const hl7_msg *m, size_t seg);
 /*
  * Raw slice of field f, repetition r, component c, subcomponent s of segment
  * seg (r/c/s 1-based; pass 0 for "the whole thing at that level"). An absent
- * element yields an empty slice (p may be NULL, len 0).
+ * element yields an empty slice (p may be NULL, len 0). A 0 above a level
+ * that is asked for means the first element (r = 0, c = 2 is the second
+ * component of the first repetition). f = 0 is the segment name; MSH-1 and
+ * MSH-2 are never split.
  */
 hl7_str hl7_get(const hl7_msg *m, size_t seg, unsigned f, unsigned r, unsigned c, unsigned s);
 /* Shorthand for hl7_get(m, seg, f, 0, 0, 0). */
@@ -74,7 +82,9 @@ int hl7_get_text(const hl7_msg *m, size_t seg, unsigned f, unsigned r, unsigned 
 
 /*
  * Escapes text for use inside a field with delimiters d (| ^ ~ \ & become
- * \F\ \S\ \R\ \E\ \T\; CR/LF become a space). Returns length or CMS_ELIMIT.
+ * \F\ \S\ \R\ \E\ \T\; CR/LF and other control characters except TAB become
+ * a space). d NULL means |^~\&. out is always NUL-terminated when cap > 0
+ * and the NUL must fit. Returns length or CMS_ELIMIT.
  */
 int hl7_escape(const hl7_delims *d, const char *text, char *out, size_t cap);
 
@@ -96,7 +106,8 @@ int hl7_time_parse(hl7_str s, hl7_time *t);
 /*
  * Formats t as an ISO 8601 string that PostgreSQL accepts as timestamptz:
  * "2026-11-15 08:30:00.310000+01:00", or without the offset when !has_tz.
- * Returns length or CMS_ELIMIT (cap >= 40 always suffices).
+ * Returns length or CMS_ELIMIT (cap >= 40 always suffices), or CMS_EINVAL
+ * if t holds out-of-range values (hl7_time_parse never produces them).
  */
 int hl7_time_format(const hl7_time *t, char *out, size_t cap);
 
@@ -127,7 +138,11 @@ typedef struct hl7_ack {
 /*
  * Encodes an ACK (MSH, MSA, and ERR when code != AA), segments ending in CR,
  * without MLLP framing, using the standard delimiters |^~\&. All text is
- * escaped. Returns the length or CMS_ELIMIT if cap is too small.
+ * escaped; NULL strings are "". For AE/AR: MSA-3 = reason (omitted when
+ * empty), ERR-3 = "<err_code>^<table 0357 text>^HL70357" (err_code defaults
+ * to "207"), ERR-4 = "E", ERR-8 = reason. The output is NUL-terminated and
+ * the NUL must fit. Returns the length or CMS_ELIMIT if cap is too small
+ * (escaping can triple the text: size cap for 3x the inputs plus 128).
  */
 int hl7_ack_encode(const hl7_ack *a, char *out, size_t cap);
 

@@ -23,7 +23,11 @@
  *     OBX-18 equipment instance identifier (all repetitions, component 1,
  *            e.g. an EUI-64) -> obs.equipment_id.
  *   OBX with empty value type (MDS/VMD/channel rows) and other value types
- *   (ST, CWE, NA waveforms, ...) are counted in skipped_obx and not stored.
+ *   (ST, CWE, NA waveforms, ...) are counted in skipped_obx and not stored,
+ *   and so are NM rows whose OBX-5 is empty (e.g. status X: no value).
+ *   OBX-18: component 1 of the first repetition that has one. Text fields
+ *   are trimmed of surrounding blanks. The fallback time for OBX-14 is the
+ *   OBR-7 of the OBR the OBX follows.
  *
  * Thread: any.
  */
@@ -85,7 +89,8 @@ int pcd01_read_header(const hl7_msg *m, pcd01_msg *out);
  *   CMS_ELIMIT   more than PCD01_MAX_OBS numeric observations or a field
  *                longer than its buffer.
  * reason (cap bytes) gets a human-readable explanation on error, and
- * *err_code an HL7 table 0357 code string ("101", "102", "200", "203", ...).
+ * *err_code an HL7 table 0357 code string ("101", "102", "200", "203", ...;
+ * "0" on success). Reasons never quote field values (patient data).
  */
 int pcd01_extract(const hl7_msg *m, pcd01_msg *out, const char **err_code,
                   char *reason, size_t cap);
