@@ -8,6 +8,8 @@ the sanitizer build: any ASan/UBSan report in cmsd's log fails the test).
 """
 
 import contextlib
+import shutil
+import warnings
 
 import pytest
 
@@ -22,6 +24,16 @@ PENDING = "MON-0097"                # registered, status pending
 REVOKED = "MON-0096"                # registered, status revoked
 TO_REVOKE = "MON-0098"              # active at first; a test revokes it
 # mkpki.sh test also makes bad/unknown (CN=MON-9999, not registered either).
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_run_dir():
+    """Logs and configs of the previous run go; PKI and cluster are reused."""
+    for sub in ("logs",):
+        shutil.rmtree(h.RUN / sub, ignore_errors=True)
+    for conf in h.RUN.glob("*.conf"):
+        conf.unlink()
+    (h.RUN / "logs").mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +84,7 @@ def _shared_cmsd(pki, db):
     yield c
     with contextlib.suppress(AssertionError):
         c.stop()
-    _check_sanitizers(c)
+    _check_sanitizers(c, getattr(c, "sanitizer_checked", 0))  # e.g. LeakSanitizer at exit
 
 
 @pytest.fixture
@@ -81,13 +93,16 @@ def cmsd(_shared_cmsd):
     or printed a sanitizer report; restarts it for the next test."""
     c = _shared_cmsd
     if not c.alive():
+        warnings.warn("shared cmsd had exited (rc=%s); restarting it" % c.proc.returncode)
         c.start()
+    checked = getattr(c, "sanitizer_checked", 0)
     since = c.log_size()
     c.test_log_start = since
     yield c
     died = not c.alive()
     rc = c.proc.returncode
-    _check_sanitizers(c, since)
+    c.sanitizer_checked = c.log_size()
+    _check_sanitizers(c, checked)
     if died:
         pytest.fail("shared cmsd died during this test (rc=%s); log:\n%s"
                     % (rc, "\n".join(c.log_lines(since)[-60:])), pytrace=False)

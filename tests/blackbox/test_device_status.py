@@ -58,3 +58,15 @@ def test_status_checked_on_resumed_session(cmsd, pki, db):
             assert db.message_count(TO_REVOKE, cid2) == 0
     h.assert_refusal_logged(cmsd, c.local_port, r"(?i)revoked|not active|inactive", since)
     h.good_client_still_served(cmsd, pki)
+
+
+def test_last_seen_recorded(cmsd, db, connect):
+    with connect(cmsd.port, "MON-0002") as c:
+        ack = c.request(h.pcd01("MON-0002", h.unique("SEEN"), patient=h.unique("PT")))
+        assert ack.code == "AA", ack
+        local = c.local_port
+    seen, peer, age = db.query("SELECT last_seen_at, last_peer, now() - last_seen_at "
+                               "FROM cms.devices WHERE serial = 'MON-0002'")[0]
+    assert seen is not None and age.total_seconds() < 60, (seen, age)
+    assert peer and peer.endswith(":%d" % local), "last_peer %r, expected our port %d" % (
+        peer, local)
