@@ -137,10 +137,20 @@ static void ctl_kick(store_t *s)
     ctl_item *it = ctl_pop(s);
     const char *sql = lookup_sql, *what = "device_lookup";
     switch (it->kind) {
-    case CTL_LOOKUP: break;
-    case CTL_AUDIT: sql = audit_sql; what = "audit"; break;
-    case CTL_MAINT_PARTITIONS: sql = partitions_sql; what = "ensure_partitions"; break;
-    case CTL_MAINT_RETENTION: sql = retention_sql; what = "retention"; break;
+    case CTL_LOOKUP:
+        break;
+    case CTL_AUDIT:
+        sql = audit_sql;
+        what = "audit";
+        break;
+    case CTL_MAINT_PARTITIONS:
+        sql = partitions_sql;
+        what = "ensure_partitions";
+        break;
+    case CTL_MAINT_RETENTION:
+        sql = retention_sql;
+        what = "retention";
+        break;
     }
     s->ctl_inflight = it;
     /* On failure the connection resets and ctl_on_down requeues the item. */
@@ -181,13 +191,13 @@ static void maint_done(ctl_item *it, PGresult *res)
         for (char *p = msg; *p; p++)
             if (*p == '\n')
                 *p = ' ';
-        log_error("store_maintenance_failed", NULL, NULL, "task=%s sqlstate=%s error=\"%s\"",
-                  what, st ? st : "-", msg);
+        log_error("store_maintenance_failed", NULL, NULL, "task=%s sqlstate=%s error=\"%s\"", what,
+                  st ? st : "-", msg);
         return;
     }
     long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
-    log_event(n > 0 ? LOG_INFO : LOG_DEBUG, "store_maintenance", NULL, NULL, "task=%s %s=%ld",
-              what, it->kind == CTL_MAINT_PARTITIONS ? "created" : "dropped", n);
+    log_event(n > 0 ? LOG_INFO : LOG_DEBUG, "store_maintenance", NULL, NULL, "task=%s %s=%ld", what,
+              it->kind == CTL_MAINT_PARTITIONS ? "created" : "dropped", n);
 }
 
 static void ctl_on_result(store__conn *c, PGresult *res)
@@ -197,14 +207,18 @@ static void ctl_on_result(store__conn *c, PGresult *res)
     s->ctl_inflight = NULL;
     if (it) {
         switch (it->kind) {
-        case CTL_LOOKUP: lookup_done(it, res); break;
+        case CTL_LOOKUP:
+            lookup_done(it, res);
+            break;
         case CTL_AUDIT:
             if (PQresultStatus(res) != PGRES_TUPLES_OK) {
                 const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
                 audit_dropped(it, st ? st : "query failed");
             }
             break;
-        default: maint_done(it, res); break;
+        default:
+            maint_done(it, res);
+            break;
         }
         ctl_free(it);
     }
@@ -321,8 +335,8 @@ static void expire_lookups(store_t *s, uint64_t now)
             if (s->ctl_tail == it)
                 s->ctl_tail = prev;
             s->ctl_n--;
-            log_warn("device_lookup_timeout", it->params[0], it->params[1],
-                     "control_conn=%s", store__conn_up(&s->control) ? "up" : "down");
+            log_warn("device_lookup_timeout", it->params[0], it->params[1], "control_conn=%s",
+                     store__conn_up(&s->control) ? "up" : "down");
             ctl_abandon(it, CMS_EUNAVAIL, "timeout");
             continue; /* callbacks may append: re-read *pp */
         }
@@ -395,8 +409,9 @@ store_t *store_new(uv_loop_t *loop, const store_config *cfg)
     uv_timer_init(loop, &s->close_timer);
     s->close_timer.data = s;
 
-    unsigned tick = (c->ingest_timeout_ms < c->query_timeout_ms ? c->ingest_timeout_ms
-                                                                : c->query_timeout_ms) / 4;
+    unsigned tick =
+        (c->ingest_timeout_ms < c->query_timeout_ms ? c->ingest_timeout_ms : c->query_timeout_ms) /
+        4;
     tick = tick < 50 ? 50 : tick > 1000 ? 1000 : tick;
     uv_timer_start(&s->expire_timer, expire_timer_cb, tick, tick);
     uv_timer_start(&s->maint_timer, maint_timer_cb, MAINT_INTERVAL_MS, MAINT_INTERVAL_MS);

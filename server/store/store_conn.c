@@ -138,9 +138,8 @@ static void schedule_reconnect(store__conn *c)
 static void connect_failed(store__conn *c, const char *why)
 {
     c->failures++;
-    log_warn("db_connect_failed", NULL, NULL,
-             "conn=%s attempt=%u retry_in_ms=%u error=%s", c->name, c->failures,
-             c->backoff_ms, why);
+    log_warn("db_connect_failed", NULL, NULL, "conn=%s attempt=%u retry_in_ms=%u error=%s", c->name,
+             c->failures, c->backoff_ms, why);
     conn_drop(c);
     schedule_reconnect(c);
 }
@@ -155,8 +154,8 @@ static void conn_lost(store__conn *c, const char *why)
         connect_failed(c, why);
         return;
     }
-    log_warn("db_disconnected", NULL, NULL, "conn=%s in_flight=%s retry_in_ms=%u error=%s",
-             c->name, query_lost ? c->what : "none", c->backoff_ms, why);
+    log_warn("db_disconnected", NULL, NULL, "conn=%s in_flight=%s retry_in_ms=%u error=%s", c->name,
+             query_lost ? c->what : "none", c->backoff_ms, why);
     conn_drop(c);
     schedule_reconnect(c);
     if (c->on_down)
@@ -290,8 +289,8 @@ static void setup_done(store__conn *c, PGresult *res)
         return;
     }
     c->state = SC_READY;
-    log_info("db_connected", NULL, NULL, "conn=%s server_version=%d after_attempts=%u",
-             c->name, PQserverVersion(c->pg), c->failures + 1);
+    log_info("db_connected", NULL, NULL, "conn=%s server_version=%d after_attempts=%u", c->name,
+             PQserverVersion(c->pg), c->failures + 1);
     c->failures = 0;
     c->backoff_ms = c->s->cfg.reconnect_min_ms;
     if (c->on_up)
@@ -448,8 +447,8 @@ static void conn_timer_cb(uv_timer_t *t)
         break;
     case SC_SETUP:
     case SC_BUSY:
-        log_warn("db_query_timeout", NULL, NULL, "conn=%s query=%s timeout_ms=%u", c->name,
-                 c->what, c->s->cfg.query_timeout_ms);
+        log_warn("db_query_timeout", NULL, NULL, "conn=%s query=%s timeout_ms=%u", c->name, c->what,
+                 c->s->cfg.query_timeout_ms);
         conn_lost(c, "query timeout");
         break;
     default:

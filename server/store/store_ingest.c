@@ -142,8 +142,8 @@ static ingest_item *item_new(int64_t device_id, const pcd01_msg *m)
     for (size_t i = 0; i < nobs; i++) {
         const pcd01_obs *o = &m->obs[i];
         strs += slen(o->code) + slen(o->label) + slen(o->coding_system) + slen(o->sub_id) +
-                slen(o->value_text) + slen(o->unit_code) + slen(o->unit_label) +
-                slen(o->status) + slen(o->observed_at) + slen(o->equipment_id);
+                slen(o->value_text) + slen(o->unit_code) + slen(o->unit_label) + slen(o->status) +
+                slen(o->observed_at) + slen(o->equipment_id);
     }
     ingest_item *it = malloc(sizeof *it + nobs * sizeof(ingest_obs) + strs);
     if (!it)
@@ -292,8 +292,7 @@ void store__ingest_kick(store_t *s)
     store__conn_send(&s->ingest, "ingest_batch", ingest_sql, STORE_NARRAYS, vals);
 }
 
-int store_ingest(store_t *s, int64_t device_id, const pcd01_msg *msg, store_ingest_cb cb,
-                 void *ctx)
+int store_ingest(store_t *s, int64_t device_id, const pcd01_msg *msg, store_ingest_cb cb, void *ctx)
 {
     if (s->closing)
         return CMS_ECLOSED;
@@ -372,8 +371,8 @@ static void batch_failed(store_t *s, PGresult *res)
         }
         ingest_item *it = fifo_pop(&s->inflight);
         log_warn("store_msg_refused", NULL, NULL,
-                 "device_id=%lld control_id=%s sqlstate=%s error=\"%s\"",
-                 (long long)it->device_id, it->control_id, state, msg);
+                 "device_id=%lld control_id=%s sqlstate=%s error=\"%s\"", (long long)it->device_id,
+                 it->control_id, state, msg);
         item_done(s, it, CMS_EPROTO, false);
         return;
     }
@@ -395,8 +394,7 @@ void store__ingest_on_result(store__conn *c, PGresult *res)
     }
     size_t n = s->inflight.n;
     if ((size_t)PQntuples(res) != n || PQnfields(res) != 2) {
-        log_error("store_batch_bad_result", NULL, NULL, "msgs=%zu rows=%d", n,
-                  PQntuples(res));
+        log_error("store_batch_bad_result", NULL, NULL, "msgs=%zu rows=%d", n, PQntuples(res));
         requeue_inflight(s);
         s->hold_until = uv_now(s->loop) + s->retry_ms;
         goto next;

@@ -62,30 +62,30 @@ int store__arr_parse(const char *s, char (*out)[64], size_t max);
 /* ------------------------------------------------------------------------ */
 
 enum store__conn_state {
-    SC_DOWN = 0,    /* not connected, nothing scheduled (initial) */
-    SC_BACKOFF,     /* waiting to reconnect (timer) */
-    SC_CONNECTING,  /* PQconnectPoll in progress */
-    SC_SETUP,       /* connected; session settings query in flight */
-    SC_READY,       /* idle, may send */
-    SC_BUSY,        /* a query is in flight */
-    SC_CLOSED,      /* closed for good (store_close) */
+    SC_DOWN = 0,   /* not connected, nothing scheduled (initial) */
+    SC_BACKOFF,    /* waiting to reconnect (timer) */
+    SC_CONNECTING, /* PQconnectPoll in progress */
+    SC_SETUP,      /* connected; session settings query in flight */
+    SC_READY,      /* idle, may send */
+    SC_BUSY,       /* a query is in flight */
+    SC_CLOSED,     /* closed for good (store_close) */
 };
 
 typedef struct store__conn store__conn;
 
 struct store__conn {
     store_t *s;
-    const char *name;              /* "ingest" or "control" (static) */
+    const char *name; /* "ingest" or "control" (static) */
     enum store__conn_state state;
     PGconn *pg;
-    uv_poll_t *poll;               /* heap; NULL when none; freed in close cb */
+    uv_poll_t *poll; /* heap; NULL when none; freed in close cb */
     int poll_fd;
     int poll_events;
-    uv_timer_t timer;              /* connect, query or backoff timeout */
+    uv_timer_t timer; /* connect, query or backoff timeout */
     unsigned backoff_ms;
-    unsigned failures;             /* consecutive failed attempts (for logs) */
-    PGresult *result;              /* result being collected */
-    char what[32];                 /* label of the query in flight (logs) */
+    unsigned failures; /* consecutive failed attempts (for logs) */
+    PGresult *result;  /* result being collected */
+    char what[32];     /* label of the query in flight (logs) */
     /* Owner callbacks (set once by the owner). */
     void (*on_up)(store__conn *c);
     /* The query finished; res is owned by the connection (cleared after). */
@@ -121,8 +121,8 @@ static inline bool store__conn_up(const store__conn *c)
 typedef struct ingest_obs {
     unsigned set_id;
     double value;
-    const char *code, *label, *coding_system, *sub_id, *value_text, *unit_code,
-        *unit_label, *status, *observed_at, *equipment_id;
+    const char *code, *label, *coding_system, *sub_id, *value_text, *unit_code, *unit_label,
+        *status, *observed_at, *equipment_id;
 } ingest_obs;
 
 /* One queued message: a single allocation (obs and strings follow). */
@@ -130,7 +130,7 @@ typedef struct ingest_item {
     struct ingest_item *next;
     store_ingest_cb cb;
     void *ctx;
-    uint64_t deadline;       /* uv_now() ms after which it fails (queued only) */
+    uint64_t deadline; /* uv_now() ms after which it fails (queued only) */
     int64_t device_id;
     const char *control_id, *patient_authority, *patient_id, *location, *msg_time;
     char received_at[40];
@@ -154,11 +154,11 @@ enum ctl_kind { CTL_LOOKUP, CTL_AUDIT, CTL_MAINT_PARTITIONS, CTL_MAINT_RETENTION
 typedef struct ctl_item {
     struct ctl_item *next;
     enum ctl_kind kind;
-    uint64_t deadline;       /* lookups: fail with EUNAVAIL after this */
+    uint64_t deadline; /* lookups: fail with EUNAVAIL after this */
     store_device_cb cb;
     void *ctx;
     int nparams;
-    char *params[5];         /* owned copies; NULL = SQL NULL */
+    char *params[5]; /* owned copies; NULL = SQL NULL */
 } ctl_item;
 
 #define STORE_CTL_QUEUE_MAX 4096
@@ -166,27 +166,27 @@ typedef struct ctl_item {
 struct store {
     uv_loop_t *loop;
     store_config cfg;
-    char *conninfo, *timezone;   /* owned copies of cfg strings */
+    char *conninfo, *timezone; /* owned copies of cfg strings */
     bool closing;
     bool closed_conns;
     void (*close_cb)(void *ctx);
     void *close_ctx;
-    int pending_closes;          /* handles whose close callback is due */
+    int pending_closes; /* handles whose close callback is due */
 
     store__conn ingest, control;
 
     /* ingest */
-    ingest_fifo queue;           /* waiting, oldest first */
-    ingest_fifo inflight;        /* the batch in flight on the ingest conn */
-    size_t split_remaining;      /* head items to send one at a time */
-    bool inflight_split;         /* the in-flight batch is one of those */
-    uint64_t hold_until;         /* no batch before (transient error backoff) */
-    unsigned retry_ms;           /* transient error backoff */
+    ingest_fifo queue;      /* waiting, oldest first */
+    ingest_fifo inflight;   /* the batch in flight on the ingest conn */
+    size_t split_remaining; /* head items to send one at a time */
+    bool inflight_split;    /* the in-flight batch is one of those */
+    uint64_t hold_until;    /* no batch before (transient error backoff) */
+    unsigned retry_ms;      /* transient error backoff */
     bool batch_timer_on;
-    uv_timer_t batch_timer;      /* batch_max_delay_ms / retry hold */
-    uv_timer_t expire_timer;     /* ingest_timeout / lookup deadlines (periodic) */
+    uv_timer_t batch_timer;  /* batch_max_delay_ms / retry hold */
+    uv_timer_t expire_timer; /* ingest_timeout / lookup deadlines (periodic) */
     store__buf arr[STORE_NARRAYS];
-    bool refused;                /* store_ingest returned ELIMIT since last drain */
+    bool refused; /* store_ingest returned ELIMIT since last drain */
     void (*drain_cb)(void *ctx);
     void *drain_ctx;
     uint64_t batches_ok, msgs_ok, obs_ok; /* counters (debug logs) */
@@ -195,8 +195,8 @@ struct store {
     ctl_item *ctl_head, *ctl_tail;
     size_t ctl_n;
     ctl_item *ctl_inflight;
-    uv_timer_t maint_timer;      /* hourly maintenance */
-    uv_timer_t close_timer;      /* store_close deadline */
+    uv_timer_t maint_timer; /* hourly maintenance */
+    uv_timer_t close_timer; /* store_close deadline */
 };
 
 /* store.c */
@@ -206,7 +206,7 @@ void store__maybe_finish_close(store_t *s);
 
 /* store_ingest.c */
 void store__ingest_init(store_t *s);
-void store__ingest_kick(store_t *s);          /* send a batch if possible */
+void store__ingest_kick(store_t *s); /* send a batch if possible */
 void store__ingest_on_up(store__conn *c);
 void store__ingest_on_result(store__conn *c, PGresult *res);
 void store__ingest_on_down(store__conn *c, bool query_lost);

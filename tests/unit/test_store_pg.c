@@ -33,9 +33,9 @@
 #include "store.h"
 
 static const char *dsn;
-static PGconn *side;      /* blocking connection of the test itself */
-static int64_t dev_id;    /* a device created for this run */
-static char run_tag[64];  /* unique per run, prefixes control ids */
+static PGconn *side;     /* blocking connection of the test itself */
+static int64_t dev_id;   /* a device created for this run */
+static char run_tag[64]; /* unique per run, prefixes control ids */
 static pcd01_msg tmpl;
 static unsigned n_msgs = 10000;
 static unsigned batch_msgs = 256; /* CMS_TEST_STORE_BATCH */
@@ -68,7 +68,10 @@ static double now_s(void)
 
 static void make_template(void)
 {
-    static const struct { const char *code, *label, *unit, *ulabel; double v; } o[10] = {
+    static const struct {
+        const char *code, *label, *unit, *ulabel;
+        double v;
+    } o[10] = {
         {"147842", "MDC_ECG_HEART_RATE", "264864", "MDC_DIM_BEAT_PER_MIN", 72},
         {"150456", "MDC_PULS_OXIM_SAT_O2", "262688", "MDC_DIM_PERCENT", 98},
         {"149530", "MDC_PULS_OXIM_PULS_RATE", "264864", "MDC_DIM_BEAT_PER_MIN", 71},
@@ -103,7 +106,9 @@ static void make_template(void)
         snprintf(x->status, sizeof x->status, "R");
         /* one without offset (session TimeZone), one empty (received_at) */
         snprintf(x->observed_at, sizeof x->observed_at, "%s",
-                 i == 0 ? "2026-11-15 08:30:00" : i == 1 ? "" : "2026-11-15 08:30:00+01:00");
+                 i == 0   ? "2026-11-15 08:30:00"
+                 : i == 1 ? ""
+                          : "2026-11-15 08:30:00+01:00");
         snprintf(x->equipment_id, sizeof x->equipment_id, "%s", i == 2 ? "0012A1FFFE000001" : "");
     }
 }
@@ -114,7 +119,7 @@ typedef struct run {
     uv_loop_t *loop;
     store_t *s;
     unsigned total, done, ok, dup, eproto, eunavail, eclosed, other;
-    unsigned kill_at;          /* terminate backends when done reaches it */
+    unsigned kill_at; /* terminate backends when done reaches it */
     bool killed;
     bool closed;
     unsigned drains;
@@ -139,11 +144,22 @@ static void on_ingest(void *ctx, int status, bool duplicate)
     run *r = m->r;
     r->done++;
     switch (status) {
-    case CMS_OK: r->ok++; r->dup += duplicate; break;
-    case CMS_EPROTO: r->eproto++; break;
-    case CMS_EUNAVAIL: r->eunavail++; break;
-    case CMS_ECLOSED: r->eclosed++; break;
-    default: r->other++; break;
+    case CMS_OK:
+        r->ok++;
+        r->dup += duplicate;
+        break;
+    case CMS_EPROTO:
+        r->eproto++;
+        break;
+    case CMS_EUNAVAIL:
+        r->eunavail++;
+        break;
+    case CMS_ECLOSED:
+        r->eclosed++;
+        break;
+    default:
+        r->other++;
+        break;
     }
     if (r->kill_at && r->done >= r->kill_at) { /* at 1/4, 2/4, 3/4 of the run */
         r->killed = true;
@@ -225,6 +241,27 @@ static long count_obs(const char *kind)
 
 /* ---- tests ------------------------------------------------------------- */
 
+/* CPU seconds used so far by the ingest backend (same host only, else -1). */
+static double ingest_backend_cpu(void)
+{
+    long pid = q_long("SELECT pid FROM pg_stat_activity WHERE application_name = 'cmsd-ingest' "
+                      "ORDER BY backend_start DESC LIMIT 1",
+                      0, NULL);
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 static void test_throughput_and_duplicates(void **state)
 {
     (void)state;
@@ -236,11 +273,15 @@ static void test_throughput_and_duplicates(void **state)
     assert_true(store_ready(r.s));
     msg_ctx *ctxs = calloc(n_msgs, sizeof *ctxs);
 
+    double cpu0 = ingest_backend_cpu();
     double dt = push_all(&r, "tp", n_msgs, ctxs);
+    double cpu = ingest_backend_cpu() - cpu0;
     assert_int_equal(r.ok, n_msgs);
     assert_int_equal(r.dup, 0);
-    printf("    %u msgs x 10 obs in %.3f s: %.0f msgs/s, %.0f obs/s (batch %u)\n", n_msgs, dt,
-           n_msgs / dt, n_msgs * 10 / dt, cfg.batch_max_msgs);
+    printf("    %u msgs x 10 obs in %.3f s: %.0f msgs/s, %.0f obs/s (batch %u);"
+           " ingest backend CPU %.2f s = %.0f obs per backend CPU second\n",
+           n_msgs, dt, n_msgs / dt, n_msgs * 10 / dt, cfg.batch_max_msgs, cpu,
+           cpu > 0 ? n_msgs * 10 / cpu : 0.0);
     assert_int_equal(count_msgs("tp"), n_msgs);
     assert_int_equal(count_obs("tp"), (long)n_msgs * 10);
 
@@ -315,8 +356,8 @@ static void test_kill_backend_exactly_once(void **state)
     r.kill_at = n_msgs / 4;
     push_all(&r, "kill", n_msgs, ctxs);
     assert_true(r.killed);
-    printf("    after kill: ok=%u (dup=%u, i.e. committed before the loss) eunavail=%u\n",
-           r.ok, r.dup, r.eunavail);
+    printf("    after kill: ok=%u (dup=%u, i.e. committed before the loss) eunavail=%u\n", r.ok,
+           r.dup, r.eunavail);
     assert_int_equal(r.ok, n_msgs);
     assert_int_equal(count_msgs("kill"), n_msgs);
     assert_int_equal(count_obs("kill"), (long)n_msgs * 10);
@@ -355,7 +396,8 @@ static void test_blocked_batch_retried(void **state)
     const char *v[2] = {dev, m.control_id};
     PQclear(q("BEGIN", 0, NULL));
     PQclear(q("INSERT INTO cms.messages (device_id, control_id, received_at, nobs) "
-              "VALUES ($1, $2, now(), 0)", 2, v));
+              "VALUES ($1, $2, now(), 0)",
+              2, v));
     msg_ctx a = {&r, 0};
     assert_int_equal(store_ingest(r.s, dev_id, &m, on_ingest, &a), CMS_OK);
     r.total = 1;
@@ -428,8 +470,7 @@ static void test_lookup_and_audit(void **state)
     snprintf(serial, sizeof serial, "%s-DEV", run_tag);
 
     lookups_done = 0;
-    assert_int_equal(store_device_lookup(r.s, serial, "127.0.0.1:5555", on_lookup, NULL),
-                     CMS_OK);
+    assert_int_equal(store_device_lookup(r.s, serial, "127.0.0.1:5555", on_lookup, NULL), CMS_OK);
     while (lookups_done < 1)
         uv_run(&loop, UV_RUN_ONCE);
     assert_int_equal(lookup_status, CMS_OK);
@@ -439,12 +480,14 @@ static void test_lookup_and_audit(void **state)
     assert_int_equal(lookup_dev.nidents, 2);
     assert_string_equal(lookup_dev.idents[0], "\"quoted\" ,{x}");
     const char *v[1] = {serial};
-    assert_int_equal(q_long("SELECT count(*) FROM cms.devices WHERE serial = $1 AND "
-                            "last_peer = '127.0.0.1:5555' AND last_seen_at > now() - '1 min'::interval",
-                            1, v), 1);
+    assert_int_equal(
+        q_long("SELECT count(*) FROM cms.devices WHERE serial = $1 AND "
+               "last_peer = '127.0.0.1:5555' AND last_seen_at > now() - '1 min'::interval",
+               1, v),
+        1);
 
-    assert_int_equal(store_device_lookup(r.s, "no-such-device'; DROP TABLE x", NULL,
-                                         on_lookup, NULL), CMS_OK);
+    assert_int_equal(
+        store_device_lookup(r.s, "no-such-device'; DROP TABLE x", NULL, on_lookup, NULL), CMS_OK);
     while (lookups_done < 2)
         uv_run(&loop, UV_RUN_ONCE);
     assert_int_equal(lookup_status, CMS_EPERM);
@@ -457,7 +500,9 @@ static void test_lookup_and_audit(void **state)
     assert_int_equal(q_long("SELECT count(*) FROM cms.audit_events WHERE device = $1", 1, v),
                      before + 3);
     assert_int_equal(q_long("SELECT count(*) FROM cms.audit_events WHERE device = $1 AND "
-                            "detail->>'raw' = 'not json'", 1, v), 1);
+                            "detail->>'raw' = 'not json'",
+                            1, v),
+                     1);
     PGresult *res = q("SELECT cms.audit_verify() IS NULL", 0, NULL);
     assert_string_equal(PQgetvalue(res, 0, 0), "t");
     PQclear(res);
@@ -532,8 +577,8 @@ static int group_setup(void **state)
     char serial[80];
     snprintf(serial, sizeof serial, "%s-DEV", run_tag);
     const char *v[1] = {serial};
-    dev_id = q_long("INSERT INTO cms.devices (serial, status) VALUES ($1, 'active') RETURNING id",
-                    1, v);
+    dev_id =
+        q_long("INSERT INTO cms.devices (serial, status) VALUES ($1, 'active') RETURNING id", 1, v);
     char id[32];
     snprintf(id, sizeof id, "%lld", (long long)dev_id);
     char e1[96], e2[96];
@@ -575,6 +620,9 @@ int main(void)
     if (lv)
         log_level_parse(lv, &level);
     log_set_level(level);
+    const char *filter = getenv("CMS_TEST_FILTER"); /* e.g. "test_throughput*" */
+    if (filter && *filter)
+        cmocka_set_test_filter(filter);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_throughput_and_duplicates),
         cmocka_unit_test(test_kill_backend_exactly_once),

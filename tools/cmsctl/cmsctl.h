@@ -31,8 +31,7 @@ typedef struct cmsctl_cmd {
  * argv) print the table under the heading "usage: <prefix> <command>".
  * Unknown names are a usage error. All pointers are borrowed.
  */
-int cmsctl_dispatch(const char *prefix, const cmsctl_cmd *cmds, size_t n,
-                    int argc, char **argv);
+int cmsctl_dispatch(const char *prefix, const cmsctl_cmd *cmds, size_t n, int argc, char **argv);
 
 /* True when s is "-h" or "--help". */
 int cmsctl_is_help(const char *s);

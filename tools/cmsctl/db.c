@@ -22,8 +22,8 @@
 #include "cmsctl.h"
 
 #define MIGRATE_LOCK_KEY "cms.schema_migrations"
-#define MAX_IDENTS 8     /* store_device.idents */
-#define MAX_ID_LEN 63    /* store_device.serial / idents */
+#define MAX_IDENTS 8  /* store_device.idents */
+#define MAX_ID_LEN 63 /* store_device.serial / idents */
 
 /* ------------------------------------------------------------------------ */
 /* Connection helpers                                                       */
@@ -85,9 +85,9 @@ static void rollback(PGconn *c)
 
 typedef struct mig_file {
     int version;
-    char *name;  /* file name, e.g. 001_schema.sql */
+    char *name; /* file name, e.g. 001_schema.sql */
     char *path;
-    char *text;  /* NUL-terminated content */
+    char *text; /* NUL-terminated content */
     char sha[65];
 } mig_file;
 
@@ -182,8 +182,7 @@ static int mig_load(const char *dir, mig_set *set)
     int rc = -1;
     DIR *d = opendir(dir);
     if (!d) {
-        fprintf(stderr, "cmsctl: cannot open migrations directory %s: %s\n", dir,
-                strerror(errno));
+        fprintf(stderr, "cmsctl: cannot open migrations directory %s: %s\n", dir, strerror(errno));
         return -1;
     }
     struct dirent *e;
@@ -248,8 +247,7 @@ static PGresult *mig_applied(PGconn *c)
                             "to_char(applied_at, 'YYYY-MM-DD HH24:MI:SSOF') "
                             "FROM cms.schema_migrations ORDER BY version");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "cmsctl: reading cms.schema_migrations: %s",
-                PQresultErrorMessage(r));
+        fprintf(stderr, "cmsctl: reading cms.schema_migrations: %s", PQresultErrorMessage(r));
         PQclear(r);
         return NULL;
     }
@@ -327,8 +325,7 @@ static int apply_one(PGconn *c, const mig_file *m)
 /* Option parsing shared by the subcommands                                 */
 /* ------------------------------------------------------------------------ */
 
-enum { OPT_DSN = 1000, OPT_SQL_DIR, OPT_MODEL, OPT_IDENT, OPT_STATUS, OPT_LOCATION,
-       OPT_GROUP };
+enum { OPT_DSN = 1000, OPT_SQL_DIR, OPT_MODEL, OPT_IDENT, OPT_STATUS, OPT_LOCATION, OPT_GROUP };
 
 static void reset_getopt(void)
 {
@@ -342,16 +339,15 @@ static void reset_getopt(void)
 
 static void migrate_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: cmsctl db migrate [--dsn DSN] [--sql-dir DIR]\n"
-            "\n"
-            "Applies the migrations DIR/NNN_*.sql that are not yet recorded in\n"
-            "cms.schema_migrations, in version order, each in its own transaction,\n"
-            "and records each with its sha256. Refuses to run if a file that was\n"
-            "already applied has changed.\n"
-            "\n"
-            "  --dsn DSN      libpq connection string (default: $CMS_DB_DSN)\n"
-            "  --sql-dir DIR  migrations directory (default: $CMS_SQL_DIR or ./sql)\n");
+    fprintf(f, "usage: cmsctl db migrate [--dsn DSN] [--sql-dir DIR]\n"
+               "\n"
+               "Applies the migrations DIR/NNN_*.sql that are not yet recorded in\n"
+               "cms.schema_migrations, in version order, each in its own transaction,\n"
+               "and records each with its sha256. Refuses to run if a file that was\n"
+               "already applied has changed.\n"
+               "\n"
+               "  --dsn DSN      libpq connection string (default: $CMS_DB_DSN)\n"
+               "  --sql-dir DIR  migrations directory (default: $CMS_SQL_DIR or ./sql)\n");
 }
 
 static int db_migrate(int argc, char **argv)
@@ -367,10 +363,18 @@ static int db_migrate(int argc, char **argv)
     reset_getopt();
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
-        case OPT_DSN: dsn = optarg; break;
-        case OPT_SQL_DIR: dir = optarg; break;
-        case 'h': migrate_usage(stdout); return CMSCTL_OK;
-        default: migrate_usage(stderr); return CMSCTL_EUSAGE;
+        case OPT_DSN:
+            dsn = optarg;
+            break;
+        case OPT_SQL_DIR:
+            dir = optarg;
+            break;
+        case 'h':
+            migrate_usage(stdout);
+            return CMSCTL_OK;
+        default:
+            migrate_usage(stderr);
+            return CMSCTL_EUSAGE;
         }
     }
     if (optind < argc) {
@@ -418,8 +422,8 @@ static int db_migrate(int argc, char **argv)
                     m->path, m->sha, PQgetvalue(applied, i, 2));
             bad = 1;
         } else if (strcmp(m->name, PQgetvalue(applied, i, 1)) != 0) {
-            fprintf(stderr, "cmsctl: migration %d was applied as %s but the file is now %s\n",
-                    v, PQgetvalue(applied, i, 1), m->name);
+            fprintf(stderr, "cmsctl: migration %d was applied as %s but the file is now %s\n", v,
+                    PQgetvalue(applied, i, 1), m->name);
             bad = 1;
         }
     }
@@ -451,14 +455,13 @@ cleanup:
 
 static void status_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: cmsctl db status [--dsn DSN] [--sql-dir DIR]\n"
-            "\n"
-            "Lists the applied migrations (version, name, applied at, sha256) and the\n"
-            "files in DIR not applied yet. Exit status 1 if an applied file changed.\n"
-            "\n"
-            "  --dsn DSN      libpq connection string (default: $CMS_DB_DSN)\n"
-            "  --sql-dir DIR  migrations directory (default: $CMS_SQL_DIR or ./sql)\n");
+    fprintf(f, "usage: cmsctl db status [--dsn DSN] [--sql-dir DIR]\n"
+               "\n"
+               "Lists the applied migrations (version, name, applied at, sha256) and the\n"
+               "files in DIR not applied yet. Exit status 1 if an applied file changed.\n"
+               "\n"
+               "  --dsn DSN      libpq connection string (default: $CMS_DB_DSN)\n"
+               "  --sql-dir DIR  migrations directory (default: $CMS_SQL_DIR or ./sql)\n");
 }
 
 static int db_status(int argc, char **argv)
@@ -474,10 +477,18 @@ static int db_status(int argc, char **argv)
     reset_getopt();
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
-        case OPT_DSN: dsn = optarg; break;
-        case OPT_SQL_DIR: dir_opt = optarg; break;
-        case 'h': status_usage(stdout); return CMSCTL_OK;
-        default: status_usage(stderr); return CMSCTL_EUSAGE;
+        case OPT_DSN:
+            dsn = optarg;
+            break;
+        case OPT_SQL_DIR:
+            dir_opt = optarg;
+            break;
+        case 'h':
+            status_usage(stdout);
+            return CMSCTL_OK;
+        default:
+            status_usage(stderr);
+            return CMSCTL_EUSAGE;
         }
     }
     if (optind < argc) {
@@ -516,8 +527,8 @@ static int db_status(int argc, char **argv)
             state = "CHANGED SINCE APPLIED";
             changed = 1;
         }
-        printf("%-8d %-32s %-25s %s\n", v, PQgetvalue(applied, i, 1),
-               PQgetvalue(applied, i, 3), state);
+        printf("%-8d %-32s %-25s %s\n", v, PQgetvalue(applied, i, 1), PQgetvalue(applied, i, 3),
+               state);
     }
     for (size_t i = 0; i < set.n; i++)
         if (!applied || applied_row(applied, set.v[i].version) < 0)
@@ -613,19 +624,28 @@ static int db_device_add(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *dsn = NULL, *model = NULL, *status = NULL, *location = NULL,
-               *group = NULL;
+    const char *dsn = NULL, *model = NULL, *status = NULL, *location = NULL, *group = NULL;
     const char *idents[MAX_IDENTS];
     size_t nidents = 0;
     int ch;
     reset_getopt();
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
-        case OPT_DSN: dsn = optarg; break;
-        case OPT_MODEL: model = optarg; break;
-        case OPT_STATUS: status = optarg; break;
-        case OPT_LOCATION: location = optarg; break;
-        case OPT_GROUP: group = optarg; break;
+        case OPT_DSN:
+            dsn = optarg;
+            break;
+        case OPT_MODEL:
+            model = optarg;
+            break;
+        case OPT_STATUS:
+            status = optarg;
+            break;
+        case OPT_LOCATION:
+            location = optarg;
+            break;
+        case OPT_GROUP:
+            group = optarg;
+            break;
         case OPT_IDENT:
             if (nidents == MAX_IDENTS) {
                 fprintf(stderr, "cmsctl: at most %d --ident\n", MAX_IDENTS);
@@ -633,8 +653,12 @@ static int db_device_add(int argc, char **argv)
             }
             idents[nidents++] = optarg;
             break;
-        case 'h': device_add_usage(stdout); return CMSCTL_OK;
-        default: device_add_usage(stderr); return CMSCTL_EUSAGE;
+        case 'h':
+            device_add_usage(stdout);
+            return CMSCTL_OK;
+        default:
+            device_add_usage(stderr);
+            return CMSCTL_EUSAGE;
         }
     }
     if (optind != argc - 1) {
@@ -713,8 +737,7 @@ static int db_device_add(int argc, char **argv)
     }
     PQclear(r);
 
-    const char *p3[7] = {serial, created ? "t" : "f", model, status, location, group,
-                         ident_arr};
+    const char *p3[7] = {serial, created ? "t" : "f", model, status, location, group, ident_arr};
     r = PQexecParams(c,
                      "SELECT cms.audit_append('device_add', 'local:cmsctl', $1, NULL, "
                      "  jsonb_strip_nulls(jsonb_build_object('created', $2::boolean, "
@@ -751,6 +774,6 @@ static const cmsctl_cmd db_commands[] = {
 
 int cmsctl_db(int argc, char **argv)
 {
-    return cmsctl_dispatch("cmsctl db", db_commands,
-                           sizeof db_commands / sizeof db_commands[0], argc - 1, argv + 1);
+    return cmsctl_dispatch("cmsctl db", db_commands, sizeof db_commands / sizeof db_commands[0],
+                           argc - 1, argv + 1);
 }

@@ -26,8 +26,7 @@ static void usage(FILE *f, const char *prefix, const cmsctl_cmd *cmds, size_t n)
     fprintf(f, "\nRun '%s <command> --help' for the options of a command.\n", prefix);
 }
 
-int cmsctl_dispatch(const char *prefix, const cmsctl_cmd *cmds, size_t n,
-                    int argc, char **argv)
+int cmsctl_dispatch(const char *prefix, const cmsctl_cmd *cmds, size_t n, int argc, char **argv)
 {
     if (argc < 1) {
         usage(stderr, prefix, cmds, n);
@@ -47,6 +46,6 @@ int cmsctl_dispatch(const char *prefix, const cmsctl_cmd *cmds, size_t n,
 
 int main(int argc, char **argv)
 {
-    return cmsctl_dispatch("cmsctl", commands, sizeof commands / sizeof commands[0],
-                           argc - 1, argv + 1);
+    return cmsctl_dispatch("cmsctl", commands, sizeof commands / sizeof commands[0], argc - 1,
+                           argv + 1);
 }
