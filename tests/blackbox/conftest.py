@@ -8,7 +8,10 @@ the sanitizer build: any ASan/UBSan report in cmsd's log fails the test).
 """
 
 import contextlib
+import fcntl
 import shutil
+import sys
+import time
 import warnings
 
 import pytest
@@ -28,12 +31,27 @@ TO_REVOKE = "MON-0098"              # active at first; a test revokes it
 
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_run_dir():
-    """Logs and configs of the previous run go; PKI and cluster are reused."""
-    for sub in ("logs",):
-        shutil.rmtree(h.RUN / sub, ignore_errors=True)
+    """One run at a time per build dir (a second `make test` waits for the
+    first instead of stopping its PostgreSQL). Logs and configs of the
+    previous run go; the PKI and the cluster are reused."""
+    h.RUN.mkdir(parents=True, exist_ok=True)
+    lock = open(h.RUN / ".lock", "w")
+    deadline = time.monotonic() + 1800
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.exit("another black-box run holds %s/.lock" % h.RUN, returncode=3)
+            sys.stderr.write("waiting for another black-box run using %s\n" % h.RUN)
+            time.sleep(5)
+    shutil.rmtree(h.RUN / "logs", ignore_errors=True)
     for conf in h.RUN.glob("*.conf"):
         conf.unlink()
     (h.RUN / "logs").mkdir(parents=True, exist_ok=True)
+    yield
+    lock.close()
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +64,7 @@ def pki():
 @pytest.fixture(scope="session")
 def pg():
     port = 55433 if h.port_is_free(55433) else h.free_port()
-    cluster = h.PgCluster(h.RUN / "pg", port)
+    cluster = h.PgCluster(h.pg_base_dir(), port)
     cluster.ensure_init()
     if cluster.running():
         # Left over from an aborted run of this suite (it is our directory).

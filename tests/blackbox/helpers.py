@@ -194,6 +194,22 @@ def as_postgres(cmd):
     return cmd
 
 
+def pg_base_dir():
+    """<build>/test-run/pg, or a directory under /var/tmp when the postgres
+    account cannot reach the checkout (e.g. a clone under /root, mode 0700)."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return RUN / "pg"
+    ok = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(RUN)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    if ok:
+        return RUN / "pg"
+    import hashlib
+    base = Path("/var/tmp") / ("cms-blackbox-pg-" + hashlib.sha1(str(RUN).encode()).hexdigest()[:10])
+    base.mkdir(mode=0o755, exist_ok=True)
+    return base
+
+
 class PgCluster:
     """A private cluster under <dir>/data, TCP on 127.0.0.1:<port>, socket
     in <dir>/sock, trust authentication (test only)."""
@@ -229,9 +245,9 @@ class PgCluster:
         if not self.logfile.exists():
             self.logfile.touch()
         self._chown(self.logfile)
-        opts = ("-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories=%s "
+        opts = ("-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
                 "-c fsync=off -c full_page_writes=off -c max_connections=100 "
-                "-c log_min_messages=warning" % (self.port, self.sock))
+                "-c log_min_messages=warning" % self.port)
         run(as_postgres([self.bin / "pg_ctl", "-D", self.data, "-l", self.logfile, "-w",
                          "-t", "120", "-o", opts, "start"]), timeout=180)
 
