@@ -750,6 +750,9 @@ def expect_refused(pki, port, cert_key, message, timeout=20, ctx=None):
     with c:
         try:
             c.sock.do_handshake()
+        except ssl.SSLCertVerificationError as e:
+            # our side refused the server: that is not the server refusing us
+            raise AssertionError("client could not verify cmsd's certificate: %r" % e)
         except (ssl.SSLError, OSError) as e:
             return local, "handshake: %r" % e
         try:
@@ -851,6 +854,7 @@ class Pipeline:
         self.window = window
         self.inflight = []  # control ids sent, not yet answered (in order)
         self.acks = {}
+        self.last = {}  # control id -> the last Ack
         self.ack_times = {}
         self.sent_times = {}
         self.closed = None
@@ -864,10 +868,11 @@ class Pipeline:
         except socket.timeout:
             return False
         now = time.monotonic()
+        self.last[a.control_id] = a
         self.acks.setdefault(a.control_id, []).append(a.code)
         self.ack_times.setdefault(a.control_id, []).append(now)
         if self.on_ack:
-            self.on_ack(a.control_id, a.code, now)
+            self.on_ack(a.control_id, a.code, now, a)
         if a.control_id in self.inflight:
             self.inflight.remove(a.control_id)
         return True

@@ -25,6 +25,7 @@ class Streamer(threading.Thread):
         self.sent = {}        # control id -> first send time
         self.text = {}
         self.closes = []
+        self.not_aa = []      # non-AA Acks (AE during the outage)
         self.n = 0
         self.exc = None
 
@@ -46,7 +47,7 @@ class Streamer(threading.Thread):
                     continue
                 with c:
                     p = h.Pipeline(c, window=8,
-                                   on_ack=lambda cid, code, t: self.events.append((t, cid, code)))
+                                   on_ack=self.on_ack)
                     p.run(g, stop=lambda pl: self.stop_flag.is_set(), deadline=600,
                           drain=False, pace=0.05)
                     for cid, t in p.sent_times.items():
@@ -56,6 +57,11 @@ class Streamer(threading.Thread):
                         time.sleep(0.5)
         except Exception as e:  # reported by the test
             self.exc = e
+
+    def on_ack(self, cid, code, t, ack):
+        self.events.append((t, cid, code))
+        if code != "AA":
+            self.not_aa.append(ack)
 
     def aa(self):
         return {cid for _, cid, code in list(self.events) if code == "AA"}
@@ -106,6 +112,9 @@ def test_db_outage_mid_stream(cmsd_factory, pg, db, pki):
         codes[(phase, code)] = codes.get((phase, code), 0) + 1
     print("db outage: sent %d, answers by phase %s, reconnects %d"
           % (len(s.sent), sorted(codes.items()), len(s.closes)))
+    for a in s.not_aa:
+        assert a.code == "AE", "only AE is a fitting answer during an outage: %r" % a
+        assert len(a.reason()) >= 8, "AE without a human-readable reason: %r" % a
     # No AA for data sent while the database was down (it cannot be committed).
     early = [(cid, t - t_stopped) for t, cid, code in s.events
              if code == "AA" and t_stopped <= t < t_start0 and s.sent.get(cid, 0) >= t_stopped]

@@ -1,6 +1,7 @@
 """A slow or silent peer never holds resources past its timeout, and the
 connection limit holds. (No performance assertions: bounds are generous.)"""
 
+import re
 import socket
 import ssl
 import time
@@ -121,3 +122,45 @@ def test_max_connections(limited, pki):
     finally:
         for c in conns:
             c.close()
+
+
+def small_pcd01(device, cid):
+    return ("MSH|^~\\&|%s^%s^L|X|CMS|H|20261115083000+0100||ORU^R01^ORU_R01|%s|P|2.6\r"
+            "PID|||PT-NOREAD^^^H^MR\r"
+            "OBR|1|||182777000^monitoring of patient^SCT|||20261115083000+0100\r"
+            "OBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.22.1.1|96|262688^MDC_DIM_PERCENT^MDC"
+            "|||||R\r" % (device, device, cid))
+
+
+def test_peer_that_never_reads_is_closed(cmsd_factory, pki):
+    """A monitor that sends but never reads its ACKs cannot make cmsd buffer
+    without bound: the connection is closed (output limit or write timeout)."""
+    c = cmsd_factory("cmsd-noread", max_output_bytes=16384, write_timeout_ms=2000)
+    since = c.log_size()
+    cert, key = pki.device("MON-0001")
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(h.T_CONNECT)
+    raw.connect(("127.0.0.1", c.port))
+    local = raw.getsockname()[1]
+    s = h.client_context(pki, cert, key).wrap_socket(raw, server_hostname="localhost")
+    closed = None
+    t0 = time.monotonic()
+    with s:
+        s.settimeout(2)
+        n = 0
+        while time.monotonic() - t0 < 120:
+            try:
+                s.sendall(h.frame(small_pcd01("MON-0001", "NOREAD-%d-%d" % (local, n))))
+                n += 1
+            except socket.timeout:
+                continue  # cmsd stopped reading: keep pushing until it closes
+            except (ssl.SSLError, OSError) as e:
+                closed = e
+                break
+    assert closed is not None, "a peer that never reads was not closed in 120s (%d sent)" % n
+    c.wait_log(lambda ln: ln in c.peer_lines(local, since) and re.search(
+        r"(?i)output|write|not reading|slow", ln), since, 20,
+        "a log line saying why the non-reading peer was closed")
+    assert c.alive()
+    h.good_client_still_served(c, pki)
