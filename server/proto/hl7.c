@@ -339,12 +339,23 @@ int hl7_unescape(const hl7_msg *m, hl7_str src, char *out, size_t cap)
             case 'X': /* \X\ without hex digits */
                 rc = CMS_EPROTO;
                 goto done;
-            case 'F': HL7__EMIT(d->field); break;
-            case 'S': HL7__EMIT(d->comp); break;
-            case 'T': HL7__EMIT(d->sub); break;
-            case 'R': HL7__EMIT(d->rep); break;
-            case 'E': HL7__EMIT(d->esc); break;
-            default: break; /* \H\ \N\ and unknown: formatting, dropped */
+            case 'F':
+                HL7__EMIT(d->field);
+                break;
+            case 'S':
+                HL7__EMIT(d->comp);
+                break;
+            case 'T':
+                HL7__EMIT(d->sub);
+                break;
+            case 'R':
+                HL7__EMIT(d->rep);
+                break;
+            case 'E':
+                HL7__EMIT(d->esc);
+                break;
+            default:
+                break; /* \H\ \N\ and unknown: formatting, dropped */
             }
             continue;
         }
@@ -665,10 +676,17 @@ int hl7_ack_encode(const hl7_ack *a, char *out, size_t cap)
         return CMS_ELIMIT;
     out[0] = '\0';
     switch (a->code) {
-    case HL7_AA: code = "AA"; break;
-    case HL7_AE: code = "AE"; break;
-    case HL7_AR: code = "AR"; break;
-    default: return CMS_EINVAL;
+    case HL7_AA:
+        code = "AA";
+        break;
+    case HL7_AE:
+        code = "AE";
+        break;
+    case HL7_AR:
+        code = "AR";
+        break;
+    default:
+        return CMS_EINVAL;
     }
     version = a->version && a->version[0] ? a->version : "2.6";
     reason = hl7__nz(a->reason);

@@ -190,8 +190,7 @@ static int pcd01__header(pcd01__ctx *x, pcd01_msg *out)
                                     sizeof(out->sending_app[0]), "MSH-3"));
     pcd01__keep(&rc, pcd01__get(x, 0, 4, 1, 1, 0, out->sending_facility,
                                 sizeof(out->sending_facility), "MSH-4"));
-    pcd01__keep(&rc, pcd01__get(x, 0, 9, 1, 1, 0, out->msg_type, sizeof(out->msg_type),
-                                "MSH-9.1"));
+    pcd01__keep(&rc, pcd01__get(x, 0, 9, 1, 1, 0, out->msg_type, sizeof(out->msg_type), "MSH-9.1"));
     pcd01__keep(&rc, pcd01__get(x, 0, 9, 1, 2, 0, out->trigger, sizeof(out->trigger), "MSH-9.2"));
     pcd01__keep(&rc, pcd01__get(x, 0, 12, 1, 1, 0, out->version, sizeof(out->version), "MSH-12"));
     return rc;
@@ -314,8 +313,8 @@ static int pcd01__obx(pcd01__ctx *x, size_t seg, pcd01_msg *out, const char *fal
         (rc = pcd01__get(x, seg, 6, 1, 1, 0, o->unit_code, sizeof(o->unit_code), "OBX-6.1")) ||
         (rc = pcd01__get(x, seg, 6, 1, 2, 0, o->unit_label, sizeof(o->unit_label), "OBX-6.2")) ||
         (rc = pcd01__get(x, seg, 11, 1, 1, 0, o->status, sizeof(o->status), "OBX-11")) ||
-        (rc = pcd01__time(x, hl7_get(m, seg, 14, 1, 1, 0), o->observed_at,
-                          sizeof(o->observed_at), seg, "OBX-14")) ||
+        (rc = pcd01__time(x, hl7_get(m, seg, 14, 1, 1, 0), o->observed_at, sizeof(o->observed_at),
+                          seg, "OBX-14")) ||
         (rc = pcd01__equipment(x, seg, o->equipment_id, sizeof(o->equipment_id))))
         return rc;
     if (o->code[0] == '\0')
@@ -331,8 +330,7 @@ static int pcd01__obx(pcd01__ctx *x, size_t seg, pcd01_msg *out, const char *fal
     return CMS_OK;
 }
 
-int pcd01_extract(const hl7_msg *m, pcd01_msg *out, const char **err_code, char *reason,
-                  size_t cap)
+int pcd01_extract(const hl7_msg *m, pcd01_msg *out, const char **err_code, char *reason, size_t cap)
 {
     pcd01__ctx x = {m, err_code, reason, cap, 0};
     const char *obr_time = "";
@@ -372,8 +370,7 @@ int pcd01_extract(const hl7_msg *m, pcd01_msg *out, const char **err_code, char 
             continue;
         if (memcmp(name.p, "PID", 3) == 0 && !seen_pid) {
             seen_pid = 1;
-            rc = pcd01__get(&x, i, 3, 1, 1, 0, out->patient_id, sizeof(out->patient_id),
-                            "PID-3.1");
+            rc = pcd01__get(&x, i, 3, 1, 1, 0, out->patient_id, sizeof(out->patient_id), "PID-3.1");
             if (rc == 0)
                 rc = pcd01__get(&x, i, 3, 1, 4, 1, out->patient_authority,
                                 sizeof(out->patient_authority), "PID-3.4");
@@ -382,8 +379,8 @@ int pcd01_extract(const hl7_msg *m, pcd01_msg *out, const char **err_code, char 
             rc = pcd01__location(&x, i, out->location, sizeof(out->location));
         } else if (memcmp(name.p, "OBR", 3) == 0) {
             /* OBX rows fall back to the time of the OBR they follow. */
-            rc = pcd01__time(&x, hl7_get(m, i, 7, 1, 1, 0), cur_obr_time, sizeof(cur_obr_time),
-                             i, "OBR-7");
+            rc = pcd01__time(&x, hl7_get(m, i, 7, 1, 1, 0), cur_obr_time, sizeof(cur_obr_time), i,
+                             "OBR-7");
             if (rc == 0 && !seen_obr)
                 memcpy(out->obr_time, cur_obr_time, sizeof(cur_obr_time));
             seen_obr = 1;

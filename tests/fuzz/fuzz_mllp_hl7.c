@@ -33,7 +33,7 @@
 #define FUZZ_MAX_FRAME 2048
 #define FUZZ_MAX_FRAMES 256
 
-static hl7_msg msg;   /* large: static, the target is single-threaded */
+static hl7_msg msg; /* large: static, the target is single-threaded */
 static hl7_msg ack_msg;
 static pcd01_msg pcd;
 

@@ -13,23 +13,33 @@
 #include "hl7.h"
 
 static const char sample[] =
-    "MSH|^~\\&|MON-0002^MON-0002^L|Example Monitors|CMS|GENERAL HOSPITAL|20261115083000.250+0100||ORU^R01^ORU_R01|MON-0002-000417|P|2.6|||NE|AL||UNICODE UTF-8|||PCD_DEC_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\r"
+    "MSH|^~\\&|MON-0002^MON-0002^L|Example Monitors|CMS|GENERAL "
+    "HOSPITAL|20261115083000.250+0100||ORU^R01^ORU_R01|MON-0002-000417|P|2.6|||NE|AL||UNICODE "
+    "UTF-8|||PCD_DEC_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\r"
     "PID|||MRN-448812^^^GENERAL HOSPITAL^MR||ROE^RICHARD^^^^^L||19580211|M\r"
     "PV1||I|CCU^^BED-07\r"
-    "OBR|1|MON-0002-000417^MON-0002|MON-0002-000417^MON-0002|182777000^monitoring of patient^SCT|||20261115083000+0100\r"
+    "OBR|1|MON-0002-000417^MON-0002|MON-0002-000417^MON-0002|182777000^monitoring of "
+    "patient^SCT|||20261115083000+0100\r"
     "OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X\r"
     "OBX|2||69798^MDC_DEV_ECG_VMD^MDC|1.5.0.0|||||||X\r"
-    "OBX|3|NM|147842^MDC_ECG_HEART_RATE^MDC|1.5.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||20261115083000+0100\r"
+    "OBX|3|NM|147842^MDC_ECG_HEART_RATE^MDC|1.5.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||"
+    "20261115083000+0100\r"
     "OBX|4||69642^MDC_DEV_ANALY_SAT_O2_VMD^MDC|1.22.0.0|||||||X\r"
-    "OBX|5|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.22.1.1|96|262688^MDC_DIM_PERCENT^MDC|||||R|||20261115083000+0100\r"
-    "OBX|6|NM|149530^MDC_PULS_OXIM_PULS_RATE^MDC|1.22.1.2|71|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||20261115083000+0100\r"
+    "OBX|5|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.22.1.1|96|262688^MDC_DIM_PERCENT^MDC|||||R|||"
+    "20261115083000+0100\r"
+    "OBX|6|NM|149530^MDC_PULS_OXIM_PULS_RATE^MDC|1.22.1.2|71|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|"
+    "||20261115083000+0100\r"
     "OBX|7||70686^MDC_DEV_PRESS_BLD_NONINV_VMD^MDC|1.1.0.0|||||||X\r"
-    "OBX|8|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.1.1.1|132|266016^MDC_DIM_MMHG^MDC|||||R|||20261115082845+0100\r"
-    "OBX|9|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC|1.1.1.2|84|266016^MDC_DIM_MMHG^MDC|||||R|||20261115082845+0100\r"
-    "OBX|10|NM|150023^MDC_PRESS_BLD_NONINV_MEAN^MDC|1.1.1.3|100|266016^MDC_DIM_MMHG^MDC|||||R|||20261115082845+0100\r"
-    "OBX|11|NM|150344^MDC_TEMP^MDC|1.13.1.1|37.2|268192^MDC_DIM_DEGC^MDC|||||R|||20261115083000+0100\r"
-    "OBX|12|NM|151562^MDC_RESP_RATE^MDC|1.5.1.2|16|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||20261115083000+0100\r"
-    ;
+    "OBX|8|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.1.1.1|132|266016^MDC_DIM_MMHG^MDC|||||R|||"
+    "20261115082845+0100\r"
+    "OBX|9|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC|1.1.1.2|84|266016^MDC_DIM_MMHG^MDC|||||R|||"
+    "20261115082845+0100\r"
+    "OBX|10|NM|150023^MDC_PRESS_BLD_NONINV_MEAN^MDC|1.1.1.3|100|266016^MDC_DIM_MMHG^MDC|||||R|||"
+    "20261115082845+0100\r"
+    "OBX|11|NM|150344^MDC_TEMP^MDC|1.13.1.1|37.2|268192^MDC_DIM_DEGC^MDC|||||R|||20261115083000+"
+    "0100\r"
+    "OBX|12|NM|151562^MDC_RESP_RATE^MDC|1.5.1.2|16|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||"
+    "20261115083000+0100\r";
 
 /* Messages are parsed from exact-length heap copies (no NUL after them), so
  * that ASan catches any read past len. */
@@ -156,7 +166,7 @@ static void test_bad_delimiters(void **state)
     /* repeated */
     assert_int_equal(parse_n(&m, "MSH|^^\\&|A\r", 11, reason, sizeof(reason)), CMS_EPROTO);
     assert_non_null(strstr(reason, "twice"));
-    assert_int_equal(parse(&m, "MSH|^~\\|\r"), CMS_EPROTO);  /* field sep repeated in MSH-2 */
+    assert_int_equal(parse(&m, "MSH|^~\\|\r"), CMS_EPROTO); /* field sep repeated in MSH-2 */
     assert_int_equal(parse(&m, "MSH|^~||A\r"), CMS_EPROTO);
     /* alphanumeric, space, control, 8-bit */
     assert_int_equal(parse(&m, "MSH|A~\\&|X\r"), CMS_EPROTO);
@@ -208,10 +218,8 @@ static void test_segment_terminators(void **state)
     (void)state;
     /* CR, LF, CRLF, blank lines, no final terminator: all the same message. */
     const char *variants[] = {
-        "MSH|^~\\&|A\rPID|||P1\rOBX|1\r",
-        "MSH|^~\\&|A\nPID|||P1\nOBX|1\n",
-        "MSH|^~\\&|A\r\nPID|||P1\r\nOBX|1\r\n",
-        "\r\nMSH|^~\\&|A\r\r\nPID|||P1\r\rOBX|1\r\r\n\r\n",
+        "MSH|^~\\&|A\rPID|||P1\rOBX|1\r",       "MSH|^~\\&|A\nPID|||P1\nOBX|1\n",
+        "MSH|^~\\&|A\r\nPID|||P1\r\nOBX|1\r\n", "\r\nMSH|^~\\&|A\r\r\nPID|||P1\r\rOBX|1\r\r\n\r\n",
         "MSH|^~\\&|A\rPID|||P1\rOBX|1",
     };
     for (size_t i = 0; i < sizeof(variants) / sizeof(variants[0]); i++) {
@@ -229,7 +237,7 @@ static void test_segment_terminators(void **state)
 
 static void test_segment_limit(void **state)
 {
-    size_t n = 8 + 1 + (HL7_MAX_SEGMENTS) * 6;
+    size_t n = 8 + 1 + (HL7_MAX_SEGMENTS)*6;
     char *s = malloc(n + 1), reason[128];
     size_t o = 0;
 
@@ -254,9 +262,9 @@ static void test_repetitions_and_empty_fields(void **state)
     assert_int_equal(parse(&m, "MSH|^~\\&|A\rPID|1||A1^^^AUTH&1.2.3&ISO^MR~B2^^^OTHER||\r"),
                      CMS_OK);
     assert_slice(hl7_field(&m, 1, 1), "1");
-    assert_slice(hl7_field(&m, 1, 2), "");                /* empty in the middle */
-    assert_slice(hl7_field(&m, 1, 4), "");                /* empty at the end */
-    assert_slice(hl7_field(&m, 1, 5), "");                /* missing */
+    assert_slice(hl7_field(&m, 1, 2), ""); /* empty in the middle */
+    assert_slice(hl7_field(&m, 1, 4), ""); /* empty at the end */
+    assert_slice(hl7_field(&m, 1, 5), ""); /* missing */
     assert_slice(hl7_get(&m, 1, 3, 0, 0, 0), "A1^^^AUTH&1.2.3&ISO^MR~B2^^^OTHER");
     assert_slice(hl7_get(&m, 1, 3, 1, 0, 0), "A1^^^AUTH&1.2.3&ISO^MR");
     assert_slice(hl7_get(&m, 1, 3, 2, 0, 0), "B2^^^OTHER");
@@ -300,13 +308,13 @@ static void test_unescape_malformed_and_limits(void **state)
 {
     char out[8];
     const char *bad[] = {
-        "\\F",      /* unterminated */
-        "abc\\",    /* lone escape at the end */
-        "\\\\",     /* empty sequence */
-        "\\X4\\",   /* odd hex digits */
-        "\\XZZ\\",  /* not hex */
-        "\\X\\",    /* no digits */
-        "\\X00\\",  /* NUL byte */
+        "\\F",     /* unterminated */
+        "abc\\",   /* lone escape at the end */
+        "\\\\",    /* empty sequence */
+        "\\X4\\",  /* odd hex digits */
+        "\\XZZ\\", /* not hex */
+        "\\X\\",   /* no digits */
+        "\\X00\\", /* NUL byte */
         "\\X4100\\",
     };
 
@@ -395,27 +403,27 @@ static void test_time_parse_format(void **state)
 
     expect_bad_time("");
     expect_bad_time("202");
-    expect_bad_time("20261");           /* odd number of digits */
-    expect_bad_time("202611150830001"); /* 15 digits */
-    expect_bad_time("20261315");        /* month 13 */
-    expect_bad_time("20260015");        /* month 0 */
-    expect_bad_time("20261100");        /* day 0 */
-    expect_bad_time("20261131");        /* 31 November */
-    expect_bad_time("20250229");        /* not a leap year */
-    expect_bad_time("19000229");        /* century, not a leap year */
-    expect_bad_time("2026111524");      /* hour 24 */
-    expect_bad_time("202611150860");    /* minute 60 */
-    expect_bad_time("20261115083060");  /* second 60: not accepted */
-    expect_bad_time("00000101");        /* year 0 */
-    expect_bad_time("20261115083000.");       /* fraction without digits */
-    expect_bad_time("20261115083000.12345");  /* more than 4 fraction digits */
-    expect_bad_time("202611150830.5");        /* fraction before seconds */
-    expect_bad_time("20261115+01");           /* short offset */
+    expect_bad_time("20261");                /* odd number of digits */
+    expect_bad_time("202611150830001");      /* 15 digits */
+    expect_bad_time("20261315");             /* month 13 */
+    expect_bad_time("20260015");             /* month 0 */
+    expect_bad_time("20261100");             /* day 0 */
+    expect_bad_time("20261131");             /* 31 November */
+    expect_bad_time("20250229");             /* not a leap year */
+    expect_bad_time("19000229");             /* century, not a leap year */
+    expect_bad_time("2026111524");           /* hour 24 */
+    expect_bad_time("202611150860");         /* minute 60 */
+    expect_bad_time("20261115083060");       /* second 60: not accepted */
+    expect_bad_time("00000101");             /* year 0 */
+    expect_bad_time("20261115083000.");      /* fraction without digits */
+    expect_bad_time("20261115083000.12345"); /* more than 4 fraction digits */
+    expect_bad_time("202611150830.5");       /* fraction before seconds */
+    expect_bad_time("20261115+01");          /* short offset */
     expect_bad_time("20261115+010");
     expect_bad_time("20261115+01000");
-    expect_bad_time("20261115+1401");         /* beyond +14:00 */
+    expect_bad_time("20261115+1401"); /* beyond +14:00 */
     expect_bad_time("20261115-1500");
-    expect_bad_time("20261115+0160");         /* offset minutes 60 */
+    expect_bad_time("20261115+0160"); /* offset minutes 60 */
     expect_bad_time("20261115+01:00");
     expect_bad_time("2026-11-15");
     expect_bad_time("20261115 ");

@@ -17,7 +17,7 @@ typedef struct rec {
     size_t n;
     char *frame[MAX_FRAMES];
     size_t len[MAX_FRAMES];
-    int nul_ok; /* every payload arrived NUL-terminated */
+    int nul_ok;     /* every payload arrived NUL-terminated */
     int stop_after; /* return CMS_ECLOSED after this many frames (0 = never) */
 } rec;
 
@@ -117,8 +117,10 @@ static void test_split_across_end_block(void **state)
 {
     rec *r = *state;
     mllp_decoder d;
-    const char a[] = "\x0b" "abc\x1c";
-    const char b[] = "\r\x0b" "de";
+    const char a[] = "\x0b"
+                     "abc\x1c";
+    const char b[] = "\r\x0b"
+                     "de";
     const char c[] = "f\x1c\r";
 
     mllp_decoder_init(&d, 1024, on_frame, r);
@@ -153,7 +155,9 @@ static void test_start_block_inside_frame_is_error(void **state)
 {
     rec *r = *state;
     mllp_decoder d;
-    const char in[] = "\x0b" "abc\x0b" "def\x1c\r";
+    const char in[] = "\x0b"
+                      "abc\x0b"
+                      "def\x1c\r";
 
     mllp_decoder_init(&d, 1024, on_frame, r);
     assert_int_equal(mllp_decoder_feed(&d, in, sizeof(in) - 1), CMS_EPROTO);
@@ -165,7 +169,9 @@ static void test_end_block_without_cr_is_error(void **state)
 {
     rec *r = *state;
     mllp_decoder d;
-    const char in[] = "\x0b" "abc\x1c" "d";
+    const char in[] = "\x0b"
+                      "abc\x1c"
+                      "d";
 
     mllp_decoder_init(&d, 1024, on_frame, r);
     assert_int_equal(mllp_decoder_feed(&d, in, sizeof(in) - 1), CMS_EPROTO);
@@ -289,7 +295,10 @@ static void test_encode_roundtrip(void **state)
     /* cap must hold payload + 3 */
     assert_int_equal(mllp_encode(out, 5, "abc", 3), 0);
     assert_int_equal(mllp_encode(out, 6, "abc", 3), 6);
-    assert_memory_equal(out, "\x0b" "abc\x1c\r", 6);
+    assert_memory_equal(out,
+                        "\x0b"
+                        "abc\x1c\r",
+                        6);
 }
 
 int main(void)
@@ -299,7 +308,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_split_byte_by_byte, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coalesced_frames_with_crlf_between, setup, teardown),
         cmocka_unit_test_setup_teardown(test_split_across_end_block, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_garbage_between_frames_fails_for_good, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_between_frames_fails_for_good, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_start_block_inside_frame_is_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_block_without_cr_is_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oversize_frame, setup, teardown),

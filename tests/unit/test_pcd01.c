@@ -15,26 +15,38 @@
 
 /* /work/shared/samples/pcd01-vitals.hl7 */
 static const char sample[] =
-    "MSH|^~\\&|MON-0002^MON-0002^L|Example Monitors|CMS|GENERAL HOSPITAL|20261115083000.250+0100||ORU^R01^ORU_R01|MON-0002-000417|P|2.6|||NE|AL||UNICODE UTF-8|||PCD_DEC_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\r"
+    "MSH|^~\\&|MON-0002^MON-0002^L|Example Monitors|CMS|GENERAL "
+    "HOSPITAL|20261115083000.250+0100||ORU^R01^ORU_R01|MON-0002-000417|P|2.6|||NE|AL||UNICODE "
+    "UTF-8|||PCD_DEC_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\r"
     "PID|||MRN-448812^^^GENERAL HOSPITAL^MR||ROE^RICHARD^^^^^L||19580211|M\r"
     "PV1||I|CCU^^BED-07\r"
-    "OBR|1|MON-0002-000417^MON-0002|MON-0002-000417^MON-0002|182777000^monitoring of patient^SCT|||20261115083000+0100\r"
+    "OBR|1|MON-0002-000417^MON-0002|MON-0002-000417^MON-0002|182777000^monitoring of "
+    "patient^SCT|||20261115083000+0100\r"
     "OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X\r"
     "OBX|2||69798^MDC_DEV_ECG_VMD^MDC|1.5.0.0|||||||X\r"
-    "OBX|3|NM|147842^MDC_ECG_HEART_RATE^MDC|1.5.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||20261115083000+0100\r"
+    "OBX|3|NM|147842^MDC_ECG_HEART_RATE^MDC|1.5.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||"
+    "20261115083000+0100\r"
     "OBX|4||69642^MDC_DEV_ANALY_SAT_O2_VMD^MDC|1.22.0.0|||||||X\r"
-    "OBX|5|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.22.1.1|96|262688^MDC_DIM_PERCENT^MDC|||||R|||20261115083000+0100\r"
-    "OBX|6|NM|149530^MDC_PULS_OXIM_PULS_RATE^MDC|1.22.1.2|71|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||20261115083000+0100\r"
+    "OBX|5|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.22.1.1|96|262688^MDC_DIM_PERCENT^MDC|||||R|||"
+    "20261115083000+0100\r"
+    "OBX|6|NM|149530^MDC_PULS_OXIM_PULS_RATE^MDC|1.22.1.2|71|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|"
+    "||20261115083000+0100\r"
     "OBX|7||70686^MDC_DEV_PRESS_BLD_NONINV_VMD^MDC|1.1.0.0|||||||X\r"
-    "OBX|8|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.1.1.1|132|266016^MDC_DIM_MMHG^MDC|||||R|||20261115082845+0100\r"
-    "OBX|9|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC|1.1.1.2|84|266016^MDC_DIM_MMHG^MDC|||||R|||20261115082845+0100\r"
-    "OBX|10|NM|150023^MDC_PRESS_BLD_NONINV_MEAN^MDC|1.1.1.3|100|266016^MDC_DIM_MMHG^MDC|||||R|||20261115082845+0100\r"
-    "OBX|11|NM|150344^MDC_TEMP^MDC|1.13.1.1|37.2|268192^MDC_DIM_DEGC^MDC|||||R|||20261115083000+0100\r"
-    "OBX|12|NM|151562^MDC_RESP_RATE^MDC|1.5.1.2|16|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||20261115083000+0100\r"
-    ;
+    "OBX|8|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.1.1.1|132|266016^MDC_DIM_MMHG^MDC|||||R|||"
+    "20261115082845+0100\r"
+    "OBX|9|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC|1.1.1.2|84|266016^MDC_DIM_MMHG^MDC|||||R|||"
+    "20261115082845+0100\r"
+    "OBX|10|NM|150023^MDC_PRESS_BLD_NONINV_MEAN^MDC|1.1.1.3|100|266016^MDC_DIM_MMHG^MDC|||||R|||"
+    "20261115082845+0100\r"
+    "OBX|11|NM|150344^MDC_TEMP^MDC|1.13.1.1|37.2|268192^MDC_DIM_DEGC^MDC|||||R|||20261115083000+"
+    "0100\r"
+    "OBX|12|NM|151562^MDC_RESP_RATE^MDC|1.5.1.2|16|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||"
+    "20261115083000+0100\r";
 
-#define MSH "MSH|^~\\&|MON-0001^MON-0001^L|Ward|CMS|HOSP|20261115083000+0100||ORU^R01^ORU_R01|C-1|P|2.6\r"
-#define OBX_SPO2(v) "OBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.22.1.1|" v "|262688^MDC_DIM_PERCENT^MDC|||||R\r"
+#define MSH                                                                                        \
+    "MSH|^~\\&|MON-0001^MON-0001^L|Ward|CMS|HOSP|20261115083000+0100||ORU^R01^ORU_R01|C-1|P|2.6\r"
+#define OBX_SPO2(v)                                                                                \
+    "OBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.22.1.1|" v "|262688^MDC_DIM_PERCENT^MDC|||||R\r"
 
 static hl7_msg m;
 static pcd01_msg out;
@@ -109,8 +121,8 @@ static void test_sample_fully_extracted(void **state)
          "2026-11-15 08:28:45.000000+01:00"},
         {9, "150022", "MDC_PRESS_BLD_NONINV_DIA", "1.1.1.2", "84", 84, "266016", "MDC_DIM_MMHG",
          "2026-11-15 08:28:45.000000+01:00"},
-        {10, "150023", "MDC_PRESS_BLD_NONINV_MEAN", "1.1.1.3", "100", 100, "266016",
-         "MDC_DIM_MMHG", "2026-11-15 08:28:45.000000+01:00"},
+        {10, "150023", "MDC_PRESS_BLD_NONINV_MEAN", "1.1.1.3", "100", 100, "266016", "MDC_DIM_MMHG",
+         "2026-11-15 08:28:45.000000+01:00"},
         {11, "150344", "MDC_TEMP", "1.13.1.1", "37.2", 37.2, "268192", "MDC_DIM_DEGC",
          "2026-11-15 08:30:00.000000+01:00"},
         {12, "151562", "MDC_RESP_RATE", "1.5.1.2", "16", 16, "264928", "MDC_DIM_RESP_PER_MIN",
@@ -137,13 +149,10 @@ static void test_observed_time_fallbacks(void **state)
 {
     (void)state;
     /* OBX-14, else the preceding OBR-7, else MSH-7 */
-    assert_int_equal(extract(MSH "OBX|1|NM|1^A^MDC||1|||||||||20261115082000+0100\r"
-                                 OBX_SPO2("97")
-                                 "OBR|1||||||20261115081000+0100\r"
-                                 OBX_SPO2("98")
-                                 "OBR|2\r"
-                                 OBX_SPO2("99")),
-                     CMS_OK);
+    assert_int_equal(
+        extract(MSH "OBX|1|NM|1^A^MDC||1|||||||||20261115082000+0100\r" OBX_SPO2(
+            "97") "OBR|1||||||20261115081000+0100\r" OBX_SPO2("98") "OBR|2\r" OBX_SPO2("99")),
+        CMS_OK);
     assert_int_equal(out.nobs, 4);
     assert_string_equal(out.obs[0].observed_at, "2026-11-15 08:20:00.000000+01:00");
     assert_string_equal(out.obs[1].observed_at, "2026-11-15 08:30:00.000000+01:00");
@@ -244,8 +253,8 @@ static void test_missing_control_id(void **state)
 
 static void test_bad_numbers(void **state)
 {
-    const char *bad[] = {"abc", "1e5", "inf", "NaN", "0x10", "1.2.3", "--1", "+", ".", "1,5",
-                         "7 2", "72~73", "1e999"};
+    const char *bad[] = {"abc", "1e5", "inf", "NaN", "0x10",  "1.2.3", "--1",
+                         "+",   ".",   "1,5", "7 2", "72~73", "1e999"};
     char msg[512];
 
     (void)state;
@@ -329,9 +338,8 @@ static void test_too_many_observations(void **state)
 static void test_read_header_for_ar(void **state)
 {
     (void)state;
-    assert_int_equal(hl7_parse(&m, "MSH|^~\\&|APP^X|FAC||||||CTL|P|3.1\r", 33, reason,
-                               sizeof(reason)),
-                     CMS_OK);
+    assert_int_equal(
+        hl7_parse(&m, "MSH|^~\\&|APP^X|FAC||||||CTL|P|3.1\r", 33, reason, sizeof(reason)), CMS_OK);
     assert_int_equal(pcd01_read_header(&m, &out), CMS_OK);
     assert_string_equal(out.control_id, "CTL");
     assert_string_equal(out.sending_app[0], "APP");
