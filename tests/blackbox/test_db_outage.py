@@ -141,3 +141,24 @@ def test_db_outage_mid_stream(cmsd_factory, pg, db, pki):
     # cmsd said what happened
     assert any(re.search(r"level=(warn|error).*(db|database|postgres|store|sql)", ln, re.I)
                for ln in cmsd.log_lines()), "no warn/error log line about the database outage"
+
+
+def test_database_started_after_cmsd(cmsd_factory, pg, db, pki):
+    """Start order does not matter: cmsd waits (retrying, logged) for a
+    database that comes up within db_connect_timeout_s, then serves."""
+    pg.stop("fast")
+    try:
+        cmsd = cmsd_factory("cmsd-dblate", start=False, db_connect_timeout_s=60)
+        cmsd.start(wait=False)
+        cmsd.wait_log(r"level=(warn|error).*(?i:db|database|postgres)", 0, 30,
+                      "a log line about the unreachable database")
+        time.sleep(1)
+        assert cmsd.alive(), "cmsd gave up before db_connect_timeout_s:\n" + cmsd.log_tail()
+    finally:
+        pg.start()
+    cmsd.wait_ready(90)
+    cid = h.unique("LATE")
+    with h.device_client(pki, cmsd.port, DEV) as c:
+        ack = c.request(h.pcd01(DEV, cid, patient=h.unique("PT")))
+    assert ack.code == "AA", ack
+    assert db.message_count(DEV, cid) == 1
