@@ -67,6 +67,8 @@ else
 	say "keeping $CONF (CMS_RECONFIG=1 rewrites it)"
 fi
 
+"$BUILD/cmsd" --check-config "$CONF"
+
 DEV=$PKI/devices/MON-0001
 cat <<EOF
 
