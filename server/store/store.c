@@ -61,6 +61,7 @@ static void ctl_free(ctl_item *it)
 {
     for (int i = 0; i < it->nparams; i++)
         free(it->params[i]);
+    free(it->sql);
     free(it);
 }
 
@@ -125,6 +126,8 @@ static void ctl_abandon(ctl_item *it, int status, const char *why)
 {
     if (it->kind == CTL_LOOKUP)
         it->cb(it->ctx, status, NULL);
+    else if (it->kind == CTL_QUERY)
+        it->qcb(it->ctx, status, NULL);
     else if (it->kind == CTL_AUDIT)
         audit_dropped(it, why);
     ctl_free(it);
@@ -150,6 +153,14 @@ static void ctl_kick(store_t *s)
     case CTL_MAINT_RETENTION:
         sql = retention_sql;
         what = "retention";
+        break;
+    case CTL_QUERY:
+        sql = it->sql;
+        what = "query";
+        break;
+    case CTL_LISTEN:
+        sql = it->sql;
+        what = "listen";
         break;
     }
     s->ctl_inflight = it;
@@ -210,6 +221,19 @@ static void ctl_on_result(store__conn *c, PGresult *res)
         case CTL_LOOKUP:
             lookup_done(it, res);
             break;
+        case CTL_QUERY: {
+            ExecStatusType st = PQresultStatus(res);
+            it->qcb(it->ctx, st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK ? CMS_OK : CMS_EPROTO,
+                    res);
+            break;
+        }
+        case CTL_LISTEN:
+            if (PQresultStatus(res) != PGRES_COMMAND_OK)
+                log_error("store_listen_failed", NULL, NULL, "%s: %s", it->sql,
+                          PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                              ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                              : "-");
+            break;
         case CTL_AUDIT:
             if (PQresultStatus(res) != PGRES_TUPLES_OK) {
                 const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -235,8 +259,11 @@ static void ctl_on_down(store__conn *c, bool query_lost)
     ctl_item *it = s->ctl_inflight;
     s->ctl_inflight = NULL;
     if (it) {
-        if (it->kind == CTL_MAINT_PARTITIONS || it->kind == CTL_MAINT_RETENTION)
+        if (it->kind == CTL_MAINT_PARTITIONS || it->kind == CTL_MAINT_RETENTION ||
+            it->kind == CTL_LISTEN)
             ctl_free(it); /* runs again on reconnect */
+        else if (it->kind == CTL_QUERY)
+            ctl_abandon(it, CMS_EUNAVAIL, "connection lost"); /* outcome unknown */
         else
             ctl_push_front(s, it);
     }
@@ -260,11 +287,87 @@ static void queue_maintenance(store_t *s)
     }
 }
 
+static ctl_item *listen_item(const char *channel)
+{
+    ctl_item *it = calloc(1, sizeof *it);
+    if (!it || !(it->sql = malloc(strlen(channel) + 8))) {
+        free(it);
+        return NULL;
+    }
+    it->kind = CTL_LISTEN;
+    /* channel was checked against [a-z_]{1,63}: an identifier, not peer data */
+    sprintf(it->sql, "LISTEN %s", channel);
+    return it;
+}
+
 static void ctl_on_up(store__conn *c)
 {
     store_t *s = c->s;
+    /* LISTEN first (a session setting that a reconnect lost). */
+    for (size_t i = s->nlisteners; i-- > 0;) {
+        ctl_item *it = listen_item(s->listeners[i].channel);
+        if (it)
+            ctl_push_front(s, it);
+    }
     queue_maintenance(s);
+    if (s->control_was_up) /* notifications may have been missed while down */
+        for (size_t i = 0; i < s->nlisteners; i++)
+            s->listeners[i].cb(s->listeners[i].ctx, NULL);
+    s->control_was_up = true;
     ctl_kick(s);
+}
+
+static void ctl_on_notify(store__conn *c, const char *channel, const char *payload)
+{
+    store_t *s = c->s;
+    for (size_t i = 0; i < s->nlisteners; i++)
+        if (strcmp(s->listeners[i].channel, channel) == 0)
+            s->listeners[i].cb(s->listeners[i].ctx, payload ? payload : "");
+}
+
+int store_query(store_t *s, const char *sql, int nparams, const char *const *params,
+                store_query_cb cb, void *ctx)
+{
+    if (s->closing)
+        return CMS_ECLOSED;
+    if (!sql || !cb || nparams < 0 || nparams > STORE_QUERY_MAX_PARAMS)
+        return CMS_EINVAL;
+    if (s->ctl_n >= STORE_CTL_QUEUE_MAX)
+        return CMS_ELIMIT;
+    ctl_item *it = ctl_new(CTL_QUERY, nparams, params);
+    if (!it || !(it->sql = strdup(sql))) {
+        if (it)
+            ctl_free(it);
+        return CMS_ENOMEM;
+    }
+    it->qcb = cb;
+    it->ctx = ctx;
+    it->deadline = uv_now(s->loop) + s->cfg.query_timeout_ms;
+    ctl_push(s, it);
+    ctl_kick(s);
+    return CMS_OK;
+}
+
+int store_listen(store_t *s, const char *channel, void (*cb)(void *ctx, const char *payload),
+                 void *ctx)
+{
+    size_t n = channel ? strlen(channel) : 0;
+    if (n == 0 || n > 63 || !cb || strspn(channel, "abcdefghijklmnopqrstuvwxyz_") != n)
+        return CMS_EINVAL;
+    if (s->nlisteners >= STORE_MAX_CHANNELS)
+        return CMS_ELIMIT;
+    store__listener *l = &s->listeners[s->nlisteners++];
+    memcpy(l->channel, channel, n + 1);
+    l->cb = cb;
+    l->ctx = ctx;
+    if (store__conn_up(&s->control)) {
+        ctl_item *it = listen_item(channel);
+        if (it) {
+            ctl_push_front(s, it);
+            ctl_kick(s);
+        }
+    }
+    return CMS_OK;
 }
 
 static void maint_timer_cb(uv_timer_t *t)
@@ -330,13 +433,17 @@ static void expire_lookups(store_t *s, uint64_t now)
     ctl_item *prev = NULL;
     while (*pp) {
         ctl_item *it = *pp;
-        if (it->kind == CTL_LOOKUP && it->deadline <= now) {
+        if ((it->kind == CTL_LOOKUP || it->kind == CTL_QUERY) && it->deadline <= now) {
             *pp = it->next;
             if (s->ctl_tail == it)
                 s->ctl_tail = prev;
             s->ctl_n--;
-            log_warn("device_lookup_timeout", it->params[0], it->params[1], "control_conn=%s",
-                     store__conn_up(&s->control) ? "up" : "down");
+            if (it->kind == CTL_LOOKUP)
+                log_warn("device_lookup_timeout", it->params[0], it->params[1],
+                         "control_conn=%s", store__conn_up(&s->control) ? "up" : "down");
+            else
+                log_warn("query_timeout", NULL, NULL, "queued statement waited %u ms, control_conn=%s",
+                         s->cfg.query_timeout_ms, store__conn_up(&s->control) ? "up" : "down");
             ctl_abandon(it, CMS_EUNAVAIL, "timeout");
             continue; /* callbacks may append: re-read *pp */
         }
@@ -400,6 +507,7 @@ store_t *store_new(uv_loop_t *loop, const store_config *cfg)
     s->control.on_up = ctl_on_up;
     s->control.on_result = ctl_on_result;
     s->control.on_down = ctl_on_down;
+    s->control.on_notify = ctl_on_notify;
 
     store__ingest_init(s);
     uv_timer_init(loop, &s->expire_timer);

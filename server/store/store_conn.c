@@ -338,6 +338,17 @@ static void query_complete(store__conn *c)
     PQclear(res);
 }
 
+/* Hands every NOTIFY libpq has parsed to the owner. */
+static void store__conn_notifies(store__conn *c)
+{
+    PGnotify *n;
+    while (c->pg && (n = PQnotifies(c->pg)) != NULL) {
+        if (c->on_notify)
+            c->on_notify(c, n->relname, n->extra);
+        PQfreemem(n);
+    }
+}
+
 /* Reads what arrived; completes the query when its last result is in. */
 static void conn_read(store__conn *c)
 {
@@ -346,9 +357,7 @@ static void conn_read(store__conn *c)
         conn_lost(c, pq_err(c, err, sizeof err));
         return;
     }
-    PGnotify *n;
-    while ((n = PQnotifies(c->pg)) != NULL)
-        PQfreemem(n);
+    store__conn_notifies(c);
     if (c->state != SC_BUSY && c->state != SC_SETUP) {
         /* Idle: only an error or EOF can arrive (e.g. backend terminated). */
         if (PQstatus(c->pg) == CONNECTION_BAD) {
@@ -372,6 +381,7 @@ static void conn_read(store__conn *c)
                 return;
             }
             /* A complete success stays a success even if the link died after. */
+            store__conn_notifies(c); /* ones that came with the result */
             query_complete(c);
             if (bad && c->pg && (c->state == SC_READY || c->state == SC_BUSY))
                 conn_lost(c, pq_err(c, err, sizeof err));

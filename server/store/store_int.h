@@ -92,6 +92,8 @@ struct store__conn {
     void (*on_result)(store__conn *c, PGresult *res);
     /* The connection was lost; query_lost when a query was in flight. */
     void (*on_down)(store__conn *c, bool query_lost);
+    /* A NOTIFY arrived (channel and payload borrowed); may be NULL. */
+    void (*on_notify)(store__conn *c, const char *channel, const char *payload);
 };
 
 void store__conn_init(store_t *s, store__conn *c, const char *name);
@@ -149,7 +151,11 @@ typedef struct ingest_fifo {
 /* store.c: the control queue                                               */
 /* ------------------------------------------------------------------------ */
 
-enum ctl_kind { CTL_LOOKUP, CTL_AUDIT, CTL_MAINT_PARTITIONS, CTL_MAINT_RETENTION };
+enum ctl_kind { CTL_LOOKUP, CTL_AUDIT, CTL_MAINT_PARTITIONS, CTL_MAINT_RETENTION, CTL_QUERY,
+                CTL_LISTEN };
+
+#define STORE_QUERY_MAX_PARAMS 16
+#define STORE_MAX_CHANNELS 8
 
 typedef struct ctl_item {
     struct ctl_item *next;
@@ -158,8 +164,16 @@ typedef struct ctl_item {
     store_device_cb cb;
     void *ctx;
     int nparams;
-    char *params[5]; /* owned copies; NULL = SQL NULL */
+    char *params[STORE_QUERY_MAX_PARAMS]; /* owned copies; NULL = SQL NULL */
+    char *sql;               /* CTL_QUERY / CTL_LISTEN: owned statement text */
+    store_query_cb qcb;      /* CTL_QUERY */
 } ctl_item;
+
+typedef struct store__listener {
+    char channel[64];
+    void (*cb)(void *ctx, const char *payload);
+    void *ctx;
+} store__listener;
 
 #define STORE_CTL_QUEUE_MAX 4096
 
@@ -195,6 +209,9 @@ struct store {
     ctl_item *ctl_head, *ctl_tail;
     size_t ctl_n;
     ctl_item *ctl_inflight;
+    store__listener listeners[STORE_MAX_CHANNELS];
+    size_t nlisteners;
+    bool control_was_up;     /* for the NULL "maybe missed" notification */
     uv_timer_t maint_timer; /* hourly maintenance */
     uv_timer_t close_timer; /* store_close deadline */
 };

@@ -517,6 +517,102 @@ static void test_lookup_and_audit(void **state)
     uv_loop_close(&loop);
 }
 
+
+/* ---- store_query / store_listen ------------------------------------------ */
+
+static int q_status, q_done;
+static char q_value[128];
+static char q_sqlstate[8];
+
+static void on_query(void *ctx, int status, const PGresult *res)
+{
+    (void)ctx;
+    q_status = status;
+    q_value[0] = q_sqlstate[0] = '\0';
+    if (status == CMS_OK && PQntuples(res) > 0)
+        snprintf(q_value, sizeof q_value, "%s", PQgetvalue(res, 0, 0));
+    if (status == CMS_EPROTO) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        snprintf(q_sqlstate, sizeof q_sqlstate, "%s", st ? st : "");
+    }
+    q_done++;
+}
+
+static int notes;
+static char last_note[128];
+static int null_notes;
+
+static void on_note(void *ctx, const char *payload)
+{
+    (void)ctx;
+    if (!payload) {
+        null_notes++;
+        return;
+    }
+    snprintf(last_note, sizeof last_note, "%s", payload);
+    notes++;
+}
+
+static void test_query_and_listen(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    store_config cfg;
+    run r = {.loop = &loop};
+    r.s = open_store(&loop, dsn, &cfg);
+
+    /* A parameter is data, never SQL. */
+    const char *p[2] = {"x'; DROP TABLE cms.devices; --", "41"};
+    q_done = 0;
+    assert_int_equal(store_query(r.s, "SELECT $1::text || ':' || ($2::int + 1)", 2, p, on_query,
+                                 NULL), CMS_OK);
+    while (q_done < 1)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(q_status, CMS_OK);
+    assert_string_equal(q_value, "x'; DROP TABLE cms.devices; --:42");
+
+    /* An SQL error reaches the caller with its SQLSTATE. */
+    assert_int_equal(store_query(r.s, "SELECT 1/0", 0, NULL, on_query, NULL), CMS_OK);
+    while (q_done < 2)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(q_status, CMS_EPROTO);
+    assert_string_equal(q_sqlstate, "22012");
+
+    assert_int_equal(store_listen(r.s, "BAD-channel", on_note, NULL), CMS_EINVAL);
+    assert_int_equal(store_listen(r.s, "cms_test_chan", on_note, NULL), CMS_OK);
+    /* Make sure LISTEN ran: a query queued after it completes after it. */
+    assert_int_equal(store_query(r.s, "SELECT 1", 0, NULL, on_query, NULL), CMS_OK);
+    while (q_done < 3)
+        uv_run(&loop, UV_RUN_ONCE);
+    notes = 0;
+    q_long("SELECT count(pg_notify('cms_test_chan', 'MON-4242'))", 0, NULL);
+    double t0 = now_s();
+    while (notes < 1 && now_s() - t0 < 5)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(notes, 1);
+    assert_string_equal(last_note, "MON-4242");
+
+    /* After the control connection is lost: a NULL notification, and LISTEN again. */
+    null_notes = 0;
+    terminate_backends();
+    t0 = now_s();
+    while (null_notes < 1 && now_s() - t0 < 10)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(null_notes, 1);
+    assert_int_equal(store_query(r.s, "SELECT 1", 0, NULL, on_query, NULL), CMS_OK);
+    while (q_done < 4)
+        uv_run(&loop, UV_RUN_ONCE);
+    q_long("SELECT count(pg_notify('cms_test_chan', 'MON-4343'))", 0, NULL);
+    t0 = now_s();
+    while (notes < 2 && now_s() - t0 < 5)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(notes, 2);
+    assert_string_equal(last_note, "MON-4343");
+    close_store(&r);
+    uv_loop_close(&loop);
+}
+
 static void on_drain(void *ctx)
 {
     ((run *)ctx)->drains++;
@@ -637,6 +733,7 @@ int main(void)
         cmocka_unit_test(test_blocked_batch_retried),
         cmocka_unit_test(test_split_on_data_error),
         cmocka_unit_test(test_lookup_and_audit),
+        cmocka_unit_test(test_query_and_listen),
         cmocka_unit_test(test_unavailable_timeout_backlog_close),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
