@@ -65,3 +65,30 @@ def test_sub_id_status_location_kept(cmsd, db, connect):
     assert got["150456"] == ("1.22.1.1", "R")
     assert got["150023"] == ("1.1.1.3", "R")
     assert {r[3] for r in rows} == {"CCU^^BED-07"}
+
+
+def test_message_without_patient(cmsd, db, connect):
+    """A monitor with no patient admitted sends no PID: stored, patient unknown."""
+    cid = h.unique("NOPID")
+    text = "".join(seg + "\r" for seg in h.pcd01(DEV, cid).split("\r")
+                   if seg and not seg.startswith("PID|"))
+    send(cmsd, connect, text, cid)
+    rows = db.query("SELECT o.patient_ref FROM cms.observations o "
+                    "JOIN cms.messages m ON m.id = o.message_id "
+                    "JOIN cms.devices d ON d.id = m.device_id "
+                    "WHERE d.serial = %s AND m.control_id = %s", (DEV, cid))
+    assert db.obs_count(DEV, cid) == h.SAMPLE_NOBS
+    assert rows and all(r[0] is None for r in rows), rows
+
+
+def test_non_numeric_observations_skipped(cmsd, db, connect):
+    """ST/CWE/NA rows and NM rows without a value are not stored and do not
+    make the message fail."""
+    cid, pt = h.unique("SKIP"), h.unique("PT-SKIP")
+    extra = ["OBX|13|ST|0^MDC_ATTR_TEXT^MDC|1.0.0.1|lead off|||||||R",
+             "OBX|14|CWE|68480^MDC_ATTR_ALERT_SOURCE^MDC|1.0.0.2|196674^MDC_EVT_LO^MDC|||||||R",
+             "OBX|15|NA|131330^MDC_ECG_ELEC_POTL_II^MDC|1.5.2.1|1^2^3^4^5|"
+             "266418^MDC_DIM_MILLI_VOLT^MDC|||||R",
+             "OBX|16|NM|151712^MDC_CONC_AWAY_CO2_ET^MDC|1.7.1.1||266016^MDC_DIM_MMHG^MDC|||||X"]
+    send(cmsd, connect, h.pcd01(DEV, cid, patient=pt, extra_obx=extra), cid)
+    stored_as_sample(db, pt)

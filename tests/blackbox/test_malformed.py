@@ -25,6 +25,14 @@ def bad_messages():
     def no_msh10(cid, pt):
         return h.pcd01(DEV, "", patient=pt)
 
+    def too_many_obs(cid, pt):
+        rows = ["OBX|%d|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.22.1.%d|96|262688^MDC_DIM_PERCENT^MDC"
+                "|||||R|||20261115083000+0100" % (100 + i, i) for i in range(130)]
+        return h.pcd01(DEV, cid, patient=pt, extra_obx=rows)
+
+    def long_msh10(cid, pt):
+        return h.pcd01(DEV, cid + "-" + "9" * 240, patient=pt)
+
     return {
         "not-hl7": (lambda cid, pt: "GET / HTTP/1.1\r\nHost: cms\r\n\r\nthis is not HL7",
                     {"AR"}, None),
@@ -32,6 +40,10 @@ def bad_messages():
         "version-3": (with_fields({"MSH.F12": "3.0"}), {"AR"}, "203"),
         "bad-nm-value": (bad_nm, {"AR", "AE"}, None),
         "missing-msh10": (no_msh10, {"AR"}, None),
+        # beyond the documented limits (PCD01_MAX_OBS numeric observations,
+        # MSH-10 longer than v2.6's 199 characters): refused as a whole
+        "too-many-observations": (too_many_obs, {"AR", "AE"}, None),
+        "msh10-too-long": (long_msh10, {"AR", "AE"}, None),
     }
 
 
@@ -50,7 +62,7 @@ def test_malformed_rejected_with_reason(cmsd, db, connect, case):
             "%s: no human-readable reason in MSA-3/ERR-8: %r" % (case, ack))
         if err_code:
             assert ack.err_code == err_code, "%s: ERR-3 should be %s: %r" % (case, err_code, ack)
-        if case not in ("not-hl7", "missing-msh10"):
+        if case not in ("not-hl7", "missing-msh10", "msh10-too-long"):
             assert ack.control_id == cid, "the AR must echo MSH-10: %r" % ack
         # the same connection keeps working
         cid2, pt2 = h.unique("OK"), h.unique("PT-OK")
@@ -108,3 +120,13 @@ def test_bytes_outside_frame_close_connection(cmsd, db, connect):
     h.assert_refusal_logged(cmsd, c.local_port, r"(?i)mllp|frame|framing|protocol|outside",
                             since)
 
+
+
+def test_longest_msh10_accepted(cmsd, db, connect):
+    cid = h.unique("L") + "-"
+    cid += "7" * (199 - len(cid))
+    assert len(cid) == 199
+    with connect(cmsd.port, DEV) as c:
+        ack = c.request(h.pcd01(DEV, cid, patient=h.unique("PT")))
+    assert ack.code == "AA" and ack.control_id == cid, ack
+    assert db.message_count(DEV, cid) == 1
