@@ -19,6 +19,10 @@
 # created under umask 077 and are mode 0600; nothing secret is printed. DIR/README.txt lists
 # the layout. Concurrent runs on one DIR are serialized with flock(1).
 #
+# Timing here (2 CPUs, OpenSSL 3.0.x, busy machine): dev ~0.3 s, test ~0.6 s, a re-run ~0.3-0.9 s
+# (it re-verifies every certificate); mint 10000 certs ~25-40 s with the shared key, ~30-70 s
+# with MINT_KEYS=each. A per-certificate `openssl x509 -req` would cost ~20 ms each (~200 s).
+#
 # Layout (DIR):
 #   ca.pem                  root CA certificate: clients verify the server with it
 #   root-ca.{key,crt}       root CA (self-signed)
