@@ -110,6 +110,32 @@ void https_reply_error(https_req *r, int status, const char *error, const char *
 void https_reply(https_req *r, int status, const char *content_type, const void *body,
                  size_t len, const http_field *extra, size_t n_extra);
 
+/*
+ * Streaming answers (large downloads with memory that does not grow with
+ * the body). The handler returns CMS_EAGAIN, then:
+ *   https_stream_begin(r, head, len, on_writable, ctx): head is a complete
+ *       HTTP head (e.g. from http_range_response_start), sent at once;
+ *   on_writable(r, ctx) runs whenever the output has drained (and once right
+ *       after begin), and also once when the connection closes: the producer
+ *       then sees https_stream_write() return CMS_ECLOSED;
+ *   https_stream_write(r, data, len): CMS_OK, or CMS_ECLOSED (stop producing
+ *       and call https_stream_end);
+ *   https_stream_pending(r): bytes not yet handed to the kernel. A write
+ *       that the kernel took at once leaves 0 and no on_writable follows:
+ *       the producer then goes on by itself (its next asynchronous read);
+ *       otherwise it waits for on_writable. Keep pending under ~256 KiB;
+ *   https_stream_end(r, ok): exactly once; ok = false (body cut short, e.g.
+ *       a hash mismatch in storage) closes the connection so the client sees
+ *       a truncated body, never a wrong one.
+ * Between begin and end nothing else is read from the connection.
+ */
+typedef void (*https_stream_cb)(https_req *r, void *ctx);
+void https_stream_begin(https_req *r, const char *head, size_t len, https_stream_cb on_writable,
+                        void *ctx);
+int https_stream_write(https_req *r, const void *data, size_t len);
+size_t https_stream_pending(const https_req *r);
+void https_stream_end(https_req *r, bool ok);
+
 /* Adds an audit row naming r's peer as actor (event e.g. "device_revoked"). detail stolen. */
 void https_audit(https_req *r, const char *event, const char *device, json_t *detail);
 

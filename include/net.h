@@ -76,6 +76,11 @@ typedef struct net_proto {
      * and reason are borrowed. For auditing; the connection closes anyway.
      */
     void (*on_tls_refused)(void *proto_ctx, const char *peer, const char *reason);
+    /*
+     * Optional: every byte queued so far has been handed to the kernel
+     * (for producers that stream large answers with flat memory).
+     */
+    void (*on_drain)(net_conn *c);
 } net_proto;
 
 /* Creates the per-loop server object. loop and limits are borrowed (limits copied). */
@@ -118,6 +123,9 @@ void net_conn_activate(net_conn *c);
  * CMS_ELIMIT (output limit hit: the connection is being closed).
  */
 int net_conn_write(net_conn *c, const void *data, size_t len);
+
+/* Ciphertext queued but not yet written to the socket. */
+size_t net_conn_output_pending(const net_conn *c);
 
 /* Stops / resumes reading input (backpressure). Idempotent. */
 void net_conn_pause(net_conn *c);

@@ -110,7 +110,14 @@ static void on_write(uv_write_t *req, int status)
         c->write_since = 0;
         if (c->state == NET_DRAINING)
             conn_finish(c);
+        else if (c->state == NET_ACTIVE && c->l->proto->on_drain)
+            c->l->proto->on_drain(c);
     }
+}
+
+size_t net_conn_output_pending(const net_conn *c)
+{
+    return c->out_bytes + (c->tls.wbio ? tls_conn_pending_output(&c->tls) : 0);
 }
 
 /* Moves every pending TLS record to the socket. Returns CMS_OK or an error

@@ -23,6 +23,9 @@ typedef struct session {
     enum https_role role;
     int64_t device_id;
     char cn[64];
+    bool streaming;       /* between https_stream_begin and https_stream_end */
+    https_stream_cb on_writable;
+    void *stream_ctx;
     char *kept;           /* plaintext not consumed while an answer was pending */
     size_t kept_len;
 } session;
@@ -104,6 +107,50 @@ void https_reply_error(https_req *r, int status, const char *error, const char *
              r->http->path, status, error, detail ? detail : "");
     http_json_error(&out, status, error, detail, resp_flags(r), NULL, 0);
     finish(r, &out);
+}
+
+void https_stream_begin(https_req *r, const char *head, size_t len, https_stream_cb on_writable,
+                        void *ctx)
+{
+    session *s = net_conn_session(r->conn);
+    s->streaming = true;
+    s->on_writable = on_writable;
+    s->stream_ctx = ctx;
+    if (net_conn_state(r->conn) == NET_ACTIVE)
+        net_conn_write(r->conn, head, len);
+    on_writable(r, ctx);
+}
+
+int https_stream_write(https_req *r, const void *data, size_t len)
+{
+    if (net_conn_state(r->conn) != NET_ACTIVE)
+        return CMS_ECLOSED;
+    return net_conn_write(r->conn, data, len) == CMS_OK ? CMS_OK : CMS_ECLOSED;
+}
+
+size_t https_stream_pending(const https_req *r)
+{
+    return net_conn_output_pending(r->conn);
+}
+
+void https_stream_end(https_req *r, bool ok)
+{
+    session *s = net_conn_session(r->conn);
+    s->streaming = false;
+    s->on_writable = NULL;
+    if (!ok && net_conn_state(r->conn) == NET_ACTIVE)
+        net_conn_close(r->conn, "stream aborted");
+    http_buf empty;
+    http_buf_init(&empty, 0);
+    finish(r, &empty);
+}
+
+/* The output drained: let a streaming producer go on. */
+static void on_drain(net_conn *c)
+{
+    session *s = net_conn_session(c);
+    if (s->streaming && s->on_writable)
+        s->on_writable(&s->req, s->stream_ctx);
 }
 
 void https_audit(https_req *r, const char *event, const char *device, json_t *detail)
@@ -381,6 +428,8 @@ static int on_handshake(net_conn *c)
 static void on_close(net_conn *c)
 {
     session *s = net_conn_session(c);
+    if (s->streaming && s->on_writable) /* the producer learns it must stop */
+        s->on_writable(&s->req, s->stream_ctx);
     http_conn_free(&s->http);
     free(s->kept);
     s->kept = NULL;
@@ -404,6 +453,7 @@ const net_proto https_proto = {
     .on_data = on_data,
     .on_close = on_close,
     .on_tls_refused = on_tls_refused,
+    .on_drain = on_drain,
 };
 
 /* ---- context ------------------------------------------------------------------ */
