@@ -6,9 +6,10 @@
  * device must be registered and active (checked against the database on
  * every connection, resumed TLS sessions included) before any input is read.
  * Then each MLLP frame is parsed (hl7 + pcd01), checked against the
- * device's identity (MSH-3 components 1-2 and every OBX-18 must name this
- * device: its serial or one of its registered identifiers; otherwise AR and
- * an "impersonation" audit row), and queued for group commit. ACKs go back
+ * device's identity (MSH-3's universal ID, or its namespace ID when there is
+ * no universal ID, and every OBX-18 must name this device: its serial or one
+ * of its registered identifiers, compared case-insensitively; otherwise AR
+ * and an "impersonation" audit row), and queued for group commit. ACKs go back
  * strictly in the order the frames arrived: AR at once (after the ones
  * before it), AA only after COMMIT, AE when the database refused the data or
  * stayed unavailable for ingest_timeout_ms.

@@ -160,12 +160,19 @@ static bool names_this_device(const session *s, const char *id)
     return false;
 }
 
-/* Returns the first sender identifier in m that is not this device, or NULL. */
+/*
+ * Returns the first sender identifier in m that is not this device, or NULL.
+ * MSH-3 is an HD: when its universal ID (component 2, e.g. an EUI-64 with
+ * type "EUI-64") is present, that is the device identifier and component 1
+ * is only the application's namespace name (IHE PCD puts a product name
+ * there); otherwise component 1 names the device. Every OBX-18 equipment
+ * identifier must name this device too.
+ */
 static const char *foreign_sender(const session *s, const pcd01_msg *m)
 {
-    for (int i = 0; i < 2; i++)
-        if (m->sending_app[i][0] && !names_this_device(s, m->sending_app[i]))
-            return m->sending_app[i];
+    const char *sender = m->sending_app[1][0] ? m->sending_app[1] : m->sending_app[0];
+    if (sender[0] && !names_this_device(s, sender))
+        return sender;
     for (size_t i = 0; i < m->nobs; i++)
         if (m->obs[i].equipment_id[0] && !names_this_device(s, m->obs[i].equipment_id))
             return m->obs[i].equipment_id;
