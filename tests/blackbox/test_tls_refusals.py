@@ -104,3 +104,32 @@ def test_plaintext_hl7_is_not_accepted(cmsd, pki, db):
     assert b"MSA" not in data, "plaintext got an HL7 answer: %r" % data[:200]
     assert db.message_count("MON-0001", cid) == 0
     h.good_client_still_served(cmsd, pki)
+
+
+def test_tls12_renegotiation_refused(cmsd, pki):
+    """SSL_OP_NO_RENEGOTIATION: a TLS 1.2 client asking to renegotiate
+    (openssl s_client's "R") does not get a second handshake."""
+    import subprocess
+    import time
+    cert, key = pki.device("MON-0001")
+    p = subprocess.Popen(["openssl", "s_client", "-tls1_2", "-cert", str(cert), "-key", str(key),
+                          "-CAfile", str(pki.root_ca), "-servername", "localhost",
+                          "-connect", "127.0.0.1:%d" % cmsd.port],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(2)  # handshake done, device check done
+        p.stdin.write("R\n")
+        p.stdin.flush()
+        time.sleep(3)
+        out = p.communicate(input="", timeout=30)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "Verify return code: 0 (ok)" in out, "the first handshake failed:\n" + out[-2000:]
+    assert "RENEGOTIATING" in out, out[-2000:]
+    after = out.split("RENEGOTIATING", 1)[1]
+    assert "verify return:" not in after, "a second handshake happened:\n" + after
+    assert re.search(r"(?i)no renegotiation|alert|error", after), after
+    h.good_client_still_served(cmsd, pki)
