@@ -1,0 +1,273 @@
+/*
+ * monitor.h - internal header of cms-monitor, the patient monitor simulator
+ * and load generator (one process, one libuv loop, many TLS sessions).
+ *
+ * Objects:
+ *   struct mon     the process: options, SSL_CTX, devices, stats, phase.
+ *   struct device  one simulated monitor (identity, vital-sign generator,
+ *                  unacknowledged messages, pacing). Lives for the whole run.
+ *   struct conn    one TCP+TLS connection of a device. Allocated per attempt,
+ *                  freed only in the last uv_close callback; the device points
+ *                  at its current conn (or NULL) and a closing conn no longer
+ *                  touches its device.
+ *
+ * Files: main.c (options, setup, run phases, exit status), conn.c (TCP, TLS,
+ * MLLP, ACKs, reconnect), msg.c (PCD-01 message generator), stats.c
+ * (latency histogram, progress and final report).
+ *
+ * Thread: everything runs on the one loop thread.
+ */
+#ifndef CMS_MONITOR_H
+#define CMS_MONITOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#include "mllp.h"
+
+#define MON_SERIAL_LEN 64
+#define MON_CTRL_LEN 128
+#define MON_MAX_WINDOW 4096
+#define MON_MAX_OBS 1000
+#define MON_ACK_MAX_FRAME 65536
+
+/* ---- options (main.c) ---- */
+
+struct mon_opts {
+    const char *host;
+    unsigned port;
+    const char *ca;
+    const char *cert, *key; /* one identity */
+    const char *cert_dir;   /* many identities */
+    const char *serial_prefix;
+    unsigned first, devices, serial_width;
+    const char *serial; /* MSH-3 override (one identity only) */
+    uint64_t count;     /* messages per device, 0 = unlimited */
+    double rate;        /* messages/s per device, 0 = window-bound */
+    double duration;    /* seconds, 0 = unlimited */
+    unsigned window;
+    double connect_rate; /* handshakes/s */
+    unsigned obs;
+    const char *patient, *location, *control_prefix, *facility;
+    int resend;
+    int json, quiet, verbose;
+    int resume; /* reuse TLS sessions on reconnect */
+    unsigned ack_timeout_ms, handshake_timeout_ms, drain_timeout_ms;
+    unsigned retries; /* failed attempts per device before giving up at start */
+    unsigned backoff_min_ms, backoff_max_ms;
+    unsigned report_ms;
+    uint64_t seed;
+};
+
+/* ---- message generator (msg.c) ---- */
+
+struct vital {
+    double value, base;   /* current value, the device's resting value */
+    uint64_t measured_ms; /* for intermittent (NIBP) parameters */
+};
+
+struct gen {
+    const struct mon_opts *opts;
+    uint64_t rng;
+    unsigned nobs;
+    char msh3[3 * MON_SERIAL_LEN + 8]; /* escaped "serial^serial^L" */
+    char serial_esc[2 * MON_SERIAL_LEN];
+    char sending_fac[128];
+    char pid[512];   /* complete PID segment */
+    char pv1[256];   /* complete PV1 segment */
+    struct vital *v; /* nobs entries, owned */
+};
+
+/* Initialises g for a device. serial and patient are plain text (escaped
+ * here). Returns CMS_OK, CMS_ENOMEM or CMS_EINVAL (bad --location). */
+int gen_init(struct gen *g, const struct mon_opts *o, const char *serial, uint64_t seed);
+void gen_free(struct gen *g);
+/*
+ * Builds the next ORU^R01 with control id ctrl as a complete MLLP frame.
+ * *out receives a malloc'd buffer (caller owns it), *len its length,
+ * *nobs the number of NM observations. Advances the random walk.
+ * Returns CMS_OK, CMS_ENOMEM or CMS_ELIMIT.
+ */
+int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsigned *nobs);
+/* Small fast PRNG (xorshift64*) shared by the modules. */
+uint64_t gen_rand(uint64_t *state);
+double gen_uniform(uint64_t *state); /* [0,1) */
+
+/* ---- latency histogram and stats (stats.c) ---- */
+
+/* Log-linear buckets over microseconds: exact below 64 us, then 32
+ * sub-buckets per power of two (relative error <= 1/32). */
+#define HIST_SUB_BITS 5
+#define HIST_SUB (1u << HIST_SUB_BITS)
+#define HIST_BUCKETS (2 * HIST_SUB + 40 * HIST_SUB)
+
+struct hist {
+    uint64_t n, max_us, sum_us;
+    uint64_t b[HIST_BUCKETS];
+};
+
+void hist_add(struct hist *h, uint64_t us);
+/* Value (us) at quantile q in [0,1]; 0 when empty. */
+uint64_t hist_quantile(const struct hist *h, double q);
+void hist_merge(struct hist *into, const struct hist *from);
+
+struct mon_stats {
+    uint64_t sent;                /* first transmissions */
+    uint64_t resent;              /* retransmissions after reconnect (same MSH-10) */
+    uint64_t aa, ae, ar;          /* ACK codes received */
+    uint64_t obs_acked;           /* NM observations in AA-acknowledged messages */
+    uint64_t unmatched;           /* ACKs whose MSA-2 matched nothing pending */
+    uint64_t bad_acks;            /* frames that were not a parseable ACK */
+    uint64_t ack_timeouts;        /* connections closed because an ACK was late */
+    uint64_t handshakes;          /* successful TLS handshakes */
+    uint64_t reconnects;          /* successful handshakes after a device's first */
+    uint64_t drops;               /* established connections lost */
+    uint64_t conn_failures;       /* failed TCP connects or TLS handshakes */
+    uint64_t lost;                /* unacked messages dropped (no resend / at exit) */
+    uint64_t bytes_out, bytes_in; /* TLS ciphertext */
+};
+
+/* ---- device and connection (conn.c) ---- */
+
+enum conn_state {
+    CONN_CONNECTING = 0, /* TCP connect in progress */
+    CONN_HANDSHAKING,    /* TLS handshake in progress */
+    CONN_ACTIVE,         /* sending messages, reading ACKs */
+    CONN_CLOSING,        /* close started; waiting for uv_close callbacks */
+};
+
+enum dev_state {
+    DEV_IDLE = 0,  /* waiting: in the connect queue or in backoff */
+    DEV_CONNECTED, /* has a conn (any conn state) */
+    DEV_DONE,      /* finished: no more connections */
+};
+
+struct pmsg {    /* a sent, unacknowledged message */
+    char *frame; /* owned MLLP frame, kept for resend */
+    size_t len;
+    uint64_t sent_ns; /* uv_hrtime of the last transmission */
+    unsigned nobs;
+    unsigned tx; /* transmissions so far */
+    char ctrl[MON_CTRL_LEN];
+};
+
+struct mon;
+struct conn;
+
+struct device {
+    struct mon *mon;
+    unsigned idx;
+    enum dev_state state;
+    char serial[MON_SERIAL_LEN]; /* MSH-3 identity */
+    char ctrl_prefix[MON_CTRL_LEN - 16];
+    X509 *cert;             /* owned client certificate */
+    EVP_PKEY *key;          /* owned */
+    STACK_OF(X509) * chain; /* owned intermediates (may be NULL) */
+    SSL_SESSION *session;   /* owned; for --resume */
+    struct gen gen;
+    uint64_t seq;       /* last control-id number used */
+    uint64_t generated; /* messages generated (first sends) */
+    struct pmsg *pend;  /* window entries, oldest first */
+    unsigned npend;
+    double next_due_ms;       /* pacing (loop time, ms) */
+    uv_timer_t send_timer;    /* pacing timer */
+    uv_timer_t backoff_timer; /* reconnect delay */
+    unsigned backoff_ms;
+    unsigned fail_streak; /* consecutive failed attempts */
+    int ever_up;          /* has had an ACK on some connection */
+    int queued;           /* in the connect queue */
+    struct device *qnext; /* connect queue link */
+    struct conn *conn;    /* current connection or NULL */
+};
+
+struct conn {
+    enum conn_state state;
+    struct device *dev; /* NULL once closing */
+    struct mon *mon;
+    uv_tcp_t tcp;
+    uv_timer_t timer; /* handshake deadline / ACK deadline / close grace */
+    uv_connect_t creq;
+    uv_shutdown_t sreq;
+    SSL *ssl;
+    BIO *rbio, *wbio; /* memory BIOs, owned by ssl */
+    mllp_decoder dec;
+    uint64_t acks;       /* ACKs received on this connection */
+    int handles_open;    /* uv handles still to be closed */
+    int handles_closing; /* uv_close has been called */
+    uint64_t started_ns;
+};
+
+/* ---- the process (main.c) ---- */
+
+enum mon_phase {
+    PHASE_RUN = 0, /* connecting and sending */
+    PHASE_DRAIN,   /* no new messages; waiting for outstanding ACKs */
+    PHASE_STOP,    /* closing everything */
+};
+
+struct mon {
+    uv_loop_t *loop;
+    struct mon_opts opts;
+    SSL_CTX *ctx;
+    struct sockaddr_storage addr;
+    struct device *devs;
+    unsigned ndev;
+    enum mon_phase phase;
+    int fatal;          /* setup error seen: exit 1 */
+    int ever_connected; /* any handshake ever succeeded */
+    unsigned active;    /* conns in CONN_ACTIVE */
+    unsigned nconns;    /* conn structs alive */
+    unsigned done_devs;
+    uint64_t pending; /* unacked messages over all devices */
+    int host_is_ip;
+    int handles_closed;
+    /* connect ramp */
+    struct device *qhead, *qtail;
+    uv_timer_t ramp_timer;
+    double tokens;
+    uint64_t ramp_last_ms;
+    /* stats */
+    struct mon_stats st;
+    struct hist hist, ihist; /* whole run, current report interval */
+    struct mon_stats prev;   /* at the previous report */
+    uint64_t start_ns, prev_ns, end_ns;
+    uv_timer_t report_timer, duration_timer, drain_timer;
+    uv_signal_t sigint, sigterm;
+};
+
+/* conn.c */
+/* Puts dev in the connect queue (paced by --connect-rate). */
+void dev_enqueue(struct device *dev);
+/* Starts a connection attempt for dev now. */
+void conn_start(struct device *dev);
+/* Starts the one close path of c. graceful: send close_notify first. */
+void conn_close(struct conn *c, const char *why, int graceful);
+/* Sends as many new messages as pacing and the window allow. */
+void dev_pump(struct device *dev);
+/* Finishes dev: closes its connection, counts what was never acked. */
+void dev_finish(struct device *dev);
+/* One-time per-device init of timers (before the first dev_enqueue). */
+int dev_init_handles(struct device *dev);
+void dev_close_handles(struct device *dev);
+
+/* OpenSSL new-session callback (--resume): keeps the device's latest session. */
+int conn_new_session_cb(SSL *ssl, SSL_SESSION *sess);
+
+/* main.c */
+/* Called whenever something that may end the run happened. */
+void mon_check_done(struct mon *m);
+/* Stops sending, waits up to --drain-timeout for outstanding ACKs. */
+void mon_drain(struct mon *m);
+/* Closes everything now; uv_run returns once all handles are closed. */
+void mon_stop(struct mon *m);
+
+/* stats.c */
+void stats_report_progress(struct mon *m);
+/* Final report on stdout (text or --json); status: the exit status. */
+void stats_report_final(struct mon *m, int status);
+double stats_cpu_seconds(void);
+
+#endif

@@ -1,0 +1,424 @@
+/*
+ * msg.c - IHE PCD-01 ORU^R01 generator for one simulated monitor.
+ *
+ * The layout follows /work/shared/samples/pcd01-vitals.hl7: MSH (v2.6, the
+ * PCD-01 profile in MSH-21), PID, PV1, OBR, then OBX rows in the device
+ * hierarchy: the MDS row, a VMD row before each VMD's metrics (value type
+ * empty, status X), and NM metric rows with OBX-14 in UTC ("+0000").
+ *
+ * Values follow a mean-reverting random walk around a per-device resting
+ * value; pulse rate follows heart rate, NIBP is measured every
+ * NIBP_INTERVAL_MS and keeps its own OBX-14 time between measurements, mean
+ * pressures are computed from systolic and diastolic.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cms_err.h"
+#include "hl7.h"
+#include "mllp.h"
+#include "monitor.h"
+
+#define NIBP_INTERVAL_MS (5u * 60u * 1000u)
+
+enum vkind { V_WALK = 0, V_FOLLOW, V_MEAN };
+
+struct vmd_def {
+    const char *code, *label, *sub_id;
+};
+
+/* VMD rows we emit (others are left implicit, as in the sample). */
+static const struct vmd_def vmds[] = {
+    {"69798", "MDC_DEV_ECG_VMD", "1.5.0.0"},
+    {"69642", "MDC_DEV_ANALY_SAT_O2_VMD", "1.22.0.0"},
+    {"70686", "MDC_DEV_PRESS_BLD_NONINV_VMD", "1.1.0.0"},
+};
+
+struct vdef {
+    const char *code, *label;
+    unsigned vmd_id, chan, metric; /* OBX-4 = 1.<vmd_id>.<chan>.<metric> */
+    int vmd;                       /* index in vmds[] or -1 */
+    const char *unit_code, *unit_label;
+    double base, base_sd, step, min, max;
+    int decimals;
+    enum vkind kind;
+    int ref, ref2;    /* V_FOLLOW: ref; V_MEAN: sys=ref dia=ref2 */
+    int intermittent; /* NIBP */
+    unsigned rank;    /* selection priority for --obs */
+};
+
+/* In display order; the first --obs by rank are sent. */
+static const struct vdef defs[] = {
+    /*  0 */ {"147842", "MDC_ECG_HEART_RATE", 5, 1, 1, 0, "264864", "MDC_DIM_BEAT_PER_MIN", 75, 10,
+              1.2, 30, 200, 0, V_WALK, 0, 0, 0, 0},
+    /*  1 */
+    {"151562", "MDC_RESP_RATE", 5, 1, 2, 0, "264928", "MDC_DIM_RESP_PER_MIN", 16, 3, 0.5, 4, 60, 0,
+     V_WALK, 0, 0, 0, 6},
+    /*  2 */
+    {"150456", "MDC_PULS_OXIM_SAT_O2", 22, 1, 1, 1, "262688", "MDC_DIM_PERCENT", 97, 1.2, 0.3, 70,
+     100, 0, V_WALK, 0, 0, 0, 1},
+    /*  3 */
+    {"149530", "MDC_PULS_OXIM_PULS_RATE", 22, 1, 2, 1, "264864", "MDC_DIM_BEAT_PER_MIN", 0, 0, 1.0,
+     30, 200, 0, V_FOLLOW, 0, 0, 0, 2},
+    /*  4 */
+    {"150488", "MDC_PULS_OXIM_PERF_REL", 22, 1, 3, 1, "262688", "MDC_DIM_PERCENT", 3.5, 1.2, 0.1,
+     0.2, 20, 1, V_WALK, 0, 0, 0, 9},
+    /*  5 */
+    {"150021", "MDC_PRESS_BLD_NONINV_SYS", 1, 1, 1, 2, "266016", "MDC_DIM_MMHG", 125, 12, 5, 60,
+     230, 0, V_WALK, 0, 0, 1, 3},
+    /*  6 */
+    {"150022", "MDC_PRESS_BLD_NONINV_DIA", 1, 1, 2, 2, "266016", "MDC_DIM_MMHG", 78, 7, 3, 30, 140,
+     0, V_WALK, 0, 0, 1, 4},
+    /*  7 */
+    {"150023", "MDC_PRESS_BLD_NONINV_MEAN", 1, 1, 3, 2, "266016", "MDC_DIM_MMHG", 0, 0, 0, 30, 200,
+     0, V_MEAN, 5, 6, 1, 5},
+    /*  8 */
+    {"150344", "MDC_TEMP", 13, 1, 1, -1, "268192", "MDC_DIM_DEGC", 36.9, 0.4, 0.02, 33, 42, 1,
+     V_WALK, 0, 0, 0, 7},
+    /*  9 */
+    {"151712", "MDC_CONC_AWAY_CO2_ET", 30, 1, 1, -1, "266016", "MDC_DIM_MMHG", 38, 3, 0.5, 10, 80,
+     0, V_WALK, 0, 0, 0, 8},
+    /* 10 */
+    {"151594", "MDC_AWAY_RESP_RATE", 30, 1, 2, -1, "264928", "MDC_DIM_RESP_PER_MIN", 0, 0, 0.6, 4,
+     60, 0, V_FOLLOW, 1, 0, 0, 10},
+    /* 11 */
+    {"150033", "MDC_PRESS_BLD_ART_SYS", 3, 1, 1, -1, "266016", "MDC_DIM_MMHG", 122, 12, 1.5, 50,
+     240, 0, V_WALK, 0, 0, 0, 11},
+    /* 12 */
+    {"150034", "MDC_PRESS_BLD_ART_DIA", 3, 1, 2, -1, "266016", "MDC_DIM_MMHG", 74, 7, 1.0, 25, 150,
+     0, V_WALK, 0, 0, 0, 12},
+    /* 13 */
+    {"150035", "MDC_PRESS_BLD_ART_MEAN", 3, 1, 3, -1, "266016", "MDC_DIM_MMHG", 0, 0, 0, 30, 200, 0,
+     V_MEAN, 11, 12, 0, 13},
+    /* 14 */
+    {"150087", "MDC_PRESS_BLD_VEN_CENT_MEAN", 4, 1, 1, -1, "266016", "MDC_DIM_MMHG", 8, 3, 0.4, 0,
+     30, 0, V_WALK, 0, 0, 0, 14},
+    /* 15 */
+    {"150045", "MDC_PRESS_BLD_ART_PULM_SYS", 6, 1, 1, -1, "266016", "MDC_DIM_MMHG", 25, 4, 0.8, 10,
+     80, 0, V_WALK, 0, 0, 0, 15},
+    /* 16 */
+    {"150046", "MDC_PRESS_BLD_ART_PULM_DIA", 6, 1, 2, -1, "266016", "MDC_DIM_MMHG", 10, 3, 0.5, 2,
+     40, 0, V_WALK, 0, 0, 0, 16},
+    /* 17 */
+    {"150047", "MDC_PRESS_BLD_ART_PULM_MEAN", 6, 1, 3, -1, "266016", "MDC_DIM_MMHG", 0, 0, 0, 5, 60,
+     0, V_MEAN, 15, 16, 0, 17},
+};
+#define NDEFS (sizeof defs / sizeof defs[0])
+
+static const char *const family_names[] = {"SMITH",  "GARCIA",    "MUELLER",  "ROSSI",   "DUBOIS",
+                                           "NOVAK",  "SILVA",     "KOWALSKI", "NGUYEN",  "OKAFOR",
+                                           "TANAKA", "JOHANSSON", "MURPHY",   "IVANOVA", "KHAN"};
+static const char *const given_names[2][8] = {
+    {"JAMES", "PETER", "DAVID", "AHMED", "JONAS", "MARCO", "SAMUEL", "KENJI"},
+    {"ANNA", "MARIA", "LUCIA", "SOFIA", "ELENA", "GRACE", "YUKI", "OLGA"}};
+
+uint64_t gen_rand(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+double gen_uniform(uint64_t *s)
+{
+    return (double)(gen_rand(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Roughly standard normal (Irwin-Hall with 4 terms, variance scaled to 1). */
+static double gauss(uint64_t *s)
+{
+    double t = gen_uniform(s) + gen_uniform(s) + gen_uniform(s) + gen_uniform(s);
+    return (t - 2.0) * 1.7320508075688772;
+}
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static double clampd(double v, double lo, double hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* The number at the end of the serial ("MON-0042" -> "0042"), or the serial. */
+static const char *serial_digits(const char *serial)
+{
+    size_t n = strlen(serial);
+    size_t i = n;
+    while (i > 0 && serial[i - 1] >= '0' && serial[i - 1] <= '9')
+        i--;
+    return i < n ? serial + i : serial;
+}
+
+/* A raw HL7 value given on the command line: components allowed, nothing else. */
+static int raw_field_ok(const char *s)
+{
+    for (; *s; s++)
+        if (*s == '|' || *s == '~' || *s == '\\' || *s == '&' || (unsigned char)*s < 0x20)
+            return 0;
+    return 1;
+}
+
+/* Index in g->v of instance inst of definition d, or -1 if not sent. */
+static int slot_of(const struct gen *g, unsigned inst, unsigned d)
+{
+    /* Instance 0 holds the NDEFS definitions ordered by rank; the slot of a
+     * definition is its rank, further instances follow in blocks. */
+    unsigned slot = inst * (unsigned)NDEFS + (inst == 0 ? defs[d].rank : d);
+    return slot < g->nobs ? (int)slot : -1;
+}
+
+int gen_init(struct gen *g, const struct mon_opts *o, const char *serial, uint64_t seed)
+{
+    static const hl7_delims delims = {'|', '^', '~', '\\', '&'};
+    char mrn[MON_SERIAL_LEN + 80], mrn_esc[2 * sizeof mrn], fac_esc[256], loc[160];
+    uint64_t h = hash_str(serial);
+    int n;
+
+    memset(g, 0, sizeof *g);
+    g->opts = o;
+    g->rng = (seed ^ h) | 1;
+    for (int i = 0; i < 8; i++)
+        (void)gen_rand(&g->rng);
+    g->nobs = o->obs;
+
+    if (hl7_escape(&delims, serial, g->serial_esc, sizeof g->serial_esc) < 0)
+        return CMS_EINVAL;
+    n = snprintf(g->msh3, sizeof g->msh3, "%s^%s^L", g->serial_esc, g->serial_esc);
+    if (n < 0 || (size_t)n >= sizeof g->msh3)
+        return CMS_EINVAL;
+    snprintf(g->sending_fac, sizeof g->sending_fac, "cms-monitor");
+
+    if (o->patient == NULL)
+        snprintf(mrn, sizeof mrn, "MRN-%s", serial);
+    else if (o->devices > 1)
+        snprintf(mrn, sizeof mrn, "%s%s", o->patient, serial_digits(serial));
+    else
+        snprintf(mrn, sizeof mrn, "%s", o->patient);
+    if (hl7_escape(&delims, mrn, mrn_esc, sizeof mrn_esc) < 0 ||
+        hl7_escape(&delims, o->facility, fac_esc, sizeof fac_esc) < 0)
+        return CMS_EINVAL;
+    {
+        unsigned year = 1935u + (unsigned)((h >> 8) % 70u);
+        unsigned month = 1u + (unsigned)((h >> 16) % 12u);
+        unsigned day = 1u + (unsigned)((h >> 24) % 28u);
+        n = snprintf(g->pid, sizeof g->pid, "PID|||%s^^^%s^MR||%s^%s^^^^^L||%04u%02u%02u|%c",
+                     mrn_esc, fac_esc, family_names[h % 15u],
+                     given_names[(h >> 32) & 1u][(h >> 4) % 8u], year, month, day,
+                     (h >> 32) & 1u ? 'F' : 'M');
+        if (n < 0 || (size_t)n >= sizeof g->pid)
+            return CMS_EINVAL;
+    }
+    if (o->location != NULL) {
+        if (!raw_field_ok(o->location) || strlen(o->location) >= sizeof loc)
+            return CMS_EINVAL;
+        snprintf(loc, sizeof loc, "%s", o->location);
+    } else {
+        snprintf(loc, sizeof loc, "ICU^^BED-%.32s", serial_digits(g->serial_esc));
+    }
+    n = snprintf(g->pv1, sizeof g->pv1, "PV1||I|%s", loc);
+    if (n < 0 || (size_t)n >= sizeof g->pv1)
+        return CMS_EINVAL;
+
+    g->v = calloc(g->nobs ? g->nobs : 1, sizeof *g->v);
+    if (g->v == NULL)
+        return CMS_ENOMEM;
+    for (unsigned inst = 0; inst * (unsigned)NDEFS < g->nobs; inst++) {
+        for (unsigned d = 0; d < NDEFS; d++) {
+            int s = slot_of(g, inst, d);
+            if (s < 0)
+                continue;
+            const struct vdef *vd = &defs[d];
+            g->v[s].base = clampd(vd->base + vd->base_sd * gauss(&g->rng), vd->min, vd->max);
+            g->v[s].value = g->v[s].base;
+        }
+    }
+    return CMS_OK;
+}
+
+void gen_free(struct gen *g)
+{
+    free(g->v);
+    g->v = NULL;
+}
+
+/* Advances the random walk of every sent parameter. now_ms: wall clock. */
+static void advance(struct gen *g, uint64_t now_ms)
+{
+    unsigned ninst = (g->nobs + (unsigned)NDEFS - 1) / (unsigned)NDEFS;
+    for (unsigned inst = 0; inst < ninst; inst++) {
+        for (unsigned d = 0; d < NDEFS; d++) {
+            int s = slot_of(g, inst, d);
+            if (s < 0)
+                continue;
+            struct vital *v = &g->v[s];
+            const struct vdef *vd = &defs[d];
+            if (vd->intermittent) {
+                if (v->measured_ms != 0 && now_ms - v->measured_ms < NIBP_INTERVAL_MS)
+                    continue;
+                v->measured_ms = now_ms;
+            }
+            if (vd->kind == V_WALK) {
+                v->value += vd->step * gauss(&g->rng) + 0.05 * (v->base - v->value);
+                v->value = clampd(v->value, vd->min, vd->max);
+            }
+        }
+        /* Keep diastolic below systolic. */
+        for (unsigned d = 0; d < NDEFS; d++) {
+            if (defs[d].kind != V_MEAN)
+                continue;
+            int r1 = slot_of(g, inst, (unsigned)defs[d].ref);
+            int r2 = slot_of(g, inst, (unsigned)defs[d].ref2);
+            if (r1 >= 0 && r2 >= 0 && g->v[r2].value > g->v[r1].value - 15)
+                g->v[r2].value = g->v[r1].value - 15;
+        }
+        /* Dependent parameters, after their references moved. */
+        for (unsigned d = 0; d < NDEFS; d++) {
+            int s = slot_of(g, inst, d);
+            if (s < 0 || defs[d].kind == V_WALK)
+                continue;
+            const struct vdef *vd = &defs[d];
+            struct vital *v = &g->v[s];
+            int r1 = slot_of(g, inst, (unsigned)vd->ref);
+            if (vd->kind == V_FOLLOW) {
+                double ref = r1 >= 0 ? g->v[r1].value : defs[vd->ref].base;
+                v->value = clampd(ref + vd->step * gauss(&g->rng), vd->min, vd->max);
+            } else {
+                int r2 = slot_of(g, inst, (unsigned)vd->ref2);
+                double sys = r1 >= 0 ? g->v[r1].value : defs[vd->ref].base;
+                double dia = r2 >= 0 ? g->v[r2].value : defs[vd->ref2].base;
+                if (vd->intermittent && r1 >= 0)
+                    v->measured_ms = g->v[r1].measured_ms;
+                v->value = dia + (sys - dia) / 3.0;
+            }
+        }
+    }
+}
+
+/* "YYYYMMDDHHMMSS" in UTC for ms since the epoch, cached per second. */
+static void fmt_utc(uint64_t ms, char out[16])
+{
+    static uint64_t cached_sec = UINT64_MAX;
+    static char cached[32];
+    uint64_t sec = ms / 1000;
+    if (sec != cached_sec) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        snprintf(cached, sizeof cached, "%04u%02u%02u%02u%02u%02u",
+                 (unsigned)(tm.tm_year + 1900) % 10000u, (unsigned)(tm.tm_mon + 1) % 100u,
+                 (unsigned)tm.tm_mday % 100u, (unsigned)tm.tm_hour % 100u,
+                 (unsigned)tm.tm_min % 100u, (unsigned)tm.tm_sec % 100u);
+        cached_sec = sec;
+    }
+    memcpy(out, cached, 15);
+    out[15] = '\0';
+}
+
+struct sb {
+    char *p;
+    size_t len, cap;
+    int overflow;
+};
+
+static void sb_printf(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sb *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (b->overflow)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= b->cap - b->len)
+        b->overflow = 1;
+    else
+        b->len += (size_t)n;
+}
+
+int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsigned *nobs)
+{
+    static char *scratch;
+    static size_t scratch_cap;
+    struct timespec ts;
+    uint64_t now_ms;
+    char now_s[16], t_s[16];
+    unsigned set_id = 1, count = 0;
+    unsigned ninst = (g->nobs + (unsigned)NDEFS - 1) / (unsigned)NDEFS;
+    size_t need = 2048 + (size_t)g->nobs * 200 + (size_t)ninst * 3 * 120;
+    struct sb b;
+
+    if (scratch_cap < need) {
+        char *p = realloc(scratch, need);
+        if (p == NULL)
+            return CMS_ENOMEM;
+        scratch = p;
+        scratch_cap = need;
+    }
+    b.p = scratch;
+    b.len = 0;
+    b.cap = scratch_cap;
+    b.overflow = 0;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    advance(g, now_ms);
+    fmt_utc(now_ms, now_s);
+
+    sb_printf(&b,
+              "MSH|^~\\&|%s|%s|CMS|%s|%s.%03u+0000||ORU^R01^ORU_R01|%s|P|2.6|||NE|AL||"
+              "UNICODE UTF-8|||PCD_DEC_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\r",
+              g->msh3, g->sending_fac, g->opts->facility, now_s, (unsigned)(now_ms % 1000u), ctrl);
+    sb_printf(&b, "%s\r%s\r", g->pid, g->pv1);
+    sb_printf(&b, "OBR|1|%s^%s|%s^%s|182777000^monitoring of patient^SCT|||%s+0000\r", ctrl,
+              g->serial_esc, ctrl, g->serial_esc, now_s);
+    sb_printf(&b, "OBX|%u||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X\r",
+              set_id++);
+
+    for (unsigned inst = 0; inst < ninst; inst++) {
+        int vmd_done[sizeof vmds / sizeof vmds[0]] = {0};
+        for (unsigned d = 0; d < NDEFS; d++) {
+            int s = slot_of(g, inst, d);
+            if (s < 0)
+                continue;
+            const struct vdef *vd = &defs[d];
+            const struct vital *v = &g->v[s];
+            if (vd->vmd >= 0 && !vmd_done[vd->vmd] && inst == 0) {
+                const struct vmd_def *m = &vmds[vd->vmd];
+                sb_printf(&b, "OBX|%u||%s^%s^MDC|%s|||||||X\r", set_id++, m->code, m->label,
+                          m->sub_id);
+                vmd_done[vd->vmd] = 1;
+            }
+            if (vd->intermittent && v->measured_ms != 0)
+                fmt_utc(v->measured_ms, t_s);
+            else
+                memcpy(t_s, now_s, sizeof t_s);
+            sb_printf(&b, "OBX|%u|NM|%s^%s^MDC|1.%u.%u.%u|%.*f|%s^%s^MDC|||||R|||%s+0000\r",
+                      set_id++, vd->code, vd->label, vd->vmd_id, vd->chan + inst, vd->metric,
+                      vd->decimals, v->value, vd->unit_code, vd->unit_label, t_s);
+            count++;
+        }
+    }
+    if (b.overflow)
+        return CMS_ELIMIT;
+
+    *out = malloc(b.len + 3);
+    if (*out == NULL)
+        return CMS_ENOMEM;
+    *len = mllp_encode(*out, b.len + 3, b.p, b.len);
+    *nobs = count;
+    return CMS_OK;
+}
