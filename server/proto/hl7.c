@@ -526,7 +526,9 @@ int hl7_time_parse(hl7_str s, hl7_time *t)
         i++;
         while (i + k < n && hl7__isdigit(p[i + k]))
             k++;
-        if (k < 1 || k > 4)
+        /* HL7 allows 4 fraction digits; monitors in the field send up to 6
+         * (microseconds): accept them rather than lose a reading. */
+        if (k < 1 || k > 6)
             return CMS_EPROTO;
         v.usec = hl7__num(p + i, k);
         for (size_t z = k; z < 6; z++)

@@ -14,7 +14,7 @@
 #include "log.h"
 #include "mllp.h"
 
-#define ACK_BUF 2048
+#define ACK_BUF 8192 /* escaping can triple a 199-char control id */
 
 /* One frame awaiting its ACK; the session keeps them in arrival order. */
 typedef struct pending {
@@ -380,7 +380,7 @@ static int on_data(net_conn *c, const char *data, size_t len)
                  "MLLP frame over max_frame_bytes: closing");
     else if (rc == CMS_EPROTO)
         log_warn("mllp_error", s->serial, net_conn_peer(c),
-                 "bytes outside an MLLP frame: closing");
+                 "MLLP framing violated (bytes outside a frame, or a bad frame end): closing");
     return rc;
 }
 

@@ -391,6 +391,7 @@ static void test_time_parse_format(void **state)
     expect_time("20261115083000", "2026-11-15 08:30:00.000000", 14);
     expect_time("20261115083000.1234-0530", "2026-11-15 08:30:00.123400-05:30", 14);
     expect_time("20261115083000.5", "2026-11-15 08:30:00.500000", 14);
+    expect_time("20261115083000.123456", "2026-11-15 08:30:00.123456", 14); /* field practice */
     expect_time("202611150830", "2026-11-15 08:30:00.000000", 12);
     expect_time("2026111508", "2026-11-15 08:00:00.000000", 10);
     expect_time("20261115", "2026-11-15 00:00:00.000000", 8);
@@ -416,7 +417,7 @@ static void test_time_parse_format(void **state)
     expect_bad_time("20261115083060");       /* second 60: not accepted */
     expect_bad_time("00000101");             /* year 0 */
     expect_bad_time("20261115083000.");      /* fraction without digits */
-    expect_bad_time("20261115083000.12345"); /* more than 4 fraction digits */
+    expect_bad_time("20261115083000.1234567"); /* more than 6 fraction digits */
     expect_bad_time("202611150830.5");       /* fraction before seconds */
     expect_bad_time("20261115+01");          /* short offset */
     expect_bad_time("20261115+010");
