@@ -70,10 +70,16 @@ unit: $(UNIT_BINS)
 
 FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRCS)
+FUZZ_CFLAGS = -std=gnu11 -g -O1 -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE -fsanitize=fuzzer-no-link,address,undefined
+build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang -std=gnu11 -g -O1 -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-	  -o $@ $< $(LIB_SRCS) $(PKG_LIBS) -lhttp_parser -lpthread -lm
+	clang $(FUZZ_CFLAGS) -c $< -o $@
+# A static library, so that a target pulls in only the modules it uses.
+build/fuzz/libcms.a: $(LIB_SRCS:%.c=build/fuzz/obj/%.o)
+	@rm -f $@
+	ar rcs $@ $^
+build/fuzz/%: tests/fuzz/%.c build/fuzz/libcms.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS) -lhttp_parser -lpthread -lm
 fuzz: $(FUZZ_BINS)
 
 run:
