@@ -391,189 +391,7 @@ static int parse_opts(int argc, char **argv, struct mon_opts *o)
     return 0;
 }
 
-/* ---- identities ---- */
-
-/* snprintf into a path buffer; -1 (with a message) when it does not fit. */
-static int path_fmt(char *out, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int path_fmt(char *out, size_t cap, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(out, cap, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= cap) {
-        fprintf(stderr, "cms-monitor: path too long\n");
-        return -1;
-    }
-    return 0;
-}
-
-static int file_exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static void ssl_err(const char *what, const char *file)
-{
-    char es[256] = "";
-    unsigned long e = ERR_peek_last_error();
-    if (e)
-        ERR_error_string_n(e, es, sizeof es);
-    fprintf(stderr, "cms-monitor: %s %s: %s\n", what, file, e ? es : strerror(errno));
-    ERR_clear_error();
-}
-
-/* Loads the leaf (first PEM certificate) and any following chain certificates. */
-static int load_cert(const char *file, X509 **leaf, STACK_OF(X509) * *chain)
-{
-    FILE *f = fopen(file, "r");
-    X509 *x;
-    if (f == NULL) {
-        ssl_err("cannot open certificate", file);
-        return -1;
-    }
-    *leaf = PEM_read_X509(f, NULL, NULL, NULL);
-    *chain = NULL;
-    if (*leaf == NULL) {
-        fclose(f);
-        ssl_err("no PEM certificate in", file);
-        return -1;
-    }
-    while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
-        if (*chain == NULL)
-            *chain = sk_X509_new_null();
-        if (*chain == NULL || !sk_X509_push(*chain, x)) {
-            X509_free(x);
-            fclose(f);
-            return -1;
-        }
-    }
-    ERR_clear_error(); /* the end-of-file "no start line" */
-    fclose(f);
-    return 0;
-}
-
-static EVP_PKEY *load_key(const char *file)
-{
-    FILE *f = fopen(file, "r");
-    EVP_PKEY *k;
-    if (f == NULL) {
-        ssl_err("cannot open key", file);
-        return NULL;
-    }
-    k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    if (k == NULL)
-        ssl_err("no usable private key in", file);
-    return k;
-}
-
-/* Key cache: mkpki.sh mint shares one key among all devices; parse it once. */
-static char cached_key_path[4096];
-static EVP_PKEY *cached_key;
-
-static EVP_PKEY *load_key_cached(const char *file)
-{
-    if (cached_key && strcmp(file, cached_key_path) == 0) {
-        EVP_PKEY_up_ref(cached_key);
-        return cached_key;
-    }
-    EVP_PKEY *k = load_key(file);
-    if (k == NULL)
-        return NULL;
-    EVP_PKEY_free(cached_key);
-    cached_key = k;
-    EVP_PKEY_up_ref(k);
-    snprintf(cached_key_path, sizeof cached_key_path, "%s", file);
-    return k;
-}
-
-static int load_identity(struct device *dev, const char *certf, const char *keyf)
-{
-    char cn[MON_SERIAL_LEN];
-    if (load_cert(certf, &dev->cert, &dev->chain) < 0)
-        return -1;
-    dev->key = load_key_cached(keyf);
-    if (dev->key == NULL)
-        return -1;
-    if (X509_check_private_key(dev->cert, dev->key) != 1) {
-        ssl_err("key does not match certificate", certf);
-        return -1;
-    }
-    if (X509_NAME_get_text_by_NID(X509_get_subject_name(dev->cert), NID_commonName, cn,
-                                  sizeof cn) <= 0) {
-        fprintf(stderr, "cms-monitor: %s: certificate has no subject CN\n", certf);
-        return -1;
-    }
-    snprintf(dev->serial, sizeof dev->serial, "%s",
-             dev->mon->opts.serial ? dev->mon->opts.serial : cn);
-    return 0;
-}
-
-/* Finds DIR's files for serial: see usage(). */
-static int load_dir_identity(struct device *dev, const char *serial)
-{
-    const struct mon_opts *o = &dev->mon->opts;
-    char certf[4096], keyf[4096], base[4096];
-
-    if (path_fmt(base, sizeof base, "%s/devices", o->cert_dir) < 0 ||
-        path_fmt(certf, sizeof certf, "%s/%s.crt", base, serial) < 0)
-        return -1;
-    if (!file_exists(certf)) {
-        if (path_fmt(base, sizeof base, "%s", o->cert_dir) < 0 ||
-            path_fmt(certf, sizeof certf, "%s/%s.crt", base, serial) < 0)
-            return -1;
-    }
-    if (!file_exists(certf)) {
-        fprintf(stderr, "cms-monitor: no certificate for %s: tried %s/devices/%s.crt and %s\n",
-                serial, o->cert_dir, serial, certf);
-        return -1;
-    }
-    if (o->key) {
-        if (path_fmt(keyf, sizeof keyf, "%s", o->key) < 0)
-            return -1;
-    } else {
-        if (path_fmt(keyf, sizeof keyf, "%s/%s.key", base, serial) < 0)
-            return -1;
-        if (!file_exists(keyf) &&
-            path_fmt(keyf, sizeof keyf, "%s/../mint/%s.key", base, o->serial_prefix) < 0)
-            return -1;
-        if (!file_exists(keyf)) {
-            fprintf(stderr, "cms-monitor: no key for %s (%s/%s.key, mint/%s.key; or --key)\n",
-                    serial, base, serial, o->serial_prefix);
-            return -1;
-        }
-    }
-    return load_identity(dev, certf, keyf);
-}
-
 /* ---- setup ---- */
-
-static SSL_CTX *make_ctx(const struct mon_opts *o)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == NULL)
-        return NULL;
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    if (SSL_CTX_load_verify_locations(ctx, o->ca, NULL) != 1) {
-        ssl_err("cannot load CA", o->ca);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    if (o->resume) {
-        SSL_CTX_set_session_cache_mode(ctx,
-                                       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-        SSL_CTX_sess_set_new_cb(ctx, conn_new_session_cb);
-    } else {
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-    }
-    return ctx;
-}
 
 static int resolve(struct mon *m)
 {
@@ -625,16 +443,8 @@ static int setup_devices(struct mon *m, uint64_t run_tag)
         dev->mon = m;
         dev->idx = i;
         dev_init_handles(dev);
-        if (o->cert) {
-            if (load_identity(dev, o->cert, o->key) < 0)
-                return -1;
-        } else {
-            char serial[MON_SERIAL_LEN];
-            snprintf(serial, sizeof serial, "%s%0*u", o->serial_prefix, (int)o->serial_width,
-                     o->first + i);
-            if (load_dir_identity(dev, serial) < 0)
-                return -1;
-        }
+        if (ident_load(dev, o->first + i) < 0)
+            return -1;
         if (o->control_prefix == NULL)
             snprintf(dev->ctrl_prefix, sizeof dev->ctrl_prefix, "%s-%06" PRIx64 "-", dev->serial,
                      run_tag & 0xffffffu);
@@ -778,7 +588,7 @@ static void cleanup(struct mon *m)
         SSL_SESSION_free(dev->session);
     }
     free(m->devs);
-    EVP_PKEY_free(cached_key);
+    ident_cleanup();
     SSL_CTX_free(m->ctx);
 }
 
@@ -811,7 +621,7 @@ int main(int argc, char **argv)
     m->ramp_timer.data = m->report_timer.data = m->duration_timer.data = m;
     m->drain_timer.data = m->sigint.data = m->sigterm.data = m;
 
-    m->ctx = make_ctx(&m->opts);
+    m->ctx = ident_make_ctx(&m->opts);
     if (m->ctx == NULL || resolve(m) < 0 || setup_devices(m, run_tag) < 0) {
         m->fatal = 1;
         m->phase = PHASE_STOP;

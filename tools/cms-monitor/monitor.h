@@ -238,23 +238,55 @@ struct mon {
     uv_signal_t sigint, sigterm;
 };
 
-/* conn.c */
+/* conn.c: TCP + TLS + the connection's close path */
+/* Starts a connection attempt for dev now (dev->conn is set at once). */
+void conn_start(struct device *dev);
+/*
+ * The one close path of c; idempotent. graceful: we are done with the
+ * connection (send close_notify, no reconnect); otherwise it failed and the
+ * device is told through dev_conn_lost(). why: borrowed, for the log.
+ */
+void conn_close(struct conn *c, const char *why, int graceful);
+/* Encrypts one frame into the session (ciphertext waits in wbio). Returns
+ * 0, or -1 after closing the connection. */
+int conn_write_frame(struct conn *c, const char *frame, size_t len);
+/* Moves pending ciphertext to the socket. Returns 0, or -1 after closing. */
+int conn_flush(struct conn *c);
+/* (Re)arms the ACK deadline for the device's oldest unacked message. */
+void conn_arm_ack_timer(struct conn *c);
+/* OpenSSL new-session callback (--resume): keeps the device's latest session. */
+int conn_new_session_cb(SSL *ssl, SSL_SESSION *sess);
+
+/* dev.c: pacing, ACKs, reconnects, connect ramp */
 /* Puts dev in the connect queue (paced by --connect-rate). */
 void dev_enqueue(struct device *dev);
-/* Starts a connection attempt for dev now. */
-void conn_start(struct device *dev);
-/* Starts the one close path of c. graceful: send close_notify first. */
-void conn_close(struct conn *c, const char *why, int graceful);
 /* Sends as many new messages as pacing and the window allow. */
 void dev_pump(struct device *dev);
 /* Finishes dev: closes its connection, counts what was never acked. */
 void dev_finish(struct device *dev);
+/* Called by conn.c once the TLS handshake of dev's conn c completed. */
+void dev_on_connected(struct conn *c);
+/* MLLP frame callback (ctx = struct conn *): parses and matches one ACK. */
+int dev_on_frame(void *ctx, const char *payload, size_t len);
+/* Called by conn_close() with the device the conn belonged to. proven: the
+ * connection had received an ACK (a drop rather than a failed attempt). */
+void dev_conn_lost(struct device *dev, const char *why, int graceful, int proven);
+void dev_schedule_reconnect(struct device *dev);
+/* Frees the unacked messages, counting them as lost. */
+void dev_free_pending(struct device *dev);
 /* One-time per-device init of timers (before the first dev_enqueue). */
 int dev_init_handles(struct device *dev);
 void dev_close_handles(struct device *dev);
+/* Rate-limits repeated warnings: true while count is small or --verbose. */
+int mon_should_log(struct mon *m, const char *event, uint64_t count);
 
-/* OpenSSL new-session callback (--resume): keeps the device's latest session. */
-int conn_new_session_cb(SSL *ssl, SSL_SESSION *sess);
+/* ident.c (before the loop runs) */
+/* The client SSL_CTX: verifies the server with --ca; NULL after a message. */
+SSL_CTX *ident_make_ctx(const struct mon_opts *o);
+/* Loads dev's certificate, chain and key (--cert/--key, or the n-th serial
+ * of --cert-dir) and sets dev->serial. Returns 0, or -1 after a message. */
+int ident_load(struct device *dev, unsigned n);
+void ident_cleanup(void);
 
 /* main.c */
 /* Called whenever something that may end the run happened. */
