@@ -26,5 +26,14 @@ const https_route svc_routes[] = {
     {"GET", "/healthz", svc_health, ANY},
     /* Each service adds its lines here when its handlers land (see svc.h):
      * EST + tokens + revocation + CRL (est.c, enroll.c), registry/audit (admin.c). */
+    /* admin.c: registry read side, groups, audit log */
+    {"GET", "/api/v1/whoami", admin_whoami, OP(VIEWER)},
+    {"GET", "/api/v1/devices", admin_device_list, OP(VIEWER)},
+    {"GET", "/api/v1/devices/:serial", admin_device_show, OP(VIEWER)},
+    {"GET", "/api/v1/devices/:serial/certs", admin_device_certs, OP(VIEWER)},
+    {"GET", "/api/v1/groups", admin_group_list, OP(VIEWER)},
+    {"POST", "/api/v1/groups/:name/devices", admin_group_set, OP(OPERATOR)},
+    {"GET", "/api/v1/audit", admin_audit_list, OP(VIEWER)},
+    {"GET", "/api/v1/audit/verify", admin_audit_verify, OP(VIEWER)},
     {NULL, NULL, NULL, HTTPS_PEER_NONE, HTTPS_ROLE_NONE},
 };

@@ -7,8 +7,8 @@
  *
  * Handlers get argv with argv[0] = their own name and return the process
  * exit code: CMSCTL_OK, CMSCTL_EFAIL (the operation failed), CMSCTL_EUSAGE
- * (bad command line). They print their own errors on stderr, prefixed with
- * "cmsctl: ".
+ * (bad command line), and for API commands CMSCTL_EAPI / CMSCTL_ESERVER (see
+ * api.h). They print their own errors on stderr, prefixed with "cmsctl: ".
  *
  * Thread: main thread only (a CLI).
  */
@@ -17,7 +17,13 @@
 
 #include <stddef.h>
 
-enum { CMSCTL_OK = 0, CMSCTL_EFAIL = 1, CMSCTL_EUSAGE = 2 };
+enum {
+    CMSCTL_OK = 0,
+    CMSCTL_EFAIL = 1,   /* the operation failed or its answer is negative */
+    CMSCTL_EUSAGE = 2,  /* bad command line or configuration */
+    CMSCTL_EAPI = 3,    /* the operator API refused the request (HTTP 4xx) */
+    CMSCTL_ESERVER = 4, /* server error (HTTP 5xx) or unreachable (network, TLS) */
+};
 
 typedef struct cmsctl_cmd {
     const char *name;
@@ -38,5 +44,11 @@ int cmsctl_is_help(const char *s);
 
 /* Command groups (one per file). */
 int cmsctl_db(int argc, char **argv); /* db.c: migrate, status, device-add */
+/* api_cmds.c: commands that use the operator API (api.h) */
+int cmsctl_whoami(int argc, char **argv);
+int cmsctl_enroll(int argc, char **argv); /* enroll token create|list|revoke */
+int cmsctl_device(int argc, char **argv); /* device list|show|certs|revoke|decommission */
+int cmsctl_group(int argc, char **argv);  /* group list|add|remove */
+int cmsctl_audit(int argc, char **argv);  /* audit list|verify */
 
 #endif

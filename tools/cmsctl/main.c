@@ -3,14 +3,22 @@
  *
  * To add a command group, write `int cmsctl_<name>(int argc, char **argv)`
  * in its own file, declare it in cmsctl.h and add one row to commands[].
+ * The API commands' connection options (api.h) are also accepted before the
+ * command name.
  */
 #include <stdio.h>
 #include <string.h>
 
+#include "api.h"
 #include "cmsctl.h"
 
 static const cmsctl_cmd commands[] = {
     {"db", cmsctl_db, "local database administration (migrate, status, device-add)"},
+    {"whoami", cmsctl_whoami, "the operator identity and role the server sees"},
+    {"enroll", cmsctl_enroll, "enrollment tokens (token create, list, revoke)"},
+    {"device", cmsctl_device, "devices (list, show, certs, revoke, decommission)"},
+    {"group", cmsctl_group, "device groups (list, add, remove)"},
+    {"audit", cmsctl_audit, "the audit log (list, verify)"},
 };
 
 int cmsctl_is_help(const char *s)
@@ -46,6 +54,14 @@ int cmsctl_dispatch(const char *prefix, const cmsctl_cmd *cmds, size_t n, int ar
 
 int main(int argc, char **argv)
 {
-    return cmsctl_dispatch("cmsctl", commands, sizeof commands / sizeof commands[0], argc - 1,
-                           argv + 1);
+    /* Connection options may come before the command (cmsctl --server URL device list). */
+    int used = api_global_options(argc - 1, argv + 1);
+    if (used < 0)
+        return CMSCTL_EUSAGE;
+    int rc = cmsctl_dispatch("cmsctl", commands, sizeof commands / sizeof commands[0],
+                             argc - 1 - used, argv + 1 + used);
+    if (argc - 1 - used >= 1 &&
+        (cmsctl_is_help(argv[1 + used]) || strcmp(argv[1 + used], "help") == 0))
+        api_common_usage(stdout);
+    return rc;
 }
