@@ -102,8 +102,11 @@ def test_max_connections(limited, pki):
             ack = c.request(h.pcd01("MON-0001", h.unique("MAX"), patient=h.unique("PT")))
             assert ack.code == "AA", "connection %d of %d: %r" % (i + 1, MAX_CONN, ack)
         # one more is closed
+        since = limited.log_size()
         local, how = h.expect_refused(pki, limited.port, pki.device("MON-0002"),
                                       h.pcd01("MON-0002", h.unique("MAX"), patient=h.unique("PT")))
+        assert local is not None, how
+        h.assert_refusal_logged(limited, local, r"(?i)max_connections|too many|limit", since)
         # the ones we have still work
         for c in conns:
             ack = c.request(h.pcd01("MON-0001", h.unique("MAX"), patient=h.unique("PT")))
