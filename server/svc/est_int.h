@@ -1,0 +1,84 @@
+/*
+ * est_int.h - shared between est.c (EST endpoints) and enroll.c (tokens,
+ * revocation, CRL, service state). Private to server/svc.
+ *
+ * Thread: everything runs on the worker's loop thread; est_state is built by
+ * svc_est_init on that thread and read-only afterwards.
+ */
+#ifndef CMS_SVC_EST_INT_H
+#define CMS_SVC_EST_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "https.h"
+#include "pki.h"
+#include "svc.h"
+
+struct pg_result;
+
+/* svc_state.est when EST is configured (est_ca_cert set). */
+typedef struct est_state {
+    pki_ca *ca;       /* owned: the device-issuing CA (also signs the CRL) */
+    char *cacerts;    /* owned: /cacerts body (base64 PKCS#7 certs-only of the chain) */
+    size_t cacerts_len;
+    char *csrattrs;   /* owned: /csrattrs body (base64 DER CsrAttrs), or NULL */
+    size_t csrattrs_len;
+} est_state;
+
+/* The CA when EST is on, else NULL. */
+pki_ca *svc__est_ca(const svc_state *st);
+
+/*
+ * Answers r with a JSON error {"error", "detail"}; extra headers may be
+ * NULL/0. Safe after the connection closed (then only releases r).
+ */
+void svc__reply_error(https_req *r, int status, const char *error, const char *detail,
+                      const http_field *extra, size_t n_extra);
+
+/*
+ * Maps a store_query failure to an HTTP answer: the custom SQLSTATEs of
+ * sql/002_enrollment.sql (CE0xx, CN0xx, CV001) become 4xx with the
+ * function's message as detail; anything else a logged 500/503.
+ *   status  the store_query_cb status (not CMS_OK); res may be NULL.
+ * Fills *http_status, *error (static string) and detail (cap bytes).
+ */
+void svc__db_error(int status, const struct pg_result *res, int *http_status, const char **error,
+                   char *detail, size_t cap);
+
+/*
+ * The request body as a JSON object (an empty body is {}). On error answers
+ * r with 400 and returns NULL. The caller owns the result (json_decref).
+ */
+json_t *svc__json_body(https_req *r);
+
+/* "operator:<CN>", "device:<CN>" or "anonymous" into out. */
+void svc__actor(const https_req *r, char *out, size_t cap);
+
+/*
+ * Hex for a bytea parameter: "\\x" followed by 2*len hex digits, malloc'd
+ * (free()). Returns NULL on allocation failure.
+ */
+char *svc__bytea_param(const unsigned char *data, size_t len);
+
+/* "\\x" + 64 hex digits + NUL: a SHA-256 as a bytea parameter. */
+#define SVC_SHA256_PARAM_SIZE 67
+
+/*
+ * SHA-256 of the NUL-terminated text (an enrollment token) as a bytea
+ * parameter into out. Returns CMS_OK or CMS_EINTERNAL.
+ */
+int svc__sha256_param(const char *text, char out[SVC_SHA256_PARAM_SIZE]);
+
+/*
+ * Regenerates the CRL: new number and revoked list from the database
+ * (cms.crl_prepare), signed with the CA, stored (cms.crl_publish). Then
+ * cb(ctx, CMS_OK, crl, number), crl borrowed for the call; or cb(ctx, err,
+ * NULL, 0) when a step failed (logged). Returns CMS_OK (cb will run once),
+ * CMS_EINVAL when this instance has no CA, or a store_query error (cb is
+ * not called). cb may be NULL (fire and forget).
+ */
+typedef void (*svc__crl_cb)(void *ctx, int status, const pki_crl *crl, uint64_t number);
+int svc__crl_regenerate(svc_state *st, svc__crl_cb cb, void *ctx);
+
+#endif
