@@ -35,5 +35,18 @@ const https_route svc_routes[] = {
     {"POST", "/api/v1/groups/:name/devices", admin_group_set, OP(OPERATOR)},
     {"GET", "/api/v1/audit", admin_audit_list, OP(VIEWER)},
     {"GET", "/api/v1/audit/verify", admin_audit_verify, OP(VIEWER)},
+    /* est.c, enroll.c, revocation.c: EST, enrollment tokens, revocation, CRL */
+    {"GET", "/.well-known/est/cacerts", est_cacerts, ANY},
+    {"GET", "/.well-known/est/csrattrs", est_csrattrs, ANY},
+    {"POST", "/.well-known/est/simpleenroll", est_simpleenroll, ANY},
+    {"POST", "/.well-known/est/simplereenroll", est_simplereenroll, DEVICE},
+    {"GET", "/crl", crl_get, ANY},
+    {"GET", "/crl.pem", crl_get, ANY},
+    {"POST", "/api/v1/enroll/tokens", enroll_token_create, OP(OPERATOR)},
+    {"GET", "/api/v1/enroll/tokens", enroll_token_list, OP(VIEWER)},
+    {"POST", "/api/v1/enroll/tokens/:id/revoke", enroll_token_revoke, OP(OPERATOR)},
+    {"POST", "/api/v1/devices/:serial/revoke", device_revoke, OP(ADMIN)},
+    {"POST", "/api/v1/devices/:serial/decommission", device_decommission, OP(ADMIN)},
+    {"POST", "/api/v1/certs/:fingerprint/revoke", cert_revoke, OP(ADMIN)},
     {NULL, NULL, NULL, HTTPS_PEER_NONE, HTTPS_ROLE_NONE},
 };
