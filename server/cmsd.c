@@ -88,6 +88,7 @@ static void worker_shutdown(worker *w)
         w->pending_closes++;
         net_server_close(w->net, on_closed_part, w);
         w->net = NULL;
+        w->svc.server = NULL; /* late notifications find no connections */
     }
     if (w->store) {
         w->pending_closes++;
@@ -132,9 +133,16 @@ static int worker_listen(worker *w)
         log_error("listen_failed", NULL, NULL, "%s", err);
         return CMS_EINVAL;
     }
+    /* Revocation closes MLLP sessions too, with or without HTTPS. */
+    w->svc = (svc_state){.cfg = cfg, .store = w->store, .server = w->net, .worker_id = w->id};
+    if (svc_est_init(&w->svc, err, sizeof(err)) != CMS_OK) {
+        log_error("startup_failed", NULL, NULL, "%s", err);
+        return CMS_EINVAL;
+    }
+    if (svc_revocation_init(&w->svc) != CMS_OK)
+        return CMS_EINVAL;
     if (!w->https_tls)
         return CMS_OK;
-    w->svc = (svc_state){.cfg = cfg, .store = w->store, .server = w->net, .worker_id = w->id};
     https_config hc = {
         .max_header_bytes = cfg->http_max_header_bytes,
         .max_body_bytes = cfg->http_max_body_bytes,
@@ -408,8 +416,10 @@ int main(int argc, char **argv)
         uv_loop_close(&d.workers[i].loop);
     }
     uv_loop_close(d.loop);
-    for (unsigned i = 0; i < started; i++)
+    for (unsigned i = 0; i < started; i++) {
         https_ctx_free(&d.workers[i].https);
+        svc_est_free(&d.workers[i].svc);
+    }
     tls_ctx_free(mllp_tls);
     tls_ctx_free(https_tls);
     free(d.workers);
