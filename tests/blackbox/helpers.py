@@ -20,7 +20,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path

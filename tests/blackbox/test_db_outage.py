@@ -76,7 +76,6 @@ def test_db_outage_mid_stream(cmsd_factory, pg, db, pki):
     try:
         h.wait_until(lambda: len(s.aa()) >= 20, 60, what="20 AA before the outage")
 
-        t_stop0 = time.monotonic()
         pg.stop("fast")
         t_stopped = time.monotonic()
         time.sleep(5)  # keep sending into the outage
