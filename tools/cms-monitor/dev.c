@@ -208,7 +208,8 @@ int dev_on_frame(void *ctx, const char *payload, size_t len)
     }
 
     struct pmsg *p = &dev->pend[i];
-    uint64_t lat_us = (uv_hrtime() - p->sent_ns) / 1000u;
+    m->last_ack_ns = uv_hrtime();
+    uint64_t lat_us = (m->last_ack_ns - p->sent_ns) / 1000u;
     hist_add(&m->hist, lat_us);
     hist_add(&m->ihist, lat_us);
     dev->ever_up = 1;

@@ -93,13 +93,20 @@ static EVP_PKEY *load_key(const char *file)
     return k;
 }
 
-/* Key cache: mkpki.sh mint shares one key among all devices; parse it once. */
-static char cached_key_path[4096];
+/*
+ * Key cache: mkpki.sh mint shares one key among all devices (devices/SERIAL.key
+ * are links to it); OpenSSL 3's decoder takes about a millisecond per key, so
+ * the last key file is remembered by device and inode.
+ */
+static dev_t cached_dev;
+static ino_t cached_ino;
 static EVP_PKEY *cached_key;
 
 static EVP_PKEY *load_key_cached(const char *file)
 {
-    if (cached_key && strcmp(file, cached_key_path) == 0) {
+    struct stat st;
+    int have_st = stat(file, &st) == 0;
+    if (cached_key && have_st && st.st_dev == cached_dev && st.st_ino == cached_ino) {
         EVP_PKEY_up_ref(cached_key);
         return cached_key;
     }
@@ -107,9 +114,13 @@ static EVP_PKEY *load_key_cached(const char *file)
     if (k == NULL)
         return NULL;
     EVP_PKEY_free(cached_key);
-    cached_key = k;
-    EVP_PKEY_up_ref(k);
-    snprintf(cached_key_path, sizeof cached_key_path, "%s", file);
+    cached_key = NULL;
+    if (have_st) {
+        cached_key = k;
+        cached_dev = st.st_dev;
+        cached_ino = st.st_ino;
+        EVP_PKEY_up_ref(k);
+    }
     return k;
 }
 

@@ -633,7 +633,9 @@ int main(int argc, char **argv)
     }
     raise_nofile(m->ndev);
 
+    uv_update_time(m->loop); /* loading identities may have taken a while */
     m->start_ns = m->prev_ns = uv_hrtime();
+    m->cpu_start = stats_cpu_seconds();
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     if (!m->opts.quiet)

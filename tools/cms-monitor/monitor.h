@@ -76,9 +76,10 @@ struct gen {
     char msh3[3 * MON_SERIAL_LEN + 8]; /* escaped "serial^serial^L" */
     char serial_esc[2 * MON_SERIAL_LEN];
     char sending_fac[128];
-    char pid[512];   /* complete PID segment */
-    char pv1[256];   /* complete PV1 segment */
-    struct vital *v; /* nobs entries, owned */
+    char facility_esc[256]; /* escaped --facility */
+    char pid[512];          /* complete PID segment */
+    char pv1[256];          /* complete PV1 segment */
+    struct vital *v;        /* nobs entries, owned */
 };
 
 /* Initialises g for a device. serial and patient are plain text (escaped
@@ -234,6 +235,8 @@ struct mon {
     struct hist hist, ihist; /* whole run, current report interval */
     struct mon_stats prev;   /* at the previous report */
     uint64_t start_ns, prev_ns, end_ns;
+    uint64_t last_ack_ns; /* when the last ACK arrived */
+    double cpu_start;     /* process CPU seconds when the run started */
     uv_timer_t report_timer, duration_timer, drain_timer;
     uv_signal_t sigint, sigterm;
 };

@@ -11,7 +11,6 @@
  * NIBP_INTERVAL_MS and keeps its own OBX-14 time between measurements, mean
  * pressures are computed from systolic and diastolic.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,7 +182,7 @@ static int slot_of(const struct gen *g, unsigned inst, unsigned d)
 int gen_init(struct gen *g, const struct mon_opts *o, const char *serial, uint64_t seed)
 {
     static const hl7_delims delims = {'|', '^', '~', '\\', '&'};
-    char mrn[MON_SERIAL_LEN + 80], mrn_esc[2 * sizeof mrn], fac_esc[256], loc[160];
+    char mrn[MON_SERIAL_LEN + 80], mrn_esc[2 * sizeof mrn], loc[160];
     uint64_t h = hash_str(serial);
     int n;
 
@@ -208,14 +207,14 @@ int gen_init(struct gen *g, const struct mon_opts *o, const char *serial, uint64
     else
         snprintf(mrn, sizeof mrn, "%s", o->patient);
     if (hl7_escape(&delims, mrn, mrn_esc, sizeof mrn_esc) < 0 ||
-        hl7_escape(&delims, o->facility, fac_esc, sizeof fac_esc) < 0)
+        hl7_escape(&delims, o->facility, g->facility_esc, sizeof g->facility_esc) < 0)
         return CMS_EINVAL;
     {
         unsigned year = 1935u + (unsigned)((h >> 8) % 70u);
         unsigned month = 1u + (unsigned)((h >> 16) % 12u);
         unsigned day = 1u + (unsigned)((h >> 24) % 28u);
         n = snprintf(g->pid, sizeof g->pid, "PID|||%s^^^%s^MR||%s^%s^^^^^L||%04u%02u%02u|%c",
-                     mrn_esc, fac_esc, family_names[h % 15u],
+                     mrn_esc, g->facility_esc, family_names[h % 15u],
                      given_names[(h >> 32) & 1u][(h >> 4) % 8u], year, month, day,
                      (h >> 32) & 1u ? 'F' : 'M');
         if (n < 0 || (size_t)n >= sizeof g->pid)
@@ -327,26 +326,60 @@ static void fmt_utc(uint64_t ms, char out[16])
     out[15] = '\0';
 }
 
+/* Output buffer with append helpers: the hot path avoids printf, which
+ * dominated the generator's CPU profile. */
 struct sb {
     char *p;
     size_t len, cap;
     int overflow;
 };
 
-static void sb_printf(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct sb *b, const char *fmt, ...)
+static inline void sb_put(struct sb *b, const char *s, size_t n)
 {
-    va_list ap;
-    int n;
-    if (b->overflow)
-        return;
-    va_start(ap, fmt);
-    n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= b->cap - b->len)
+    if (b->overflow || n > b->cap - b->len) {
         b->overflow = 1;
-    else
-        b->len += (size_t)n;
+        return;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static inline void sb_puts(struct sb *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+static void sb_putu(struct sb *b, uint64_t v)
+{
+    char t[24];
+    size_t i = sizeof t;
+    do {
+        t[--i] = (char)('0' + v % 10u);
+        v /= 10u;
+    } while (v);
+    sb_put(b, t + i, sizeof t - i);
+}
+
+/* v with exactly decimals digits after the point (0..6), rounded half up. */
+static void sb_putfix(struct sb *b, double v, int decimals)
+{
+    static const uint64_t pow10[] = {1, 10, 100, 1000, 10000, 100000, 1000000};
+    uint64_t scale = pow10[decimals < 0 ? 0 : decimals > 6 ? 6 : decimals];
+    if (v < 0) {
+        sb_put(b, "-", 1);
+        v = -v;
+    }
+    uint64_t x = (uint64_t)(v * (double)scale + 0.5);
+    sb_putu(b, x / scale);
+    if (scale > 1) {
+        char t[8];
+        uint64_t f = x % scale;
+        size_t n = 0;
+        for (uint64_t d = scale / 10; d > 0; d /= 10)
+            t[n++] = (char)('0' + (f / d) % 10u);
+        sb_put(b, ".", 1);
+        sb_put(b, t, n);
+    }
 }
 
 int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsigned *nobs)
@@ -355,7 +388,7 @@ int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsign
     static size_t scratch_cap;
     struct timespec ts;
     uint64_t now_ms;
-    char now_s[16], t_s[16];
+    char now_s[16], t_s[16], ms3[4];
     unsigned set_id = 1, count = 0;
     unsigned ninst = (g->nobs + (unsigned)NDEFS - 1) / (unsigned)NDEFS;
     size_t need = 2048 + (size_t)g->nobs * 200 + (size_t)ninst * 3 * 120;
@@ -378,15 +411,39 @@ int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsign
     advance(g, now_ms);
     fmt_utc(now_ms, now_s);
 
-    sb_printf(&b,
-              "MSH|^~\\&|%s|%s|CMS|%s|%s.%03u+0000||ORU^R01^ORU_R01|%s|P|2.6|||NE|AL||"
-              "UNICODE UTF-8|||PCD_DEC_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\r",
-              g->msh3, g->sending_fac, g->opts->facility, now_s, (unsigned)(now_ms % 1000u), ctrl);
-    sb_printf(&b, "%s\r%s\r", g->pid, g->pv1);
-    sb_printf(&b, "OBR|1|%s^%s|%s^%s|182777000^monitoring of patient^SCT|||%s+0000\r", ctrl,
-              g->serial_esc, ctrl, g->serial_esc, now_s);
-    sb_printf(&b, "OBX|%u||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X\r",
-              set_id++);
+    sb_puts(&b, "MSH|^~\\&|");
+    sb_puts(&b, g->msh3);
+    sb_put(&b, "|", 1);
+    sb_puts(&b, g->sending_fac);
+    sb_puts(&b, "|CMS|");
+    sb_puts(&b, g->facility_esc);
+    sb_put(&b, "|", 1);
+    sb_puts(&b, now_s);
+    ms3[0] = (char)('.');
+    ms3[1] = (char)('0' + now_ms % 1000u / 100u);
+    ms3[2] = (char)('0' + now_ms % 100u / 10u);
+    ms3[3] = (char)('0' + now_ms % 10u);
+    sb_put(&b, ms3, 4);
+    sb_puts(&b, "+0000||ORU^R01^ORU_R01|");
+    sb_puts(&b, ctrl);
+    sb_puts(&b, "|P|2.6|||NE|AL||UNICODE UTF-8|||"
+                "PCD_DEC_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\r");
+    sb_puts(&b, g->pid);
+    sb_put(&b, "\r", 1);
+    sb_puts(&b, g->pv1);
+    sb_puts(&b, "\rOBR|1|");
+    for (int k = 0; k < 2; k++) {
+        sb_puts(&b, ctrl);
+        sb_put(&b, "^", 1);
+        sb_puts(&b, g->serial_esc);
+        sb_put(&b, "|", 1);
+    }
+    sb_puts(&b, "182777000^monitoring of patient^SCT|||");
+    sb_puts(&b, now_s);
+    sb_puts(&b, "+0000\r");
+    sb_puts(&b, "OBX|");
+    sb_putu(&b, set_id++);
+    sb_puts(&b, "||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X\r");
 
     for (unsigned inst = 0; inst < ninst; inst++) {
         int vmd_done[sizeof vmds / sizeof vmds[0]] = {0};
@@ -398,17 +455,42 @@ int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsign
             const struct vital *v = &g->v[s];
             if (vd->vmd >= 0 && !vmd_done[vd->vmd] && inst == 0) {
                 const struct vmd_def *m = &vmds[vd->vmd];
-                sb_printf(&b, "OBX|%u||%s^%s^MDC|%s|||||||X\r", set_id++, m->code, m->label,
-                          m->sub_id);
+                sb_puts(&b, "OBX|");
+                sb_putu(&b, set_id++);
+                sb_puts(&b, "||");
+                sb_puts(&b, m->code);
+                sb_put(&b, "^", 1);
+                sb_puts(&b, m->label);
+                sb_puts(&b, "^MDC|");
+                sb_puts(&b, m->sub_id);
+                sb_puts(&b, "|||||||X\r");
                 vmd_done[vd->vmd] = 1;
             }
             if (vd->intermittent && v->measured_ms != 0)
                 fmt_utc(v->measured_ms, t_s);
             else
                 memcpy(t_s, now_s, sizeof t_s);
-            sb_printf(&b, "OBX|%u|NM|%s^%s^MDC|1.%u.%u.%u|%.*f|%s^%s^MDC|||||R|||%s+0000\r",
-                      set_id++, vd->code, vd->label, vd->vmd_id, vd->chan + inst, vd->metric,
-                      vd->decimals, v->value, vd->unit_code, vd->unit_label, t_s);
+            sb_puts(&b, "OBX|");
+            sb_putu(&b, set_id++);
+            sb_puts(&b, "|NM|");
+            sb_puts(&b, vd->code);
+            sb_put(&b, "^", 1);
+            sb_puts(&b, vd->label);
+            sb_puts(&b, "^MDC|1.");
+            sb_putu(&b, vd->vmd_id);
+            sb_put(&b, ".", 1);
+            sb_putu(&b, vd->chan + inst);
+            sb_put(&b, ".", 1);
+            sb_putu(&b, vd->metric);
+            sb_put(&b, "|", 1);
+            sb_putfix(&b, v->value, vd->decimals);
+            sb_put(&b, "|", 1);
+            sb_puts(&b, vd->unit_code);
+            sb_put(&b, "^", 1);
+            sb_puts(&b, vd->unit_label);
+            sb_puts(&b, "^MDC|||||R|||");
+            sb_puts(&b, t_s);
+            sb_puts(&b, "+0000\r");
             count++;
         }
     }

@@ -90,14 +90,6 @@ double stats_cpu_seconds(void)
     return u + s;
 }
 
-static uint64_t pending_total(const struct mon *m)
-{
-    uint64_t n = 0;
-    for (unsigned i = 0; i < m->ndev; i++)
-        n += m->devs[i].npend;
-    return n;
-}
-
 static double ms(uint64_t us)
 {
     return (double)us / 1000.0;
@@ -109,7 +101,7 @@ void stats_report_progress(struct mon *m)
     double dt = (double)(now - m->prev_ns) / 1e9;
     double t = (double)(now - m->start_ns) / 1e9;
     const struct mon_stats *s = &m->st, *p = &m->prev;
-    double cpu = stats_cpu_seconds();
+    double cpu = stats_cpu_seconds() - m->cpu_start;
 
     if (dt <= 0)
         dt = 1e-9;
@@ -118,7 +110,7 @@ void stats_report_progress(struct mon *m)
             " ar %" PRIu64 " resent %" PRIu64 " reconn %" PRIu64 " pending %" PRIu64
             " lat ms p50 %.2f p99 %.2f max %.2f cpu %.2fs (%.0f%%)\n",
             t, m->active, m->ndev, s->sent, (double)(s->sent - p->sent) / dt, s->aa,
-            (double)(s->aa - p->aa) / dt, s->ae, s->ar, s->resent, s->reconnects, pending_total(m),
+            (double)(s->aa - p->aa) / dt, s->ae, s->ar, s->resent, s->reconnects, m->pending,
             ms(hist_quantile(&m->ihist, 0.5)), ms(hist_quantile(&m->ihist, 0.99)),
             ms(m->ihist.max_us), cpu, t > 0 ? 100.0 * cpu / t : 0.0);
     m->prev = m->st;
@@ -126,41 +118,76 @@ void stats_report_progress(struct mon *m)
     memset(&m->ihist, 0, sizeof m->ihist);
 }
 
+static void setu(json_t *o, const char *k, uint64_t v)
+{
+    json_object_set_new(o, k, json_integer((json_int_t)v));
+}
+
+static void setf(json_t *o, const char *k, double v)
+{
+    json_object_set_new(o, k, json_real(v));
+}
+
 void stats_report_final(struct mon *m, int status)
 {
     const struct mon_stats *s = &m->st;
     const struct hist *h = &m->hist;
-    uint64_t end = m->end_ns ? m->end_ns : uv_hrtime();
+    uint64_t now = uv_hrtime();
+    /* Throughput window: start to the last ACK (or to the stop when none came). */
+    uint64_t end = m->last_ack_ns ? m->last_ack_ns : (m->end_ns ? m->end_ns : now);
     double el = (double)(end - m->start_ns) / 1e9;
+    double wall = (double)(now - m->start_ns) / 1e9;
     double u, sy;
     uint64_t unacked = s->sent - (s->aa + s->ae + s->ar);
 
     cpu_times(&u, &sy);
+    double run_cpu = u + sy - m->cpu_start;
     if (el <= 0)
         el = 1e-9;
+    if (wall <= 0)
+        wall = 1e-9;
     if (m->opts.json) {
-        json_t *o = json_pack(
-            "{s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-            " s:f, s:f, s:{s:f, s:f, s:f, s:f, s:f, s:f, s:I},"
-            " s:{s:f, s:f, s:f, s:f}, s:I, s:I, s:i}",
-            "devices", (json_int_t)m->ndev, "elapsed_s", el, "sent", (json_int_t)s->sent,
-            "acked_aa", (json_int_t)s->aa, "ae", (json_int_t)s->ae, "ar", (json_int_t)s->ar,
-            "resent", (json_int_t)s->resent, "unacked", (json_int_t)unacked, "reconnects",
-            (json_int_t)s->reconnects, "drops", (json_int_t)s->drops, "conn_failures",
-            (json_int_t)s->conn_failures, "handshakes", (json_int_t)s->handshakes, "ack_timeouts",
-            (json_int_t)s->ack_timeouts, "unmatched_acks", (json_int_t)s->unmatched, "bad_acks",
-            (json_int_t)s->bad_acks, "obs_acked", (json_int_t)s->obs_acked, "msgs_per_s",
-            (double)s->aa / el, "obs_per_s", (double)s->obs_acked / el, "latency_ms", "p50",
-            ms(hist_quantile(h, 0.5)), "p90", ms(hist_quantile(h, 0.9)), "p99",
-            ms(hist_quantile(h, 0.99)), "p999", ms(hist_quantile(h, 0.999)), "max", ms(h->max_us),
-            "mean", h->n ? ms(h->sum_us / h->n) : 0.0, "n", (json_int_t)h->n, "cpu", "user_s", u,
-            "sys_s", sy, "total_s", u + sy, "share_of_one_core", (u + sy) / el, "bytes_out",
-            (json_int_t)s->bytes_out, "bytes_in", (json_int_t)s->bytes_in, "exit_status", status);
-        if (o != NULL) {
-            json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-            fputc('\n', stdout);
-            json_decref(o);
-        }
+        json_t *o = json_object(), *lat = json_object(), *cpu = json_object();
+        setu(o, "devices", m->ndev);
+        setf(o, "elapsed_s", el);
+        setf(o, "wall_s", wall);
+        setu(o, "sent", s->sent);
+        setu(o, "acked_aa", s->aa);
+        setu(o, "ae", s->ae);
+        setu(o, "ar", s->ar);
+        setu(o, "unacked", unacked);
+        setu(o, "resent", s->resent);
+        setu(o, "lost", s->lost);
+        setu(o, "reconnects", s->reconnects);
+        setu(o, "drops", s->drops);
+        setu(o, "conn_failures", s->conn_failures);
+        setu(o, "handshakes", s->handshakes);
+        setu(o, "ack_timeouts", s->ack_timeouts);
+        setu(o, "unmatched_acks", s->unmatched);
+        setu(o, "bad_acks", s->bad_acks);
+        setu(o, "obs_acked", s->obs_acked);
+        setf(o, "msgs_per_s", (double)s->aa / el);
+        setf(o, "obs_per_s", (double)s->obs_acked / el);
+        setf(lat, "p50", ms(hist_quantile(h, 0.5)));
+        setf(lat, "p90", ms(hist_quantile(h, 0.9)));
+        setf(lat, "p99", ms(hist_quantile(h, 0.99)));
+        setf(lat, "p999", ms(hist_quantile(h, 0.999)));
+        setf(lat, "max", ms(h->max_us));
+        setf(lat, "mean", h->n ? ms(h->sum_us / h->n) : 0.0);
+        setu(lat, "n", h->n);
+        json_object_set_new(o, "latency_ms", lat);
+        setf(cpu, "user_s", u);
+        setf(cpu, "sys_s", sy);
+        setf(cpu, "setup_s", m->cpu_start);
+        setf(cpu, "run_s", run_cpu);
+        setf(cpu, "share_of_one_core", run_cpu / wall);
+        json_object_set_new(o, "cpu", cpu);
+        setu(o, "bytes_out", s->bytes_out);
+        setu(o, "bytes_in", s->bytes_in);
+        setu(o, "exit_status", (uint64_t)status);
+        json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+        fputc('\n', stdout);
+        json_decref(o);
         fflush(stdout);
         return;
     }
@@ -181,7 +208,8 @@ void stats_report_final(struct mon *m, int status)
     printf("  latency ms    p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (n=%" PRIu64 ")\n",
            ms(hist_quantile(h, 0.5)), ms(hist_quantile(h, 0.9)), ms(hist_quantile(h, 0.99)),
            ms(h->max_us), h->n);
-    printf("  cpu           %.2f s user + %.2f s sys = %.1f%% of one core\n", u, sy,
-           100.0 * (u + sy) / el);
+    printf("  cpu           %.2f s user + %.2f s sys; run %.2f s = %.1f%% of one core over "
+           "%.1f s (setup %.2f s)\n",
+           u, sy, run_cpu, 100.0 * run_cpu / wall, wall, m->cpu_start);
     fflush(stdout);
 }
