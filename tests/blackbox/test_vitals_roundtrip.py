@@ -143,3 +143,22 @@ def test_observation_times_fall_back_and_default_zone(cmsd, db, connect):
     # OBR-7 of the sample is 20261115083000+0100
     assert rows["151712"]["observed_at"] == datetime.datetime(2026, 11, 15, 7, 30, tzinfo=UTC)
     assert rows["150033"]["observed_at"] == datetime.datetime(2026, 11, 15, 9, 15, tzinfo=UTC)
+
+
+def test_frame_split_at_awkward_places_with_pauses(cmsd, db, connect):
+    """Separate reads are guaranteed by pauses: after the start byte, inside
+    a segment, between 0x1C and 0x0D."""
+    import time
+    cid, pt = h.unique("PAUSE"), h.unique("PT-PAUSE")
+    data = h.frame(h.pcd01("MON-0002", cid, patient=pt))
+    cuts = [1, len(data) // 2, len(data) - 1]
+    t0 = db_now(db)
+    with connect(cmsd.port, "MON-0002") as c:
+        prev = 0
+        for cut in cuts + [len(data)]:
+            c.send_bytes(data[prev:cut])
+            prev = cut
+            time.sleep(0.3)
+        ack = c.recv_ack()
+    assert_aa(ack, cid, "MON-0002")
+    assert_sample_rows(db.vitals(patient_id=pt), "MON-0002", pt, t0, db_now(db))
