@@ -14,10 +14,14 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CURL_LIBS  := $(shell pkg-config --libs libcurl 2>/dev/null)
 WARN     = -Wall -Wextra -Wstrict-prototypes -Wshadow -Wconversion -Wno-sign-conversion \
            -Wformat=2 -Wmissing-prototypes
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 $(WARN) -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE -fno-strict-aliasing
+OPT     ?= -O2 -g
+SANITIZE ?=
+CFLAGS  ?=
+override CFLAGS += $(OPT) $(SANITIZE) -std=gnu11 $(WARN) -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE \
+           -fno-strict-aliasing
+override LDFLAGS += $(SANITIZE)
 ifdef WERROR
-CFLAGS  += -Werror
+override CFLAGS += -Werror
 endif
 LDLIBS   = $(PKG_LIBS) -lhttp_parser -lpthread -lm
 
@@ -61,9 +65,9 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcms.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) -lcmocka
 
 asan:
-	$(MAKE) BUILD=build/asan CC=clang \
-	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	  LDFLAGS="-fsanitize=address,undefined" all $(addprefix build/asan/tests/,$(notdir $(UNIT_BINS)))
+	$(MAKE) BUILD=build/asan CC=clang OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  all $(addprefix build/asan/tests/,$(notdir $(UNIT_BINS)))
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
