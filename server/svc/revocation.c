@@ -37,7 +37,8 @@
  * CRL: stored in cms.crl so that every instance serves the same one;
  * regenerated on every revocation, supersession (re-enrollment) and, on
  * demand, when GET finds it older than half of crl_next_update_hours or
- * older than the newest revocation. cRLNumber comes from a sequence.
+ * older than the newest revocation (sql/005_crl_freshness.sql). cRLNumber
+ * comes from a sequence; the highest number wins when instances race.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -61,10 +62,11 @@ static const char cert_revoke_sql[] =
     " to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
     " FROM cms.cert_revoke($1, $2, $3, $4)";
 static const char prepare_sql[] =
-    "SELECT crl_number, this_update_epoch, serial_hex, revoked_epoch, reason_code"
+    "SELECT crl_number, this_update_epoch, serial_hex, revoked_epoch, reason_code, prepared_at"
     " FROM cms.crl_prepare()";
 static const char publish_sql[] =
-    "SELECT cms.crl_publish($1::bigint, $2::bigint, $3::bigint, $4::bytea, $5, $6::integer)";
+    "SELECT cms.crl_publish($1::bigint, $2::bigint, $3::bigint, $4::bytea, $5, $6::integer,"
+    " $7::timestamptz)";
 static const char current_sql[] =
     "SELECT crl_number, der_hex, pem, stale FROM cms.crl_current($1::integer)";
 static const char recheck_sql[] =
@@ -80,6 +82,7 @@ typedef struct crl_job {
     uint64_t number;
     int entries;
     char *der_param;
+    char prepared_at[64]; /* database time at which the list was read */
 } crl_job;
 
 static void crl_job_end(crl_job *j, int status)
@@ -121,6 +124,7 @@ static void on_crl_prepared(void *ctx, int status, const struct pg_result *res)
         return;
     }
     j->number = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+    snprintf(j->prepared_at, sizeof(j->prepared_at), "%s", PQgetvalue(res, 0, 5));
     time_t this_update = (time_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     entries = calloc((size_t)n, sizeof(*entries));
     if (!entries) {
@@ -153,8 +157,8 @@ static void on_crl_prepared(void *ctx, int status, const struct pg_result *res)
     snprintf(tu, sizeof(tu), "%lld", (long long)this_update);
     snprintf(nu, sizeof(nu), "%lld", (long long)this_update + (long long)hours * 3600);
     snprintf(cnt, sizeof(cnt), "%d", j->entries);
-    const char *params[6] = {num, tu, nu, j->der_param, j->crl.pem, cnt};
-    rc = store_query(j->st->store, publish_sql, 6, params, on_crl_published, j);
+    const char *params[7] = {num, tu, nu, j->der_param, j->crl.pem, cnt, j->prepared_at};
+    rc = store_query(j->st->store, publish_sql, 7, params, on_crl_published, j);
     if (rc != CMS_OK) {
         log_error("crl_failed", NULL, NULL, "storing CRL %" PRIu64 ": %s", j->number,
                   cms_strerror(rc));
