@@ -267,6 +267,8 @@ static void conn_on_handshake(struct conn *c)
     c->state = CONN_ACTIVE;
     m->active++;
     m->st.handshakes++;
+    if (SSL_session_reused(c->ssl))
+        m->st.resumed++;
     uv_timer_stop(&c->timer);
     if (m->opts.verbose)
         log_info("connected", c->dev->serial, NULL, "%s %s%s, handshake %.1f ms",
@@ -312,10 +314,16 @@ static void conn_pump(struct conn *c)
             return;
         if (e == SSL_ERROR_WANT_READ)
             return;
-        if (e == SSL_ERROR_ZERO_RETURN)
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            /* Answer close_notify with ours: a session that ends without
+             * it is marked non-resumable by OpenSSL. */
+            (void)SSL_shutdown(c->ssl);
+            if (conn_flush(c) < 0)
+                return;
             conn_close(c, "server closed the TLS session", 0);
-        else
+        } else {
             conn_close(c, tls_reason(c, e), 0);
+        }
         return;
     }
 }

@@ -124,6 +124,7 @@ struct mon_stats {
     uint64_t bad_acks;            /* frames that were not a parseable ACK */
     uint64_t ack_timeouts;        /* connections closed because an ACK was late */
     uint64_t handshakes;          /* successful TLS handshakes */
+    uint64_t resumed;             /* ... of which resumed a session (--resume) */
     uint64_t reconnects;          /* successful handshakes after a device's first */
     uint64_t drops;               /* established connections lost */
     uint64_t conn_failures;       /* failed TCP connects or TLS handshakes */

@@ -162,6 +162,7 @@ void stats_report_final(struct mon *m, int status)
         setu(o, "drops", s->drops);
         setu(o, "conn_failures", s->conn_failures);
         setu(o, "handshakes", s->handshakes);
+        setu(o, "resumed", s->resumed);
         setu(o, "ack_timeouts", s->ack_timeouts);
         setu(o, "unmatched_acks", s->unmatched);
         setu(o, "bad_acks", s->bad_acks);
@@ -200,6 +201,7 @@ void stats_report_final(struct mon *m, int status)
     printf("  reconnects    %" PRIu64 " (drops %" PRIu64 ", failed attempts %" PRIu64
            ", ack timeouts %" PRIu64 ")\n",
            s->reconnects, s->drops, s->conn_failures, s->ack_timeouts);
+    printf("  handshakes    %" PRIu64 " (%" PRIu64 " resumed)\n", s->handshakes, s->resumed);
     if (s->unmatched || s->bad_acks)
         printf("  odd ACKs      %" PRIu64 " unmatched, %" PRIu64 " unparseable\n", s->unmatched,
                s->bad_acks);
