@@ -176,7 +176,7 @@ static int token_create(int argc, char **argv)
             json_decref(body);
             return CMSCTL_EUSAGE;
         }
-        json_object_set_new(body, "ttl", json_integer(t));
+        json_object_set_new(body, "ttl_s", json_integer(t));
     }
     api_path p;
     api_path_init(&p, "/api/v1/enroll/tokens");
@@ -192,34 +192,21 @@ static void token_list_usage(FILE *f)
     api_common_usage(f);
 }
 
-/* A table with the columns of the first row (for answers defined elsewhere). */
-static void auto_table(const json_t *rows, const char *empty)
-{
-    api_col cols[17];
-    size_t n = 0;
-    const char *k;
-    json_t *v;
-    json_object_foreach(json_array_get(rows, 0), k, v)
-    {
-        if (n == 16)
-            break;
-        size_t len = strlen(k);
-        enum api_col_kind kind =
-            len > 3 && (strcmp(k + len - 3, "_at") == 0 || strncmp(k, "not_", 4) == 0)
-                ? API_TIME
-                : API_TEXT;
-        cols[n++] = (api_col){k, k, kind};
-    }
-    cols[n] = (api_col){NULL, NULL, API_TEXT};
-    if (n == 0 && empty)
-        printf("%s\n", empty);
-    else
-        api_table(rows, cols, empty);
-}
-
 static void token_list_show(const json_t *a)
 {
-    auto_table(api_find_array((json_t *)a, "tokens"), "(no tokens)");
+    static const api_col cols[] = {
+        {"ID", "id", API_TEXT},
+        {"SERIAL", "serial", API_TEXT},
+        {"MODEL", "model", API_TEXT},
+        {"STATE", "state", API_TEXT},
+        {"CREATED", "created_at", API_TIME},
+        {"BY", "created_by", API_TEXT},
+        {"EXPIRES", "expires_at", API_TIME},
+        {"USED", "used_at", API_TIME},
+        {"REVOKED", "revoked_at", API_TIME},
+        {NULL, NULL, API_TEXT},
+    };
+    api_table(api_find_array((json_t *)a, "tokens"), cols, "(no tokens)");
 }
 
 static int token_list(int argc, char **argv)
