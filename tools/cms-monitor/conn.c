@@ -1,6 +1,8 @@
 /*
- * conn.c - one simulated monitor's connection: TCP (libuv), TLS (OpenSSL over
- * memory BIOs), MLLP framing, ACK matching, pacing, reconnect with backoff.
+ * conn.c - one connection of a simulated monitor: TCP (libuv), TLS (OpenSSL
+ * over memory BIOs), MLLP deframing of the ACKs, per-connection timer, and
+ * the one close path. What the device does with it (pacing, ACK matching,
+ * resend, reconnect) is dev.c.
  *
  * TLS over memory BIOs. The SSL object never touches the socket: ciphertext
  * read from the socket is appended to rbio (BIO_write on a memory BIO never
@@ -14,8 +16,13 @@
  *     a memory BIO grows instead, so it cannot happen here. It is treated as
  *     a fatal internal error rather than silently spun on.
  *   - SSL_write of a whole frame either succeeds completely (no
- *     ENABLE_PARTIAL_WRITE) or fails fatally; renegotiation does not exist in
- *     TLS 1.3 and is refused by servers we talk to in 1.2.
+ *     ENABLE_PARTIAL_WRITE) or fails fatally. Renegotiation (which could make
+ *     SSL_write want to read) does not exist in TLS 1.3 and is switched off
+ *     for TLS 1.2 (SSL_OP_NO_RENEGOTIATION, see ident.c).
+ *   - After SSL_read returns data, the loop goes on until WANT_READ, so a
+ *     record that held several ACKs is fully drained; post-handshake
+ *     messages (NewSessionTicket, KeyUpdate) are consumed the same way and
+ *     any answer they cause is flushed.
  * Output is bounded by the window: at most --window frames are unacknowledged
  * per connection, so the socket write queue never holds more than that.
  *
