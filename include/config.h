@@ -46,6 +46,19 @@
  *                                  and when half of this has passed)
  *   http_max_header_bytes  [16384] HTTP request header section limit (431 beyond)
  *   http_max_body_bytes    [65536] HTTP request body limit (413 beyond)
+ *   fw_publisher_keys      [""]    firmware publisher public keys: comma-separated PEM files
+ *                                  (Ed25519 or P-256), at most 8; "" = firmware import off
+ *   fw_distribution_key    [""]    Ed25519 private key (PEM, mode 0600) that signs device
+ *                                  manifests; "" = device firmware endpoints answer 503
+ *   fw_distribution_key_next [""]  optional second Ed25519 key for rotation: manifests are
+ *                                  signed by both, its public key is published (/fw/v1/keys)
+ *   fw_manifest_ttl_s      [3600]  manifest validity (expires_at - issued_at), 60..86400
+ *   fw_cache_dir           [var/fw-cache] local cache of images (created mode 0700; every
+ *                                  file is re-verified by SHA-256 before it is served)
+ *   fw_max_image_bytes     [268435456] largest firmware image accepted by import (the upload
+ *                                  body limit of that one operator route)
+ *   fw_download_timeout_s  [900]   longest time one image request may take (a peer that stops
+ *                                  reading is cut earlier, after write_timeout_ms)
  *   hl7_app                [CMS]   our MSH-3 in ACKs
  *   hl7_facility           [CMS]   our MSH-4 in ACKs
  *   log_level              [info]  debug | info | warn | error
@@ -97,6 +110,13 @@ typedef struct cms_config {
     unsigned crl_next_update_hours;
     unsigned http_max_header_bytes;
     unsigned http_max_body_bytes;
+    char fw_publisher_keys[CONFIG_STR * 4];
+    char fw_distribution_key[CONFIG_STR];
+    char fw_distribution_key_next[CONFIG_STR];
+    unsigned fw_manifest_ttl_s;
+    char fw_cache_dir[CONFIG_STR];
+    unsigned fw_max_image_bytes;
+    unsigned fw_download_timeout_s;
     char hl7_app[64];
     char hl7_facility[64];
     char log_level[16];

@@ -53,6 +53,16 @@ typedef struct https_route {
     https_handler fn;
     enum https_peer_kind peer; /* required peer kind; HTTPS_PEER_NONE = anyone */
     enum https_role min_role;  /* for HTTPS_PEER_OPERATOR routes */
+    /*
+     * Large uploads (firmware import): the body may be up to
+     * cfg.max_upload_bytes instead of cfg.max_body_bytes. Only honoured on
+     * HTTPS_PEER_OPERATOR routes. The head of such a request is checked
+     * before any body byte is buffered: peer kind and role (401/403), a
+     * Content-Length (411 without one) within the limit (413); then
+     * "Expect: 100-continue" is answered. Bodies of every other route stay
+     * within max_body_bytes (413 from Content-Length, before buffering).
+     */
+    bool upload;
 } https_route;
 
 #define HTTPS_MAX_PARAMS 4
@@ -74,6 +84,7 @@ struct https_req {
 typedef struct https_config {
     unsigned max_header_bytes, max_body_bytes;
     unsigned max_output_bytes;
+    unsigned max_upload_bytes; /* body limit of "upload" routes; 0 = max_body_bytes */
 } https_config;
 
 /* Service hooks shared by the handlers (filled by cmsd). */

@@ -17,6 +17,7 @@
 
 #include "cms_err.h"
 #include "config.h"
+#include "firmware.h"
 #include "ingest.h"
 #include "log.h"
 #include "https.h"
@@ -37,6 +38,7 @@ typedef struct worker {
     tls_ctx *https_tls; /* NULL when https_listen is "" */
     https_ctx https;
     svc_state svc;
+    const fw_keys *fw_keys; /* shared, read-only */
     uv_loop_t loop;
     uv_async_t stop_async;
     uv_timer_t ready_timer;
@@ -143,10 +145,14 @@ static int worker_listen(worker *w)
         return CMS_EINVAL;
     if (!w->https_tls)
         return CMS_OK;
+    w->svc.fw = fw_worker_new(w->fw_keys, cfg, &w->loop, w->id);
+    if (!w->svc.fw)
+        return CMS_ENOMEM;
     https_config hc = {
         .max_header_bytes = cfg->http_max_header_bytes,
         .max_body_bytes = cfg->http_max_body_bytes,
         .max_output_bytes = cfg->max_output_bytes,
+        .max_upload_bytes = cfg->fw_max_image_bytes,
     };
     if (https_ctx_init(&w->https, w->store, w->net, &hc, cfg->tls_device_ca, cfg->tls_operator_ca,
                        svc_routes, &w->svc, err, sizeof(err)) != CMS_OK ||
@@ -361,8 +367,17 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* Firmware keys: loaded once, shared read-only by the workers. */
+    fw_keys *fwk = NULL;
+    if (fw_keys_load(&cfg, &fwk, err, sizeof(err)) != CMS_OK) {
+        fprintf(stderr, "cmsd: firmware configuration: %s\n", err);
+        tls_ctx_free(mllp_tls);
+        tls_ctx_free(https_tls);
+        return 1;
+    }
     if (check_only) {
         printf("cmsd: configuration %s is valid\n", config_path);
+        fw_keys_free(fwk);
         tls_ctx_free(mllp_tls);
         tls_ctx_free(https_tls);
         return 0;
@@ -393,6 +408,7 @@ int main(int argc, char **argv)
         w->cfg = &cfg;
         w->mllp_tls = mllp_tls;
         w->https_tls = https_tls;
+        w->fw_keys = fwk;
         w->notify_main = &d.notify;
         /* Handles other threads touch are set up before the thread runs. */
         if (uv_loop_init(&w->loop) != 0 ||
@@ -419,7 +435,9 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < started; i++) {
         https_ctx_free(&d.workers[i].https);
         svc_est_free(&d.workers[i].svc);
+        fw_worker_free(d.workers[i].svc.fw);
     }
+    fw_keys_free(fwk);
     tls_ctx_free(mllp_tls);
     tls_ctx_free(https_tls);
     free(d.workers);

@@ -67,6 +67,13 @@ static const struct opt opts[] = {
     U(crl_next_update_hours, 1, 24 * 30),
     U(http_max_header_bytes, 1024, 1u << 20),
     U(http_max_body_bytes, 1024, 64u << 20),
+    S(fw_publisher_keys),
+    S(fw_distribution_key),
+    S(fw_distribution_key_next),
+    U(fw_manifest_ttl_s, 60, 86400),
+    S(fw_cache_dir),
+    U(fw_max_image_bytes, 1024, 1u << 30),
+    U(fw_download_timeout_s, 1, 86400),
     S(hl7_app),
     S(hl7_facility),
     S(log_level),
@@ -103,6 +110,10 @@ void config_defaults(cms_config *c)
     c->crl_next_update_hours = 24;
     c->http_max_header_bytes = 16384;
     c->http_max_body_bytes = 65536;
+    c->fw_manifest_ttl_s = 3600;
+    snprintf(c->fw_cache_dir, sizeof(c->fw_cache_dir), "var/fw-cache");
+    c->fw_max_image_bytes = 256u << 20;
+    c->fw_download_timeout_s = 900;
     snprintf(c->hl7_app, sizeof(c->hl7_app), "CMS");
     snprintf(c->hl7_facility, sizeof(c->hl7_facility), "CMS");
     snprintf(c->log_level, sizeof(c->log_level), "info");
@@ -233,6 +244,17 @@ static int validate(const cms_config *c, char *err, size_t cap)
         if (c->est_ca_chain[0] &&
             (rc = check_readable("est_ca_chain", c->est_ca_chain, err, cap)) != CMS_OK)
             return rc;
+    }
+    if (c->fw_distribution_key[0] &&
+        (rc = check_key_file("fw_distribution_key", c->fw_distribution_key, err, cap)) != CMS_OK)
+        return rc;
+    if (c->fw_distribution_key_next[0] &&
+        (rc = check_key_file("fw_distribution_key_next", c->fw_distribution_key_next, err,
+                             cap)) != CMS_OK)
+        return rc;
+    if (c->fw_distribution_key_next[0] && !c->fw_distribution_key[0]) {
+        snprintf(err, cap, "fw_distribution_key_next needs fw_distribution_key");
+        return CMS_EINVAL;
     }
     return CMS_OK;
 }

@@ -255,6 +255,12 @@ static int route(net_conn *c, const http_request *req)
                           "a device certificate is required for this resource");
         return CMS_OK;
     }
+    if (!match->upload && req->body_len > ctx->cfg.max_body_bytes) {
+        /* A chunked body (no Content-Length to refuse early) of a peer whose
+         * connection allows uploads: only upload routes take that much. */
+        https_reply_error(r, 413, "payload_too_large", "request body too large");
+        return CMS_OK;
+    }
     s->answered = false;
     s->async = false;
     int rc = match->fn(r);
@@ -269,6 +275,72 @@ static int route(net_conn *c, const http_request *req)
     log_error("bug", s->cn, net_conn_peer(c), "handler for %s did not answer", req->path);
     https_reply_error(r, 500, "internal_error", "no answer");
     return CMS_OK;
+}
+
+/* Refuses a request from its head (inside the parser): answer + close. */
+static int head_refuse(net_conn *c, int status, const char *error, const char *detail)
+{
+    session *s = net_conn_session(c);
+    http_buf out;
+    http_buf_init(&out, 8192);
+    http_json_error(&out, status, error, detail, 0, NULL, 0);
+    net_conn_write(c, out.data, out.len);
+    http_buf_free(&out);
+    log_info("http_error", s->cn, net_conn_peer(c), "%d %s: %s", status, error, detail);
+    return status == 413 ? CMS_ELIMIT : CMS_EPERM;
+}
+
+/*
+ * The header section is complete, no body byte is buffered yet: enforce the
+ * body limit of the route (uploads) and who may send one, then answer
+ * "Expect: 100-continue".
+ */
+static int on_head(void *ctx, const http_request *req)
+{
+    net_conn *c = ctx;
+    session *s = net_conn_session(c);
+    https_ctx *hc = net_conn_proto_ctx(c);
+    https_req scratch;
+    const https_route *match = NULL;
+    if (net_conn_state(c) != NET_ACTIVE)
+        return CMS_ECLOSED;
+    for (const https_route *rt = hc->routes; rt && rt->method; rt++) {
+        if (route_match(rt->pattern, req->path, req->path_len, &scratch) &&
+            strcmp(rt->method, req->method_name) == 0) {
+            match = rt;
+            break;
+        }
+    }
+    unsigned limit = hc->cfg.max_body_bytes;
+    if (match && match->upload && match->peer == HTTPS_PEER_OPERATOR) {
+        if (s->peer != HTTPS_PEER_OPERATOR)
+            return head_refuse(c, 401, "unauthenticated",
+                               "an operator certificate is required for this resource");
+        if (s->role < match->min_role)
+            return head_refuse(c, 403, "forbidden", "this role may not upload here");
+        if (req->chunked || !http_request_header(req, "content-length"))
+            return head_refuse(c, 411, "length_required",
+                               "uploads need a Content-Length (no chunked body)");
+        if (hc->cfg.max_upload_bytes > limit)
+            limit = hc->cfg.max_upload_bytes;
+    }
+    if (req->content_length > limit) {
+        json_t *d = json_pack("{s:s, s:s, s:I, s:I}", "method", req->method_name, "path",
+                              req->path, "content_length", (json_int_t)req->content_length,
+                              "limit", (json_int_t)limit);
+        char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
+        char actor[96];
+        snprintf(actor, sizeof(actor), "%s%s", s->peer == HTTPS_PEER_OPERATOR ? "operator:" : "",
+                 s->cn);
+        store_audit(hc->store, "http_body_refused", s->cn[0] ? actor : NULL, NULL,
+                    net_conn_peer(c), text);
+        free(text);
+        json_decref(d);
+        return head_refuse(c, 413, "payload_too_large", "request body too large");
+    }
+    if (req->expect_continue)
+        net_conn_write(c, HTTP_CONTINUE_RESPONSE, strlen(HTTP_CONTINUE_RESPONSE));
+    return 0;
 }
 
 static int on_request(void *ctx, const http_request *req)
@@ -393,6 +465,7 @@ static int on_handshake(net_conn *c)
     lim.max_body_bytes = ctx->cfg.max_body_bytes;
     if (http_conn_init(&s->http, &lim, on_request, c) != CMS_OK)
         return CMS_EINTERNAL;
+    http_conn_set_head_cb(&s->http, on_head);
     X509 *peer = SSL_get0_peer_certificate(net_conn_tls(c)->ssl);
     if (!peer)
         return CMS_OK; /* anonymous: only public routes and EST bootstrap */
@@ -415,6 +488,14 @@ static int on_handshake(net_conn *c)
             char id[80];
             s->peer = HTTPS_PEER_OPERATOR;
             s->role = role_from_cert(peer);
+            if (ctx->cfg.max_upload_bytes > lim.max_body_bytes) {
+                /* Upload routes (per-route limit enforced in on_head). */
+                http_conn_free(&s->http);
+                lim.max_body_bytes = ctx->cfg.max_upload_bytes;
+                if (http_conn_init(&s->http, &lim, on_request, c) != CMS_OK)
+                    return CMS_EINTERNAL;
+                http_conn_set_head_cb(&s->http, on_head);
+            }
             snprintf(id, sizeof(id), "operator:%s", s->cn);
             net_conn_set_identity(c, id);
             return CMS_OK;

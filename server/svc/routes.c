@@ -3,6 +3,7 @@
  * what is decided here, in one place, and enforced by the router (https.c).
  */
 #include "cms_err.h"
+#include "firmware.h"
 #include "https.h"
 #include "svc.h"
 
@@ -18,9 +19,11 @@ int svc_health(https_req *r)
     return CMS_OK;
 }
 
-#define ANY HTTPS_PEER_NONE, HTTPS_ROLE_NONE
-#define DEVICE HTTPS_PEER_DEVICE, HTTPS_ROLE_NONE
-#define OP(role) HTTPS_PEER_OPERATOR, HTTPS_ROLE_##role
+#define ANY HTTPS_PEER_NONE, HTTPS_ROLE_NONE, false
+#define DEVICE HTTPS_PEER_DEVICE, HTTPS_ROLE_NONE, false
+#define OP(role) HTTPS_PEER_OPERATOR, HTTPS_ROLE_##role, false
+/* An operator route whose body may be up to fw_max_image_bytes (https.h "upload"). */
+#define OP_UPLOAD(role) HTTPS_PEER_OPERATOR, HTTPS_ROLE_##role, true
 
 const https_route svc_routes[] = {
     {"GET", "/healthz", svc_health, ANY},
@@ -48,5 +51,15 @@ const https_route svc_routes[] = {
     {"POST", "/api/v1/devices/:serial/revoke", device_revoke, OP(ADMIN)},
     {"POST", "/api/v1/devices/:serial/decommission", device_decommission, OP(ADMIN)},
     {"POST", "/api/v1/certs/:fingerprint/revoke", cert_revoke, OP(ADMIN)},
-    {NULL, NULL, NULL, HTTPS_PEER_NONE, HTTPS_ROLE_NONE},
+    /* firmware_*.c: signed firmware (docs/firmware.md) */
+    {"POST", "/api/v1/firmware/releases", fw_import, OP_UPLOAD(OPERATOR)},
+    {"GET", "/api/v1/firmware/releases", fw_list, OP(VIEWER)},
+    {"GET", "/api/v1/firmware/releases/:id", fw_status, OP(VIEWER)},
+    {"POST", "/api/v1/firmware/releases/:id/approve", fw_approve, OP(OPERATOR)},
+    {"POST", "/api/v1/firmware/releases/:id/withdraw", fw_withdraw, OP(OPERATOR)},
+    {"GET", "/fw/v1/keys", fw_keys_get, ANY},
+    {"GET", "/fw/v1/manifest", fw_manifest_get, DEVICE},
+    {"GET", "/fw/v1/images/:sha256", fw_image_get, DEVICE},
+    {"POST", "/fw/v1/report", fw_report, DEVICE},
+    {NULL, NULL, NULL, HTTPS_PEER_NONE, HTTPS_ROLE_NONE, false},
 };

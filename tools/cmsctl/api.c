@@ -483,6 +483,26 @@ static void print_http_error(const char *method, const api_path *path, long stat
                 body && *body ? ": " : "", body ? body : "");
 }
 
+/* A raw request body for the next api_call (api_call_upload). */
+static struct {
+    const char *content_type;
+    const void *data;
+    size_t len;
+    const char *const *headers;
+} g_upload;
+
+int api_call_upload(const char *method, const api_path *path, const char *content_type,
+                    const void *data, size_t len, const char *const *headers, api_resp *resp)
+{
+    g_upload.content_type = content_type;
+    g_upload.data = data;
+    g_upload.len = len;
+    g_upload.headers = headers;
+    int rc = api_call(method, path, NULL, resp);
+    memset(&g_upload, 0, sizeof(g_upload));
+    return rc;
+}
+
 int api_call(const char *method, const api_path *path, const json_t *body, api_resp *resp)
 {
     memset(resp, 0, sizeof(*resp));
@@ -530,7 +550,15 @@ int api_call(const char *method, const api_path *path, const json_t *body, api_r
     curl_easy_setopt(c, CURLOPT_USERAGENT, "cmsctl");
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     hdrs = curl_slist_append(hdrs, "Accept: application/json");
-    if (body) {
+    if (g_upload.data) {
+        char ct[160];
+        snprintf(ct, sizeof(ct), "Content-Type: %s", g_upload.content_type);
+        hdrs = curl_slist_append(hdrs, ct);
+        for (size_t i = 0; g_upload.headers && g_upload.headers[i]; i++)
+            hdrs = curl_slist_append(hdrs, g_upload.headers[i]);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, g_upload.data);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)g_upload.len);
+    } else if (body) {
         payload = json_dumps(body, JSON_COMPACT);
         if (!payload)
             goto cleanup;

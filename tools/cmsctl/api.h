@@ -115,6 +115,14 @@ void api_resp_free(api_resp *r);
  */
 int api_call(const char *method, const api_path *path, const json_t *body, api_resp *resp);
 
+/*
+ * Like api_call with a raw body instead of JSON: data[0..len) (borrowed)
+ * sent as content_type, plus extra header lines ("Name: value", NULL
+ * terminated, may be NULL). For uploads (firmware import).
+ */
+int api_call_upload(const char *method, const api_path *path, const char *content_type,
+                    const void *data, size_t len, const char *const *headers, api_resp *resp);
+
 /* ---- output ------------------------------------------------------------- */
 
 /* Prints the raw body of resp (--json output), with a final newline. */

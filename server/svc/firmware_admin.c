@@ -1,0 +1,776 @@
+/*
+ * firmware_admin.c - the operator side of firmware: import (verify the
+ * publisher's signature, the descriptor, the image's length and SHA-256,
+ * then store the image in chunks and record the release), list, status,
+ * approve (two-person rule) and withdraw.
+ *
+ * Import: POST /api/v1/firmware/releases, body = the image bytes
+ * (application/octet-stream, Content-Length required; the route's body limit
+ * is fw_max_image_bytes), headers:
+ *   Fw-Descriptor: base64 of the descriptor file's exact bytes
+ *   Fw-Signature:  base64 of the publisher's signature over those bytes
+ * Checks, in order (each refusal: 4xx with a reason + fw_import_refused
+ * audit row): both headers present and base64; a configured publisher key
+ * verifies the signature over the descriptor bytes; the descriptor parses
+ * (only after the signature verified); body length = descriptor length;
+ * SHA-256(body) = descriptor sha256 (computed on the thread pool, the loop
+ * never hashes 256 MiB). Then the image goes to cms.fw_image_chunks one
+ * FW_CHUNK_BYTES statement at a time (skipped when the same image is stored
+ * already) and cms.fw_release_import records the release and its
+ * fw_imported audit row in one transaction.
+ *
+ * Thread: the worker loop's thread (like every handler).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "cms_err.h"
+#include "firmware_int.h"
+#include "log.h"
+#include "pki.h"
+
+#define ISO(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+#define NAMES_MAX 1000
+
+/* ---- helpers shared by the firmware handlers ------------------------------------------ */
+
+int fw__submit(https_req *r, const char *sql, int n, const char *const *params,
+               store_query_cb cb)
+{
+    int rc = store_query(fw__store(r), sql, n, params, cb, r);
+    if (rc == CMS_OK)
+        return CMS_EAGAIN;
+    if (rc == CMS_ELIMIT)
+        https_reply_error(r, 503, "busy", "too many database statements queued; retry");
+    else if (rc == CMS_ECLOSED)
+        https_reply_error(r, 503, "shutting_down", "the server is shutting down");
+    else
+        https_reply_error(r, 500, "internal_error", cms_strerror(rc));
+    return CMS_OK;
+}
+
+void fw__reply_db_error(https_req *r, int status, const PGresult *res)
+{
+    if (status == CMS_EUNAVAIL || status == CMS_ECLOSED) {
+        https_reply_error(r, 503, "database_unavailable",
+                          status == CMS_ECLOSED ? "the server is shutting down"
+                                                : "the database is unavailable or timed out");
+        return;
+    }
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    state = state ? state : "";
+    msg = msg ? msg : "";
+    if (strncmp(state, "22", 2) == 0)
+        https_reply_error(r, 400, "bad_request", msg);
+    else if (strcmp(state, "P0002") == 0)
+        https_reply_error(r, 404, "not_found", msg);
+    else if (strcmp(state, "CF001") == 0)
+        https_reply_error(r, 403, "two_person_rule", msg);
+    else if (strcmp(state, "CF002") == 0 || strncmp(state, "23", 2) == 0)
+        https_reply_error(r, 409, "conflict", msg);
+    else if (strcmp(state, "42501") == 0)
+        https_reply_error(r, 403, "forbidden", msg);
+    else {
+        log_error("db_error", NULL, r->peer_addr, "%s %s: SQLSTATE %s: %s", r->http->method_name,
+                  r->http->path, state, msg);
+        https_reply_error(r, 500, "internal_error", "database error (see the server log)");
+    }
+}
+
+bool fw__query_ok(https_req *r, const char *const *allowed)
+{
+    if (http_query_check(r->http->query, r->http->query_len, allowed) == CMS_OK)
+        return true;
+    https_reply_error(r, 400, "bad_request", "unknown, repeated or malformed query parameter");
+    return false;
+}
+
+const char *fw__actor(https_req *r, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s:%s", r->peer == HTTPS_PEER_OPERATOR ? "operator" : "device",
+             r->peer_cn);
+    return buf;
+}
+
+bool fw__parse_id(const char *s, int64_t *out)
+{
+    char *end;
+    if (!s || *s < '1' || *s > '9' || strlen(s) > 18)
+        return false;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end)
+        return false;
+    *out = (int64_t)v;
+    return true;
+}
+
+int fw__unhex_alloc(const char *hex, unsigned char **out, size_t *out_len)
+{
+    size_t n = strlen(hex);
+    *out = NULL;
+    if (n % 2)
+        return CMS_EPROTO;
+    *out = malloc(n / 2 + 1);
+    if (!*out)
+        return CMS_ENOMEM;
+    if (fw_unhex(hex, n, *out, n / 2) != CMS_OK) {
+        free(*out);
+        *out = NULL;
+        return CMS_EPROTO;
+    }
+    *out_len = n / 2;
+    return CMS_OK;
+}
+
+static const char *col(const PGresult *res, int row, const char *name)
+{
+    int c = PQfnumber(res, name);
+    if (c < 0 || PQgetisnull(res, row, c))
+        return NULL;
+    return PQgetvalue(res, row, c);
+}
+
+/* Adds name (text, integer or null) from the result row to o. */
+static void put_text(json_t *o, const PGresult *res, int row, const char *name)
+{
+    const char *v = col(res, row, name);
+    json_object_set_new(o, name, v ? json_string(v) : json_null());
+}
+
+static void put_int(json_t *o, const PGresult *res, int row, const char *name)
+{
+    const char *v = col(res, row, name);
+    json_object_set_new(o, name, v ? json_integer(strtoll(v, NULL, 10)) : json_null());
+}
+
+/* ---- import --------------------------------------------------------------------------- */
+
+typedef struct import_job {
+    https_req *r;
+    uv_work_t work;
+    const unsigned char *body; /* borrowed from the request */
+    size_t body_len;
+    unsigned char *desc, *sig;
+    size_t desc_len, sig_len;
+    fw_descriptor d;
+    char keyid[65];
+    uint8_t digest[32];
+    int hash_ok;
+    unsigned nchunks, seq;
+    char sha_param[2 + 64 + 1];
+    char *chunk_param;
+    char actor[96];
+} import_job;
+
+static void import_free(import_job *j)
+{
+    free(j->desc);
+    free(j->sig);
+    free(j->chunk_param);
+    free(j);
+}
+
+/* Refuses the import: answer + fw_import_refused audit row. */
+static void import_refuse(import_job *j, int status, const char *error, const char *detail)
+{
+    https_req *r = j->r;
+    json_t *d = json_pack("{s:s, s:s}", "error", error, "reason", detail ? detail : "");
+    if (d && j->d.model[0]) {
+        json_object_set_new(d, "model", json_string(j->d.model));
+        json_object_set_new(d, "version", json_string(j->d.version));
+    }
+    if (d && j->keyid[0])
+        json_object_set_new(d, "publisher_keyid", json_string(j->keyid));
+    if (d)
+        json_object_set_new(d, "body_bytes", json_integer((json_int_t)j->body_len));
+    log_warn("fw_import_refused", NULL, r->peer_addr, "%s: %s", error, detail ? detail : "");
+    https_audit(r, "fw_import_refused", NULL, d);
+    https_reply_error(r, status, error, detail);
+    import_free(j);
+}
+
+static void import_done(void *ctx, int status, const PGresult *res)
+{
+    import_job *j = ctx;
+    https_req *r = j->r;
+    if (status != CMS_OK) {
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        if (state && (strcmp(state, "CF002") == 0 || strcmp(state, "CF003") == 0)) {
+            import_refuse(j, 409, "conflict", msg);
+            return;
+        }
+        fw__reply_db_error(r, status, res);
+        import_free(j);
+        return;
+    }
+    bool created = strcmp(col(res, 0, "outcome"), "imported") == 0;
+    json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:I, s:s, s:I, s:s, s:s}", "id",
+                          (json_int_t)strtoll(col(res, 0, "id"), NULL, 10), "outcome",
+                          col(res, 0, "outcome"), "model", j->d.model, "version", j->d.version,
+                          "security_counter", (json_int_t)j->d.security_counter, "sha256",
+                          j->d.sha256_hex, "length", (json_int_t)j->d.length, "publisher_keyid",
+                          j->keyid, "imported_by", col(res, 0, "imported_by"));
+    log_info("fw_imported", NULL, r->peer_addr, "release %s %s (%s, %llu bytes) %s by %s",
+             j->d.model, j->d.version, j->d.sha256_hex, (unsigned long long)j->d.length,
+             created ? "imported" : "already present", j->actor);
+    https_reply_json(r, created ? 201 : 200, o);
+    import_free(j);
+}
+
+static void import_finish(import_job *j)
+{
+    char *desc_hex = malloc(2 * j->desc_len + 3), *sig_hex = malloc(2 * j->sig_len + 3);
+    char len[24], vnum[24], ctr[24];
+    int rc;
+    if (!desc_hex || !sig_hex) {
+        free(desc_hex);
+        free(sig_hex);
+        https_reply_error(j->r, 500, "internal_error", "out of memory");
+        import_free(j);
+        return;
+    }
+    memcpy(desc_hex, "\\x", 2);
+    fw_hex(j->desc, j->desc_len, desc_hex + 2);
+    memcpy(sig_hex, "\\x", 2);
+    fw_hex(j->sig, j->sig_len, sig_hex + 2);
+    snprintf(len, sizeof(len), "%llu", (unsigned long long)j->d.length);
+    snprintf(vnum, sizeof(vnum), "%llu", (unsigned long long)j->d.version_num);
+    snprintf(ctr, sizeof(ctr), "%u", j->d.security_counter);
+    const char *p[] = {j->sha_param, len, j->d.model, j->d.version, vnum, ctr,
+                       desc_hex, sig_hex, j->keyid, j->actor, j->r->peer_addr};
+    rc = store_query(fw__store(j->r),
+                     "SELECT id, outcome, imported_by, imported_at FROM cms.fw_release_import("
+                     "$1::bytea, $2::bigint, $3, $4, $5::bigint, $6::bigint, $7::bytea, "
+                     "$8::bytea, $9, $10, $11)",
+                     11, p, import_done, j);
+    free(desc_hex);
+    free(sig_hex);
+    if (rc != CMS_OK) {
+        https_reply_error(j->r, 503, "busy", "database queue full; retry");
+        import_free(j);
+    }
+}
+
+static void import_put_next(import_job *j);
+
+static void import_chunk_done(void *ctx, int status, const PGresult *res)
+{
+    import_job *j = ctx;
+    if (status != CMS_OK) {
+        fw__reply_db_error(j->r, status, res);
+        import_free(j);
+        return;
+    }
+    j->seq++;
+    if (j->seq == j->nchunks)
+        import_finish(j);
+    else
+        import_put_next(j);
+}
+
+static void import_put_next(import_job *j)
+{
+    size_t off = (size_t)j->seq * FW_CHUNK_BYTES;
+    size_t n = j->body_len - off < FW_CHUNK_BYTES ? j->body_len - off : FW_CHUNK_BYTES;
+    char seq[16];
+    if (!j->chunk_param)
+        j->chunk_param = malloc(2 * FW_CHUNK_BYTES + 3);
+    if (!j->chunk_param) {
+        https_reply_error(j->r, 500, "internal_error", "out of memory");
+        import_free(j);
+        return;
+    }
+    memcpy(j->chunk_param, "\\x", 2);
+    fw_hex(j->body + off, n, j->chunk_param + 2);
+    snprintf(seq, sizeof(seq), "%u", j->seq);
+    const char *p[] = {j->sha_param, seq, j->chunk_param};
+    if (store_query(fw__store(j->r),
+                    "SELECT cms.fw_image_put_chunk($1::bytea, $2::integer, $3::bytea)", 3, p,
+                    import_chunk_done, j) != CMS_OK) {
+        https_reply_error(j->r, 503, "busy", "database queue full; retry");
+        import_free(j);
+    }
+}
+
+static void import_begun(void *ctx, int status, const PGresult *res)
+{
+    import_job *j = ctx;
+    if (status != CMS_OK) {
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        if (state && strcmp(state, "CF003") == 0) {
+            import_refuse(j, 409, "conflict", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+            return;
+        }
+        fw__reply_db_error(j->r, status, res);
+        import_free(j);
+        return;
+    }
+    if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+        import_finish(j); /* content-addressed: the same image is stored already */
+        return;
+    }
+    j->seq = 0;
+    import_put_next(j);
+}
+
+static void import_hash_work(uv_work_t *w)
+{
+    import_job *j = w->data;
+    unsigned int n = 0;
+    j->hash_ok = EVP_Digest(j->body, j->body_len, j->digest, &n, EVP_sha256(), NULL) == 1 &&
+                 n == 32;
+}
+
+static void import_hashed(uv_work_t *w, int status)
+{
+    import_job *j = w->data;
+    char got[65];
+    if (status != 0 || !j->hash_ok) {
+        https_reply_error(j->r, 500, "internal_error", "cannot hash the image");
+        import_free(j);
+        return;
+    }
+    if (CRYPTO_memcmp(j->digest, j->d.sha256, 32) != 0) {
+        char why[256];
+        fw_hex(j->digest, 32, got);
+        snprintf(why, sizeof(why), "the image's SHA-256 is %s, the signed descriptor says %s",
+                 got, j->d.sha256_hex);
+        import_refuse(j, 422, "image_mismatch", why);
+        return;
+    }
+    char len[24], csz[16];
+    snprintf(len, sizeof(len), "%llu", (unsigned long long)j->d.length);
+    snprintf(csz, sizeof(csz), "%u", FW_CHUNK_BYTES);
+    const char *p[] = {j->sha_param, len, csz};
+    if (store_query(fw__store(j->r),
+                    "SELECT complete, nchunks FROM cms.fw_image_begin($1::bytea, $2::bigint, "
+                    "$3::integer)",
+                    3, p, import_begun, j) != CMS_OK) {
+        https_reply_error(j->r, 503, "busy", "database queue full; retry");
+        import_free(j);
+    }
+}
+
+int fw_import(https_req *r)
+{
+    fw_worker *w = fw__worker(r);
+    char why[300];
+    if (!w || w->keys->npub == 0) {
+        https_reply_error(r, 503, "not_configured",
+                          "firmware import is off: no fw_publisher_keys configured");
+        return CMS_OK;
+    }
+    import_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        https_reply_error(r, 500, "internal_error", "out of memory");
+        return CMS_OK;
+    }
+    j->r = r;
+    j->body = (const unsigned char *)r->http->body;
+    j->body_len = r->http->body_len;
+    fw__actor(r, j->actor, sizeof(j->actor));
+    const char *dh = http_request_header(r->http, "fw-descriptor");
+    const char *sh = http_request_header(r->http, "fw-signature");
+    if (!dh || !sh || http_request_header_count(r->http, "fw-descriptor") != 1 ||
+        http_request_header_count(r->http, "fw-signature") != 1) {
+        import_refuse(j, 400, "bad_request",
+                      "send the image as the body with exactly one Fw-Descriptor and one "
+                      "Fw-Signature header (base64)");
+        return CMS_OK;
+    }
+    if (pki_base64_decode(dh, strlen(dh), &j->desc, &j->desc_len) != CMS_OK ||
+        j->desc_len == 0 || j->desc_len > FW_DESCRIPTOR_MAX) {
+        import_refuse(j, 400, "bad_request", "Fw-Descriptor is not base64 of 1..4096 bytes");
+        return CMS_OK;
+    }
+    if (pki_base64_decode(sh, strlen(sh), &j->sig, &j->sig_len) != CMS_OK || j->sig_len == 0 ||
+        j->sig_len > FW_SIG_MAX) {
+        import_refuse(j, 400, "bad_request", "Fw-Signature is not base64 of a signature");
+        return CMS_OK;
+    }
+    /* The signature first: nothing unsigned is parsed. */
+    size_t k;
+    for (k = 0; k < w->keys->npub; k++)
+        if (pki_verify(w->keys->publishers[k], j->desc, j->desc_len, j->sig, j->sig_len) ==
+            CMS_OK)
+            break;
+    if (k == w->keys->npub) {
+        snprintf(why, sizeof(why),
+                 "the descriptor's signature does not verify with any of the %zu trusted "
+                 "publisher keys (unsigned, altered, or signed by an unknown key)",
+                 w->keys->npub);
+        import_refuse(j, 422, "signature_invalid", why);
+        return CMS_OK;
+    }
+    memcpy(j->keyid, w->keys->publisher_ids[k], 65);
+    if (fw_descriptor_parse(j->desc, j->desc_len, &j->d, why, sizeof(why)) != CMS_OK) {
+        memset(&j->d, 0, sizeof(j->d));
+        import_refuse(j, 422, "descriptor_invalid", why);
+        return CMS_OK;
+    }
+    if (j->d.length != j->body_len) {
+        snprintf(why, sizeof(why), "the image is %zu bytes, the signed descriptor says %llu",
+                 j->body_len, (unsigned long long)j->d.length);
+        import_refuse(j, 422, "image_mismatch", why);
+        return CMS_OK;
+    }
+    if (j->d.length > w->cfg->fw_max_image_bytes) {
+        snprintf(why, sizeof(why), "image larger than fw_max_image_bytes (%u)",
+                 w->cfg->fw_max_image_bytes);
+        import_refuse(j, 413, "payload_too_large", why);
+        return CMS_OK;
+    }
+    memcpy(j->sha_param, "\\x", 2);
+    memcpy(j->sha_param + 2, j->d.sha256_hex, 65);
+    j->nchunks = (unsigned)((j->d.length + FW_CHUNK_BYTES - 1) / FW_CHUNK_BYTES);
+    j->work.data = j;
+    if (uv_queue_work(w->loop, &j->work, import_hash_work, import_hashed) != 0) {
+        https_reply_error(r, 500, "internal_error", "cannot queue the hash");
+        import_free(j);
+        return CMS_OK;
+    }
+    return CMS_EAGAIN;
+}
+
+/* ---- list ------------------------------------------------------------------------------- */
+
+static json_t *release_json(const PGresult *res, int i)
+{
+    json_t *o = json_object();
+    put_int(o, res, i, "id");
+    put_text(o, res, i, "model");
+    put_text(o, res, i, "version");
+    put_int(o, res, i, "security_counter");
+    put_text(o, res, i, "sha256");
+    put_int(o, res, i, "length");
+    put_text(o, res, i, "publisher_keyid");
+    put_text(o, res, i, "imported_by");
+    put_text(o, res, i, "imported_at");
+    put_int(o, res, i, "active_approvals");
+    put_int(o, res, i, "installed_devices");
+    return o;
+}
+
+#define RELEASE_COLS                                                                          \
+    "id, model, version, security_counter, sha256, length, publisher_keyid, imported_by, " ISO( \
+        "imported_at") " AS imported_at, active_approvals, installed_devices"
+
+static void list_done(void *ctx, int status, const PGresult *res)
+{
+    https_req *r = ctx;
+    if (status != CMS_OK) {
+        fw__reply_db_error(r, status, res);
+        return;
+    }
+    json_t *a = json_array();
+    for (int i = 0; i < PQntuples(res); i++)
+        json_array_append_new(a, release_json(res, i));
+    https_reply_json(r, 200, json_pack("{s:o}", "releases", a));
+}
+
+int fw_list(https_req *r)
+{
+    static const char *const allowed[] = {"model", NULL};
+    char model[FW_MODEL_MAX + 1];
+    if (!fw__query_ok(r, allowed))
+        return CMS_OK;
+    int has = http_query_get(r->http->query, r->http->query_len, "model", model, sizeof(model),
+                             NULL);
+    if (has < 0) {
+        https_reply_error(r, 400, "bad_request", "bad model parameter");
+        return CMS_OK;
+    }
+    const char *p[] = {has == 1 ? model : NULL};
+    return fw__submit(r,
+                      "SELECT " RELEASE_COLS " FROM cms.fw_release_list "
+                      "WHERE $1::text IS NULL OR model = $1 ORDER BY id DESC LIMIT 1000",
+                      1, p, list_done);
+}
+
+/* ---- status ----------------------------------------------------------------------------- */
+
+typedef struct status_job {
+    https_req *r;
+    char id[24];
+    json_t *out;
+} status_job;
+
+static void status_fail(status_job *j, int status, const PGresult *res)
+{
+    fw__reply_db_error(j->r, status, res);
+    json_decref(j->out);
+    free(j);
+}
+
+static void status_devices(void *ctx, int status, const PGresult *res)
+{
+    status_job *j = ctx;
+    if (status != CMS_OK) {
+        status_fail(j, status, res);
+        return;
+    }
+    json_t *a = json_array();
+    json_t *counts = json_object();
+    for (int i = 0; i < PQntuples(res); i++) {
+        json_t *o = json_object();
+        put_text(o, res, i, "serial");
+        put_text(o, res, i, "model");
+        put_text(o, res, i, "device_status");
+        put_text(o, res, i, "firmware_version");
+        put_text(o, res, i, "via");
+        put_text(o, res, i, "state");
+        put_text(o, res, i, "reason");
+        put_int(o, res, i, "manifest_counter");
+        put_text(o, res, i, "updated_at");
+        json_array_append_new(a, o);
+        const char *st = col(res, i, "state");
+        if (st) {
+            json_t *c = json_object_get(counts, st);
+            json_object_set_new(counts, st,
+                                json_integer(c ? json_integer_value(c) + 1 : 1));
+        }
+    }
+    json_object_set_new(j->out, "devices", a);
+    json_object_set_new(j->out, "states", counts);
+    https_reply_json(j->r, 200, j->out);
+    free(j);
+}
+
+static void status_approvals(void *ctx, int status, const PGresult *res)
+{
+    status_job *j = ctx;
+    if (status != CMS_OK) {
+        status_fail(j, status, res);
+        return;
+    }
+    json_t *a = json_array();
+    for (int i = 0; i < PQntuples(res); i++) {
+        json_t *o = json_object();
+        put_int(o, res, i, "id");
+        put_text(o, res, i, "device");
+        put_text(o, res, i, "group");
+        put_text(o, res, i, "approved_by");
+        put_text(o, res, i, "approved_at");
+        put_text(o, res, i, "withdrawn_by");
+        put_text(o, res, i, "withdrawn_at");
+        json_array_append_new(a, o);
+    }
+    json_object_set_new(j->out, "approvals", a);
+    const char *p[] = {j->id};
+    if (store_query(fw__store(j->r),
+                    "SELECT serial, model, device_status, firmware_version, via, state, reason, "
+                    "manifest_counter, " ISO("updated_at") " AS updated_at "
+                    "FROM cms.fw_release_devices WHERE release_id = $1::bigint ORDER BY serial",
+                    1, p, status_devices, j) != CMS_OK)
+        status_fail(j, CMS_EUNAVAIL, NULL);
+}
+
+static void status_release(void *ctx, int status, const PGresult *res)
+{
+    status_job *j = ctx;
+    if (status != CMS_OK) {
+        status_fail(j, status, res);
+        return;
+    }
+    if (PQntuples(res) != 1) {
+        https_reply_error(j->r, 404, "not_found", "no such firmware release");
+        free(j);
+        return;
+    }
+    j->out = json_pack("{s:o}", "release", release_json(res, 0));
+    const char *p[] = {j->id};
+    if (store_query(fw__store(j->r),
+                    "SELECT a.id, d.serial AS device, g.name AS \"group\", a.approved_by, "
+                    ISO("a.approved_at") " AS approved_at, a.withdrawn_by, "
+                    ISO("a.withdrawn_at") " AS withdrawn_at "
+                    "FROM cms.fw_approvals a LEFT JOIN cms.devices d ON d.id = a.device_id "
+                    "LEFT JOIN cms.device_groups g ON g.id = a.group_id "
+                    "WHERE a.release_id = $1::bigint ORDER BY a.id",
+                    1, p, status_approvals, j) != CMS_OK)
+        status_fail(j, CMS_EUNAVAIL, NULL);
+}
+
+int fw_status(https_req *r)
+{
+    static const char *const allowed[] = {NULL};
+    int64_t id;
+    if (!fw__query_ok(r, allowed))
+        return CMS_OK;
+    if (!fw__parse_id(r->params[0], &id)) {
+        https_reply_error(r, 404, "not_found", "release ids are positive integers");
+        return CMS_OK;
+    }
+    status_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        https_reply_error(r, 500, "internal_error", "out of memory");
+        return CMS_OK;
+    }
+    j->r = r;
+    snprintf(j->id, sizeof(j->id), "%lld", (long long)id);
+    const char *p[] = {j->id};
+    int rc = store_query(fw__store(r),
+                         "SELECT " RELEASE_COLS " FROM cms.fw_release_list WHERE id = $1::bigint",
+                         1, p, status_release, j);
+    if (rc == CMS_OK)
+        return CMS_EAGAIN;
+    free(j);
+    https_reply_error(r, 503, "busy", "database queue full; retry");
+    return CMS_OK;
+}
+
+/* ---- approve / withdraw ------------------------------------------------------------------- */
+
+typedef struct change_job {
+    https_req *r;
+    bool approve;
+    char id[24];
+    char *devices, *groups; /* JSON arrays (owned) */
+} change_job;
+
+static void change_free(change_job *j)
+{
+    free(j->devices);
+    free(j->groups);
+    free(j);
+}
+
+static void change_done(void *ctx, int status, const PGresult *res)
+{
+    change_job *j = ctx;
+    https_req *r = j->r;
+    if (status != CMS_OK) {
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        if (status == CMS_EPROTO) { /* a refusal: audited (the transaction rolled back) */
+            json_t *d = json_pack("{s:s, s:s, s:s, s:s}", "release_id", j->id, "sqlstate",
+                                  state ? state : "", "reason", msg ? msg : "", "action",
+                                  j->approve ? "approve" : "withdraw");
+            if (d && j->devices)
+                json_object_set_new(d, "devices", json_loads(j->devices, 0, NULL));
+            if (d && j->groups)
+                json_object_set_new(d, "groups", json_loads(j->groups, 0, NULL));
+            log_warn(j->approve ? "fw_approve_refused" : "fw_withdraw_refused", NULL,
+                     r->peer_addr, "release %s: %s", j->id, msg ? msg : "");
+            https_audit(r, j->approve ? "fw_approve_refused" : "fw_withdraw_refused", NULL, d);
+        }
+        fw__reply_db_error(r, status, res);
+        change_free(j);
+        return;
+    }
+    json_t *a = json_array();
+    for (int i = 0; i < PQntuples(res); i++)
+        json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "kind", PQgetvalue(res, i, 0),
+                                           "name", PQgetvalue(res, i, 1), "outcome",
+                                           PQgetvalue(res, i, 2)));
+    https_reply_json(r, 200, json_pack("{s:I, s:o}", "release_id",
+                                       (json_int_t)strtoll(j->id, NULL, 10), "results", a));
+    change_free(j);
+}
+
+/* A JSON array of 0..NAMES_MAX strings of 1..63 printable characters, or absent. */
+static int names_member(json_t *body, const char *name, char **out, char *why, size_t cap)
+{
+    json_t *a = json_object_get(body, name);
+    size_t i;
+    json_t *v;
+    *out = NULL;
+    if (!a)
+        return CMS_OK;
+    if (!json_is_array(a) || json_array_size(a) > NAMES_MAX) {
+        snprintf(why, cap, "\"%s\" must be an array of at most %d names", name, NAMES_MAX);
+        return CMS_EPROTO;
+    }
+    json_array_foreach(a, i, v)
+    {
+        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 64 ||
+            !fw_model_is_valid(json_string_value(v))) {
+            snprintf(why, cap, "\"%s\" must hold names of 1..64 printable characters", name);
+            return CMS_EPROTO;
+        }
+    }
+    *out = json_dumps(a, JSON_COMPACT);
+    return *out ? CMS_OK : CMS_ENOMEM;
+}
+
+static int change(https_req *r, bool approve)
+{
+    static const char *const allowed[] = {NULL};
+    int64_t id;
+    char why[200], actor[96];
+    json_error_t jerr;
+    if (!fw__query_ok(r, allowed))
+        return CMS_OK;
+    if (!fw__parse_id(r->params[0], &id)) {
+        https_reply_error(r, 404, "not_found", "release ids are positive integers");
+        return CMS_OK;
+    }
+    json_t *body = r->http->body_len
+                       ? json_loadb(r->http->body, r->http->body_len, JSON_REJECT_DUPLICATES, &jerr)
+                       : json_object();
+    if (!json_is_object(body)) {
+        json_decref(body);
+        https_reply_error(r, 400, "bad_request",
+                          "the body must be a JSON object {\"devices\": [...], \"groups\": [...]}");
+        return CMS_OK;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        if (strcmp(key, "devices") != 0 && strcmp(key, "groups") != 0) {
+            json_decref(body);
+            https_reply_error(r, 400, "bad_request", "only \"devices\" and \"groups\" are allowed");
+            return CMS_OK;
+        }
+    }
+    change_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        json_decref(body);
+        https_reply_error(r, 500, "internal_error", "out of memory");
+        return CMS_OK;
+    }
+    j->r = r;
+    j->approve = approve;
+    snprintf(j->id, sizeof(j->id), "%lld", (long long)id);
+    if (names_member(body, "devices", &j->devices, why, sizeof(why)) != CMS_OK ||
+        names_member(body, "groups", &j->groups, why, sizeof(why)) != CMS_OK) {
+        json_decref(body);
+        change_free(j);
+        https_reply_error(r, 400, "bad_request", why);
+        return CMS_OK;
+    }
+    json_decref(body);
+    const char *p[] = {j->id, j->devices, j->groups, fw__actor(r, actor, sizeof(actor)),
+                       r->peer_addr};
+    int rc = store_query(fw__store(r),
+                         approve ? "SELECT kind, name, outcome FROM cms.fw_approve($1::bigint, "
+                                   "$2::jsonb, $3::jsonb, $4, $5)"
+                                 : "SELECT kind, name, outcome FROM cms.fw_withdraw($1::bigint, "
+                                   "$2::jsonb, $3::jsonb, $4, $5)",
+                         5, p, change_done, j);
+    if (rc == CMS_OK)
+        return CMS_EAGAIN;
+    change_free(j);
+    https_reply_error(r, 503, "busy", "database queue full; retry");
+    return CMS_OK;
+}
+
+int fw_approve(https_req *r)
+{
+    return change(r, true);
+}
+
+int fw_withdraw(https_req *r)
+{
+    return change(r, false);
+}

@@ -1,0 +1,805 @@
+/*
+ * firmware_image.c - GET /fw/v1/images/:sha256 for devices: authorization
+ * (allowlisted for this device), a local cache verified by hash, and a
+ * streamed answer (Range/206, If-Range, ETag) with memory that does not
+ * grow with the image.
+ *
+ * Where the bytes come from:
+ *   1. cms.fw_image_authorize says whether this device may have the image,
+ *      and the image's length and store_gen (bumped by a trigger whenever a
+ *      stored chunk is updated or deleted).
+ *   2. The worker remembers, per image, the cache file it verified: the
+ *      file's identity (dev, inode, size, mtime, ctime), the store_gen it
+ *      was built from, and the SHA-256 of every FW_BLOCK_BYTES block.
+ *   3. No record, or another store_gen: the image is (re)built from the
+ *      database chunks (one store_query per chunk, written with uv_fs_write
+ *      to a temp file while hashing); the whole image's SHA-256 must equal
+ *      its name, else the store was tampered with: refused (500
+ *      image_integrity), logged, audited (fw_image_tampered), nothing served.
+ *   4. A record whose file identity changed: the file is verified again on
+ *      the thread pool (full SHA-256 + block hashes); a mismatch is
+ *      audited (fw_cache_tampered), the file removed and rebuilt from the
+ *      database.
+ *   5. While serving, every block read (uv_fs_read) is hashed and compared
+ *      with its recorded hash before any of its bytes is sent; a mismatch
+ *      cuts the connection (https_stream_end(r, false): a truncated body,
+ *      never a wrong one) and is audited.
+ * The loop never blocks on a file: opens, reads, writes and renames go
+ * through uv_fs_* and whole-file hashing through uv_queue_work.
+ *
+ * Slow or stalled peers: the net layer closes a connection whose output
+ * has not drained for write_timeout_ms; fw_download_timeout_s bounds a
+ * whole request. Either way the transfer is logged and audited
+ * (fw_download_aborted) with the bytes sent.
+ *
+ * Thread: the worker loop's thread (the verify job runs on the pool and
+ * only touches its own job struct).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "cms_err.h"
+#include "firmware_int.h"
+#include "log.h"
+
+enum dl_phase { DL_AUTH = 0, DL_OPEN, DL_VERIFY, DL_BUILD, DL_SERVE, DL_DONE };
+
+typedef struct fw_dl {
+    https_req *r;
+    fw_worker *w;
+    enum dl_phase phase;
+    uint8_t sha[32];
+    char hex[65];
+    char path[CONFIG_STR + 80];
+    char tmp_path[CONFIG_STR + 120];
+    int64_t release_id, store_gen;
+    uint64_t length;
+    unsigned nchunks;
+    http_range rng;
+    char etag[HTTP_ETAG_SIZE];
+    /* file being served / verified / written */
+    uv_file fd;
+    uv_fs_t fs;
+    bool fs_busy;     /* a uv_fs request or the verify job is in flight */
+    uv_work_t work;
+    /* identity and block hashes of the file we serve from */
+    uint64_t f_dev, f_ino, f_size;
+    int64_t f_mtime_ns, f_ctime_ns;
+    size_t nblocks;
+    uint8_t (*blocks)[32];
+    int verify_ok;
+    uint8_t verify_digest[32];
+    /* build from the database */
+    unsigned seq;
+    EVP_MD_CTX *md;
+    uint64_t built;
+    unsigned char *buf; /* FW_CHUNK_BYTES (build) or FW_BLOCK_BYTES (serve) */
+    size_t buf_len;
+    /* serving */
+    uint64_t pos, end, sent;
+    bool streaming, ended;
+    uv_timer_t timer;
+    bool timer_on;
+} fw_dl;
+
+static void dl_serve_next(fw_dl *d);
+static void dl_build_start(fw_dl *d);
+
+/* ---- cache records ---------------------------------------------------------------------- */
+
+void fw__cache_free_all(fw_worker *w)
+{
+    fw_cache_entry *e = w->cache;
+    while (e) {
+        fw_cache_entry *n = e->next;
+        free(e->blocks);
+        free(e);
+        e = n;
+    }
+    w->cache = NULL;
+    w->ncache = 0;
+}
+
+static fw_cache_entry *cache_find(fw_worker *w, const uint8_t sha[32])
+{
+    for (fw_cache_entry *e = w->cache; e; e = e->next)
+        if (memcmp(e->sha256, sha, 32) == 0)
+            return e;
+    return NULL;
+}
+
+static void cache_forget(fw_worker *w, const uint8_t sha[32])
+{
+    for (fw_cache_entry **pp = &w->cache; *pp; pp = &(*pp)->next) {
+        if (memcmp((*pp)->sha256, sha, 32) == 0) {
+            fw_cache_entry *e = *pp;
+            *pp = e->next;
+            free(e->blocks);
+            free(e);
+            w->ncache--;
+            return;
+        }
+    }
+}
+
+/* Records what d verified (copies the block hashes). */
+static void cache_remember(fw_dl *d)
+{
+    fw_worker *w = d->w;
+    cache_forget(w, d->sha);
+    fw_cache_entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        return;
+    e->blocks = malloc(d->nblocks * 32);
+    if (!e->blocks) {
+        free(e);
+        return;
+    }
+    memcpy(e->blocks, d->blocks, d->nblocks * 32);
+    memcpy(e->sha256, d->sha, 32);
+    e->store_gen = d->store_gen;
+    e->length = d->length;
+    e->dev = d->f_dev, e->ino = d->f_ino, e->size = d->f_size;
+    e->mtime_ns = d->f_mtime_ns, e->ctime_ns = d->f_ctime_ns;
+    e->nblocks = d->nblocks;
+    e->next = w->cache;
+    w->cache = e;
+    if (++w->ncache > FW_CACHE_ENTRIES) { /* drop the oldest */
+        fw_cache_entry **pp = &w->cache;
+        while ((*pp)->next)
+            pp = &(*pp)->next;
+        free((*pp)->blocks);
+        free(*pp);
+        *pp = NULL;
+        w->ncache--;
+    }
+}
+
+/* ---- end of a request --------------------------------------------------------------------- */
+
+static void dl_free(fw_dl *d)
+{
+    if (d->fd >= 0) {
+        uv_fs_t req;
+        uv_fs_close(NULL, &req, d->fd, NULL); /* synchronous: close(2) of a regular file */
+        uv_fs_req_cleanup(&req);
+    }
+    if (d->tmp_path[0])
+        unlink(d->tmp_path); /* a build that did not complete */
+    EVP_MD_CTX_free(d->md);
+    free(d->blocks);
+    free(d->buf);
+    free(d);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    dl_free(h->data);
+}
+
+/* Releases d once nothing is in flight any more. */
+static void dl_release(fw_dl *d)
+{
+    if (d->fs_busy)
+        return; /* the callback in flight calls us again */
+    if (d->timer_on) {
+        d->timer_on = false;
+        uv_close((uv_handle_t *)&d->timer, on_timer_closed);
+        return;
+    }
+    dl_free(d);
+}
+
+/* Answers with an error (before streaming began) and releases d. */
+static void dl_fail(fw_dl *d, int status, const char *error, const char *detail)
+{
+    d->phase = DL_DONE;
+    d->ended = true;
+    https_reply_error(d->r, status, error, detail);
+    dl_release(d);
+}
+
+/* Ends the streamed answer (ok = every byte sent) and releases d. */
+static void dl_end(fw_dl *d, bool ok, const char *why)
+{
+    if (d->ended)
+        return;
+    d->ended = true;
+    d->phase = DL_DONE;
+    if (!ok) {
+        char peer[64];
+        snprintf(peer, sizeof(peer), "%s", d->r->peer_addr);
+        log_warn("fw_download_aborted", d->r->peer_cn, peer,
+                 "image %.16s...: %s after %llu of %llu bytes", d->hex, why,
+                 (unsigned long long)d->sent, (unsigned long long)d->rng.length);
+        https_audit(d->r, "fw_download_aborted", d->r->peer_cn,
+                    json_pack("{s:s, s:s, s:I, s:I, s:I}", "sha256", d->hex, "reason", why,
+                              "sent", (json_int_t)d->sent, "expected",
+                              (json_int_t)d->rng.length, "release_id",
+                              (json_int_t)d->release_id));
+    } else {
+        log_info("fw_download", d->r->peer_cn, d->r->peer_addr,
+                 "image %.16s... %d: %llu bytes from %llu", d->hex, d->rng.status,
+                 (unsigned long long)d->sent, (unsigned long long)d->rng.first);
+    }
+    https_stream_end(d->r, ok);
+    dl_release(d);
+}
+
+static void tampered(fw_dl *d, const char *event, const char *where)
+{
+    log_error(event, d->r->peer_cn, d->r->peer_addr,
+              "image %s: %s does not match its SHA-256: refused", d->hex, where);
+    https_audit(d->r, event, d->r->peer_cn,
+                json_pack("{s:s, s:s, s:I}", "sha256", d->hex, "where", where, "release_id",
+                          (json_int_t)d->release_id));
+    cache_forget(d->w, d->sha);
+}
+
+/* ---- serving -------------------------------------------------------------------------------- */
+
+static void on_download_timeout(uv_timer_t *t)
+{
+    fw_dl *d = t->data;
+    if (d->phase == DL_SERVE && !d->ended)
+        dl_end(d, false, "fw_download_timeout_s exceeded");
+}
+
+static void on_writable(https_req *r, void *ctx)
+{
+    (void)r;
+    dl_serve_next(ctx);
+}
+
+static void on_block_read(uv_fs_t *req)
+{
+    fw_dl *d = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    d->fs_busy = false;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    uint64_t block = d->pos / FW_BLOCK_BYTES, off = block * FW_BLOCK_BYTES;
+    size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
+    uint8_t h[32];
+    unsigned int hl = 0;
+    if (n != (ssize_t)want || EVP_Digest(d->buf, want, h, &hl, EVP_sha256(), NULL) != 1 ||
+        CRYPTO_memcmp(h, d->blocks[block], 32) != 0) {
+        tampered(d, "fw_cache_tampered", "a cache block read while serving");
+        unlink(d->path);
+        dl_end(d, false, "cache block failed its hash check");
+        return;
+    }
+    uint64_t stop = d->end < off + want ? d->end : off + want;
+    size_t from = (size_t)(d->pos - off), len = (size_t)(stop - d->pos);
+    if (https_stream_write(d->r, d->buf + from, len) != CMS_OK) {
+        dl_end(d, false, "connection closed");
+        return;
+    }
+    d->pos += len;
+    d->sent += len;
+    dl_serve_next(d);
+}
+
+static void dl_serve_next(fw_dl *d)
+{
+    if (d->ended || d->fs_busy)
+        return;
+    if (net_conn_state(d->r->conn) != NET_ACTIVE) {
+        dl_end(d, false, "connection closed (peer gone, or write_timeout_ms)");
+        return;
+    }
+    if (d->pos >= d->end) {
+        dl_end(d, true, NULL);
+        return;
+    }
+    if (https_stream_pending(d->r) > 0)
+        return; /* on_writable calls again when the output drained */
+    uint64_t block = d->pos / FW_BLOCK_BYTES, off = block * FW_BLOCK_BYTES;
+    size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
+    uv_buf_t b = uv_buf_init((char *)d->buf, (unsigned)want);
+    d->fs.data = d;
+    d->fs_busy = true;
+    if (uv_fs_read(d->w->loop, &d->fs, d->fd, &b, 1, (int64_t)off, on_block_read) != 0) {
+        d->fs_busy = false;
+        uv_fs_req_cleanup(&d->fs);
+        dl_end(d, false, "cannot read the cache file");
+    }
+}
+
+static void dl_serve(fw_dl *d)
+{
+    http_buf head;
+    d->phase = DL_SERVE;
+    if (d->buf_len < FW_BLOCK_BYTES) {
+        free(d->buf);
+        d->buf = malloc(FW_BLOCK_BYTES);
+        d->buf_len = FW_BLOCK_BYTES;
+        if (!d->buf) {
+            d->buf_len = 0;
+            dl_fail(d, 500, "internal_error", "out of memory");
+            return;
+        }
+    }
+    http_buf_init(&head, 8192);
+    if (http_range_response_start(&head, &d->rng, "application/octet-stream", d->etag,
+                                  d->r->http->keep_alive ? HTTP_RESP_KEEP_ALIVE : 0) != CMS_OK) {
+        http_buf_free(&head);
+        dl_fail(d, 500, "internal_error", "cannot build the answer");
+        return;
+    }
+    d->pos = d->rng.first;
+    d->end = d->rng.first + d->rng.length;
+    if (uv_timer_init(d->w->loop, &d->timer) == 0) {
+        d->timer.data = d;
+        d->timer_on = true;
+        uv_timer_start(&d->timer, on_download_timeout,
+                       (uint64_t)d->w->cfg->fw_download_timeout_s * 1000, 0);
+    }
+    d->streaming = true;
+    https_stream_begin(d->r, head.data, head.len, on_writable, d);
+    http_buf_free(&head);
+}
+
+/* ---- verifying an existing cache file (thread pool) --------------------------------------- */
+
+static void stat_of(const struct stat *st, fw_dl *d)
+{
+    d->f_dev = (uint64_t)st->st_dev;
+    d->f_ino = (uint64_t)st->st_ino;
+    d->f_size = (uint64_t)st->st_size;
+    d->f_mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    d->f_ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+}
+
+static void verify_work(uv_work_t *wk)
+{
+    fw_dl *d = wk->data;
+    struct stat before, after;
+    unsigned char *buf = malloc(FW_BLOCK_BYTES);
+    EVP_MD_CTX *all = EVP_MD_CTX_new();
+    unsigned int hl;
+    d->verify_ok = 0;
+    if (!buf || !all || fstat(d->fd, &before) != 0 || (uint64_t)before.st_size != d->length ||
+        EVP_DigestInit_ex(all, EVP_sha256(), NULL) != 1)
+        goto out;
+    for (size_t i = 0; i < d->nblocks; i++) {
+        uint64_t off = (uint64_t)i * FW_BLOCK_BYTES;
+        size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off
+                                                               : FW_BLOCK_BYTES);
+        size_t got = 0;
+        while (got < want) {
+            ssize_t n = pread(d->fd, buf + got, want - got, (off_t)(off + got));
+            if (n <= 0)
+                goto out;
+            got += (size_t)n;
+        }
+        if (EVP_Digest(buf, want, d->blocks[i], &hl, EVP_sha256(), NULL) != 1 ||
+            EVP_DigestUpdate(all, buf, want) != 1)
+            goto out;
+    }
+    if (EVP_DigestFinal_ex(all, d->verify_digest, &hl) != 1 || fstat(d->fd, &after) != 0 ||
+        before.st_mtim.tv_nsec != after.st_mtim.tv_nsec ||
+        before.st_mtim.tv_sec != after.st_mtim.tv_sec ||
+        before.st_ctim.tv_sec != after.st_ctim.tv_sec ||
+        before.st_ctim.tv_nsec != after.st_ctim.tv_nsec)
+        goto out;
+    stat_of(&after, d);
+    d->verify_ok = CRYPTO_memcmp(d->verify_digest, d->sha, 32) == 0;
+out:
+    EVP_MD_CTX_free(all);
+    free(buf);
+}
+
+static void verify_done(uv_work_t *wk, int status)
+{
+    fw_dl *d = wk->data;
+    d->fs_busy = false;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    if (status == 0 && d->verify_ok) {
+        cache_remember(d);
+        dl_serve(d);
+        return;
+    }
+    tampered(d, "fw_cache_tampered", "the local cache file");
+    uv_fs_t req;
+    uv_fs_close(NULL, &req, d->fd, NULL);
+    uv_fs_req_cleanup(&req);
+    d->fd = -1;
+    unlink(d->path);
+    dl_build_start(d); /* the database copy is the reference */
+}
+
+/* ---- building the cache file from the database chunks ------------------------------------- */
+
+static void build_fail(fw_dl *d, int status, const char *error, const char *detail)
+{
+    if (d->fd >= 0) {
+        uv_fs_t req;
+        uv_fs_close(NULL, &req, d->fd, NULL);
+        uv_fs_req_cleanup(&req);
+        d->fd = -1;
+    }
+    dl_fail(d, status, error, detail);
+}
+
+static void build_next(fw_dl *d);
+
+static void on_renamed(uv_fs_t *req)
+{
+    fw_dl *d = req->data;
+    int rc = (int)req->result;
+    uv_fs_req_cleanup(req);
+    d->fs_busy = false;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    if (rc < 0) {
+        log_error("fw_cache", NULL, NULL, "rename %s: %s", d->tmp_path, uv_strerror(rc));
+        build_fail(d, 500, "internal_error", "cannot store the cache file");
+        return;
+    }
+    d->tmp_path[0] = '\0';
+    struct stat st;
+    if (fstat(d->fd, &st) != 0) { /* fstat on an open descriptor does not block */
+        build_fail(d, 500, "internal_error", "cannot stat the cache file");
+        return;
+    }
+    stat_of(&st, d);
+    cache_remember(d);
+    log_info("fw_cache", NULL, NULL, "image %s verified from the database (%llu bytes)", d->hex,
+             (unsigned long long)d->length);
+    dl_serve(d);
+}
+
+static void build_finish(fw_dl *d)
+{
+    uint8_t digest[32];
+    unsigned int hl = 0;
+    if (EVP_DigestFinal_ex(d->md, digest, &hl) != 1 || d->built != d->length ||
+        CRYPTO_memcmp(digest, d->sha, 32) != 0) {
+        tampered(d, "fw_image_tampered", "the image stored in the database");
+        build_fail(d, 500, "image_integrity",
+                   "the stored image does not match its SHA-256; it is not served");
+        return;
+    }
+    d->fs.data = d;
+    d->fs_busy = true;
+    if (uv_fs_rename(d->w->loop, &d->fs, d->tmp_path, d->path, on_renamed) != 0) {
+        d->fs_busy = false;
+        uv_fs_req_cleanup(&d->fs);
+        build_fail(d, 500, "internal_error", "cannot store the cache file");
+    }
+}
+
+static void on_chunk_written(uv_fs_t *req)
+{
+    fw_dl *d = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    d->fs_busy = false;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    if (n != (ssize_t)d->buf_len) {
+        log_error("fw_cache", NULL, NULL, "write %s: %s", d->tmp_path,
+                  n < 0 ? uv_strerror((int)n) : "short write");
+        build_fail(d, 500, "internal_error", "cannot write the cache file");
+        return;
+    }
+    d->seq++;
+    if (d->seq == d->nchunks)
+        build_finish(d);
+    else
+        build_next(d);
+}
+
+static void on_chunk(void *ctx, int status, const PGresult *res)
+{
+    fw_dl *d = ctx;
+    d->fs_busy = false;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    if (status != CMS_OK) {
+        build_fail(d, 503, "database_unavailable", "cannot read the image from the database");
+        return;
+    }
+    uint64_t off = (uint64_t)d->seq * FW_CHUNK_BYTES;
+    size_t want = (size_t)(d->length - off < FW_CHUNK_BYTES ? d->length - off : FW_CHUNK_BYTES);
+    const char *hex = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "";
+    if (strlen(hex) != 2 * want || fw_unhex(hex, 2 * want, d->buf, want) != CMS_OK) {
+        tampered(d, "fw_image_tampered", "a database chunk (missing or of the wrong size)");
+        build_fail(d, 500, "image_integrity",
+                   "the stored image does not match its SHA-256; it is not served");
+        return;
+    }
+    /* Hash: the whole image, and each serving block (chunks are whole blocks). */
+    for (size_t o = 0; o < want; o += FW_BLOCK_BYTES) {
+        size_t n = want - o < FW_BLOCK_BYTES ? want - o : FW_BLOCK_BYTES;
+        unsigned int hl;
+        EVP_Digest(d->buf + o, n, d->blocks[(off + o) / FW_BLOCK_BYTES], &hl, EVP_sha256(),
+                   NULL);
+    }
+    EVP_DigestUpdate(d->md, d->buf, want);
+    d->built += want;
+    d->buf_len = want;
+    uv_buf_t b = uv_buf_init((char *)d->buf, (unsigned)want);
+    d->fs.data = d;
+    d->fs_busy = true;
+    if (uv_fs_write(d->w->loop, &d->fs, d->fd, &b, 1, (int64_t)off, on_chunk_written) != 0) {
+        d->fs_busy = false;
+        uv_fs_req_cleanup(&d->fs);
+        build_fail(d, 500, "internal_error", "cannot write the cache file");
+    }
+}
+
+static void build_next(fw_dl *d)
+{
+    char seq[16], sha[2 + 64 + 1];
+    snprintf(seq, sizeof(seq), "%u", d->seq);
+    memcpy(sha, "\\x", 2);
+    memcpy(sha + 2, d->hex, 65);
+    const char *p[] = {sha, seq};
+    d->fs_busy = true;
+    if (store_query(fw__store(d->r),
+                    "SELECT encode(data, 'hex') FROM cms.fw_image_chunks "
+                    "WHERE sha256 = $1::bytea AND seq = $2::integer",
+                    2, p, on_chunk, d) != CMS_OK) {
+        d->fs_busy = false;
+        build_fail(d, 503, "busy", "database queue full; retry");
+    }
+}
+
+static void on_tmp_open(uv_fs_t *req)
+{
+    fw_dl *d = req->data;
+    int fd = (int)req->result;
+    uv_fs_req_cleanup(req);
+    d->fs_busy = false;
+    if (fd >= 0)
+        d->fd = fd;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    if (fd < 0) {
+        log_error("fw_cache", NULL, NULL, "open %s: %s", d->tmp_path, uv_strerror(fd));
+        d->tmp_path[0] = '\0';
+        dl_fail(d, 500, "internal_error", "cannot create the cache file");
+        return;
+    }
+    build_next(d);
+}
+
+static void dl_build_start(fw_dl *d)
+{
+    fw_worker *w = d->w;
+    d->phase = DL_BUILD;
+    d->seq = 0;
+    d->built = 0;
+    if (d->buf_len < FW_CHUNK_BYTES) {
+        free(d->buf);
+        d->buf = malloc(FW_CHUNK_BYTES);
+        d->buf_len = d->buf ? FW_CHUNK_BYTES : 0;
+    }
+    EVP_MD_CTX_free(d->md);
+    d->md = EVP_MD_CTX_new();
+    if (!d->buf || !d->md || EVP_DigestInit_ex(d->md, EVP_sha256(), NULL) != 1) {
+        dl_fail(d, 500, "internal_error", "out of memory");
+        return;
+    }
+    snprintf(d->tmp_path, sizeof(d->tmp_path), "%s/.%s.%d.%u.%llu.tmp", w->cfg->fw_cache_dir,
+             d->hex, (int)getpid(), w->worker_id, (unsigned long long)++w->tmp_seq);
+    d->fs.data = d;
+    d->fs_busy = true;
+    if (uv_fs_open(w->loop, &d->fs, d->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600,
+                   on_tmp_open) != 0) {
+        d->fs_busy = false;
+        uv_fs_req_cleanup(&d->fs);
+        d->tmp_path[0] = '\0';
+        dl_fail(d, 500, "internal_error", "cannot create the cache file");
+    }
+}
+
+/* ---- opening the cache file ------------------------------------------------------------------ */
+
+static void on_fstat(uv_fs_t *req)
+{
+    fw_dl *d = req->data;
+    int rc = (int)req->result;
+    uv_stat_t st = req->statbuf;
+    uv_fs_req_cleanup(req);
+    d->fs_busy = false;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    fw_cache_entry *e = cache_find(d->w, d->sha);
+    int64_t mt = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    int64_t ct = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+    if (rc == 0 && e && e->dev == st.st_dev && e->ino == st.st_ino && e->size == st.st_size &&
+        e->mtime_ns == mt && e->ctime_ns == ct && e->nblocks == d->nblocks) {
+        memcpy(d->blocks, e->blocks, d->nblocks * 32); /* unchanged since verified */
+        dl_serve(d);
+        return;
+    }
+    /* Changed (or never verified by this worker for this store_gen): hash it again. */
+    d->phase = DL_VERIFY;
+    d->work.data = d;
+    d->fs_busy = true;
+    if (uv_queue_work(d->w->loop, &d->work, verify_work, verify_done) != 0) {
+        d->fs_busy = false;
+        dl_fail(d, 500, "internal_error", "cannot queue the verification");
+    }
+}
+
+static void on_open(uv_fs_t *req)
+{
+    fw_dl *d = req->data;
+    int fd = (int)req->result;
+    uv_fs_req_cleanup(req);
+    d->fs_busy = false;
+    if (fd >= 0)
+        d->fd = fd;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    if (fd < 0) {
+        if (fd != UV_ENOENT)
+            log_warn("fw_cache", NULL, NULL, "open %s: %s", d->path, uv_strerror(fd));
+        dl_build_start(d);
+        return;
+    }
+    d->fs.data = d;
+    d->fs_busy = true;
+    if (uv_fs_fstat(d->w->loop, &d->fs, d->fd, on_fstat) != 0) {
+        d->fs_busy = false;
+        uv_fs_req_cleanup(&d->fs);
+        dl_fail(d, 500, "internal_error", "cannot stat the cache file");
+    }
+}
+
+/* ---- authorization --------------------------------------------------------------------------- */
+
+static void on_authorized(void *ctx, int status, const PGresult *res)
+{
+    fw_dl *d = ctx;
+    https_req *r = d->r;
+    d->fs_busy = false;
+    if (status != CMS_OK) {
+        fw__reply_db_error(r, status, res);
+        d->ended = true;
+        dl_release(d);
+        return;
+    }
+    if (PQntuples(res) != 1) {
+        log_warn("fw_image_refused", r->peer_cn, r->peer_addr,
+                 "image %s is not allowlisted for this device", d->hex);
+        https_audit(r, "fw_image_refused", r->peer_cn,
+                    json_pack("{s:s, s:s}", "sha256", d->hex, "reason",
+                              "not allowlisted for this device"));
+        dl_fail(d, 404, "not_found", "no image with this hash is allowlisted for this device");
+        return;
+    }
+    d->release_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    d->length = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+    d->nchunks = (unsigned)strtoul(PQgetvalue(res, 0, 3), NULL, 10);
+    d->store_gen = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+    if (strtol(PQgetvalue(res, 0, 2), NULL, 10) != (long)FW_CHUNK_BYTES ||
+        d->nchunks != (d->length + FW_CHUNK_BYTES - 1) / FW_CHUNK_BYTES) {
+        dl_fail(d, 500, "internal_error", "stored image has an unexpected chunk size");
+        return;
+    }
+    d->nblocks = (size_t)((d->length + FW_BLOCK_BYTES - 1) / FW_BLOCK_BYTES);
+    d->blocks = calloc(d->nblocks, 32);
+    if (!d->blocks) {
+        dl_fail(d, 500, "internal_error", "out of memory");
+        return;
+    }
+    http_etag_format(d->etag, d->sha);
+    http_range_select(r->http, d->etag, d->length, &d->rng);
+    if (d->rng.status == 416 || r->http->method == HTTP_HEAD) {
+        http_buf head;
+        http_buf_init(&head, 8192);
+        if (http_range_response_start(&head, &d->rng, "application/octet-stream", d->etag,
+                                      r->http->keep_alive ? HTTP_RESP_KEEP_ALIVE : 0) != CMS_OK) {
+            http_buf_free(&head);
+            dl_fail(d, 500, "internal_error", "cannot build the answer");
+            return;
+        }
+        d->streaming = true;
+        d->ended = true;
+        https_stream_begin(r, head.data, head.len, on_writable, d);
+        http_buf_free(&head);
+        https_stream_end(r, true);
+        dl_release(d);
+        return;
+    }
+    fw_cache_entry *e = cache_find(d->w, d->sha);
+    if (!e || e->store_gen != d->store_gen) {
+        if (e)
+            log_warn("fw_cache", NULL, NULL,
+                     "image %s: stored chunks changed (store_gen %lld -> %lld): verifying "
+                     "them again",
+                     d->hex, (long long)e->store_gen, (long long)d->store_gen);
+        cache_forget(d->w, d->sha);
+        dl_build_start(d);
+        return;
+    }
+    d->phase = DL_OPEN;
+    d->fs.data = d;
+    d->fs_busy = true;
+    if (uv_fs_open(d->w->loop, &d->fs, d->path, O_RDONLY | O_CLOEXEC, 0, on_open) != 0) {
+        d->fs_busy = false;
+        uv_fs_req_cleanup(&d->fs);
+        dl_build_start(d);
+    }
+}
+
+int fw_image_get(https_req *r)
+{
+    static const char *const allowed[] = {NULL};
+    fw_worker *w = fw__worker(r);
+    const char *hex = r->params[0];
+    if (!w || w->keys->ndist == 0) {
+        https_reply_error(r, 503, "not_configured", "no fw_distribution_key configured");
+        return CMS_OK;
+    }
+    if (!fw__query_ok(r, allowed))
+        return CMS_OK;
+    fw_dl *d = calloc(1, sizeof(*d));
+    if (!d) {
+        https_reply_error(r, 500, "internal_error", "out of memory");
+        return CMS_OK;
+    }
+    d->r = r;
+    d->w = w;
+    d->fd = -1;
+    size_t n = strlen(hex);
+    bool ok = n == 64;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (hex[i] >= '0' && hex[i] <= '9') || (hex[i] >= 'a' && hex[i] <= 'f');
+    if (!ok || fw_unhex(hex, 64, d->sha, 32) != CMS_OK) {
+        free(d);
+        https_reply_error(r, 404, "not_found", "images are named by 64 lowercase hex digits");
+        return CMS_OK;
+    }
+    memcpy(d->hex, hex, 65);
+    snprintf(d->path, sizeof(d->path), "%s/%s", w->cfg->fw_cache_dir, d->hex);
+    char dev[24], sha[2 + 64 + 1];
+    snprintf(dev, sizeof(dev), "%lld", (long long)r->device_id);
+    memcpy(sha, "\\x", 2);
+    memcpy(sha + 2, hex, 65);
+    const char *p[] = {dev, sha};
+    d->fs_busy = true;
+    int rc = store_query(fw__store(r),
+                         "SELECT release_id, length, chunk_size, nchunks, store_gen "
+                         "FROM cms.fw_image_authorize($1::bigint, $2::bytea)",
+                         2, p, on_authorized, d);
+    if (rc != CMS_OK) {
+        free(d);
+        https_reply_error(r, 503, "busy", "database queue full; retry");
+        return CMS_OK;
+    }
+    return CMS_EAGAIN;
+}

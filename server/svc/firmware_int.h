@@ -1,0 +1,72 @@
+/*
+ * firmware_int.h - shared between the firmware service's files only
+ * (server/svc/firmware_*.c). Not a public interface.
+ */
+#ifndef CMS_FIRMWARE_INT_H
+#define CMS_FIRMWARE_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "firmware.h"
+#include "https.h"
+#include "store.h"
+#include "svc.h"
+
+/* A cache file this worker verified: its identity, the store generation it
+ * was checked against, and the SHA-256 of each FW_BLOCK_BYTES block. */
+typedef struct fw_cache_entry {
+    struct fw_cache_entry *next;
+    uint8_t sha256[32];
+    int64_t store_gen;
+    uint64_t length;
+    uint64_t dev, ino, size;
+    int64_t mtime_ns, ctime_ns;
+    size_t nblocks;
+    uint8_t (*blocks)[32]; /* owned */
+} fw_cache_entry;
+
+struct fw_worker {
+    const fw_keys *keys;     /* borrowed, shared read-only */
+    const cms_config *cfg;   /* borrowed */
+    uv_loop_t *loop;
+    unsigned worker_id;
+    fw_cache_entry *cache;   /* most recently verified first */
+    size_t ncache;
+    uint64_t tmp_seq;        /* temp file names */
+};
+
+#define FW_CACHE_ENTRIES 32
+
+/* The worker's firmware state of r (NULL when firmware is not set up). */
+static inline fw_worker *fw__worker(https_req *r)
+{
+    svc_state *st = r->ctx->svc;
+    return st ? (fw_worker *)st->fw : NULL;
+}
+
+static inline store_t *fw__store(https_req *r)
+{
+    return ((svc_state *)r->ctx->svc)->store;
+}
+
+/* Runs sql on the control connection with r as ctx; returns what the handler returns. */
+int fw__submit(https_req *r, const char *sql, int n, const char *const *params,
+               store_query_cb cb);
+/* Answers a failed statement (status/res from the store callback). */
+void fw__reply_db_error(https_req *r, int status, const struct pg_result *res);
+/* Refuses a query string outside allowed with 400; true when it is fine. */
+bool fw__query_ok(https_req *r, const char *const *allowed);
+/* "operator:<CN>" / "device:<CN>" into buf. */
+const char *fw__actor(https_req *r, char *buf, size_t cap);
+/* Parses a positive decimal id (release ids). */
+bool fw__parse_id(const char *s, int64_t *out);
+/* Decodes hex text (from encode(x,'hex')) into a new buffer (free()). */
+int fw__unhex_alloc(const char *hex, unsigned char **out, size_t *out_len);
+
+/* Cache bookkeeping (firmware_image.c). */
+void fw__cache_free_all(fw_worker *w);
+
+#endif
