@@ -120,8 +120,11 @@ void fw_time_format(int64_t t, char out[21])
         snprintf(out, 21, "invalid-time");
         return;
     }
-    snprintf(out, 21, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+    char tmp[80];
+    snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    memcpy(out, tmp, 20);
+    out[20] = '\0';
 }
 
 int fw_time_parse(const char *s, int64_t *out)
