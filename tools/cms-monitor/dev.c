@@ -212,6 +212,8 @@ int dev_on_frame(void *ctx, const char *payload, size_t len)
     uint64_t lat_us = (m->last_ack_ns - p->sent_ns) / 1000u;
     hist_add(&m->hist, lat_us);
     hist_add(&m->ihist, lat_us);
+    if (!dev->ever_up)
+        m->devs_up++;
     dev->ever_up = 1;
     m->ever_connected = 1;
     dev->fail_streak = 0;

@@ -223,6 +223,7 @@ struct mon {
     unsigned active;    /* conns in CONN_ACTIVE */
     unsigned nconns;    /* conn structs alive */
     unsigned done_devs;
+    unsigned devs_up; /* devices that got at least one ACK */
     uint64_t pending; /* unacked messages over all devices */
     int host_is_ip;
     int handles_closed;

@@ -149,6 +149,7 @@ void stats_report_final(struct mon *m, int status)
     if (m->opts.json) {
         json_t *o = json_object(), *lat = json_object(), *cpu = json_object();
         setu(o, "devices", m->ndev);
+        setu(o, "devices_acked", m->devs_up);
         setf(o, "elapsed_s", el);
         setf(o, "wall_s", wall);
         setu(o, "sent", s->sent);
@@ -192,7 +193,8 @@ void stats_report_final(struct mon *m, int status)
         fflush(stdout);
         return;
     }
-    printf("cms-monitor: %u device(s), %.1f s, exit status %d\n", m->ndev, el, status);
+    printf("cms-monitor: %u device(s) (%u got ACKs), %.1f s, exit status %d\n", m->ndev, m->devs_up,
+           el, status);
     printf("  sent          %" PRIu64 " (%.1f msg/s acked)\n", s->sent, (double)s->aa / el);
     printf("  acked AA      %" PRIu64 "\n", s->aa);
     printf("  AE / AR       %" PRIu64 " / %" PRIu64 "\n", s->ae, s->ar);
