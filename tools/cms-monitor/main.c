@@ -97,7 +97,8 @@ static void usage(FILE *f)
         "p50/p90/p99/max (send to ACK receipt, log-bucket histogram, +-3%%), observations\n"
         "acked, and the process's CPU time (getrusage).\n"
         "Exit status: 0 every sent message acked AA (possibly after a resend); 2 some AE or\n"
-        "AR; 3 some message never acknowledged; 1 setup error (bad flags, unreadable\n"
+        "AR; 3 some message never acknowledged (or none sent); 1 setup error (bad flags, "
+        "unreadable\n"
         "certificate or key, server unreachable or refusing us at start).\n",
         MON_MAX_WINDOW, MON_MAX_OBS);
 }
