@@ -25,6 +25,8 @@
  *   POST /api/v1/enroll/tokens/:id/revoke              role operator
  *     200 {"id", "serial", "revoked_at"}; 404 unknown; 409 used or revoked.
  *
+ * Times are UTC, "2026-11-28T06:14:54.123456Z" (as in admin.c); absent = null.
+ *
  * Every mutation is audited in the same transaction by the SQL function
  * (enroll_token_created / enroll_token_revoked, actor "operator:<CN>");
  * a refused one gets an "<action>_refused" audit row from here.
@@ -45,20 +47,24 @@
 #define LIST_DEFAULT 100
 #define LIST_MAX 1000
 
+/* Times in answers: UTC, "2026-11-28T06:14:54.123456Z" (as admin.c). */
+#define ISO(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
 static const char create_sql[] =
-    "SELECT id, serial, model,"
-    " to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), device_status"
+    "SELECT id, serial, model, " ISO("expires_at") ", device_status"
     " FROM cms.enroll_token_create($1, $2, $3::integer, $4::bytea, $5, $6)";
 static const char list_sql[] =
-    "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id DESC), '[]'::jsonb)::text FROM ("
-    " SELECT id, serial, model, created_by, created_at, expires_at, used_at, used_fingerprint,"
-    "  revoked_at, revoked_by, state FROM cms.enrollment_token_list"
+    "SELECT coalesce(jsonb_agg(jsonb_build_object("
+    "  'id', t.id, 'serial', t.serial, 'model', t.model, 'created_by', t.created_by,"
+    "  'created_at', " ISO("t.created_at") ", 'expires_at', " ISO("t.expires_at") ","
+    "  'used_at', " ISO("t.used_at") ", 'used_fingerprint', t.used_fingerprint,"
+    "  'revoked_at', " ISO("t.revoked_at") ", 'revoked_by', t.revoked_by, 'state', t.state)"
+    "  ORDER BY t.id DESC), '[]'::jsonb)::text FROM ("
+    " SELECT * FROM cms.enrollment_token_list"
     " WHERE ($1::text IS NULL OR serial = $1) AND ($2::text IS NULL OR state = $2)"
     " ORDER BY id DESC LIMIT $3::integer) t";
 static const char revoke_sql[] =
-    "SELECT id, serial,"
-    " to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
-    " FROM cms.enroll_token_revoke($1::bigint, $2, $3)";
+    "SELECT id, serial, " ISO("revoked_at") " FROM cms.enroll_token_revoke($1::bigint, $2, $3)";
 
 /* ---- shared helpers ------------------------------------------------------------- */
 

@@ -59,7 +59,7 @@ static const char decommission_sql[] =
     " FROM cms.device_decommission($1, $2, $3)";
 static const char cert_revoke_sql[] =
     "SELECT serial, cert_serial,"
-    " to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+    " to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
     " FROM cms.cert_revoke($1, $2, $3, $4)";
 static const char prepare_sql[] =
     "SELECT crl_number, this_update_epoch, serial_hex, revoked_epoch, reason_code, prepared_at"
