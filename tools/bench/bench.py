@@ -1,0 +1,879 @@
+#!/usr/bin/python3
+"""bench.py - the scenarios of `make bench` (issue 5), run side by side with their peers.
+
+Started by tools/bench.sh (which installs the packages, builds, raises the fd limit).
+Everything lives under build/bench/: pki/ (dev PKI + minted MON-0001..), pg/ (private
+PostgreSQL cluster, run as the postgres account), run/ (configs and logs of cmsd, nginx,
+mosquitto), fw/ (the P5 image), results.json, results.csv, profile-*.txt.
+
+    bench.py [--quick] [--runs N] [--only P1,P3] [--sweep] [--profile P1,P3,P4]
+
+Scenarios (docs/benchmarks.md has the method):
+  P1  observations committed+ACKed/s, cms-monitor -> cmsd -> PostgreSQL, vs psql \\copy of
+      the same rows into cms.observations in the same run
+  P2  ACK latency p50/p99 at 10 000 monitors x 1 msg/s x 10 obs (or the largest level held)
+  P3  RSS per held mTLS session, cmsd vs Mosquitto
+  P4  full and resumed mTLS handshakes/s, cmsd vs nginx (same workers)
+  P5  64 MiB firmware download over mTLS, cmsd vs nginx (cmsd: when its endpoint exists)
+"""
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / os.environ.get("BUILD", "build")
+BENCH = BUILD / "bench"
+RUN = BENCH / "run"
+PKI = BENCH / "pki"
+PGDIR = BENCH / "pg"
+FWDIR = BENCH / "fw"
+BIN = BENCH / "bin"
+CMSD = BUILD / "cmsd"
+MONITOR = BUILD / "cms-monitor"
+HSBENCH = BIN / "hsbench"
+HOLDER = ROOT / "tools" / "bench" / "holder.py"
+PG_PORT = int(os.environ.get("BENCH_PG_PORT", "55870"))
+NDEV = 10000  # minted device certificates MON-0001 .. MON-10000
+PY = "/usr/bin/python3"
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def log(msg):
+    sys.stderr.write("bench: %s\n" % msg)
+    sys.stderr.flush()
+
+
+def sh(cmd, check=True, timeout=600, **kw):
+    p = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise RuntimeError("failed (rc=%d): %s\n%s%s" % (p.returncode, " ".join(map(str, cmd)),
+                                                      p.stdout[-2000:], p.stderr[-2000:]))
+    return p
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=60, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited (rc=%s) before listening on %d" % (proc.returncode, port))
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listens on 127.0.0.1:%d after %ds" % (port, timeout))
+
+
+def clk():
+    return os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    """utime+stime of a process (all threads), seconds; 0 if gone."""
+    try:
+        f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / clk()
+    except (OSError, IndexError):
+        return 0.0
+
+
+def children(ppid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                f = open("/proc/%s/stat" % d).read().rsplit(")", 1)[1].split()
+                if int(f[1]) == ppid:
+                    out.append(int(d))
+            except (OSError, IndexError):
+                pass
+    return out
+
+
+def rss_kib(pid, key="VmRSS"):
+    try:
+        for line in open("/proc/%d/status" % pid):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def machine_busy():
+    """(busy, total) jiffies of the whole machine."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
+
+
+class CpuMeter:
+    """CPU seconds of named process groups over an interval, plus the rest of the machine
+    (machine noise: other users' processes)."""
+
+    def __init__(self, groups):
+        self.groups = groups  # name -> callable returning pids
+
+    def snap(self):
+        return {n: sum(proc_cpu(p) for p in f()) for n, f in self.groups.items()}
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.c0 = self.snap()
+        self.m0 = machine_busy()
+
+    def stop(self, extra_cpu=0.0):
+        el = time.monotonic() - self.t0
+        c1 = self.snap()
+        m1 = machine_busy()
+        out = {n: round((c1[n] - self.c0[n]) / el, 3) for n in c1}
+        busy = (m1[0] - self.m0[0]) / clk() / el
+        ours = sum(out.values()) + extra_cpu / el
+        out["machine_busy"] = round(busy, 3)
+        out["others"] = round(max(0.0, busy - ours), 3)
+        return out
+
+
+def stats(values):
+    v = [x for x in values if x is not None]
+    if not v:
+        return None
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v),
+            "runs": v}
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL (tools/pg.sh: the postgres account, Unix socket only)
+# ---------------------------------------------------------------------------------------------
+
+
+class Pg:
+    def __init__(self):
+        self.dir = PGDIR
+
+    def pgsh(self, *args, **kw):
+        return sh([ROOT / "tools" / "pg.sh"] + list(args), **kw)
+
+    def dsn(self, role="postgres"):
+        return self.pgsh("dsn", self.dir, PG_PORT, role).stdout.strip()
+
+    def psql(self, sql, timeout=600):
+        return sh(["/usr/lib/postgresql/15/bin/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At",
+                   self.dsn(), "-c", sql], timeout=timeout).stdout.strip()
+
+    def fresh(self):
+        """A new cluster every run of make bench: stop, remove, initdb, tune, migrate."""
+        self.pgsh("stop", self.dir, PG_PORT, check=False)
+        link = self.dir / "cluster"
+        if link.is_symlink():
+            shutil.rmtree(os.readlink(link), ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.pgsh("start", self.dir, PG_PORT)
+        # Same settings for cmsd and COPY: durable commits (fsync, synchronous_commit on),
+        # room for WAL so that no checkpoint lands in a measurement.
+        for k, v in (("shared_buffers", "1GB"), ("max_wal_size", "16GB"),
+                     ("min_wal_size", "1GB"), ("checkpoint_timeout", "30min"),
+                     ("wal_buffers", "64MB"), ("max_connections", "200")):
+            self.psql("ALTER SYSTEM SET %s = '%s'" % (k, v))
+        self.pgsh("stop", self.dir, PG_PORT)
+        self.pgsh("start", self.dir, PG_PORT)
+        sh([BUILD / "cmsctl", "db", "migrate", "--dsn", self.dsn(), "--sql-dir", ROOT / "sql"])
+        self.pgsh("setup", self.dir, PG_PORT)
+        self.psql(
+            "INSERT INTO cms.devices (serial, model, status) "
+            "SELECT 'MON-' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0') ELSE i::text END, "
+            "'bench', 'active' FROM generate_series(1, %d) i "
+            "ON CONFLICT (serial) DO UPDATE SET status = 'active'" % NDEV)
+        self.psql("ANALYZE")
+
+    def postmaster_pid(self):
+        root = Path(os.readlink(self.dir / "cluster")) if (self.dir / "cluster").is_symlink() else self.dir
+        try:
+            return int((root / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def pids(self):
+        pm = self.postmaster_pid()
+        return ([pm] + children(pm)) if pm else []
+
+    def clean_ingest(self):
+        self.psql("TRUNCATE cms.observations, cms.messages, cms.patients")
+        self.psql("CHECKPOINT")
+
+    def versions(self):
+        return self.psql("SHOW server_version")
+
+
+# ---------------------------------------------------------------------------------------------
+# servers
+# ---------------------------------------------------------------------------------------------
+
+
+class Server:
+    name = "server"
+
+    def __init__(self):
+        self.proc = None
+        self.port = None
+
+    def pids(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def rss(self, key="VmRSS"):
+        return sum(rss_kib(p, key) for p in self.pids())
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class Cmsd(Server):
+    name = "cmsd"
+
+    def __init__(self, pg, overrides=None, tag="cmsd"):
+        super().__init__()
+        self.pg = pg
+        self.tag = tag
+        self.cfg = {
+            "workers": 1,
+            "log_level": "warn",
+            "max_connections": 19000,
+            "idle_timeout_ms": 600000,
+            "max_frame_bytes": 1048576,
+        }
+        self.cfg.update(BENCH_CMSD)
+        self.cfg.update(overrides or {})
+
+    def start(self):
+        self.port = free_port()
+        https = free_port()
+        conf = RUN / ("%s.conf" % self.tag)
+        lines = [
+            "# written by tools/bench/bench.py",
+            "mllp_listen = 127.0.0.1:%d" % self.port,
+            "https_listen = 127.0.0.1:%d" % https,
+            "tls_cert = %s" % (PKI / "server.crt"),
+            "tls_key = %s" % (PKI / "server.key"),
+            "tls_device_ca = %s" % (PKI / "device-ca-bundle.pem"),
+            "tls_crl = %s" % (PKI / "crl.pem"),
+            'db_conninfo = "%s application_name=cmsd-bench"' % self.pg.dsn("cmsd"),
+        ] + ["%s = %s" % kv for kv in self.cfg.items()]
+        conf.write_text("\n".join(lines) + "\n")
+        self.https_port = https
+        self.logf = open(RUN / ("%s.log" % self.tag), "a")
+        self.proc = subprocess.Popen([CMSD, "--config", conf], stdout=self.logf,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_port(self.port, 90, self.proc)
+        time.sleep(0.5)  # the store's connections and the first maintenance queries
+
+    def threads(self):
+        return [self.proc.pid] if self.proc and self.proc.poll() is None else []
+
+
+class Nginx(Server):
+    name = "nginx"
+
+    def __init__(self, workers):
+        super().__init__()
+        self.workers = workers
+
+    def start(self):
+        self.port = free_port()
+        (RUN / "nginx-tmp").mkdir(parents=True, exist_ok=True)
+        text = (ROOT / "tools" / "bench" / "nginx.conf.in").read_text()
+        for k, v in {"WORKERS": self.workers, "NOFILE": NOFILE, "CONNS": min(NOFILE - 100, 30000),
+                     "RUN": RUN, "PKI": PKI, "PORT": self.port, "FWDIR": FWDIR}.items():
+            text = text.replace("@%s@" % k, str(v))
+        conf = RUN / "nginx.conf"
+        conf.write_text(text)
+        root_crl = RUN / "root-crl.pem"
+        if not root_crl.exists():
+            sh(["openssl", "ca", "-gencrl", "-config", PKI / "ca" / "root-ca" / "ca.cnf",
+                "-out", root_crl])
+        (RUN / "nginx-crl.pem").write_text((PKI / "crl.pem").read_text() + root_crl.read_text())
+        self.logf = open(RUN / "nginx.log", "a")
+        self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", RUN, "-e", RUN / "nginx-error.log",
+                                      "-g", "daemon off;"], stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+        wait_port(self.port, 30, self.proc)
+        time.sleep(0.3)
+
+
+class Mosquitto(Server):
+    name = "mosquitto"
+
+    def start(self):
+        self.port = free_port()
+        text = (ROOT / "tools" / "bench" / "mosquitto.conf.in").read_text()
+        for k, v in {"PKI": PKI, "PORT": self.port}.items():
+            text = text.replace("@%s@" % k, str(v))
+        conf = RUN / "mosquitto.conf"
+        conf.write_text(text)
+        self.logf = open(RUN / "mosquitto.log", "a")
+        self.proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+        wait_port(self.port, 30, self.proc)
+        time.sleep(0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# scenarios
+# ---------------------------------------------------------------------------------------------
+
+P2_PROGRESS = re.compile(r"\[\s*([\d.]+)s\] conns (\d+)/(\d+) sent \d+ \(([\d.]+)/s\) aa \d+ "
+                         r"\(([\d.]+)/s\).*lat ms p50 ([\d.]+) p99 ([\d.]+) max ([\d.]+)")
+
+
+def monitor(port, devices, rate, window, duration, extra=(), timeout=None):
+    cmd = [MONITOR, "--host", "127.0.0.1", "--port", port, "--ca", PKI / "ca.pem",
+           "--cert-dir", PKI, "--devices", devices, "--rate", rate, "--window", window,
+           "--duration", duration, "--json", "--connect-rate", 0, "--report-interval", 2000,
+           "--drain-timeout", 30000] + list(extra)
+    p = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=timeout or duration + 300)
+    try:
+        j = json.loads(p.stdout)
+    except ValueError:
+        raise RuntimeError("cms-monitor gave no JSON (rc=%d): %s" % (p.returncode, p.stderr[-1500:]))
+    j["progress"] = [m.groups() for m in map(P2_PROGRESS.search, p.stderr.splitlines()) if m]
+    j["rc"] = p.returncode
+    return j
+
+
+def mon_cpu(m):
+    """CPU seconds of a cms-monitor run (user + sys) from its --json output."""
+    c = m.get("cpu", {})
+    return c.get("user_s", 0.0) + c.get("sys_s", 0.0)
+
+
+def p1_once(pg, i, overrides=None, with_copy=True):
+    pg.clean_ingest()
+    c = Cmsd(pg, overrides, tag="cmsd-p1")
+    c.start()
+    meter = CpuMeter({"cmsd": c.pids, "postgres": pg.pids})
+    try:
+        meter.start()
+        m = monitor(c.port, P1_DEVICES, 0, P1_WINDOW, P1_SECONDS)
+        cpu = meter.stop(extra_cpu=mon_cpu(m))
+    finally:
+        c.stop()
+    cpu["cms-monitor"] = round(mon_cpu(m) / m["elapsed_s"], 3)
+    stored = int(pg.psql("SELECT count(*) FROM cms.observations"))
+    r = {"obs_per_s": m["obs_per_s"], "msgs_per_s": m["msgs_per_s"], "obs_acked": m["obs_acked"],
+         "obs_stored": stored, "ae": m["ae"], "ar": m["ar"], "unacked": m["unacked"],
+         "p50_ms": m["latency_ms"]["p50"], "p99_ms": m["latency_ms"]["p99"],
+         "monitor_cpu_share": m["cpu"]["share_of_one_core"], "cores": cpu}
+    if with_copy:
+        f = BENCH / "copy-p1.tsv"
+        sh(["/usr/lib/postgresql/15/bin/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", pg.dsn(),
+            "-c", "\\copy (SELECT * FROM cms.observations) TO '%s'" % f])
+        pg.psql("TRUNCATE cms.observations")
+        pg.psql("CHECKPOINT")
+        t0 = time.monotonic()
+        sh(["/usr/lib/postgresql/15/bin/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", pg.dsn(),
+            "-c", "\\copy cms.observations FROM '%s'" % f])
+        el = time.monotonic() - t0
+        n = int(pg.psql("SELECT count(*) FROM cms.observations"))
+        r["copy_rows"] = n
+        r["copy_rows_per_s"] = n / el
+        r["ratio_vs_copy"] = r["obs_per_s"] / r["copy_rows_per_s"]
+        f.unlink()
+    log("P1 run %d: %.0f obs/s (stored %d of %d acked), COPY %.0f rows/s, ratio %.2f; cores %s"
+        % (i, r["obs_per_s"], stored, m["obs_acked"], r.get("copy_rows_per_s", 0),
+           r.get("ratio_vs_copy", 0), cpu))
+    return r
+
+
+def p2_once(pg, i, devices):
+    pg.clean_ingest()
+    c = Cmsd(pg, tag="cmsd-p2")
+    c.start()
+    meter = CpuMeter({"cmsd": c.pids, "postgres": pg.pids})
+    try:
+        meter.start()
+        m = monitor(c.port, devices, 1, 4, P2_SECONDS, ["--connect-rate", P2_CONNECT_RATE])
+        cpu = meter.stop(extra_cpu=mon_cpu(m))
+    finally:
+        c.stop()
+    cpu["cms-monitor"] = round(mon_cpu(m) / m["elapsed_s"], 3)
+    # steady state: the progress intervals after every device is connected, minus the first
+    steady = [g for g in m["progress"] if int(g[1]) == devices]
+    steady = steady[1:] if len(steady) > 2 else steady
+    offered = devices * 1.0
+    acked_rates = [float(g[4]) for g in steady]
+    p99s = [float(g[6]) for g in steady]
+    held = bool(steady) and min(acked_rates) >= 0.95 * offered and m["ae"] == 0 \
+        and m["unacked"] == 0 and m["ar"] == 0
+    r = {"devices": devices, "offered_msgs_per_s": offered,
+         "acked_msgs_per_s_steady": statistics.median(acked_rates) if acked_rates else 0,
+         "obs_per_s_steady": (statistics.median(acked_rates) if acked_rates else 0) * 10,
+         "p50_ms": m["latency_ms"]["p50"], "p99_ms": m["latency_ms"]["p99"],
+         "p999_ms": m["latency_ms"]["p999"], "max_ms": m["latency_ms"]["max"],
+         "steady_worst_interval_p99_ms": max(p99s) if p99s else None,
+         "held": held, "ae": m["ae"], "unacked": m["unacked"], "reconnects": m["reconnects"],
+         "monitor_cpu_share": m["cpu"]["share_of_one_core"], "cores": cpu,
+         "stored_msgs": int(pg.psql("SELECT count(*) FROM cms.messages")), "acked": m["acked_aa"]}
+    log("P2 run %d: %d devices: p50 %.1f ms p99 %.1f ms (steady worst-interval p99 %s), acked %.0f/s"
+        " of %.0f offered, held=%s; cores %s" % (i, devices, r["p50_ms"], r["p99_ms"],
+                                                 r["steady_worst_interval_p99_ms"],
+                                                 r["acked_msgs_per_s_steady"], offered, held, cpu))
+    return r
+
+
+def hold_sessions(srv, proto, n, extra_groups=None):
+    """Fresh server: RSS before, then n sessions held by 2 holder processes, RSS after."""
+    srv.start()
+    try:
+        time.sleep(1.0)
+        before = srv.rss()
+        procs, per = [], (n + HOLDER_PROCS - 1) // HOLDER_PROCS
+        t0 = time.monotonic()
+        for k in range(HOLDER_PROCS):
+            first = 1 + k * per
+            cnt = min(per, n - k * per)
+            procs.append(subprocess.Popen(
+                [PY, HOLDER, "--port", str(srv.port), "--pki", str(PKI), "--devices", str(cnt),
+                 "--first", str(first), "--proto", proto, "--concurrency", "100"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        outs = [json.loads(p.stdout.readline() or "{}") for p in procs]
+        ramp = time.monotonic() - t0
+        time.sleep(2.0)
+        after = srv.rss()
+        hwm = srv.rss("VmHWM")
+        opened = sum(o.get("open", 0) for o in outs)
+        for p in procs:
+            p.stdin.close()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    finally:
+        srv.stop()
+    r = {"sessions": opened, "failed": sum(o.get("failed", 0) for o in outs),
+         "rss_before_kib": before, "rss_after_kib": after, "rss_hwm_kib": hwm,
+         "kib_per_session": (after - before) / opened if opened else None,
+         "ramp_s": round(ramp, 1), "sessions_per_s": opened / ramp if ramp else None,
+         "errors": [o.get("errors") for o in outs if o.get("errors")]}
+    log("P3 %s: %d/%d sessions in %.1fs, RSS %d -> %d KiB = %.2f KiB/session"
+        % (srv.name, opened, n, ramp, before, after, r["kib_per_session"] or -1))
+    return r
+
+
+def p4_once(srv, probe, modes):
+    out = {}
+    meter_groups = {srv.name: srv.pids}
+    if isinstance(srv, Cmsd):
+        meter_groups["postgres"] = srv.pg.pids
+    for mode in modes:
+        meter = CpuMeter(meter_groups)
+        meter.start()
+        p = sh([HSBENCH, "--port", srv.port, "--cert-dir", PKI, "--devices", 64, "--procs",
+                P4_PROCS, "--duration", P4_SECONDS, "--mode", mode, "--probe", probe],
+               timeout=P4_SECONDS + 120)
+        j = json.loads(p.stdout)
+        j["cores"] = meter.stop(extra_cpu=j["client_cpu_s"])
+        j["cores"]["hsbench"] = j["client_cores"]
+        out[mode] = j
+        log("P4 %s %s (probe %s): %.0f/s (full %.0f, resumed %.0f, errors %d); cores %s"
+            % (srv.name, mode, probe, j["per_s"], j["full_per_s"], j["resumed_per_s"],
+               j["errors"], j["cores"]))
+    return out
+
+
+def make_fw_image(size):
+    FWDIR.mkdir(parents=True, exist_ok=True)
+    for f in FWDIR.iterdir():
+        if f.stat().st_size == size:
+            return f
+    data = os.urandom(size)
+    sha = hashlib.sha256(data).hexdigest()
+    f = FWDIR / sha
+    f.write_bytes(data)
+    return f
+
+
+def download(port, path, serial="MON-0001"):
+    crt = PKI / "devices" / (serial + ".crt")
+    key = PKI / "devices" / (serial + ".key")
+    p = sh(["curl", "-sS", "--fail", "--cacert", PKI / "ca.pem", "--cert", crt, "--key", key,
+            "-o", "/dev/null", "-w", "%{size_download} %{speed_download} %{time_total}",
+            "https://localhost:%d%s" % (port, path)], check=False, timeout=300)
+    if p.returncode != 0:
+        return None, p.stderr.strip()
+    size, speed, t = p.stdout.split()
+    return {"bytes": int(size), "MiB_per_s": float(speed) / 1048576, "seconds": float(t)}, None
+
+
+def fw_endpoint_exists():
+    routes = ROOT / "server" / "svc" / "routes.c"
+    return routes.exists() and "/fw/v1/images" in routes.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def versions(pg):
+    def first_line(cmd):
+        try:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            return p.stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return None
+    return {
+        "cmsd": first_line([str(CMSD), "--version"]),
+        "cmsd_git": first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+        "openssl": first_line(["openssl", "version"]),
+        "nginx": first_line(["nginx", "-v"]),
+        "mosquitto": first_line(["mosquitto", "-h"]),
+        "postgresql": pg.versions(),
+        "kernel": os.uname().release,
+        "debian": Path("/etc/debian_version").read_text().strip(),
+    }
+
+
+def machine():
+    model = None
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = int(open("/proc/meminfo").readline().split()[1]) // 1024
+    return {"nproc": os.cpu_count(), "cpu_model": model, "ram_mib": mem,
+            "loadavg_at_start": open("/proc/loadavg").read().split()[:3]}
+
+
+def fmt(s, unit="", scale=1.0, nd=0):
+    if s is None:
+        return "n/a"
+    f = "%%.%df" % nd
+    if s["n"] == 1:
+        return (f % (s["median"] * scale)) + unit
+    return "%s%s (%s-%s)" % (f % (s["median"] * scale), unit, f % (s["min"] * scale),
+                            f % (s["max"] * scale))
+
+
+def main():
+    global P1_DEVICES, P1_WINDOW, P1_SECONDS, P2_SECONDS, P2_CONNECT_RATE, P3_SESSIONS
+    global P4_SECONDS, P4_PROCS, HOLDER_PROCS, NOFILE, BENCH_CMSD
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
+    ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "0")))
+    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P2,P3,P4,P5"))
+    ap.add_argument("--sweep", action="store_true", help="cmsd config variations under P1/P4")
+    ap.add_argument("--keep-pg", action="store_true", help="reuse the bench cluster (no initdb)")
+    ap.add_argument("--cmsd", action="append", default=[],
+                    help="cmsd config override KEY=VALUE for every scenario (repeatable)")
+    args = ap.parse_args()
+    only = {s.strip().upper() for s in args.only.split(",") if s.strip()}
+    quick = args.quick
+    runs = args.runs or (1 if quick else 3)
+    P1_DEVICES, P1_WINDOW = 200, 16
+    P1_SECONDS = 8 if quick else 20
+    P2_SECONDS = 20 if quick else 40
+    P2_CONNECT_RATE = 2000
+    P3_SESSIONS = 10000 if not quick else 2000
+    P4_SECONDS = 4 if quick else 8
+    P4_PROCS = 4
+    HOLDER_PROCS = 2
+    NOFILE = int(os.environ.get("BENCH_NOFILE", "20000"))
+    BENCH_CMSD = dict(kv.split("=", 1) for kv in args.cmsd)
+    RUN.mkdir(parents=True, exist_ok=True)
+    for f in RUN.glob("*.log"):
+        f.unlink()
+
+    pg = Pg()
+    if args.keep_pg and pg.postmaster_pid():
+        log("reusing the PostgreSQL cluster in %s" % PGDIR)
+    else:
+        log("fresh PostgreSQL cluster in %s (port %d, as postgres)" % (PGDIR, PG_PORT))
+        pg.fresh()
+    res = {"machine": machine(), "versions": versions(pg), "quick": quick, "runs": runs,
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "cmsd_overrides": BENCH_CMSD, "scenarios": {}}
+    S = res["scenarios"]
+    t_start = time.monotonic()
+
+    if args.sweep:
+        return sweep(pg, res, runs)
+
+    if "P1" in only:
+        rs = [p1_once(pg, i) for i in range(runs)]
+        S["P1"] = {"params": {"devices": P1_DEVICES, "window": P1_WINDOW, "seconds": P1_SECONDS,
+                              "obs_per_msg": 10},
+                   "obs_per_s": stats([r["obs_per_s"] for r in rs]),
+                   "copy_rows_per_s": stats([r["copy_rows_per_s"] for r in rs]),
+                   "ratio_vs_copy": stats([r["ratio_vs_copy"] for r in rs]),
+                   "p99_ms": stats([r["p99_ms"] for r in rs]),
+                   "monitor_cpu_share": stats([r["monitor_cpu_share"] for r in rs]),
+                   "lost": sum(max(0, r["obs_acked"] - r["obs_stored"]) for r in rs),
+                   "raw": rs}
+    if "P2" in only:
+        level, rs = 10000, []
+        while True:
+            r = p2_once(pg, 0, level)
+            if r["held"] or level <= 500:
+                break
+            log("P2: %d monitors not held; trying %d" % (level, level // 2))
+            level //= 2
+        rs.append(r)
+        rs += [p2_once(pg, i, level) for i in range(1, runs)]
+        S["P2"] = {"params": {"devices": level, "rate_per_device": 1, "obs_per_msg": 10,
+                              "seconds": P2_SECONDS, "target_devices": 10000},
+                   "p50_ms": stats([r["p50_ms"] for r in rs]),
+                   "p99_ms": stats([r["p99_ms"] for r in rs]),
+                   "steady_worst_interval_p99_ms": stats([r["steady_worst_interval_p99_ms"] for r in rs]),
+                   "acked_msgs_per_s": stats([r["acked_msgs_per_s_steady"] for r in rs]),
+                   "held": all(r["held"] for r in rs),
+                   "monitor_cpu_share": stats([r["monitor_cpu_share"] for r in rs]),
+                   "raw": rs}
+    if "P3" in only:
+        rc, rm = [], []
+        for i in range(runs):
+            rc.append(hold_sessions(Cmsd(pg, tag="cmsd-p3"), "mllp", P3_SESSIONS))
+            rm.append(hold_sessions(Mosquitto(), "mqtt", P3_SESSIONS))
+        S["P3"] = {"params": {"sessions": P3_SESSIONS},
+                   "cmsd_kib_per_session": stats([r["kib_per_session"] for r in rc]),
+                   "mosquitto_kib_per_session": stats([r["kib_per_session"] for r in rm]),
+                   "ratio_vs_mosquitto": stats([a["kib_per_session"] / b["kib_per_session"]
+                                                for a, b in zip(rc, rm)
+                                                if a["kib_per_session"] and b["kib_per_session"]]),
+                   "cmsd_sessions_per_s": stats([r["sessions_per_s"] for r in rc]),
+                   "mosquitto_sessions_per_s": stats([r["sessions_per_s"] for r in rm]),
+                   "raw": {"cmsd": rc, "mosquitto": rm}}
+    if "P4" in only:
+        workers = int(BENCH_CMSD.get("workers", 1))
+        rc, rn, dc, dn = [], [], [], []
+        for i in range(runs):
+            c = Cmsd(pg, tag="cmsd-p4")
+            c.start()
+            try:
+                rc.append(p4_once(c, "mllp", ["full", "resume"]))
+                if not quick and i == 0:
+                    dc.append(p4_once(c, "ticket", ["full", "resume"]))
+            finally:
+                c.stop()
+            n = Nginx(workers)
+            n.start()
+            try:
+                rn.append(p4_once(n, "http", ["full", "resume"]))
+                if not quick and i == 0:
+                    dn.append(p4_once(n, "ticket", ["full", "resume"]))
+            finally:
+                n.stop()
+        S["P4"] = {"params": {"workers": workers, "client_procs": P4_PROCS, "seconds": P4_SECONDS,
+                              "devices": 64},
+                   "cmsd_full_per_s": stats([r["full"]["full_per_s"] for r in rc]),
+                   "nginx_full_per_s": stats([r["full"]["full_per_s"] for r in rn]),
+                   "cmsd_resumed_per_s": stats([r["resume"]["resumed_per_s"] for r in rc]),
+                   "nginx_resumed_per_s": stats([r["resume"]["resumed_per_s"] for r in rn]),
+                   "full_ratio_vs_nginx": stats([a["full"]["full_per_s"] / b["full"]["full_per_s"]
+                                                 for a, b in zip(rc, rn)]),
+                   "cmsd_resumed_over_full": stats([a["resume"]["resumed_per_s"] / a["full"]["full_per_s"]
+                                                    for a in rc if a["full"]["full_per_s"]]),
+                   "nginx_resumed_over_full": stats([a["resume"]["resumed_per_s"] / a["full"]["full_per_s"]
+                                                     for a in rn if a["full"]["full_per_s"]]),
+                   "client_cores": stats([r["full"]["client_cores"] for r in rc + rn]),
+                   "errors": sum(r[m]["errors"] for r in rc + rn for m in r),
+                   "tls_only": {"cmsd": dc, "nginx": dn},
+                   "raw": {"cmsd": rc, "nginx": rn}}
+    if "P5" in only:
+        img = make_fw_image(64 << 20)
+        n = Nginx(int(BENCH_CMSD.get("workers", 1)))
+        n.start()
+        dl = []
+        try:
+            rss0 = n.rss()
+            for i in range(max(runs, 3)):
+                d, err = download(n.port, "/fw/v1/images/%s" % img.name)
+                if d:
+                    dl.append(d)
+                else:
+                    log("P5 nginx download failed: %s" % err)
+            hwm = sum(rss_kib(p, "VmHWM") for p in n.pids())
+        finally:
+            n.stop()
+        S["P5"] = {"params": {"image_bytes": 64 << 20},
+                   "nginx_MiB_per_s": stats([d["MiB_per_s"] for d in dl]),
+                   "nginx_rss_before_kib": rss0, "nginx_peak_rss_kib": hwm,
+                   "cmsd": "pending: GET /fw/v1/images/<sha256> is not in server/svc/routes.c yet"
+                   if not fw_endpoint_exists() else
+                   "endpoint present; the bench does not yet seed a signed, allowlisted release"}
+        log("P5 nginx: %s MiB/s, peak RSS %d KiB; cmsd: %s" % (
+            fmt(S["P5"]["nginx_MiB_per_s"], nd=0), hwm, S["P5"]["cmsd"]))
+
+    res["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    res["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
+    write_results(res)
+    print_table(res)
+    return 0
+
+
+def sweep(pg, res, runs):
+    """P1 (and P4 for workers) under cmsd config variations, one line each."""
+    variants = [
+        {},
+        {"workers": 2},
+        {"batch_max_msgs": 64}, {"batch_max_msgs": 1024}, {"batch_max_msgs": 4096},
+        {"batch_max_delay_ms": 1}, {"batch_max_delay_ms": 20},
+        {"max_pending_per_conn": 16}, {"max_pending_per_conn": 256},
+        {"workers": 2, "batch_max_msgs": 1024, "batch_max_delay_ms": 10},
+    ]
+    out = []
+    for v in variants:
+        rs = [p1_once(pg, i, overrides={k: str(x) for k, x in v.items()}, with_copy=False)
+              for i in range(runs)]
+        line = {"config": v, "obs_per_s": stats([r["obs_per_s"] for r in rs]),
+                "p99_ms": stats([r["p99_ms"] for r in rs]),
+                "cores": rs[-1]["cores"]}
+        if v in ({}, {"workers": 2}):
+            c = Cmsd(pg, {k: str(x) for k, x in v.items()}, tag="cmsd-p4")
+            c.start()
+            try:
+                p4 = [p4_once(c, "mllp", ["full", "resume"]) for _ in range(runs)]
+            finally:
+                c.stop()
+            line["p4_full_per_s"] = stats([r["full"]["full_per_s"] for r in p4])
+            line["p4_resumed_per_s"] = stats([r["resume"]["resumed_per_s"] for r in p4])
+        out.append(line)
+    res["sweep"] = out
+    (BENCH / "sweep.json").write_text(json.dumps(res, indent=2))
+    print("\ncmsd config sweep (P1: %d devices, window %d, %d s; median (min-max) of %d)"
+          % (P1_DEVICES, P1_WINDOW, P1_SECONDS, runs))
+    for line in out:
+        extra = ""
+        if "p4_full_per_s" in line:
+            extra = "  P4 full %s/s resumed %s/s" % (fmt(line["p4_full_per_s"]),
+                                                   fmt(line["p4_resumed_per_s"]))
+        print("  %-62s %s obs/s  p99 %s ms%s" % (json.dumps(line["config"]) if line["config"] else "(defaults)",
+                                                fmt(line["obs_per_s"]), fmt(line["p99_ms"]), extra))
+    return 0
+
+
+def write_results(res):
+    (BENCH / "results.json").write_text(json.dumps(res, indent=2))
+    rows = table_rows(res)
+    with open(BENCH / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scenario", "metric", "median", "min", "max", "runs", "target", "met"])
+        for r in rows:
+            s = r["stats"]
+            w.writerow([r["scn"], r["metric"], s and round(s["median"], 3), s and round(s["min"], 3),
+                        s and round(s["max"], 3), s and s["n"], r["target"], r["met"]])
+
+
+def table_rows(res):
+    S = res["scenarios"]
+    rows = []
+
+    def add(scn, metric, s, target="", met="", unit="", nd=0, scale=1.0):
+        rows.append({"scn": scn, "metric": metric, "stats": s, "target": target, "met": met,
+                     "unit": unit, "nd": nd, "scale": scale})
+
+    def yes(b):
+        return "" if b is None else ("yes" if b else "NO")
+
+    if "P1" in S:
+        p = S["P1"]
+        add("P1", "cmsd observations committed+ACKed/s", p["obs_per_s"], ">= 100000",
+            yes(p["obs_per_s"]["median"] >= 100000))
+        add("P1", "PostgreSQL COPY rows/s (same rows, same table)", p["copy_rows_per_s"])
+        add("P1", "ratio cmsd / COPY", p["ratio_vs_copy"], ">= 0.50",
+            yes(p["ratio_vs_copy"]["median"] >= 0.5), nd=2)
+        add("P1", "ACK latency p99 under saturation (ms)", p["p99_ms"], nd=1)
+        add("P1", "cms-monitor CPU (share of one core)", p["monitor_cpu_share"], nd=2)
+    if "P2" in S:
+        p = S["P2"]
+        lvl = p["params"]["devices"]
+        add("P2", "load: %d monitors x 1 msg/s x 10 obs%s" % (lvl, "" if lvl == 10000 else
+                                                           " (10000 not held)"),
+            p["acked_msgs_per_s"], "10000 msg/s", yes(p["held"] and lvl == 10000))
+        add("P2", "ACK latency p50 (ms)", p["p50_ms"], nd=1)
+        add("P2", "ACK latency p99 (ms), whole run", p["p99_ms"], "<= 100",
+            yes(p["p99_ms"]["median"] <= 100), nd=1)
+        add("P2", "ACK latency p99 (ms), worst steady 2-s interval",
+            p["steady_worst_interval_p99_ms"], nd=1)
+        add("P2", "cms-monitor CPU (share of one core)", p["monitor_cpu_share"], nd=2)
+    if "P3" in S:
+        p = S["P3"]
+        add("P3", "cmsd KiB per held mTLS session (%d)" % p["params"]["sessions"],
+            p["cmsd_kib_per_session"], "<= 16", yes(p["cmsd_kib_per_session"]["median"] <= 16), nd=1)
+        add("P3", "Mosquitto KiB per held mTLS session", p["mosquitto_kib_per_session"], nd=1)
+        add("P3", "ratio cmsd / Mosquitto", p["ratio_vs_mosquitto"], "<= 1.0",
+            yes(p["ratio_vs_mosquitto"] and p["ratio_vs_mosquitto"]["median"] <= 1.0), nd=2)
+    if "P4" in S:
+        p = S["P4"]
+        w = p["params"]["workers"]
+        add("P4", "cmsd full mTLS handshakes/s (workers=%d)" % w, p["cmsd_full_per_s"])
+        add("P4", "nginx full mTLS handshakes/s (workers=%d)" % w, p["nginx_full_per_s"])
+        add("P4", "ratio full cmsd / nginx", p["full_ratio_vs_nginx"], ">= 1.0",
+            yes(p["full_ratio_vs_nginx"]["median"] >= 1.0), nd=2)
+        add("P4", "cmsd resumed handshakes/s", p["cmsd_resumed_per_s"])
+        add("P4", "nginx resumed handshakes/s", p["nginx_resumed_per_s"])
+        add("P4", "cmsd resumed / full", p["cmsd_resumed_over_full"], ">= 3.0",
+            yes(p["cmsd_resumed_over_full"]["median"] >= 3.0), nd=2)
+        add("P4", "hsbench client CPU (cores)", p["client_cores"], nd=2)
+    if "P5" in S:
+        p = S["P5"]
+        add("P5", "nginx 64 MiB download over mTLS (MiB/s)", p["nginx_MiB_per_s"])
+        add("P5", "nginx peak RSS (KiB, all processes)", stats([p["nginx_peak_rss_kib"]]))
+        add("P5", "cmsd: " + p["cmsd"], None, ">= 1.0x nginx, RSS flat", "pending")
+    return rows
+
+
+def print_table(res):
+    rows = table_rows(res)
+    m = res["machine"]
+    print()
+    print("make bench: %s, %d CPU (%s), %d MiB RAM; %s; median (min-max) of %d run(s)%s"
+          % (res["started"], m["nproc"], m["cpu_model"], m["ram_mib"],
+             res["versions"].get("cmsd_git"), res["runs"], ", QUICK" if res["quick"] else ""))
+    print("load average at start %s, at end %s (other users of the machine add noise)"
+          % (" ".join(m["loadavg_at_start"]), " ".join(res["loadavg_at_end"])))
+    print("%-4s %-58s %-28s %-14s %s" % ("", "metric", "median (min-max)", "target", "met"))
+    for r in rows:
+        print("%-4s %-58s %-28s %-14s %s" % (r["scn"], r["metric"][:58],
+                                             fmt(r["stats"], nd=r["nd"]), r["target"], r["met"]))
+    print("\nresults: %s, %s (%.0f s)" % (BENCH / "results.json", BENCH / "results.csv",
+                                          res["elapsed_s"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
