@@ -385,6 +385,10 @@ static int feed(net_conn *c, const char *data, size_t len)
         http_buf_free(&out);
         log_info("http_error", s->cn, net_conn_peer(c), "%d %s: %s", status, err,
                  http_conn_error_detail(&s->http));
+        if (status == 413) /* e.g. an upload over its route's limit: worth a record */
+            store_audit(((https_ctx *)net_conn_proto_ctx(c))->store, "http_body_refused",
+                        net_conn_identity(c)[0] ? net_conn_identity(c) : NULL, NULL,
+                        net_conn_peer(c), NULL);
     }
     return rc;
 }

@@ -328,3 +328,42 @@ def manifest_parts(doc):
 def audit_since(db, since_id, event=None):
     rows = db.audit_events(since_id)
     return [r for r in rows if event is None or r["event"] == event]
+
+
+class Offer:
+    """A release imported by operator1, approved by operator2 for a fresh
+    device of its own model, and the manifest that device got."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def offer(c, pki, db, version="2.0.0", counter=5, installed="1.0.0", size=200000,
+          model=None, serial=None):
+    model = model or unique_model()
+    serial = serial or new_device(db, model)
+    rel = sign_release(model, version, counter, size=size)
+    rid = import_release(c, pki, rel, "operator1")["id"]
+    approve(c, pki, rid, "operator2", devices=[serial])
+    st, _, doc = get_manifest(c, pki, serial, installed)
+    assert st == 200, (st, doc)
+    path = fw_dir() / ("manifest-%s-%s.json" % (serial, uuid.uuid4().hex[:6]))
+    path.write_bytes(doc)
+    signed, sigs, body = manifest_parts(doc)
+    return Offer(model=model, serial=serial, rel=rel, rid=rid, doc=doc, path=path,
+                 body=body, signed=signed, sigs=sigs, installed=installed)
+
+
+def write_manifest(doc_obj):
+    path = fw_dir() / ("forged-%s.json" % uuid.uuid4().hex[:8])
+    path.write_text(json.dumps(doc_obj))
+    return path
+
+
+def wait_audit(db, since_id, event, pred=None, timeout=15):
+    """The audit rows named event after since_id (at least one matching pred),
+    waiting for them: store_audit rows are written asynchronously."""
+    def look():
+        rows = [r for r in audit_since(db, since_id, event) if pred is None or pred(r)]
+        return rows or None
+    return h.wait_until(look, timeout, 0.1, "audit row %s" % event)

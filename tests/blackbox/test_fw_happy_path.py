@@ -13,7 +13,7 @@ import json
 
 import helpers as h
 from fw_helpers import *  # noqa: F401,F403 (fixtures and helpers)
-from fw_helpers import (approve, audit_since, curl_device, device_ctx, dist_key, fw_dir,
+from fw_helpers import (approve, audit_since, wait_audit, curl_device, device_ctx, dist_key, fw_dir,
                         fwverify, get_manifest, https_port, import_release, manifest_parts,
                         new_device, openssl_verify, report, sign_release, status,
                         unique_model, cmsctl)
@@ -37,8 +37,7 @@ def test_import_approve_fetch_resume_verify_report(fw_cmsd, pki, db):
     p = approve(c, pki, rid, "operator1", devices=[serial], check=False)
     assert p.returncode == 3, (p.stdout, p.stderr)
     assert "two-person" in p.stderr
-    refused = audit_since(db, a0, "fw_approve_refused")
-    assert refused and refused[-1]["actor"] == "operator:operator1"
+    wait_audit(db, a0, "fw_approve_refused", lambda r: r["actor"] == "operator:operator1")
 
     # Before approval: nothing to offer.
     st, _, _ = get_manifest(c, pki, serial, "1.0.0")
