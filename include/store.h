@@ -127,6 +127,17 @@ int store_device_lookup(store_t *s, const char *serial, const char *peer,
                         store_device_cb cb, void *ctx);
 
 /*
+ * Same, also checking the certificate the device presented: fingerprint is
+ * its SHA-256 (64 hex digits, pki_cert_fingerprint_sha256), copied. The
+ * status is then "active" only if the device is active AND the certificate
+ * is allowed (sql/002_enrollment.sql, cms.device_cert_verdict); otherwise
+ * the reason: "pending", "revoked", "decommissioned", "cert revoked",
+ * "cert superseded" or "cert unknown".
+ */
+int store_device_lookup_cert(store_t *s, const char *serial, const char *fingerprint,
+                             const char *peer, store_device_cb cb, void *ctx);
+
+/*
  * Appends an audit event (fire and forget, queued on the control connection
  * and retried across reconnects; the queue is bounded, and an overflow is
  * logged as an error). event: e.g. "impersonation", "tls_refused".

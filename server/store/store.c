@@ -35,6 +35,8 @@ static const char lookup_sql[] =
     "  coalesce((SELECT array_agg(i.identifier ORDER BY i.identifier)"
     "            FROM cms.device_identifiers i WHERE i.device_id = d.id), '{}')"
     " FROM d";
+static const char lookup_cert_sql[] =
+    "SELECT id, serial, status, idents FROM cms.device_lookup($1, $2, $3)";
 static const char audit_sql[] = "SELECT cms.audit_append($1, $2, $3, $4, $5)";
 static const char partitions_sql[] = "SELECT cms.ensure_partitions($1::integer)";
 static const char retention_sql[] = "SELECT cms.drop_partitions_older_than($1::integer)";
@@ -141,6 +143,8 @@ static void ctl_kick(store_t *s)
     const char *sql = lookup_sql, *what = "device_lookup";
     switch (it->kind) {
     case CTL_LOOKUP:
+        if (it->nparams == 3)
+            sql = lookup_cert_sql;
         break;
     case CTL_AUDIT:
         sql = audit_sql;
@@ -384,14 +388,20 @@ static void maint_timer_cb(uv_timer_t *t)
 int store_device_lookup(store_t *s, const char *serial, const char *peer, store_device_cb cb,
                         void *ctx)
 {
+    return store_device_lookup_cert(s, serial, NULL, peer, cb, ctx);
+}
+
+int store_device_lookup_cert(store_t *s, const char *serial, const char *fingerprint,
+                             const char *peer, store_device_cb cb, void *ctx)
+{
     if (s->closing)
         return CMS_ECLOSED;
     if (!serial || !cb)
         return CMS_EINVAL;
     if (s->ctl_n >= STORE_CTL_QUEUE_MAX)
         return CMS_ELIMIT;
-    const char *p[2] = {serial, peer};
-    ctl_item *it = ctl_new(CTL_LOOKUP, 2, p);
+    const char *p[3] = {serial, peer, fingerprint};
+    ctl_item *it = ctl_new(CTL_LOOKUP, fingerprint ? 3 : 2, p);
     if (!it)
         return CMS_ENOMEM;
     it->cb = cb;

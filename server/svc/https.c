@@ -12,6 +12,7 @@
 #include "cms_err.h"
 #include "https.h"
 #include "log.h"
+#include "pki.h"
 
 typedef struct session {
     http_conn http;
@@ -481,7 +482,10 @@ static int on_handshake(net_conn *c)
         s->peer = HTTPS_PEER_DEVICE;
         net_conn_set_identity(c, s->cn);
         net_conn_ref(c);
-        if (store_device_lookup(ctx->store, s->cn, net_conn_peer(c), on_device, c) != CMS_OK) {
+        char fp[PKI_SHA256_HEX_SIZE];
+        if (pki_cert_fingerprint_sha256(peer, fp) != CMS_OK ||
+            store_device_lookup_cert(ctx->store, s->cn, fp, net_conn_peer(c), on_device, c) !=
+                CMS_OK) {
             net_conn_unref(c);
             return CMS_EUNAVAIL;
         }

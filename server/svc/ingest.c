@@ -13,6 +13,7 @@
 #include "ingest.h"
 #include "log.h"
 #include "mllp.h"
+#include "pki.h"
 
 #define ACK_BUF 8192 /* escaping can triple a 199-char control id */
 
@@ -359,7 +360,13 @@ static int on_handshake(net_conn *c)
     net_conn_set_identity(c, s->serial);
     mllp_decoder_init(&s->dec, ix->cfg.max_frame_bytes, on_frame, c);
     net_conn_ref(c);
-    rc = store_device_lookup(ix->store, s->serial, net_conn_peer(c), on_device, c);
+    char fp[PKI_SHA256_HEX_SIZE];
+    X509 *cert = SSL_get0_peer_certificate(net_conn_tls(c)->ssl);
+    if (!cert || pki_cert_fingerprint_sha256(cert, fp) != CMS_OK) {
+        net_conn_unref(c);
+        return CMS_EINTERNAL;
+    }
+    rc = store_device_lookup_cert(ix->store, s->serial, fp, net_conn_peer(c), on_device, c);
     if (rc != CMS_OK) {
         net_conn_unref(c);
         log_warn("device_refused", s->serial, net_conn_peer(c), "registry lookup: %s",
