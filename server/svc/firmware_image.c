@@ -27,10 +27,10 @@
  * The loop never blocks on a file: opens, reads, writes and renames go
  * through uv_fs_* and whole-file hashing through uv_queue_work.
  *
- * Slow or stalled peers: the net layer closes a connection whose output
- * has not drained for write_timeout_ms; fw_download_timeout_s bounds a
- * whole request. Either way the transfer is logged and audited
- * (fw_download_aborted) with the bytes sent.
+ * Slow or stalled peers: output that has not drained for write_timeout_ms
+ * ends the transfer (the peer stopped reading), and fw_download_timeout_s
+ * bounds a whole request. Either way the connection is closed, and the
+ * transfer logged and audited (fw_download_aborted) with the bytes sent.
  *
  * Thread: the worker loop's thread (the verify job runs on the pool and
  * only touches its own job struct).
@@ -90,6 +90,7 @@ typedef struct fw_dl {
     bool streaming, ended;
     uv_timer_t timer;
     bool timer_on;
+    uint64_t serve_started, last_progress; /* uv_now() */
 } fw_dl;
 
 static void dl_serve_next(fw_dl *d);
@@ -248,11 +249,26 @@ static void tampered(fw_dl *d, const char *event, const char *where)
 
 /* ---- serving -------------------------------------------------------------------------------- */
 
-static void on_download_timeout(uv_timer_t *t)
+/*
+ * Ticks while serving: the whole request is bounded by fw_download_timeout_s,
+ * and output that has not drained for write_timeout_ms means the peer
+ * stopped reading (stalled): both end the transfer. (The net layer's own
+ * write timeout does the latter too; this keeps the guarantee local.)
+ */
+static void on_download_tick(uv_timer_t *t)
 {
     fw_dl *d = t->data;
-    if (d->phase == DL_SERVE && !d->ended)
+    uint64_t now = uv_now(d->w->loop);
+    if (d->phase != DL_SERVE || d->ended)
+        return;
+    if (now - d->serve_started >= (uint64_t)d->w->cfg->fw_download_timeout_s * 1000) {
         dl_end(d, false, "fw_download_timeout_s exceeded");
+        return;
+    }
+    if (https_stream_pending(d->r) == 0)
+        d->last_progress = now;
+    else if (now - d->last_progress >= d->w->cfg->write_timeout_ms)
+        dl_end(d, false, "stalled: output not drained for write_timeout_ms");
 }
 
 static void on_writable(https_req *r, void *ctx)
@@ -307,6 +323,7 @@ static void dl_serve_next(fw_dl *d)
     }
     if (https_stream_pending(d->r) > 0)
         return; /* on_writable calls again when the output drained */
+    d->last_progress = uv_now(d->w->loop);
     uint64_t block = d->pos / FW_BLOCK_BYTES, off = block * FW_BLOCK_BYTES;
     size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
     uv_buf_t b = uv_buf_init((char *)d->buf, (unsigned)want);
@@ -342,11 +359,13 @@ static void dl_serve(fw_dl *d)
     }
     d->pos = d->rng.first;
     d->end = d->rng.first + d->rng.length;
+    d->serve_started = d->last_progress = uv_now(d->w->loop);
     if (uv_timer_init(d->w->loop, &d->timer) == 0) {
+        uint64_t tick = d->w->cfg->write_timeout_ms / 4;
+        tick = tick < 100 ? 100 : tick > 1000 ? 1000 : tick;
         d->timer.data = d;
         d->timer_on = true;
-        uv_timer_start(&d->timer, on_download_timeout,
-                       (uint64_t)d->w->cfg->fw_download_timeout_s * 1000, 0);
+        uv_timer_start(&d->timer, on_download_tick, tick, tick);
     }
     d->streaming = true;
     https_stream_begin(d->r, head.data, head.len, on_writable, d);
