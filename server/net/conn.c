@@ -12,6 +12,9 @@
 static void conn_process(net_conn *c);
 static void conn_finish(net_conn *c);
 static void conn_arm_timer(net_conn *c);
+static void conn_drained(net_conn *c);
+
+#define LINGER_MS 2000u /* nginx's lingering_close: read and drop, then close */
 
 /* ---- memory ------------------------------------------------------------ */
 
@@ -109,7 +112,7 @@ static void on_write(uv_write_t *req, int status)
     if (c->out_bytes == 0) {
         c->write_since = 0;
         if (c->state == NET_DRAINING)
-            conn_finish(c);
+            conn_drained(c);
         else if (c->state == NET_ACTIVE && c->l->proto->on_drain)
             c->l->proto->on_drain(c);
     }
@@ -231,7 +234,7 @@ static void on_timer(uv_timer_t *t)
         }
         break;
     case NET_DRAINING:
-        if (now >= c->draining_since + lim->write_timeout_ms) {
+        if (now >= c->draining_since + (c->lingering ? LINGER_MS : lim->write_timeout_ms)) {
             conn_finish(c);
             return;
         }
@@ -260,7 +263,7 @@ static void conn_arm_timer(net_conn *c)
             deadline = c->write_since + lim->write_timeout_ms;
         break;
     case NET_DRAINING:
-        deadline = c->draining_since + lim->write_timeout_ms;
+        deadline = c->draining_since + (c->lingering ? LINGER_MS : lim->write_timeout_ms);
         break;
     default:
         return;
@@ -281,6 +284,11 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     net_conn *c = stream->data;
+    if (c->lingering) { /* discard until the peer's FIN or the linger timer */
+        if (nread < 0 && c->state == NET_DRAINING)
+            conn_finish(c);
+        return;
+    }
     if (nread == 0 || c->state >= NET_DRAINING)
         return;
     if (nread < 0) {
@@ -375,7 +383,7 @@ static void conn_process(net_conn *c)
     c->in_process = false;
     if (c->state != NET_CLOSED && conn_flush(c) == CMS_OK && c->state == NET_DRAINING &&
         c->out_bytes == 0)
-        conn_finish(c);
+        conn_drained(c);
     net_conn_unref(c);
 }
 
@@ -420,6 +428,10 @@ void net_conn_close(net_conn *c, const char *reason)
     enum net_state prev = c->state;
     c->state = NET_DRAINING;
     c->draining_since = uv_now(c->srv->loop);
+    /* We close an established session: the peer may still be sending (a
+     * request body we refused). Closing with unread input would send an RST
+     * that can destroy our last answer in flight, so linger. */
+    c->linger = prev == NET_ACTIVE;
     if (reason)
         log_info("conn_closed", c->identity, c->peer, "%s: %s", c->l->proto->name, reason);
     conn_read_stop(c);
@@ -432,9 +444,35 @@ void net_conn_close(net_conn *c, const char *reason)
     if (conn_flush(c) != CMS_OK || c->state != NET_DRAINING)
         return;
     if (c->out_bytes == 0)
-        conn_finish(c);
+        conn_drained(c);
     else
         conn_arm_timer(c);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* Everything we had to say is sent: FIN, then linger or close at once. */
+static void conn_drained(net_conn *c)
+{
+    if (!c->linger || c->lingering) {
+        conn_finish(c);
+        return;
+    }
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        free(req);
+        conn_finish(c);
+        return;
+    }
+    c->lingering = true;
+    c->draining_since = uv_now(c->srv->loop);
+    if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = true;
+    conn_arm_timer(c);
 }
 
 /* Closes the handles; memory goes when their callbacks ran and refs are 0. */

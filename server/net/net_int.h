@@ -24,6 +24,7 @@ struct net_conn {
     unsigned handles_open; /* tcp + timer until their close callbacks ran */
     unsigned refs;         /* net_conn_ref holders */
     bool reading, paused, in_process, again, tls_failed;
+    bool linger, lingering; /* see conn_drained() */
     uint64_t accepted_at, last_input, write_since, draining_since; /* uv_now() ms */
     size_t out_bytes; /* ciphertext handed to uv_write, not yet written */
     char peer[64];

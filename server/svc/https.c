@@ -41,7 +41,7 @@ static void finish(https_req *r, http_buf *out)
     net_conn *c = r->conn;
     session *s = net_conn_session(c);
     bool open = net_conn_state(c) == NET_ACTIVE;
-    bool last = !r->http->keep_alive;
+    bool last = open && !r->http->keep_alive; /* r->http is freed once closed */
     if (open && out->len)
         net_conn_write(c, out->data, out->len);
     http_buf_free(out);
@@ -70,6 +70,20 @@ static void finish(https_req *r, http_buf *out)
     net_conn_unref(c);
 }
 
+/* Once the connection closed, r->http (owned by the http_conn) is gone. */
+static bool req_open(const https_req *r)
+{
+    return net_conn_state(r->conn) == NET_ACTIVE;
+}
+
+/* Ends a request whose connection closed while its answer was pending. */
+static void finish_closed(https_req *r)
+{
+    http_buf none;
+    http_buf_init(&none, 0);
+    finish(r, &none);
+}
+
 static unsigned resp_flags(const https_req *r)
 {
     return r->http->keep_alive ? HTTP_RESP_KEEP_ALIVE : 0;
@@ -78,6 +92,10 @@ static unsigned resp_flags(const https_req *r)
 void https_reply(https_req *r, int status, const char *content_type, const void *body, size_t len,
                  const http_field *extra, size_t n_extra)
 {
+    if (!req_open(r)) {
+        finish_closed(r);
+        return;
+    }
     http_buf out;
     http_buf_init(&out, len + 4096);
     if (http_response_start(&out, status, NULL, content_type, len, resp_flags(r) | HTTP_RESP_NO_STORE,
@@ -89,6 +107,11 @@ void https_reply(https_req *r, int status, const char *content_type, const void 
 
 void https_reply_json(https_req *r, int status, json_t *body)
 {
+    if (!req_open(r)) {
+        json_decref(body);
+        finish_closed(r);
+        return;
+    }
     http_buf out;
     http_buf_init(&out, r->ctx->cfg.max_output_bytes);
     if (!body || http_json_response(&out, status, body, resp_flags(r)) != CMS_OK) {
@@ -102,10 +125,14 @@ void https_reply_json(https_req *r, int status, json_t *body)
 
 void https_reply_error(https_req *r, int status, const char *error, const char *detail)
 {
+    if (!req_open(r)) {
+        finish_closed(r);
+        return;
+    }
     http_buf out;
     http_buf_init(&out, 8192);
-    log_info("http_error", net_conn_identity(r->conn), r->peer_addr, "%s %s -> %d %s: %s", r->http->method_name,
-             r->http->path, status, error, detail ? detail : "");
+    log_info("http_error", net_conn_identity(r->conn), r->peer_addr, "%s %s -> %d %s: %s",
+             r->http->method_name, r->http->path, status, error, detail ? detail : "");
     http_json_error(&out, status, error, detail, resp_flags(r), NULL, 0);
     finish(r, &out);
 }
@@ -141,9 +168,7 @@ void https_stream_end(https_req *r, bool ok)
     s->on_writable = NULL;
     if (!ok && net_conn_state(r->conn) == NET_ACTIVE)
         net_conn_close(r->conn, "stream aborted");
-    http_buf empty;
-    http_buf_init(&empty, 0);
-    finish(r, &empty);
+    finish_closed(r);
 }
 
 /* The output drained: let a streaming producer go on. */
@@ -384,8 +409,16 @@ static int feed(net_conn *c, const char *data, size_t len)
         http_json_error(&out, status, err, http_conn_error_detail(&s->http), 0, NULL, 0);
         net_conn_write(c, out.data, out.len);
         http_buf_free(&out);
-        log_info("http_error", s->cn, net_conn_peer(c), "%d %s: %s", status, err,
+        log_info("http_error", net_conn_identity(c), net_conn_peer(c), "%d %s: %s", status, err,
                  http_conn_error_detail(&s->http));
+        json_t *d = json_pack("{s:i, s:s, s:s}", "status", status, "error", err, "detail",
+                              http_conn_error_detail(&s->http));
+        char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
+        https_ctx *ctx = net_conn_proto_ctx(c);
+        store_audit(ctx->store, "http_refused", NULL,
+                    s->peer == HTTPS_PEER_DEVICE ? s->cn : NULL, net_conn_peer(c), text);
+        free(text);
+        json_decref(d);
         if (status == 413) /* e.g. an upload over its route's limit: worth a record */
             store_audit(((https_ctx *)net_conn_proto_ctx(c))->store, "http_body_refused",
                         net_conn_identity(c)[0] ? net_conn_identity(c) : NULL, NULL,

@@ -252,7 +252,7 @@ static int on_frame(void *ctx, const char *payload, size_t len)
         snprintf(reason, sizeof(reason),
                  "sender '%s' is not the authenticated device '%s': message refused", claimed,
                  s->serial);
-        pending_fail(p, HL7_AR, "207", reason);
+        pending_fail(p, HL7_AR, "204", reason); /* 0357: unknown key identifier */
         log_warn("impersonation", s->serial, net_conn_peer(c), "control_id=%s claims %s",
                  m->control_id, claimed);
         audit(ix, "impersonation", c,

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -14,7 +15,35 @@
 
 struct tls_ctx {
     SSL_CTX *ssl_ctx;
+    STACK_OF(X509_NAME) *crl_issuers; /* CAs whose CRL is loaded (owned) */
 };
+
+/* SSL_CTX ex_data slot pointing back at the tls_ctx, for the verify callback. */
+static int tls_ctx_index = -1;
+
+/*
+ * With a CRL configured, OpenSSL wants a CRL for every certificate it checks.
+ * The CRL covers the device CA; other client CAs (the operator CA) publish
+ * none here, so "unable to get CRL" is forgiven exactly for certificates
+ * whose issuer has no CRL loaded. A device certificate without a matching
+ * CRL entry, or listed in it, is still judged by the CRL.
+ */
+static int verify_cb(int ok, X509_STORE_CTX *xs)
+{
+    if (ok || X509_STORE_CTX_get_error(xs) != X509_V_ERR_UNABLE_TO_GET_CRL)
+        return ok;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+    tls_ctx *ctx = ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tls_ctx_index) : NULL;
+    X509 *cur = X509_STORE_CTX_get_current_cert(xs);
+    if (!ctx || !cur || !ctx->crl_issuers)
+        return ok;
+    X509_NAME *issuer = X509_get_issuer_name(cur);
+    for (int i = 0; i < sk_X509_NAME_num(ctx->crl_issuers); i++)
+        if (X509_NAME_cmp(issuer, sk_X509_NAME_value(ctx->crl_issuers, i)) == 0)
+            return ok; /* we do have this CA's CRL: no forgiveness */
+    X509_STORE_CTX_set_error(xs, X509_V_OK);
+    return 1;
+}
 
 /* Copies the oldest queued OpenSSL error into err and clears the queue. */
 static void ssl_error_string(char *err, size_t cap, const char *what)
@@ -28,14 +57,27 @@ static void ssl_error_string(char *err, size_t cap, const char *what)
     ERR_clear_error();
 }
 
-static int load_crl(SSL_CTX *ssl_ctx, const char *crl_file, char *err, size_t cap)
+static int load_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
 {
-    X509_STORE *store = SSL_CTX_get_cert_store(ssl_ctx);
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx->ssl_ctx);
     X509_LOOKUP *lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
     if (!lookup || X509_load_crl_file(lookup, crl_file, X509_FILETYPE_PEM) <= 0) {
         ssl_error_string(err, cap, "cannot load CRL");
         return CMS_EINVAL;
     }
+    /* Remember whose CRLs these are (see verify_cb). */
+    BIO *b = BIO_new_file(crl_file, "r");
+    X509_CRL *crl;
+    if (!ctx->crl_issuers)
+        ctx->crl_issuers = sk_X509_NAME_new_null();
+    while (b && ctx->crl_issuers && (crl = PEM_read_bio_X509_CRL(b, NULL, NULL, NULL)) != NULL) {
+        X509_NAME *n = X509_NAME_dup(X509_CRL_get_issuer(crl));
+        if (n && !sk_X509_NAME_push(ctx->crl_issuers, n))
+            X509_NAME_free(n);
+        X509_CRL_free(crl);
+    }
+    BIO_free(b);
+    ERR_clear_error();
     X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
     return CMS_OK;
 }
@@ -99,9 +141,13 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
     int mode = SSL_VERIFY_PEER;
     if (cfg->client_auth == TLS_CLIENT_CERT_REQUIRE)
         mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
-    SSL_CTX_set_verify(c, mode, NULL);
     SSL_CTX_set_verify_depth(c, 4);
-    if (cfg->crl_file && cfg->crl_file[0] && load_crl(c, cfg->crl_file, err, cap) != CMS_OK)
+    ctx->ssl_ctx = c;
+    if (tls_ctx_index < 0)
+        tls_ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    SSL_CTX_set_ex_data(c, tls_ctx_index, ctx);
+    SSL_CTX_set_verify(c, mode, verify_cb);
+    if (cfg->crl_file && cfg->crl_file[0] && load_crl(ctx, cfg->crl_file, err, cap) != CMS_OK)
         goto fail;
 
     const char *sid = cfg->session_id_context ? cfg->session_id_context : "cms";
@@ -122,6 +168,7 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
     return ctx;
 fail:
     SSL_CTX_free(c);
+    sk_X509_NAME_pop_free(ctx->crl_issuers, X509_NAME_free);
     free(ctx);
     return NULL;
 }
@@ -131,6 +178,7 @@ void tls_ctx_free(tls_ctx *ctx)
     if (!ctx)
         return;
     SSL_CTX_free(ctx->ssl_ctx);
+    sk_X509_NAME_pop_free(ctx->crl_issuers, X509_NAME_free);
     free(ctx);
 }
 
@@ -141,7 +189,7 @@ SSL_CTX *tls_ctx_ssl_ctx(tls_ctx *ctx)
 
 int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
 {
-    return load_crl(ctx->ssl_ctx, crl_file, err, cap);
+    return load_crl(ctx, crl_file, err, cap);
 }
 
 static int conn_init(tls_conn *tc, SSL_CTX *c)
