@@ -59,6 +59,10 @@ tls_device_ca = $PKI/device-ca-bundle.pem
 tls_operator_ca = $PKI/operator-ca-bundle.pem
 tls_crl = $PKI/crl.pem
 db_conninfo = "$DSN_CMSD"
+# EST enrollment (RFC 7030): cmsd issues device certificates with the dev device CA.
+est_ca_cert = $PKI/device-ca.crt
+est_ca_key = $PKI/device-ca.key
+est_ca_chain = $PKI/device-ca-bundle.pem
 log_level = info
 EOF
 	mv -f "$CONF.tmp" "$CONF"
