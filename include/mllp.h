@@ -8,8 +8,9 @@
  * CR/LF whitespace are a protocol error. A payload larger than max_frame is a
  * limit error; the decoder then stays failed (the connection must close).
  *
- * Thread: the owner's thread only. No allocation after mllp_decoder_init
- * except growing the payload buffer up to max_frame.
+ * Thread: the owner's thread only. The payload buffer grows up to max_frame
+ * and is released whenever a feed ends on a frame boundary, so an idle
+ * connection holds no buffer.
  */
 #ifndef CMS_MLLP_H
 #define CMS_MLLP_H

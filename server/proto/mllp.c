@@ -165,6 +165,13 @@ int mllp_decoder_feed(mllp_decoder *d, const char *data, size_t len)
             rc = mllp__deliver(d);
             if (rc < 0)
                 return mllp__fail(d, rc);
+            if (p == end) {
+                /* Nothing more buffered: an idle connection holds no frame
+                 * buffer (thousands of monitors mostly wait between frames). */
+                free(d->buf);
+                d->buf = NULL;
+                d->cap = 0;
+            }
             break;
         case MLLP_FAILED:
         default:
