@@ -367,3 +367,12 @@ def wait_audit(db, since_id, event, pred=None, timeout=15):
         rows = [r for r in audit_since(db, since_id, event) if pred is None or pred(r)]
         return rows or None
     return h.wait_until(look, timeout, 0.1, "audit row %s" % event)
+
+
+def stop_checked(c):
+    """Stops a cmsd of one test and fails on a sanitizer report in its log."""
+    with contextlib.suppress(AssertionError):
+        c.stop()
+    rep = c.sanitizer_report()
+    if rep:
+        pytest.fail("sanitizer report in %s:\n%s" % (c.log_path, rep), pytrace=False)

@@ -14,7 +14,7 @@ import pytest
 
 import helpers as h
 from fw_helpers import *  # noqa: F401,F403
-from fw_helpers import (approve, curl_device, device_ctx, device_request, fw_dir, get_manifest,
+from fw_helpers import (stop_checked, approve, curl_device, device_ctx, device_request, fw_dir, get_manifest,
                         https_port, import_release, make_image, manifest_parts, new_device,
                         offer, sign_release, start_fw_cmsd, unique_model, wait_audit)
 
@@ -95,7 +95,7 @@ def test_stalled_download_times_out(pki, db, fw_devices):
         s.close()
         assert got < len(o.rel.data), "a stalled reader does not get the whole image"
     finally:
-        c.stop()
+        stop_checked(c)
 
 
 def test_slow_download_cut_after_fw_download_timeout(pki, db, fw_devices):
@@ -123,7 +123,7 @@ def test_slow_download_cut_after_fw_download_timeout(pki, db, fw_devices):
         rows = wait_audit(db, a0, "fw_download_aborted", lambda r: r["device"] == o.serial)
         assert "fw_download_timeout_s" in rows[-1]["detail"]
     finally:
-        c.stop()
+        stop_checked(c)
 
 
 def rss_kb(pid):
@@ -169,4 +169,6 @@ def test_64mib_download_flat_memory(fw_cmsd, pki, db):
     print("\n64 MiB download: first (from the database) %.2f s = %.0f MiB/s, cached %.2f s = "
           "%.0f MiB/s; cmsd RSS %d MiB, +%d KiB during the download"
           % (t_first, 64 / t_first, t_second, 64 / t_second, base // 1024, grow))
+    if "asan" in str(h.BUILD):
+        return  # ASan's quarantine keeps freed TLS buffers resident: RSS says nothing here
     assert grow < 16 * 1024, "cmsd's memory grew by %d KiB while streaming 64 MiB" % grow

@@ -12,7 +12,7 @@ import pytest
 
 import helpers as h
 from fw_helpers import *  # noqa: F401,F403
-from fw_helpers import (approve, audit_since, wait_audit, cmsctl, fw_dir, https_port, import_release,
+from fw_helpers import (stop_checked, approve, audit_since, wait_audit, cmsctl, fw_dir, https_port, import_release,
                         new_device, sign_bytes, sign_release, start_fw_cmsd, unique_model)
 
 
@@ -165,4 +165,4 @@ def test_oversized_upload_refused_before_body(pki, db, fw_devices):
                   check=False)
         assert p.stdout.strip().splitlines()[-1] == "413", p.stdout
     finally:
-        c.stop()
+        stop_checked(c)

@@ -14,7 +14,7 @@ import subprocess
 
 import helpers as h
 from fw_helpers import *  # noqa: F401,F403
-from fw_helpers import (FWVERIFY, approve, dist_key, fw_dir, fwverify, get_manifest,
+from fw_helpers import (stop_checked, FWVERIFY, approve, dist_key, fw_dir, fwverify, get_manifest,
                         import_release, manifest_parts, new_device, offer, openssl_verify,
                         sign_release, start_fw_cmsd, unique_model, write_manifest)
 
@@ -203,4 +203,4 @@ def test_key_rotation_two_signatures(pki, db, fw_devices):
         assert [k["role"] for k in keys] == ["current", "next"]
         assert keys[1]["public_key_pem"].strip() == npub.read_text().strip()
     finally:
-        c.stop()
+        stop_checked(c)
