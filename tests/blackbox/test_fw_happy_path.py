@@ -119,3 +119,52 @@ def test_import_approve_fetch_resume_verify_report(fw_cmsd, pki, db):
     events = {e["event"] for e in audit_since(db, a0)}
     assert {"fw_imported", "fw_approve_refused", "fw_approved", "fw_manifest_issued",
             "fw_report"} <= events
+
+
+def test_est_enrolled_device_end_to_end(pki, db, fw_devices, tmp_path):
+    """The same path with a monitor enrolled over EST (one-time token, openssl req,
+    simpleenroll): import, second-operator approval, manifest, Range-resumed
+    download with curl, cms-fwverify, report, firmware status."""
+    import est_helpers as est
+    from fw_helpers import CREDS, start_fw_cmsd, stop_checked
+    c = start_fw_cmsd(pki, db, "cmsd-fw-est", **est.est_config(pki))
+    work = est.Workdir()
+    try:
+        model = unique_model()
+        serial = est.new_serial("FWEST")
+        tok = est.token_create(c, serial, model=model)
+        st, _, body, key, pem = est.enroll(c, work, serial, tok["token"], name=serial)
+        assert st == 200, body
+        CREDS[serial] = (est.chain_file(work, pki, pem, serial), key)
+        assert est.device_status(db, serial) == "active"
+
+        rel = sign_release(model, "4.2.0", 7, size=2 * 1024 * 1024 + 77)
+        rid = import_release(c, pki, rel, "operator1")["id"]
+        approve(c, pki, rid, "operator2", devices=[serial])
+        st, _, doc = get_manifest(c, pki, serial, "4.1.9", counter=6)
+        assert st == 200, doc
+        signed, sigs, mbody = manifest_parts(doc)
+        assert mbody["device"]["serial"] == serial
+        _, dist_pub = dist_key()
+        assert openssl_verify(dist_pub, signed, sigs[0][1])
+        mpath = tmp_path / "manifest.json"
+        mpath.write_bytes(doc)
+        url = mbody["target"]["download"]
+        part1, part2 = tmp_path / "p1", tmp_path / "p2"
+        code, _ = curl_device(c, pki, serial, url, part1, extra=["-r", "0-999999"])
+        assert code == 206
+        code, head = curl_device(c, pki, serial, url, part2,
+                                 extra=["-r", "1000000-", "-H",
+                                        'If-Range: "sha256-%s"' % rel.sha256])
+        assert code == 206, head
+        img = tmp_path / "image.bin"
+        img.write_bytes(part1.read_bytes() + part2.read_bytes())
+        ok, why = fwverify(pki, mpath, serial, model, "4.1.9", image=img, counter=6)
+        assert ok, why
+        st, _, _ = report(c, pki, serial, "installed", version="4.2.0", sha256=rel.sha256)
+        assert st == 200
+        s = status(c, pki, rid)
+        assert [(d["serial"], d["state"]) for d in s["devices"]] == [(serial, "installed")]
+    finally:
+        work.cleanup()
+        stop_checked(c)
