@@ -101,6 +101,12 @@ int tls_conn_read(tls_conn *tc, void *buf, size_t cap);
 /* Encrypts len bytes into the output. CMS_OK, CMS_EPROTO or CMS_ENOMEM. */
 int tls_conn_write(tls_conn *tc, const void *data, size_t len);
 
+/*
+ * Gives back memory the BIOs kept from a burst (e.g. the handshake) when
+ * they are empty. Call when a processing step is over. Never fails.
+ */
+void tls_conn_trim(tls_conn *tc);
+
 /* Queues a close_notify alert. */
 void tls_conn_shutdown(tls_conn *tc);
 

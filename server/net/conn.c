@@ -384,6 +384,8 @@ static void conn_process(net_conn *c)
     if (c->state != NET_CLOSED && conn_flush(c) == CMS_OK && c->state == NET_DRAINING &&
         c->out_bytes == 0)
         conn_drained(c);
+    if (c->state == NET_ACTIVE)
+        tls_conn_trim(&c->tls);
     net_conn_unref(c);
 }
 

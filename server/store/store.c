@@ -27,16 +27,10 @@
 
 #define MAINT_INTERVAL_MS (3600u * 1000u)
 
+/* A read: a connecting device never waits for a WAL flush (sql/006). */
 static const char lookup_sql[] =
-    "WITH d AS ("
-    "  UPDATE cms.devices SET last_seen_at = now(), last_peer = coalesce($2, last_peer)"
-    "  WHERE serial = $1 RETURNING id, serial, status)"
-    " SELECT d.id, d.serial, d.status,"
-    "  coalesce((SELECT array_agg(i.identifier ORDER BY i.identifier)"
-    "            FROM cms.device_identifiers i WHERE i.device_id = d.id), '{}')"
-    " FROM d";
-static const char lookup_cert_sql[] =
-    "SELECT id, serial, status, idents FROM cms.device_lookup($1, $2, $3)";
+    "SELECT id, serial, status, idents FROM cms.device_check($1, $2)";
+static const char seen_sql[] = "SELECT cms.devices_seen($1::text[], $2::text[])";
 static const char audit_sql[] = "SELECT cms.audit_append($1, $2, $3, $4, $5)";
 static const char partitions_sql[] = "SELECT cms.ensure_partitions($1::integer)";
 static const char retention_sql[] = "SELECT cms.drop_partitions_older_than($1::integer)";
@@ -143,8 +137,6 @@ static void ctl_kick(store_t *s)
     const char *sql = lookup_sql, *what = "device_lookup";
     switch (it->kind) {
     case CTL_LOOKUP:
-        if (it->nparams == 3)
-            sql = lookup_cert_sql;
         break;
     case CTL_AUDIT:
         sql = audit_sql;
@@ -166,17 +158,86 @@ static void ctl_kick(store_t *s)
         sql = it->sql;
         what = "listen";
         break;
+    case CTL_SEEN:
+        sql = seen_sql;
+        what = "devices_seen";
+        break;
     }
     s->ctl_inflight = it;
+    /* Lookups carry the peer as a third, unsent parameter (for "seen"). */
+    int nparams = it->kind == CTL_LOOKUP ? 2 : it->nparams;
     /* On failure the connection resets and ctl_on_down requeues the item. */
-    store__conn_send(&s->control, what, sql, it->nparams, (const char *const *)it->params);
+    store__conn_send(&s->control, what, sql, nparams, (const char *const *)it->params);
+}
+
+/* ---- last seen, recorded in batches -------------------------------------- */
+
+#define SEEN_MAX 8192           /* entries kept between flushes (then oldest dropped) */
+#define SEEN_FLUSH_MS 1000u
+
+static void seen_add(store_t *s, const char *serial, const char *peer)
+{
+    if (s->seen_n >= SEEN_MAX)
+        return; /* best effort: the next connection records it */
+    char *a = strdup(serial), *b = strdup(peer ? peer : "");
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return;
+    }
+    if (s->seen_n == s->seen_cap) {
+        size_t ncap = s->seen_cap ? s->seen_cap * 2 : 64;
+        char **ns = realloc(s->seen_serial, ncap * sizeof(char *));
+        if (ns)
+            s->seen_serial = ns;
+        char **np = ns ? realloc(s->seen_peer, ncap * sizeof(char *)) : NULL;
+        if (np)
+            s->seen_peer = np;
+        if (!ns || !np) {
+            free(a);
+            free(b);
+            return;
+        }
+        s->seen_cap = ncap;
+    }
+    s->seen_serial[s->seen_n] = a;
+    s->seen_peer[s->seen_n] = b;
+    s->seen_n++;
+}
+
+/* Moves the collected entries into one queued cms.devices_seen call. */
+static void seen_flush(store_t *s)
+{
+    if (s->seen_n == 0)
+        return;
+    store__buf a = {0}, b = {0};
+    store__arr_begin(&a);
+    store__arr_begin(&b);
+    for (size_t i = 0; i < s->seen_n; i++) {
+        store__arr_text(&a, s->seen_serial[i]);
+        store__arr_text(&b, s->seen_peer[i]);
+        free(s->seen_serial[i]);
+        free(s->seen_peer[i]);
+    }
+    store__arr_end(&a);
+    store__arr_end(&b);
+    s->seen_n = 0;
+    s->seen_flushed_at = uv_now(s->loop);
+    if (!a.oom && !b.oom) {
+        const char *p[2] = {a.p, b.p};
+        ctl_item *it = ctl_new(CTL_SEEN, 2, p);
+        if (it)
+            ctl_push(s, it);
+    }
+    store__buf_free(&a);
+    store__buf_free(&b);
 }
 
 static void lookup_done(ctl_item *it, PGresult *res)
 {
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        log_warn("device_lookup_failed", it->params[0], it->params[1], "sqlstate=%s",
+        log_warn("device_lookup_failed", it->params[0], it->params[2], "sqlstate=%s",
                  st ? st : "-");
         it->cb(it->ctx, CMS_EUNAVAIL, NULL);
         return;
@@ -223,7 +284,16 @@ static void ctl_on_result(store__conn *c, PGresult *res)
     if (it) {
         switch (it->kind) {
         case CTL_LOOKUP:
+            if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+                seen_add(s, it->params[0], it->params[2]);
             lookup_done(it, res);
+            break;
+        case CTL_SEEN:
+            if (PQresultStatus(res) != PGRES_TUPLES_OK)
+                log_warn("devices_seen_failed", NULL, NULL, "%s",
+                         PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                             ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                             : "-");
             break;
         case CTL_QUERY: {
             ExecStatusType st = PQresultStatus(res);
@@ -264,7 +334,7 @@ static void ctl_on_down(store__conn *c, bool query_lost)
     s->ctl_inflight = NULL;
     if (it) {
         if (it->kind == CTL_MAINT_PARTITIONS || it->kind == CTL_MAINT_RETENTION ||
-            it->kind == CTL_LISTEN)
+            it->kind == CTL_LISTEN || it->kind == CTL_SEEN)
             ctl_free(it); /* runs again on reconnect */
         else if (it->kind == CTL_QUERY)
             ctl_abandon(it, CMS_EUNAVAIL, "connection lost"); /* outcome unknown */
@@ -400,8 +470,8 @@ int store_device_lookup_cert(store_t *s, const char *serial, const char *fingerp
         return CMS_EINVAL;
     if (s->ctl_n >= STORE_CTL_QUEUE_MAX)
         return CMS_ELIMIT;
-    const char *p[3] = {serial, peer, fingerprint};
-    ctl_item *it = ctl_new(CTL_LOOKUP, fingerprint ? 3 : 2, p);
+    const char *p[3] = {serial, fingerprint, peer};
+    ctl_item *it = ctl_new(CTL_LOOKUP, 3, p);
     if (!it)
         return CMS_ENOMEM;
     it->cb = cb;
@@ -470,6 +540,10 @@ static void expire_timer_cb(uv_timer_t *t)
     uint64_t now = uv_now(s->loop);
     store__ingest_expire(s, now);
     expire_lookups(s, now);
+    if (s->seen_n > 0 && now - s->seen_flushed_at >= SEEN_FLUSH_MS) {
+        seen_flush(s);
+        ctl_kick(s);
+    }
 }
 
 /* ---- lifecycle --------------------------------------------------------- */
@@ -586,6 +660,14 @@ static void finish_close(store_t *s)
     ctl_item *it;
     while ((it = ctl_pop(s)) != NULL)
         ctl_abandon(it, CMS_ECLOSED, "store closed");
+    for (size_t i = 0; i < s->seen_n; i++) {
+        free(s->seen_serial[i]);
+        free(s->seen_peer[i]);
+    }
+    free(s->seen_serial);
+    free(s->seen_peer);
+    s->seen_serial = s->seen_peer = NULL;
+    s->seen_n = s->seen_cap = 0;
     /* The last close callback frees s (store__release). */
     store__conn_close(&s->ingest);
     store__conn_close(&s->control);
@@ -634,10 +716,11 @@ void store_close(store_t *s, void (*cb)(void *ctx), void *ctx)
     uv_timer_stop(&s->maint_timer);
     /* Queued-but-unsent messages and lookups end now; audit rows may drain. */
     store__ingest_fail_queued(s, CMS_ECLOSED);
+    seen_flush(s);
     ctl_item *keep_head = NULL, *keep_tail = NULL, *it;
     size_t kept = 0;
     while ((it = ctl_pop(s)) != NULL) {
-        if (it->kind == CTL_AUDIT) {
+        if (it->kind == CTL_AUDIT || it->kind == CTL_SEEN) {
             it->next = NULL;
             if (keep_tail)
                 keep_tail->next = it;

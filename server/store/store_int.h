@@ -152,7 +152,7 @@ typedef struct ingest_fifo {
 /* ------------------------------------------------------------------------ */
 
 enum ctl_kind { CTL_LOOKUP, CTL_AUDIT, CTL_MAINT_PARTITIONS, CTL_MAINT_RETENTION, CTL_QUERY,
-                CTL_LISTEN };
+                CTL_LISTEN, CTL_SEEN };
 
 #define STORE_QUERY_MAX_PARAMS 16
 #define STORE_MAX_CHANNELS 8
@@ -212,6 +212,10 @@ struct store {
     store__listener listeners[STORE_MAX_CHANNELS];
     size_t nlisteners;
     bool control_was_up;     /* for the NULL "maybe missed" notification */
+    /* devices whose connection was accepted, recorded by one batch a second */
+    char **seen_serial, **seen_peer;
+    size_t seen_n, seen_cap;
+    uint64_t seen_flushed_at;
     uv_timer_t maint_timer; /* hourly maintenance */
     uv_timer_t close_timer; /* store_close deadline */
 };

@@ -326,6 +326,42 @@ size_t tls_conn_pending_output(const tls_conn *tc)
     return tc->wbio ? BIO_ctrl_pending(tc->wbio) : 0;
 }
 
+/*
+ * A memory BIO keeps the largest buffer it ever held (the handshake flight,
+ * a burst of records). Once empty, a BIO holding more than this is replaced
+ * by a fresh one, so that thousands of idle sessions do not each keep their
+ * high-water mark.
+ */
+#define TLS_BIO_KEEP_BYTES 4096
+
+static BIO *fresh_if_big(BIO *b)
+{
+    BUF_MEM *bm = NULL;
+    if (BIO_ctrl_pending(b) != 0 || BIO_get_mem_ptr(b, &bm) != 1 || !bm ||
+        bm->max <= TLS_BIO_KEEP_BYTES)
+        return NULL;
+    BIO *nb = BIO_new(BIO_s_mem());
+    if (nb)
+        BIO_set_mem_eof_return(nb, -1);
+    return nb;
+}
+
+void tls_conn_trim(tls_conn *tc)
+{
+    if (!tc->ssl)
+        return;
+    BIO *nb = fresh_if_big(tc->rbio);
+    if (nb) {
+        SSL_set0_rbio(tc->ssl, nb); /* frees the old one */
+        tc->rbio = nb;
+    }
+    nb = fresh_if_big(tc->wbio);
+    if (nb) {
+        SSL_set0_wbio(tc->ssl, nb);
+        tc->wbio = nb;
+    }
+}
+
 long tls_conn_take_output(tls_conn *tc, char **out)
 {
     *out = NULL;

@@ -2,6 +2,7 @@
 than active is refused, and the status is checked on every connection,
 resumed TLS sessions included (they skip certificate verification)."""
 
+import time
 import pytest
 
 import helpers as h
@@ -65,8 +66,14 @@ def test_last_seen_recorded(cmsd, db, connect):
         ack = c.request(h.pcd01("MON-0002", h.unique("SEEN"), patient=h.unique("PT")))
         assert ack.code == "AA", ack
         local = c.local_port
-    seen, peer, age = db.query("SELECT last_seen_at, last_peer, now() - last_seen_at "
-                               "FROM cms.devices WHERE serial = 'MON-0002'")[0]
+    # "last seen" is written in batches, about once a second (sql/006)
+    deadline = time.monotonic() + 10
+    while True:
+        seen, peer, age = db.query("SELECT last_seen_at, last_peer, now() - last_seen_at "
+                                   "FROM cms.devices WHERE serial = 'MON-0002'")[0]
+        if (peer and peer.endswith(":%d" % local)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert seen is not None and age.total_seconds() < 60, (seen, age)
     assert peer and peer.endswith(":%d" % local), "last_peer %r, expected our port %d" % (
         peer, local)
