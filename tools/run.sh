@@ -72,6 +72,13 @@ else
 fi
 
 "$BUILD/cmsd" --check-config "$CONF"
+# cmsctl talks to the admin API as the dev operator (role admin).
+cat >"$VAR/cmsctl.conf" <<EOF
+server = https://127.0.0.1:$HTTPS_PORT
+cert = $PKI/operators/operator.crt
+key = $PKI/operators/operator.key
+cacert = $PKI/ca.pem
+EOF
 
 DEV=$PKI/devices/MON-0001
 cat <<EOF
@@ -85,6 +92,9 @@ run.sh: cmsd starts in the foreground now (Ctrl-C stops it). In another terminal
     (or: psql '$DSN_ADMIN')
   TLS by hand:
     openssl s_client -connect 127.0.0.1:$MLLP_PORT -CAfile $PKI/ca.pem -cert $DEV.crt -key $DEV.key
+  operate through the admin API (as the dev operator, role admin):
+    export CMS_CONFIG=$VAR/cmsctl.conf
+    $BUILD/cmsctl device list;  $BUILD/cmsctl enroll token create --serial MON-0100 --model X
   stop the database after cmsd:
     tools/pg.sh stop $PGDIR $PG_PORT
 
