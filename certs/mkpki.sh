@@ -35,9 +35,11 @@
 #                           IP:::1; EKU serverAuth)            -> cmsd tls_cert / tls_key
 #   crl.pem                 CRL of device-ca (empty in dev)    -> cmsd tls_crl
 #   publisher.{key,pub}     firmware publisher Ed25519 key pair (always Ed25519)
+#   fw-distribution.{key,pub}  cmsd's manifest-signing Ed25519 key pair (fw_distribution_key)
 #   devices/MON-000N.{key,crt,chain.pem}   demo monitors (N = 1..3): CN=serial, clientAuth;
 #                           .crt is the leaf alone, .chain.pem = leaf + device-ca.crt
 #   operators/operator.{key,crt}           CN=operator, OU=admin (OU names the role)
+#   operators/operator2.{key,crt}          CN=operator2, OU=operator (a second person)
 #   ca/NAME/                openssl ca state (index.txt, serial, crlnumber, ca.cnf)
 # Test only (mkpki.sh test):
 #   operators/{admin1,admin2,operator1,operator2,viewer1}.{key,crt}  OU=admin|operator|viewer
@@ -381,9 +383,14 @@ make_dev() {
 	local s
 	for s in MON-0001 MON-0002 MON-0003; do device "$s"; done
 	operator operator admin
+	# A second person for the firmware two-person rule (importer != approver).
+	operator operator2 operator
 	gencrl
 	genkey "$DIR/publisher.key" -algorithm ED25519
 	pubkey "$DIR/publisher.key" "$DIR/publisher.pub"
+	# cmsd's firmware distribution key (signs per-device manifests).
+	genkey "$DIR/fw-distribution.key" -algorithm ED25519
+	pubkey "$DIR/fw-distribution.key" "$DIR/fw-distribution.pub"
 }
 
 make_test() {

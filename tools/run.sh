@@ -63,6 +63,11 @@ db_conninfo = "$DSN_CMSD"
 est_ca_cert = $PKI/device-ca.crt
 est_ca_key = $PKI/device-ca.key
 est_ca_chain = $PKI/device-ca-bundle.pem
+# Firmware: releases must be signed by the dev publisher; manifests are signed with the
+# dev distribution key (docs/firmware.md).
+fw_publisher_keys = $PKI/publisher.pub
+fw_distribution_key = $PKI/fw-distribution.key
+fw_cache_dir = $VAR/fw-cache
 log_level = info
 EOF
 	mv -f "$CONF.tmp" "$CONF"
@@ -72,13 +77,18 @@ else
 fi
 
 "$BUILD/cmsd" --check-config "$CONF"
-# cmsctl talks to the admin API as the dev operator (role admin).
-cat >"$VAR/cmsctl.conf" <<EOF
+# cmsctl talks to the admin API as the dev operator (role admin); a second operator
+# (role operator) approves firmware that the first imported (two-person rule).
+for who in operator operator2; do
+	conf=$VAR/cmsctl.conf
+	[[ $who == operator ]] || conf=$VAR/cmsctl-$who.conf
+	cat >"$conf" <<EOF
 server = https://127.0.0.1:$HTTPS_PORT
-cert = $PKI/operators/operator.crt
-key = $PKI/operators/operator.key
+cert = $PKI/operators/$who.crt
+key = $PKI/operators/$who.key
 cacert = $PKI/ca.pem
 EOF
+done
 
 DEV=$PKI/devices/MON-0001
 cat <<EOF
