@@ -37,18 +37,18 @@
 #define FW_MANIFEST_FORMAT "cms-fw-manifest/1"
 #define FW_SIGNED_TYPE "cms-fw-manifest-signed/1"
 
-#define FW_DESCRIPTOR_MAX 4096u  /* descriptor bytes */
-#define FW_SIG_MAX 256u          /* signature bytes (Ed25519 64, P-256 DER <= 72) */
-#define FW_MANIFEST_MAX 65536u   /* manifest document bytes */
-#define FW_MODEL_MAX 64u         /* model: 1..64 printable ASCII, no leading/trailing space */
-#define FW_VERSION_MAX 20u       /* "MAJOR.MINOR.PATCH" */
+#define FW_DESCRIPTOR_MAX 4096u /* descriptor bytes */
+#define FW_SIG_MAX 256u         /* signature bytes (Ed25519 64, P-256 DER <= 72) */
+#define FW_MANIFEST_MAX 65536u  /* manifest document bytes */
+#define FW_MODEL_MAX 64u        /* model: 1..64 printable ASCII, no leading/trailing space */
+#define FW_VERSION_MAX 20u      /* "MAJOR.MINOR.PATCH" */
 #define FW_SERIAL_MAX 64u
 #define FW_NOTES_MAX 1024u
-#define FW_MAX_KEYS 8u           /* pinned keys of one kind */
-#define FW_MAX_SIGNATURES 4u     /* signatures in one manifest */
-#define FW_MAX_VALIDITY_S 86400  /* a manifest valid longer than this is refused */
-#define FW_CLOCK_SKEW_S 300      /* issued_at may be this far in the future */
-#define FW_CHUNK_BYTES (1u << 20)  /* image bytes per database row */
+#define FW_MAX_KEYS 8u              /* pinned keys of one kind */
+#define FW_MAX_SIGNATURES 4u        /* signatures in one manifest */
+#define FW_MAX_VALIDITY_S 86400     /* a manifest valid longer than this is refused */
+#define FW_CLOCK_SKEW_S 300         /* issued_at may be this far in the future */
+#define FW_CHUNK_BYTES (1u << 20)   /* image bytes per database row */
 #define FW_BLOCK_BYTES (256u << 10) /* verification/serving block of the local cache */
 
 /* ---- versions ------------------------------------------------------------------ */
@@ -144,9 +144,8 @@ typedef struct fw_signature {
  * FW_MAX_SIGNATURES). Nothing inside the signed bytes is looked at.
  * Returns CMS_OK, CMS_ELIMIT, CMS_EPROTO, CMS_ENOMEM, with a reason.
  */
-int fw_manifest_split(const char *doc, size_t len, unsigned char **signed_buf,
-                      size_t *signed_len, fw_signature *sigs, size_t *nsigs, char *why,
-                      size_t cap);
+int fw_manifest_split(const char *doc, size_t len, unsigned char **signed_buf, size_t *signed_len,
+                      fw_signature *sigs, size_t *nsigs, char *why, size_t cap);
 
 /*
  * Parses signed bytes (call only after their signature was verified) into
@@ -186,8 +185,8 @@ typedef struct fw_device_facts {
  * Returns CMS_OK, or CMS_EPERM (refused) / CMS_EPROTO (malformed) /
  * CMS_ELIMIT / CMS_ENOMEM with the reason in why.
  */
-int fw_manifest_verify(const char *doc, size_t len, const fw_device_facts *dev,
-                       fw_manifest *out, char *why, size_t cap);
+int fw_manifest_verify(const char *doc, size_t len, const fw_device_facts *dev, fw_manifest *out,
+                       char *why, size_t cap);
 
 /* Formats t as "YYYY-MM-DDTHH:MM:SSZ" (21 bytes with NUL). */
 void fw_time_format(int64_t t, char out[21]);
@@ -233,12 +232,12 @@ fw_worker *fw_worker_new(const fw_keys *keys, const cms_config *cfg, uv_loop_t *
 void fw_worker_free(fw_worker *w);
 
 /* Operator API (firmware_admin.c). */
-int fw_import(https_req *r);       /* POST /api/v1/firmware/releases              operator */
-int fw_list(https_req *r);         /* GET  /api/v1/firmware/releases              viewer */
-int fw_status(https_req *r);       /* GET  /api/v1/firmware/releases/:id          viewer */
-int fw_approve(https_req *r);      /* POST /api/v1/firmware/releases/:id/approve  operator */
-int fw_withdraw(https_req *r);     /* POST /api/v1/firmware/releases/:id/withdraw operator */
-int fw_keys_get(https_req *r);     /* GET  /fw/v1/keys                            anyone */
+int fw_import(https_req *r);   /* POST /api/v1/firmware/releases              operator */
+int fw_list(https_req *r);     /* GET  /api/v1/firmware/releases              viewer */
+int fw_status(https_req *r);   /* GET  /api/v1/firmware/releases/:id          viewer */
+int fw_approve(https_req *r);  /* POST /api/v1/firmware/releases/:id/approve  operator */
+int fw_withdraw(https_req *r); /* POST /api/v1/firmware/releases/:id/withdraw operator */
+int fw_keys_get(https_req *r); /* GET  /fw/v1/keys                            anyone */
 /* Device endpoints (firmware_device.c, firmware_image.c). */
 int fw_manifest_get(https_req *r); /* GET  /fw/v1/manifest?installed=V[&counter=N] device */
 int fw_image_get(https_req *r);    /* GET  /fw/v1/images/:sha256                  device */

@@ -41,8 +41,7 @@
 
 /* ---- helpers shared by the firmware handlers ------------------------------------------ */
 
-int fw__submit(https_req *r, const char *sql, int n, const char *const *params,
-               store_query_cb cb)
+int fw__submit(https_req *r, const char *sql, int n, const char *const *params, store_query_cb cb)
 {
     int rc = store_query(fw__store(r), sql, n, params, cb, r);
     if (rc == CMS_OK)
@@ -95,8 +94,7 @@ bool fw__query_ok(https_req *r, const char *const *allowed)
 
 const char *fw__actor(https_req *r, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "%s:%s", r->peer == HTTPS_PEER_OPERATOR ? "operator" : "device",
-             r->peer_cn);
+    snprintf(buf, cap, "%s:%s", r->peer == HTTPS_PEER_OPERATOR ? "operator" : "device", r->peer_cn);
     return buf;
 }
 
@@ -246,8 +244,8 @@ static void import_finish(import_job *j)
     snprintf(len, sizeof(len), "%llu", (unsigned long long)j->d.length);
     snprintf(vnum, sizeof(vnum), "%llu", (unsigned long long)j->d.version_num);
     snprintf(ctr, sizeof(ctr), "%u", j->d.security_counter);
-    const char *p[] = {j->sha_param, len, j->d.model, j->d.version, vnum, ctr,
-                       desc_hex, sig_hex, j->keyid, j->actor, j->r->peer_addr};
+    const char *p[] = {j->sha_param, len,     j->d.model, j->d.version, vnum,           ctr,
+                       desc_hex,     sig_hex, j->keyid,   j->actor,     j->r->peer_addr};
     rc = store_query(fw__store(j->r),
                      "SELECT id, outcome, imported_by, imported_at FROM cms.fw_release_import("
                      "$1::bytea, $2::bigint, $3, $4, $5::bigint, $6::bigint, $7::bytea, "
@@ -327,8 +325,8 @@ static void import_hash_work(uv_work_t *w)
 {
     import_job *j = w->data;
     unsigned int n = 0;
-    j->hash_ok = EVP_Digest(j->body, j->body_len, j->digest, &n, EVP_sha256(), NULL) == 1 &&
-                 n == 32;
+    j->hash_ok =
+        EVP_Digest(j->body, j->body_len, j->digest, &n, EVP_sha256(), NULL) == 1 && n == 32;
 }
 
 static void import_hashed(uv_work_t *w, int status)
@@ -343,8 +341,8 @@ static void import_hashed(uv_work_t *w, int status)
     if (CRYPTO_memcmp(j->digest, j->d.sha256, 32) != 0) {
         char why[256];
         fw_hex(j->digest, 32, got);
-        snprintf(why, sizeof(why), "the image's SHA-256 is %s, the signed descriptor says %s",
-                 got, j->d.sha256_hex);
+        snprintf(why, sizeof(why), "the image's SHA-256 is %s, the signed descriptor says %s", got,
+                 j->d.sha256_hex);
         import_refuse(j, 422, "image_mismatch", why);
         return;
     }
@@ -388,8 +386,8 @@ int fw_import(https_req *r)
                       "Fw-Signature header (base64)");
         return CMS_OK;
     }
-    if (pki_base64_decode(dh, strlen(dh), &j->desc, &j->desc_len) != CMS_OK ||
-        j->desc_len == 0 || j->desc_len > FW_DESCRIPTOR_MAX) {
+    if (pki_base64_decode(dh, strlen(dh), &j->desc, &j->desc_len) != CMS_OK || j->desc_len == 0 ||
+        j->desc_len > FW_DESCRIPTOR_MAX) {
         import_refuse(j, 400, "bad_request", "Fw-Descriptor is not base64 of 1..4096 bytes");
         return CMS_OK;
     }
@@ -401,8 +399,7 @@ int fw_import(https_req *r)
     /* The signature first: nothing unsigned is parsed. */
     size_t k;
     for (k = 0; k < w->keys->npub; k++)
-        if (pki_verify(w->keys->publishers[k], j->desc, j->desc_len, j->sig, j->sig_len) ==
-            CMS_OK)
+        if (pki_verify(w->keys->publishers[k], j->desc, j->desc_len, j->sig, j->sig_len) == CMS_OK)
             break;
     if (k == w->keys->npub) {
         snprintf(why, sizeof(why),
@@ -461,8 +458,8 @@ static json_t *release_json(const PGresult *res, int i)
     return o;
 }
 
-#define RELEASE_COLS                                                                          \
-    "id, model, version, security_counter, sha256, length, publisher_keyid, imported_by, " ISO( \
+#define RELEASE_COLS                                                                               \
+    "id, model, version, security_counter, sha256, length, publisher_keyid, imported_by, " ISO(    \
         "imported_at") " AS imported_at, active_approvals, installed_devices"
 
 static void list_done(void *ctx, int status, const PGresult *res)
@@ -484,8 +481,8 @@ int fw_list(https_req *r)
     char model[FW_MODEL_MAX + 1];
     if (!fw__query_ok(r, allowed))
         return CMS_OK;
-    int has = http_query_get(r->http->query, r->http->query_len, "model", model, sizeof(model),
-                             NULL);
+    int has =
+        http_query_get(r->http->query, r->http->query_len, "model", model, sizeof(model), NULL);
     if (has < 0) {
         https_reply_error(r, 400, "bad_request", "bad model parameter");
         return CMS_OK;
@@ -536,8 +533,7 @@ static void status_devices(void *ctx, int status, const PGresult *res)
         const char *st = col(res, i, "state");
         if (st) {
             json_t *c = json_object_get(counts, st);
-            json_object_set_new(counts, st,
-                                json_integer(c ? json_integer_value(c) + 1 : 1));
+            json_object_set_new(counts, st, json_integer(c ? json_integer_value(c) + 1 : 1));
         }
     }
     json_object_set_new(j->out, "devices", a);
@@ -567,11 +563,13 @@ static void status_approvals(void *ctx, int status, const PGresult *res)
     }
     json_object_set_new(j->out, "approvals", a);
     const char *p[] = {j->id};
-    if (store_query(fw__store(j->r),
-                    "SELECT serial, model, device_status, firmware_version, via, state, reason, "
-                    "manifest_counter, " ISO("updated_at") " AS updated_at "
-                    "FROM cms.fw_release_devices WHERE release_id = $1::bigint ORDER BY serial",
-                    1, p, status_devices, j) != CMS_OK)
+    if (store_query(
+            fw__store(j->r),
+            "SELECT serial, model, device_status, firmware_version, via, state, reason, "
+            "manifest_counter, " ISO("updated_at") " AS updated_at "
+                                                   "FROM cms.fw_release_devices WHERE release_id = "
+                                                   "$1::bigint ORDER BY serial",
+            1, p, status_devices, j) != CMS_OK)
         status_fail(j, CMS_EUNAVAIL, NULL);
 }
 
@@ -589,14 +587,45 @@ static void status_release(void *ctx, int status, const PGresult *res)
     }
     j->out = json_pack("{s:o}", "release", release_json(res, 0));
     const char *p[] = {j->id};
-    if (store_query(fw__store(j->r),
-                    "SELECT a.id, d.serial AS device, g.name AS \"group\", a.approved_by, "
-                    ISO("a.approved_at") " AS approved_at, a.withdrawn_by, "
-                    ISO("a.withdrawn_at") " AS withdrawn_at "
-                    "FROM cms.fw_approvals a LEFT JOIN cms.devices d ON d.id = a.device_id "
-                    "LEFT JOIN cms.device_groups g ON g.id = a.group_id "
-                    "WHERE a.release_id = $1::bigint ORDER BY a.id",
-                    1, p, status_approvals, j) != CMS_OK)
+    if (store_query(
+            fw__store(j->r),
+            "SELECT a.id, d.serial AS device, g.name AS \"group\", a.approved_by, " ISO(
+                "a.approved_at") " AS approved_at, a.withdrawn_by, " ISO("a.withdrawn_at") " AS "
+                                                                                           "withdra"
+                                                                                           "wn_at "
+                                                                                           "FROM "
+                                                                                           "cms.fw_"
+                                                                                           "approva"
+                                                                                           "ls a "
+                                                                                           "LEFT "
+                                                                                           "JOIN "
+                                                                                           "cms."
+                                                                                           "devices"
+                                                                                           " d ON "
+                                                                                           "d.id = "
+                                                                                           "a."
+                                                                                           "device_"
+                                                                                           "id "
+                                                                                           "LEFT "
+                                                                                           "JOIN "
+                                                                                           "cms."
+                                                                                           "device_"
+                                                                                           "groups "
+                                                                                           "g ON "
+                                                                                           "g.id = "
+                                                                                           "a."
+                                                                                           "group_"
+                                                                                           "id "
+                                                                                           "WHERE "
+                                                                                           "a."
+                                                                                           "release"
+                                                                                           "_id = "
+                                                                                           "$1::"
+                                                                                           "bigint "
+                                                                                           "ORDER "
+                                                                                           "BY "
+                                                                                           "a.id",
+            1, p, status_approvals, j) != CMS_OK)
         status_fail(j, CMS_EUNAVAIL, NULL);
 }
 
@@ -659,8 +688,8 @@ static void change_done(void *ctx, int status, const PGresult *res)
                 json_object_set_new(d, "devices", json_loads(j->devices, 0, NULL));
             if (d && j->groups)
                 json_object_set_new(d, "groups", json_loads(j->groups, 0, NULL));
-            log_warn(j->approve ? "fw_approve_refused" : "fw_withdraw_refused", NULL,
-                     r->peer_addr, "release %s: %s", j->id, msg ? msg : "");
+            log_warn(j->approve ? "fw_approve_refused" : "fw_withdraw_refused", NULL, r->peer_addr,
+                     "release %s: %s", j->id, msg ? msg : "");
             https_audit(r, j->approve ? "fw_approve_refused" : "fw_withdraw_refused", NULL, d);
         }
         fw__reply_db_error(r, status, res);
@@ -669,11 +698,12 @@ static void change_done(void *ctx, int status, const PGresult *res)
     }
     json_t *a = json_array();
     for (int i = 0; i < PQntuples(res); i++)
-        json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "kind", PQgetvalue(res, i, 0),
-                                           "name", PQgetvalue(res, i, 1), "outcome",
-                                           PQgetvalue(res, i, 2)));
-    https_reply_json(r, 200, json_pack("{s:I, s:o}", "release_id",
-                                       (json_int_t)strtoll(j->id, NULL, 10), "results", a));
+        json_array_append_new(a,
+                              json_pack("{s:s, s:s, s:s}", "kind", PQgetvalue(res, i, 0), "name",
+                                        PQgetvalue(res, i, 1), "outcome", PQgetvalue(res, i, 2)));
+    https_reply_json(
+        r, 200,
+        json_pack("{s:I, s:o}", "release_id", (json_int_t)strtoll(j->id, NULL, 10), "results", a));
     change_free(j);
 }
 

@@ -60,14 +60,13 @@ static void manifest_done(void *ctx, int status, const PGresult *res)
     snprintf(m.download, sizeof(m.download), "/fw/v1/images/%s", m.sha256_hex);
     /* The installed version as the device sent it, already validated. */
     char installed[FW_VERSION_MAX + 1];
-    http_query_get(r->http->query, r->http->query_len, "installed", installed,
-                   sizeof(installed), NULL);
+    http_query_get(r->http->query, r->http->query_len, "installed", installed, sizeof(installed),
+                   NULL);
     snprintf(m.installed_version, sizeof(m.installed_version), "%s", installed);
     m.issued_at = (int64_t)time(NULL);
     m.expires_at = m.issued_at + (int64_t)w->cfg->fw_manifest_ttl_s;
     if (fw__unhex_alloc(PQgetvalue(res, 0, 7), &m.descriptor, &m.descriptor_len) != CMS_OK ||
-        fw__unhex_alloc(PQgetvalue(res, 0, 8), &m.publisher_sig, &m.publisher_sig_len) !=
-            CMS_OK ||
+        fw__unhex_alloc(PQgetvalue(res, 0, 8), &m.publisher_sig, &m.publisher_sig_len) != CMS_OK ||
         fw_manifest_build(&m, w->keys->dist, w->keys->ndist, &doc, &doc_len) != CMS_OK) {
         log_error("fw_manifest", r->peer_cn, r->peer_addr, "cannot build the manifest");
         https_reply_error(r, 500, "internal_error", "cannot build the manifest");
@@ -75,8 +74,8 @@ static void manifest_done(void *ctx, int status, const PGresult *res)
         return;
     }
     log_info("fw_manifest", r->peer_cn, r->peer_addr,
-             "offered release %lld %s -> %s (counter %u, manifest %llu)",
-             (long long)m.release_id, m.installed_version, m.target_version, m.security_counter,
+             "offered release %lld %s -> %s (counter %u, manifest %llu)", (long long)m.release_id,
+             m.installed_version, m.target_version, m.security_counter,
              (unsigned long long)m.manifest_counter);
     https_reply(r, 200, "application/json", doc, doc_len, NULL, 0);
     free(doc);
@@ -137,13 +136,12 @@ static void report_done(void *ctx, int status, const PGresult *res)
         fw__reply_db_error(r, status, res);
         return;
     }
-    const char *rid = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0)
-                                                                     : NULL;
+    const char *rid = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0) : NULL;
     log_info("fw_report", r->peer_cn, r->peer_addr, "report recorded (release %s)",
              rid ? rid : "none");
-    https_reply_json(r, 200, json_pack("{s:b, s:o}", "recorded", 1, "release_id",
-                                       rid ? json_integer(strtoll(rid, NULL, 10))
-                                           : json_null()));
+    https_reply_json(r, 200,
+                     json_pack("{s:b, s:o}", "recorded", 1, "release_id",
+                               rid ? json_integer(strtoll(rid, NULL, 10)) : json_null()));
 }
 
 int fw_report(https_req *r)

@@ -70,7 +70,7 @@ typedef struct fw_dl {
     /* file being served / verified / written */
     uv_file fd;
     uv_fs_t fs;
-    bool fs_busy;     /* a uv_fs request or the verify job is in flight */
+    bool fs_busy; /* a uv_fs request or the verify job is in flight */
     uv_work_t work;
     /* identity and block hashes of the file we serve from */
     uint64_t f_dev, f_ino, f_size;
@@ -224,10 +224,9 @@ static void dl_end(fw_dl *d, bool ok, const char *why)
                  "image %.16s...: %s after %llu of %llu bytes", d->hex, why,
                  (unsigned long long)d->sent, (unsigned long long)d->rng.length);
         https_audit(d->r, "fw_download_aborted", d->r->peer_cn,
-                    json_pack("{s:s, s:s, s:I, s:I, s:I}", "sha256", d->hex, "reason", why,
-                              "sent", (json_int_t)d->sent, "expected",
-                              (json_int_t)d->rng.length, "release_id",
-                              (json_int_t)d->release_id));
+                    json_pack("{s:s, s:s, s:I, s:I, s:I}", "sha256", d->hex, "reason", why, "sent",
+                              (json_int_t)d->sent, "expected", (json_int_t)d->rng.length,
+                              "release_id", (json_int_t)d->release_id));
     } else {
         log_info("fw_download", d->r->peer_cn, d->r->peer_addr,
                  "image %.16s... %d: %llu bytes from %llu", d->hex, d->rng.status,
@@ -396,8 +395,7 @@ static void verify_work(uv_work_t *wk)
         goto out;
     for (size_t i = 0; i < d->nblocks; i++) {
         uint64_t off = (uint64_t)i * FW_BLOCK_BYTES;
-        size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off
-                                                               : FW_BLOCK_BYTES);
+        size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
         size_t got = 0;
         while (got < want) {
             ssize_t n = pread(d->fd, buf + got, want - got, (off_t)(off + got));
@@ -555,8 +553,7 @@ static void on_chunk(void *ctx, int status, const PGresult *res)
     for (size_t o = 0; o < want; o += FW_BLOCK_BYTES) {
         size_t n = want - o < FW_BLOCK_BYTES ? want - o : FW_BLOCK_BYTES;
         unsigned int hl;
-        EVP_Digest(d->buf + o, n, d->blocks[(off + o) / FW_BLOCK_BYTES], &hl, EVP_sha256(),
-                   NULL);
+        EVP_Digest(d->buf + o, n, d->blocks[(off + o) / FW_BLOCK_BYTES], &hl, EVP_sha256(), NULL);
     }
     EVP_DigestUpdate(d->md, d->buf, want);
     d->built += want;
@@ -714,9 +711,9 @@ static void on_authorized(void *ctx, int status, const PGresult *res)
     if (PQntuples(res) != 1) {
         log_warn("fw_image_refused", r->peer_cn, r->peer_addr,
                  "image %s is not allowlisted for this device", d->hex);
-        https_audit(r, "fw_image_refused", r->peer_cn,
-                    json_pack("{s:s, s:s}", "sha256", d->hex, "reason",
-                              "not allowlisted for this device"));
+        https_audit(
+            r, "fw_image_refused", r->peer_cn,
+            json_pack("{s:s, s:s}", "sha256", d->hex, "reason", "not allowlisted for this device"));
         dl_fail(d, 404, "not_found", "no image with this hash is allowlisted for this device");
         return;
     }

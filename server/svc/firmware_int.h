@@ -29,13 +29,13 @@ typedef struct fw_cache_entry {
 } fw_cache_entry;
 
 struct fw_worker {
-    const fw_keys *keys;     /* borrowed, shared read-only */
-    const cms_config *cfg;   /* borrowed */
+    const fw_keys *keys;   /* borrowed, shared read-only */
+    const cms_config *cfg; /* borrowed */
     uv_loop_t *loop;
     unsigned worker_id;
-    fw_cache_entry *cache;   /* most recently verified first */
+    fw_cache_entry *cache; /* most recently verified first */
     size_t ncache;
-    uint64_t tmp_seq;        /* temp file names */
+    uint64_t tmp_seq; /* temp file names */
 };
 
 #define FW_CACHE_ENTRIES 32
@@ -53,8 +53,7 @@ static inline store_t *fw__store(https_req *r)
 }
 
 /* Runs sql on the control connection with r as ctx; returns what the handler returns. */
-int fw__submit(https_req *r, const char *sql, int n, const char *const *params,
-               store_query_cb cb);
+int fw__submit(https_req *r, const char *sql, int n, const char *const *params, store_query_cb cb);
 /* Answers a failed statement (status/res from the store callback). */
 void fw__reply_db_error(https_req *r, int status, const struct pg_result *res);
 /* Refuses a query string outside allowed with 400; true when it is fine. */

@@ -190,9 +190,8 @@ int fw_keys_get(https_req *r)
         char *pem = NULL;
         if (pki_pubkey_to_pem(w->keys->dist[i], &pem, NULL) != CMS_OK)
             continue;
-        json_array_append_new(dist, json_pack("{s:s, s:s, s:s, s:s}", "keyid",
-                                              w->keys->dist_ids[i], "role",
-                                              i == 0 ? "current" : "next", "alg", "ed25519",
+        json_array_append_new(dist, json_pack("{s:s, s:s, s:s, s:s}", "keyid", w->keys->dist_ids[i],
+                                              "role", i == 0 ? "current" : "next", "alg", "ed25519",
                                               "public_key_pem", pem));
         free(pem);
     }
@@ -207,7 +206,7 @@ int fw_keys_get(https_req *r)
                             "public_key_pem", pem));
         free(pem);
     }
-    https_reply_json(r, 200, json_pack("{s:o, s:o}", "distribution_keys", dist,
-                                       "publisher_keys", pubs));
+    https_reply_json(r, 200,
+                     json_pack("{s:o, s:o}", "distribution_keys", dist, "publisher_keys", pubs));
     return CMS_OK;
 }

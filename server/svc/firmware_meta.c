@@ -145,8 +145,8 @@ int fw_time_parse(const char *s, int64_t *out)
     tm.tm_min = NUM2(14);
     tm.tm_sec = NUM2(17);
 #undef NUM2
-    if (tm.tm_mon > 11 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 ||
-        tm.tm_min > 59 || tm.tm_sec > 59)
+    if (tm.tm_mon > 11 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 || tm.tm_min > 59 ||
+        tm.tm_sec > 59)
         return CMS_EPROTO;
     struct tm back = tm;
     time_t t = timegm(&back);
@@ -179,8 +179,8 @@ static int only_members(json_t *o, const char *const *allowed, const char *what,
 }
 
 /* A string member (required), at most max bytes, copied into out. */
-static int get_str(json_t *o, const char *name, char *out, size_t max, const char *what,
-                   char *why, size_t cap)
+static int get_str(json_t *o, const char *name, char *out, size_t max, const char *what, char *why,
+                   size_t cap)
 {
     json_t *v = json_object_get(o, name);
     if (!json_is_string(v)) {
@@ -260,8 +260,8 @@ static json_t *load_object(const unsigned char *buf, size_t len, const char *wha
 int fw_descriptor_parse(const unsigned char *buf, size_t len, fw_descriptor *out, char *why,
                         size_t cap)
 {
-    static const char *const members[] = {"format", "model", "version", "security_counter",
-                                          "sha256", "length", "notes", NULL};
+    static const char *const members[] = {"format", "model",  "version", "security_counter",
+                                          "sha256", "length", "notes",   NULL};
     static const char what[] = "descriptor";
     char fmt[32], hex[65], notes[FW_NOTES_MAX + 1];
     json_int_t n;
@@ -337,19 +337,16 @@ int fw_manifest_build(const fw_manifest *m, EVP_PKEY *const *keys, size_t nkeys,
     if (pki_base64_encode(m->descriptor, m->descriptor_len, 0, &desc_b64, NULL) != CMS_OK ||
         pki_base64_encode(m->publisher_sig, m->publisher_sig_len, 0, &psig_b64, NULL) != CMS_OK)
         goto cleanup;
-    sb = json_pack("{s:s, s:{s:s, s:s}, s:s, s:{s:s, s:I, s:s, s:I, s:s}, s:I, s:{s:s, s:s, s:s},"
-                   " s:s, s:s, s:I}",
-                   "type", FW_SIGNED_TYPE,
-                   "device", "serial", m->serial, "model", m->model,
-                   "installed_version", m->installed_version,
-                   "target", "version", m->target_version, "security_counter",
-                   (json_int_t)m->security_counter, "sha256", m->sha256_hex, "length",
-                   (json_int_t)m->length, "download", m->download,
-                   "release_id", (json_int_t)m->release_id,
-                   "publisher", "keyid", m->publisher_keyid, "descriptor", desc_b64,
-                   "signature", psig_b64,
-                   "issued_at", issued, "expires_at", expires,
-                   "manifest_counter", (json_int_t)m->manifest_counter);
+    sb =
+        json_pack("{s:s, s:{s:s, s:s}, s:s, s:{s:s, s:I, s:s, s:I, s:s}, s:I, s:{s:s, s:s, s:s},"
+                  " s:s, s:s, s:I}",
+                  "type", FW_SIGNED_TYPE, "device", "serial", m->serial, "model", m->model,
+                  "installed_version", m->installed_version, "target", "version", m->target_version,
+                  "security_counter", (json_int_t)m->security_counter, "sha256", m->sha256_hex,
+                  "length", (json_int_t)m->length, "download", m->download, "release_id",
+                  (json_int_t)m->release_id, "publisher", "keyid", m->publisher_keyid, "descriptor",
+                  desc_b64, "signature", psig_b64, "issued_at", issued, "expires_at", expires,
+                  "manifest_counter", (json_int_t)m->manifest_counter);
     if (!sb)
         goto cleanup;
     body = json_dumps(sb, JSON_COMPACT | JSON_SORT_KEYS);
@@ -377,8 +374,8 @@ int fw_manifest_build(const fw_manifest *m, EVP_PKEY *const *keys, size_t nkeys,
         free(sig);
         if (rc != CMS_OK)
             goto cleanup;
-        rc = json_array_append_new(sigs, json_pack("{s:s, s:s, s:s}", "keyid", id, "alg",
-                                                   "ed25519", "sig", sig_b64)) == 0
+        rc = json_array_append_new(sigs, json_pack("{s:s, s:s, s:s}", "keyid", id, "alg", "ed25519",
+                                                   "sig", sig_b64)) == 0
                  ? CMS_OK
                  : CMS_ENOMEM;
         free(sig_b64);
@@ -406,9 +403,8 @@ cleanup:
     return rc;
 }
 
-int fw_manifest_split(const char *doc, size_t len, unsigned char **signed_buf,
-                      size_t *signed_len, fw_signature *sigs, size_t *nsigs, char *why,
-                      size_t cap)
+int fw_manifest_split(const char *doc, size_t len, unsigned char **signed_buf, size_t *signed_len,
+                      fw_signature *sigs, size_t *nsigs, char *why, size_t cap)
 {
     static const char *const members[] = {"format", "signed", "signatures", NULL};
     static const char *const sig_members[] = {"keyid", "alg", "sig", NULL};
@@ -432,8 +428,7 @@ int fw_manifest_split(const char *doc, size_t len, unsigned char **signed_buf,
         goto cleanup;
     }
     json_t *a = json_object_get(o, "signatures");
-    if (!json_is_array(a) || json_array_size(a) == 0 ||
-        json_array_size(a) > FW_MAX_SIGNATURES) {
+    if (!json_is_array(a) || json_array_size(a) == 0 || json_array_size(a) > FW_MAX_SIGNATURES) {
         WHY("manifest: \"signatures\" must be an array of 1..%u signatures", FW_MAX_SIGNATURES);
         goto cleanup;
     }
@@ -480,12 +475,12 @@ cleanup:
 int fw_manifest_signed_parse(const unsigned char *buf, size_t len, fw_manifest *out, char *why,
                              size_t cap)
 {
-    static const char *const members[] = {"type", "device", "installed_version", "target",
-                                          "release_id", "publisher", "issued_at", "expires_at",
-                                          "manifest_counter", NULL};
+    static const char *const members[] = {
+        "type",      "device",    "installed_version", "target",           "release_id",
+        "publisher", "issued_at", "expires_at",        "manifest_counter", NULL};
     static const char *const dev_members[] = {"serial", "model", NULL};
-    static const char *const tgt_members[] = {"version", "security_counter", "sha256", "length",
-                                              "download", NULL};
+    static const char *const tgt_members[] = {"version", "security_counter", "sha256",
+                                              "length",  "download",         NULL};
     static const char *const pub_members[] = {"keyid", "descriptor", "signature", NULL};
     static const char what[] = "manifest body";
     char type[40], hex[65], t1[24], t2[24];
@@ -513,10 +508,9 @@ int fw_manifest_signed_parse(const unsigned char *buf, size_t len, fw_manifest *
         only_members(pub, pub_members, "manifest publisher", why, cap) != CMS_OK ||
         get_str(dev, "serial", out->serial, FW_SERIAL_MAX, what, why, cap) != CMS_OK ||
         get_str(dev, "model", out->model, FW_MODEL_MAX, what, why, cap) != CMS_OK ||
-        get_str(o, "installed_version", out->installed_version, FW_VERSION_MAX, what, why,
-                cap) != CMS_OK ||
-        get_str(tgt, "version", out->target_version, FW_VERSION_MAX, what, why, cap) !=
+        get_str(o, "installed_version", out->installed_version, FW_VERSION_MAX, what, why, cap) !=
             CMS_OK ||
+        get_str(tgt, "version", out->target_version, FW_VERSION_MAX, what, why, cap) != CMS_OK ||
         get_str(tgt, "sha256", hex, 64, what, why, cap) != CMS_OK ||
         get_str(tgt, "download", out->download, sizeof(out->download) - 1, what, why, cap) !=
             CMS_OK ||
@@ -555,8 +549,8 @@ int fw_manifest_signed_parse(const unsigned char *buf, size_t len, fw_manifest *
     if (get_int(o, "manifest_counter", 1, INT64_MAX, &n, what, why, cap) != CMS_OK)
         goto cleanup;
     out->manifest_counter = (uint64_t)n;
-    if ((rc = get_b64(pub, "descriptor", FW_DESCRIPTOR_MAX, &out->descriptor,
-                      &out->descriptor_len, what, why, cap)) != CMS_OK ||
+    if ((rc = get_b64(pub, "descriptor", FW_DESCRIPTOR_MAX, &out->descriptor, &out->descriptor_len,
+                      what, why, cap)) != CMS_OK ||
         (rc = get_b64(pub, "signature", FW_SIG_MAX, &out->publisher_sig, &out->publisher_sig_len,
                       what, why, cap)) != CMS_OK) {
         if (rc != CMS_ENOMEM)
@@ -589,8 +583,8 @@ static int find_key(EVP_PKEY *const *keys, size_t n, const char *keyid)
     return -1;
 }
 
-int fw_manifest_verify(const char *doc, size_t len, const fw_device_facts *dev,
-                       fw_manifest *out, char *why, size_t cap)
+int fw_manifest_verify(const char *doc, size_t len, const fw_device_facts *dev, fw_manifest *out,
+                       char *why, size_t cap)
 {
     unsigned char *body = NULL;
     size_t body_len = 0, nsigs = 0;
@@ -609,8 +603,8 @@ int fw_manifest_verify(const char *doc, size_t len, const fw_device_facts *dev,
     bool signed_ok = false;
     for (size_t i = 0; i < nsigs && !signed_ok; i++) {
         int k = find_key(dev->dist_keys, dev->ndist, sigs[i].keyid);
-        if (k >= 0 && pki_verify(dev->dist_keys[k], body, body_len, sigs[i].sig,
-                                 sigs[i].sig_len) == CMS_OK)
+        if (k >= 0 &&
+            pki_verify(dev->dist_keys[k], body, body_len, sigs[i].sig, sigs[i].sig_len) == CMS_OK)
             signed_ok = true;
     }
     if (!signed_ok) {
@@ -645,8 +639,7 @@ int fw_manifest_verify(const char *doc, size_t len, const fw_device_facts *dev,
         goto cleanup;
     }
     /* 5. Freshness: validity window against the device's clock. */
-    if (out->expires_at <= out->issued_at ||
-        out->expires_at - out->issued_at > FW_MAX_VALIDITY_S) {
+    if (out->expires_at <= out->issued_at || out->expires_at - out->issued_at > FW_MAX_VALIDITY_S) {
         WHY("manifest validity window is empty or longer than %d s", FW_MAX_VALIDITY_S);
         goto cleanup;
     }
@@ -705,14 +698,14 @@ int fw_manifest_verify(const char *doc, size_t len, const fw_device_facts *dev,
         goto cleanup;
     }
     if (out->security_counter < dev->security_counter) {
-        WHY("target security counter %u is below the device's %u (rollback)",
-            out->security_counter, dev->security_counter);
+        WHY("target security counter %u is below the device's %u (rollback)", out->security_counter,
+            dev->security_counter);
         goto cleanup;
     }
     /* 10. Endless data: the length must fit what the device can take. */
     if (dev->max_image_bytes && out->length > dev->max_image_bytes) {
-        WHY("image length %llu exceeds the device's limit %llu",
-            (unsigned long long)out->length, (unsigned long long)dev->max_image_bytes);
+        WHY("image length %llu exceeds the device's limit %llu", (unsigned long long)out->length,
+            (unsigned long long)dev->max_image_bytes);
         goto cleanup;
     }
     rc = CMS_OK;

@@ -33,8 +33,8 @@ static void test_versions(void **state)
     fw_version_parse("1.10.0", &a);
     fw_version_parse("1.9.99", &b);
     assert_true(a > b); /* numeric, not lexical */
-    const char *bad[] = {"", "1", "1.2", "1.2.3.4", "01.2.3", "1.02.3", "1.2.x", "-1.2.3",
-                         "1..3", "1.2.3 ", " 1.2.3", "1000000.0.0", "1.2.3-rc1", NULL};
+    const char *bad[] = {"",       "1",    "1.2",    "1.2.3.4", "01.2.3",      "1.02.3",    "1.2.x",
+                         "-1.2.3", "1..3", "1.2.3 ", " 1.2.3",  "1000000.0.0", "1.2.3-rc1", NULL};
     for (size_t i = 0; bad[i]; i++)
         assert_int_equal(fw_version_parse(bad[i], &n), CMS_EPROTO);
 }
@@ -49,15 +49,20 @@ static void test_times(void **state)
     assert_string_equal(s, "2026-11-28T06:14:54Z");
     assert_int_equal(fw_time_parse("1970-01-01T00:00:00Z", &t), CMS_OK);
     assert_true(t == 0);
-    const char *bad[] = {"2026-02-30T00:00:00Z", "2026-11-28 06:14:54Z", "2026-11-28T06:14:54",
-                         "2026-11-28T24:00:00Z", "2026-11-28T06:14:54+00:00", "", NULL};
+    const char *bad[] = {"2026-02-30T00:00:00Z",
+                         "2026-11-28 06:14:54Z",
+                         "2026-11-28T06:14:54",
+                         "2026-11-28T24:00:00Z",
+                         "2026-11-28T06:14:54+00:00",
+                         "",
+                         NULL};
     for (size_t i = 0; bad[i]; i++)
         assert_int_equal(fw_time_parse(bad[i], &t), CMS_EPROTO);
 }
 
 #define SHA "3275a257f143fdb2c3234bc0a4e7bb2f862e66ce980d9c75f66604186a454720"
-#define DESC(extra)                                                                           \
-    "{\"format\":\"cms-fw-descriptor/1\",\"model\":\"Example Monitor\",\"version\":\"1.1.0\"," \
+#define DESC(extra)                                                                                \
+    "{\"format\":\"cms-fw-descriptor/1\",\"model\":\"Example Monitor\",\"version\":\"1.1.0\","     \
     "\"security_counter\":3,\"sha256\":\"" SHA "\",\"length\":3158073" extra "}"
 
 static int parse(const char *s, fw_descriptor *d, char *why)
@@ -85,7 +90,7 @@ static void test_descriptors(void **state)
         {DESC(",\"extra\":1"), "unexpected member"},
         {DESC(",\"length\":5"), "not valid JSON"}, /* duplicate member */
         {"[1]", "not a JSON object"},
-        {DESC("") " ", NULL},                         /* trailing space is fine JSON-wise */
+        {DESC("") " ", NULL}, /* trailing space is fine JSON-wise */
         {DESC("") "x", "not valid JSON"},
         {"{\"format\":\"cms-fw-descriptor/2\"}", "format"},
         {"{\"format\":\"cms-fw-descriptor/1\",\"model\":\"\",\"version\":\"1.0.0\","
@@ -148,9 +153,8 @@ static int setup(void **state)
     f->pub_ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     f->rogue = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
     snprintf(f->desc, sizeof(f->desc), "%s", DESC(""));
-    assert_int_equal(pki_sign(f->pub, (unsigned char *)f->desc, strlen(f->desc), &f->sig,
-                              &f->sig_len),
-                     CMS_OK);
+    assert_int_equal(
+        pki_sign(f->pub, (unsigned char *)f->desc, strlen(f->desc), &f->sig, &f->sig_len), CMS_OK);
     fw_manifest *m = &f->m;
     snprintf(m->serial, sizeof(m->serial), "MON-0001");
     snprintf(m->model, sizeof(m->model), "Example Monitor");
@@ -220,16 +224,16 @@ static fw_device_facts facts(fixture *f, EVP_PKEY **dist, EVP_PKEY **pub)
                              .npub = 1};
 }
 
-#define EXPECT_REFUSED(mutation, text)                                                        \
-    do {                                                                                      \
-        EVP_PKEY *dk[2], *pk[2], *sk[1] = {f->dist};                                          \
-        fw_device_facts dev = facts(f, dk, pk);                                               \
-        char why[300] = "";                                                                   \
-        mutation;                                                                             \
-        int rc_ = run(f, sk, 1, &dev, why);                                                   \
-        assert_int_not_equal(rc_, CMS_OK);                                                    \
-        if (!strstr(why, text))                                                               \
-            fail_msg("reason \"%s\" lacks \"%s\"", why, text);                                \
+#define EXPECT_REFUSED(mutation, text)                                                             \
+    do {                                                                                           \
+        EVP_PKEY *dk[2], *pk[2], *sk[1] = {f->dist};                                               \
+        fw_device_facts dev = facts(f, dk, pk);                                                    \
+        char why[300] = "";                                                                        \
+        mutation;                                                                                  \
+        int rc_ = run(f, sk, 1, &dev, why);                                                        \
+        assert_int_not_equal(rc_, CMS_OK);                                                         \
+        if (!strstr(why, text))                                                                    \
+            fail_msg("reason \"%s\" lacks \"%s\"", why, text);                                     \
     } while (0)
 
 static void test_manifest_accepts(void **state)
@@ -287,8 +291,7 @@ static void test_p256_publisher(void **state)
     fixture *f = *state;
     unsigned char *sig = NULL;
     size_t sig_len = 0;
-    assert_int_equal(pki_sign(f->pub_ec, (unsigned char *)f->desc, strlen(f->desc), &sig,
-                              &sig_len),
+    assert_int_equal(pki_sign(f->pub_ec, (unsigned char *)f->desc, strlen(f->desc), &sig, &sig_len),
                      CMS_OK);
     f->m.publisher_sig = sig;
     f->m.publisher_sig_len = sig_len;

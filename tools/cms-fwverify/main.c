@@ -156,8 +156,19 @@ out:
 
 int main(int argc, char **argv)
 {
-    enum { O_DIST = 256, O_PUB, O_SERIAL, O_MODEL, O_INSTALLED, O_COUNTER, O_LAST, O_NOW, O_MAX,
-           O_MANIFEST, O_IMAGE };
+    enum {
+        O_DIST = 256,
+        O_PUB,
+        O_SERIAL,
+        O_MODEL,
+        O_INSTALLED,
+        O_COUNTER,
+        O_LAST,
+        O_NOW,
+        O_MAX,
+        O_MANIFEST,
+        O_IMAGE
+    };
     static const struct option longopts[] = {
         {"dist-key", required_argument, NULL, O_DIST},
         {"publisher-key", required_argument, NULL, O_PUB},
@@ -262,8 +273,8 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    if (optind != argc || !ndist || !npub || !dev.serial || !dev.model ||
-        !dev.installed_version || !manifest_path) {
+    if (optind != argc || !ndist || !npub || !dev.serial || !dev.model || !dev.installed_version ||
+        !manifest_path) {
         usage(stderr);
         goto done;
     }
@@ -300,8 +311,8 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    printf("ACCEPT: %s (%s) %s -> %s, security counter %u, %llu bytes, sha256 %s%s\n",
-           m.serial, m.model, m.installed_version, m.target_version, m.security_counter,
+    printf("ACCEPT: %s (%s) %s -> %s, security counter %u, %llu bytes, sha256 %s%s\n", m.serial,
+           m.model, m.installed_version, m.target_version, m.security_counter,
            (unsigned long long)m.length, m.sha256_hex,
            image_path ? "" : " (manifest only: verify the image after the download)");
     printf("manifest_counter=%llu\n", (unsigned long long)m.manifest_counter);

@@ -116,8 +116,8 @@ static int fw_import_cmd(int argc, char **argv)
         read_file(image, MAX_IMAGE, &img, &img_len) != 0)
         goto out;
     if (pki_base64_encode(d, d_len, 0, &d64, NULL) != 0 ||
-        pki_base64_encode(s, s_len, 0, &s64, NULL) != 0 ||
-        !(h1 = malloc(strlen(d64) + 32)) || !(h2 = malloc(strlen(s64) + 32))) {
+        pki_base64_encode(s, s_len, 0, &s64, NULL) != 0 || !(h1 = malloc(strlen(d64) + 32)) ||
+        !(h2 = malloc(strlen(s64) + 32))) {
         fprintf(stderr, "cmsctl: out of memory\n");
         rc = CMSCTL_EFAIL;
         goto out;
@@ -235,13 +235,11 @@ static void withdraw_usage(FILE *f)
 static int change_cmd(int argc, char **argv, const char *verb)
 {
     const char *devices = NULL, *groups = NULL;
-    const api_opt opts[] = {{"device", &devices, NULL},
-                            {"group", &groups, NULL},
-                            {NULL, NULL, NULL}};
+    const api_opt opts[] = {
+        {"device", &devices, NULL}, {"group", &groups, NULL}, {NULL, NULL, NULL}};
     api_args a;
     bool approve = strcmp(verb, "approve") == 0;
-    int rc = api_args_parse(argc, argv, opts, 1, -1,
-                            approve ? approve_usage : withdraw_usage, &a);
+    int rc = api_args_parse(argc, argv, opts, 1, -1, approve ? approve_usage : withdraw_usage, &a);
     if (rc)
         return parsed(rc);
     json_t *devs = json_array(), *grps = json_array();
