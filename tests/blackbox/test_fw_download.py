@@ -175,3 +175,21 @@ def test_64mib_download_flat_memory(fw_cmsd, pki, db):
     if "asan" in str(h.BUILD):
         return  # ASan's quarantine keeps freed TLS buffers resident: RSS says nothing here
     assert grow < 16 * 1024, "cmsd's memory grew by %d KiB while streaming 64 MiB" % grow
+
+
+def test_two_instances_serve_the_same_bytes(fw_cmsd, pki, db):
+    """Images live in PostgreSQL: a second cmsd (own cache directory) serves the
+    same verified bytes, and the device's manifest counter keeps growing across
+    both instances."""
+    o = offer(fw_cmsd, pki, db, size=1500000)
+    c2 = start_fw_cmsd(pki, db, "cmsd-fw-second")
+    try:
+        st, _, body = device_request(c2, pki, o.serial, "GET", o.body["target"]["download"])
+        assert st == 200 and hashlib.sha256(body).hexdigest() == o.rel.sha256
+        st, _, doc = get_manifest(c2, pki, o.serial, "1.0.0")
+        assert st == 200
+        assert manifest_parts(doc)[2]["manifest_counter"] == o.body["manifest_counter"] + 1
+        st, _, doc = get_manifest(fw_cmsd, pki, o.serial, "1.0.0")
+        assert manifest_parts(doc)[2]["manifest_counter"] == o.body["manifest_counter"] + 2
+    finally:
+        stop_checked(c2)
