@@ -141,12 +141,9 @@ static void token_create_usage(FILE *f)
 static void token_create_show(const json_t *a)
 {
     static const api_col cols[] = {
-        {"id", "id", API_TEXT},
-        {"serial", "serial", API_TEXT},
-        {"model", "model", API_TEXT},
-        {"expires", "expires_at", API_TIME},
-        {"token", "token", API_TEXT},
-        {NULL, NULL, API_TEXT},
+        {"id", "id", API_TEXT},       {"serial", "serial", API_TEXT},
+        {"model", "model", API_TEXT}, {"expires", "expires_at", API_TIME},
+        {"token", "token", API_TEXT}, {NULL, NULL, API_TEXT},
     };
     api_fields(a, cols);
     fprintf(stderr, "cmsctl: the token is shown only this once; give it to the device's "
@@ -156,8 +153,10 @@ static void token_create_show(const json_t *a)
 static int token_create(int argc, char **argv)
 {
     const char *serial = NULL, *model = NULL, *ttl = NULL;
-    const api_opt opts[] = {
-        {"serial", &serial, NULL}, {"model", &model, NULL}, {"ttl", &ttl, NULL}, {NULL, NULL, NULL}};
+    const api_opt opts[] = {{"serial", &serial, NULL},
+                            {"model", &model, NULL},
+                            {"ttl", &ttl, NULL},
+                            {NULL, NULL, NULL}};
     api_args a;
     int rc = api_args_parse(argc, argv, opts, 0, 0, token_create_usage, &a);
     if (rc)
@@ -686,13 +685,11 @@ static int audit_verify(int argc, char **argv)
         api_print_raw(&r);
     if (json_is_true(intact)) {
         if (!api_json_output())
-            printf("audit chain intact: %s rows checked, last row %s, sha256 %s\n", n, last,
-                   hash);
+            printf("audit chain intact: %s rows checked, last row %s, sha256 %s\n", n, last, hash);
         rc = CMSCTL_OK;
     } else {
         if (!api_json_output())
-            printf("audit chain BROKEN at row %s: %s (%s rows checked, %s bad)\n", id, why, n,
-                   bad);
+            printf("audit chain BROKEN at row %s: %s (%s rows checked, %s bad)\n", id, why, n, bad);
         fprintf(stderr, "cmsctl: audit chain broken: first bad row %s\n", id);
         rc = CMSCTL_EFAIL;
     }
