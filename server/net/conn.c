@@ -176,11 +176,12 @@ static int conn_flush(net_conn *c)
             conn_finish(c);
             return CMS_EPROTO;
         }
-        if (c->out_bytes == 0) {
+        bool was_idle = c->out_bytes == 0;
+        c->out_bytes += len;
+        if (was_idle) { /* the write deadline starts now */
             c->write_since = uv_now(c->srv->loop);
             conn_arm_timer(c);
         }
-        c->out_bytes += len;
         if (c->out_bytes > c->srv->lim.max_output_bytes && c->state < NET_DRAINING) {
             net_conn_close(c, "output limit exceeded (peer not reading)");
             conn_finish(c);
