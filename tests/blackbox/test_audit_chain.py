@@ -230,3 +230,39 @@ def test_superuser_too_needs_to_switch_triggers_off(db):
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         db.execute("UPDATE cms.audit_events SET actor = 'x' "
                    "WHERE id = (SELECT max(id) FROM cms.audit_events)")
+
+
+def test_long_chain_verified_across_chunks(tamper_env, pki):
+    """The server walks the chain in chunks of 50000 rows: a link broken
+    exactly between two chunks is found, and the answer agrees with
+    cms.audit_verify_report() (one statement)."""
+    c, tdb = tamper_env
+    have = tdb.scalar("SELECT count(*) FROM cms.audit_events")
+    if have < 50010:
+        # batches of 1000 rows, one transaction each (the chain head is one row)
+        tdb.execute("DO $$ BEGIN FOR i IN 1..%d LOOP "
+                    "PERFORM cms.audit_append('bb_bulk', 'test', 'MON-0001', NULL, "
+                    "'{\"n\": 1}') FROM generate_series(1, 1000); COMMIT; END LOOP; END $$"
+                    % ((50010 - have) // 1000 + 1))
+    body = verify(c, pki)
+    n = tdb.scalar("SELECT count(*) FROM cms.audit_events")
+    assert body["intact"] is True and body["rows_checked"] == n, (body, n)
+    ids = [r[0] for r in tdb.query("SELECT id FROM cms.audit_events ORDER BY id "
+                                   "OFFSET 49999 LIMIT 2")]
+    orig = tdb.query("SELECT actor, row_hash FROM cms.audit_events WHERE id = %s",
+                     (ids[0],))[0]
+    try:
+        with superuser(tdb) as cur:  # the last row of the first chunk, rehashed
+            cur.execute("UPDATE cms.audit_events SET actor = 'operator:nobody', "
+                        "row_hash = cms.audit_row_hash(prev_hash, id, at, event, "
+                        "'operator:nobody', device, peer, detail) WHERE id = %s", (ids[0],))
+        body = verify(c, pki)
+        assert body["intact"] is False and body["first_bad_id"] == ids[1], (body, ids)
+        rep = tdb.query("SELECT first_bad_id, rows_checked, bad_rows "
+                        "FROM cms.audit_verify_report()")[0]
+        assert rep == (body["first_bad_id"], body["rows_checked"], body["bad_rows"]), (rep, body)
+    finally:
+        with superuser(tdb) as cur:
+            cur.execute("UPDATE cms.audit_events SET actor = %s, row_hash = %s WHERE id = %s",
+                        (orig[0], orig[1], ids[0]))
+    assert verify(c, pki)["intact"] is True
