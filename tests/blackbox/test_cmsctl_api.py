@@ -6,8 +6,10 @@ refusal (4xx), 4 server error or unreachable); --help at every level."""
 
 import json
 import os
+import subprocess
 import uuid
 
+import psycopg2
 import pytest
 
 pytest.register_assert_rewrite("admin_helpers")
@@ -219,7 +221,8 @@ def test_settings_from_env_config_file_and_flags(admin_cmsd, pki, tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["--help"], ["help"], ["device", "--help"], ["device", "list", "--help"],
-    ["device", "revoke", "-h"], ["group", "add", "--help"], ["audit", "--help"],
+    ["device", "revoke", "-h"], ["device", "cert-revoke", "--help"],
+    ["group", "add", "--help"], ["audit", "--help"],
     ["audit", "verify", "--help"], ["audit", "list", "--help"], ["enroll", "--help"],
     ["enroll", "token", "--help"], ["enroll", "token", "create", "--help"],
     ["db", "--help"], ["db", "migrate", "--help"], ["whoami", "--help"],
@@ -282,3 +285,32 @@ def test_revoke_and_decommission(admin_cmsd, pki, db):
     assert out["status"] == "decommissioned" and out["status_changed_at"], out
     p = run(admin_cmsd, pki, "device", "list", "--status", "decommissioned")
     assert serial in p.stdout
+
+
+def test_cert_revoke(admin_cmsd, pki, db):
+    """One certificate revoked by fingerprint (the EST service's endpoint):
+    the device keeps its status; the history shows the certificate revoked."""
+    serial = "CLI-%s" % uuid.uuid4().hex[:8].upper()
+    h.device_add(db, serial, status="active", model="Example Monitor")
+    fp = uuid.uuid4().hex + uuid.uuid4().hex
+    der = subprocess.run(["openssl", "x509", "-in", str(pki.path("devices/MON-0001.crt")),
+                          "-outform", "DER"], stdout=subprocess.PIPE, check=True).stdout
+    db.execute("INSERT INTO cms.device_certs (device_id, serial_hex, fingerprint_sha256, "
+               "subject_cn, not_before, not_after, issued_via, der) "
+               "SELECT id, %s, %s, serial, now(), now() + interval '30 days', 'enroll', %s "
+               "FROM cms.devices WHERE serial = %s",
+               (fp[:16], fp, psycopg2.Binary(der), serial))
+    p = run(admin_cmsd, pki, "device", "cert-revoke", fp, "--reason", "keyCompromise",
+            op="operator1")
+    assert p.returncode == EAPI and "403" in p.stderr, (p.returncode, p.stderr)
+    colons = ":".join(fp[i:i + 2] for i in range(0, 64, 2)).upper()
+    p = run(admin_cmsd, pki, "device", "cert-revoke", colons, "--reason", "keyCompromise")
+    assert p.returncode == OK, (p.stdout, p.stderr)
+    out = ok_json(run(admin_cmsd, pki, "device", "certs", serial, "--json"))
+    assert [(c["sha256"], c["state"], c["revocation_reason"]) for c in out["certs"]] == \
+        [(fp, "revoked", "keyCompromise")], out
+    assert out["status"] == "active"
+    p = run(admin_cmsd, pki, "device", "certs", serial)
+    assert p.returncode == OK and "revoked" in p.stdout and "keyCompromise" in p.stdout
+    p = run(admin_cmsd, pki, "device", "cert-revoke", "00" * 32)
+    assert p.returncode == EAPI and "404" in p.stderr, (p.returncode, p.stderr)

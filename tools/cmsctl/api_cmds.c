@@ -6,6 +6,7 @@
  *   cmsctl enroll token list | revoke ID
  *   cmsctl device list [--status S] [--group G] | show SERIAL | certs SERIAL
  *   cmsctl device revoke SERIAL [--reason R] | decommission SERIAL
+ *   cmsctl device cert-revoke SHA256 [--reason R]
  *   cmsctl group list | add NAME SERIAL... | remove NAME SERIAL...
  *   cmsctl audit list [--since T] [--device S] [--event E] [--limit N] | verify
  *
@@ -465,6 +466,38 @@ static int device_decommission(int argc, char **argv)
     return simple("POST", &p, NULL, done_show);
 }
 
+static void cert_revoke_usage(FILE *f)
+{
+    fprintf(f, "usage: cmsctl device cert-revoke SHA256 [--reason REASON] [options]\n\n"
+               "Revokes one certificate, by its SHA-256 fingerprint (64 hex digits, as\n"
+               "'cmsctl device certs' shows it; colons allowed): it goes on the CRL and its\n"
+               "connections are closed; the device keeps its status and may enroll again\n"
+               "with a new token. Needs role admin.\n\n"
+               "  --reason REASON  RFC 5280 reason name (default unspecified)\n");
+    api_common_usage(f);
+}
+
+static int cert_revoke(int argc, char **argv)
+{
+    const char *reason = NULL;
+    const api_opt opts[] = {{"reason", &reason, NULL}, {NULL, NULL, NULL}};
+    api_args a;
+    int rc = api_args_parse(argc, argv, opts, 1, 1, cert_revoke_usage, &a);
+    if (rc)
+        return rc > 0 ? CMSCTL_OK : CMSCTL_EUSAGE;
+    api_path p;
+    api_path_init(&p, "/api/v1/certs");
+    api_path_segment(&p, a.pos[0]);
+    api_path_append(&p, "/revoke");
+    json_t *body = reason ? json_pack("{s:s}", "reason", reason) : NULL;
+    char msg[256];
+    snprintf(msg, sizeof(msg), "certificate %s revoked", a.pos[0]);
+    g_done_msg = msg;
+    rc = simple("POST", &p, body, done_show);
+    json_decref(body);
+    return rc;
+}
+
 int cmsctl_device(int argc, char **argv)
 {
     static const cmsctl_cmd cmds[] = {
@@ -473,6 +506,7 @@ int cmsctl_device(int argc, char **argv)
         {"certs", device_certs, "list a device's certificates"},
         {"revoke", device_revoke, "revoke a device (admin)"},
         {"decommission", device_decommission, "decommission a device (admin)"},
+        {"cert-revoke", cert_revoke, "revoke one certificate by fingerprint (admin)"},
     };
     return cmsctl_dispatch("cmsctl device", cmds, NCMDS(cmds), argc - 1, argv + 1);
 }
