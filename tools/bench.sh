@@ -64,11 +64,17 @@ if [[ $nofile != unlimited ]] && ((nofile < 20000)); then
 	exit 1
 fi
 export BENCH_NOFILE=$nofile
+ulimit -c unlimited 2>/dev/null || true # a server that crashes leaves build/bench/run/core*
 say "file descriptors per process: $nofile"
 
 # --- build ------------------------------------------------------------------------------------
 make -j"$(nproc)" BUILD="$BUILD" >/dev/null
 mkdir -p "$BENCH/bin" "$BENCH/run"
+# A snapshot of the binaries: the whole run measures one build, even if build/ is rebuilt
+# meanwhile (a checkout shared with other work).
+for b in cmsd cms-monitor cmsctl; do
+	cp -f "$BUILD/$b" "$BENCH/bin/$b.tmp" && mv -f "$BENCH/bin/$b.tmp" "$BENCH/bin/$b"
+done
 if [[ ! -x $BENCH/bin/hsbench || tools/bench/hsbench.c -nt $BENCH/bin/hsbench ]]; then
 	cc -O2 -g -std=gnu11 -Wall -Wextra -o "$BENCH/bin/hsbench" tools/bench/hsbench.c \
 		$(pkg-config --cflags --libs openssl)

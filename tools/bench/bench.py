@@ -40,13 +40,15 @@ PKI = BENCH / "pki"
 PGDIR = BENCH / "pg"
 FWDIR = BENCH / "fw"
 BIN = BENCH / "bin"
-CMSD = BUILD / "cmsd"
-MONITOR = BUILD / "cms-monitor"
+CMSD = BIN / "cmsd"  # snapshots made by tools/bench.sh
+MONITOR = BIN / "cms-monitor"
+CMSCTL = BIN / "cmsctl"
 HSBENCH = BIN / "hsbench"
 HOLDER = ROOT / "tools" / "bench" / "holder.py"
 PG_PORT = int(os.environ.get("BENCH_PG_PORT", "55870"))
 NDEV = 10000  # minted device certificates MON-0001 .. MON-10000
 PY = "/usr/bin/python3"
+PROFILE = set()
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
@@ -92,11 +94,12 @@ def clk():
     return os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid):
-    """utime+stime of a process (all threads), seconds; 0 if gone."""
+def proc_cpu(pid, reaped=False):
+    """utime+stime of a process (all threads), seconds; 0 if gone. reaped: plus the CPU of
+    its children that have exited (cutime+cstime: e.g. the postmaster's ended backends)."""
     try:
         f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / clk()
+        return (int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if reaped else 0)) / clk()
     except (OSError, IndexError):
         return 0.0
 
@@ -139,7 +142,8 @@ class CpuMeter:
         self.groups = groups  # name -> callable returning pids
 
     def snap(self):
-        return {n: sum(proc_cpu(p) for p in f()) for n, f in self.groups.items()}
+        return {n: f() if n == "postgres" else sum(proc_cpu(p) for p in f())
+                for n, f in self.groups.items()}
 
     def start(self):
         self.t0 = time.monotonic()
@@ -201,7 +205,7 @@ class Pg:
             self.psql("ALTER SYSTEM SET %s = '%s'" % (k, v))
         self.pgsh("stop", self.dir, PG_PORT)
         self.pgsh("start", self.dir, PG_PORT)
-        sh([BUILD / "cmsctl", "db", "migrate", "--dsn", self.dsn(), "--sql-dir", ROOT / "sql"])
+        sh([CMSCTL, "db", "migrate", "--dsn", self.dsn(), "--sql-dir", ROOT / "sql"])
         self.pgsh("setup", self.dir, PG_PORT)
         self.psql(
             "INSERT INTO cms.devices (serial, model, status) "
@@ -220,6 +224,13 @@ class Pg:
     def pids(self):
         pm = self.postmaster_pid()
         return ([pm] + children(pm)) if pm else []
+
+    def cpu(self):
+        """CPU seconds of the whole cluster so far: live processes + reaped backends."""
+        pm = self.postmaster_pid()
+        if not pm:
+            return 0.0
+        return proc_cpu(pm, reaped=True) + sum(proc_cpu(p) for p in children(pm))
 
     def clean_ingest(self):
         self.psql("TRUNCATE cms.observations, cms.messages, cms.patients")
@@ -252,6 +263,10 @@ class Server:
     def stop(self):
         if self.proc is None:
             return
+        if self.proc.poll() is not None:
+            log("%s had exited by itself, rc=%s (negative: killed by that signal); log in %s"
+                % (self.name, self.proc.returncode, RUN))
+            self.died = self.proc.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -291,15 +306,38 @@ class Cmsd(Server):
             "tls_key = %s" % (PKI / "server.key"),
             "tls_device_ca = %s" % (PKI / "device-ca-bundle.pem"),
             "tls_crl = %s" % (PKI / "crl.pem"),
-            'db_conninfo = "%s application_name=cmsd-bench"' % self.pg.dsn("cmsd"),
+            'db_conninfo = "%s application_name=cmsd-bench%s"' % (
+                self.pg.dsn("cmsd"), os.environ.get("BENCH_DSN_EXTRA", "")),
         ] + ["%s = %s" % kv for kv in self.cfg.items()]
         conf.write_text("\n".join(lines) + "\n")
         self.https_port = https
         self.logf = open(RUN / ("%s.log" % self.tag), "a")
         self.proc = subprocess.Popen([CMSD, "--config", conf], stdout=self.logf,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+                                     stderr=subprocess.STDOUT, cwd=RUN)  # cores land here
         wait_port(self.port, 90, self.proc)
         time.sleep(0.5)  # the store's connections and the first maintenance queries
+        self.perf = None
+        scn = self.tag.split("-")[-1].upper()
+        if scn in PROFILE:
+            self.perf_data = BENCH / ("perf-%s.data" % scn)
+            self.perf = subprocess.Popen(
+                ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p",
+                 str(self.proc.pid), "-o", str(self.perf_data)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        if getattr(self, "perf", None) is not None:
+            self.perf.send_signal(signal.SIGINT)
+            self.perf.wait(60)
+            self.perf = None
+            scn = self.perf_data.stem.split("-")[-1]
+            out = BENCH / ("profile-%s.txt" % scn)
+            rep = sh(["perf", "report", "-i", self.perf_data, "--no-children", "--stdio",
+                      "--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.5"],
+                     check=False, timeout=600).stdout
+            out.write_text(rep)
+            log("profile of cmsd under %s: %s" % (scn, out))
+        super().stop()
 
     def threads(self):
         return [self.proc.pid] if self.proc and self.proc.poll() is None else []
@@ -385,7 +423,7 @@ def p1_once(pg, i, overrides=None, with_copy=True):
     pg.clean_ingest()
     c = Cmsd(pg, overrides, tag="cmsd-p1")
     c.start()
-    meter = CpuMeter({"cmsd": c.pids, "postgres": pg.pids})
+    meter = CpuMeter({"cmsd": c.pids, "postgres": pg.cpu})
     try:
         meter.start()
         m = monitor(c.port, P1_DEVICES, 0, P1_WINDOW, P1_SECONDS)
@@ -404,14 +442,25 @@ def p1_once(pg, i, overrides=None, with_copy=True):
             "-c", "\\copy (SELECT * FROM cms.observations) TO '%s'" % f])
         pg.psql("TRUNCATE cms.observations")
         pg.psql("CHECKPOINT")
+        meter = CpuMeter({"postgres": pg.cpu})
+        meter.start()
         t0 = time.monotonic()
         sh(["/usr/lib/postgresql/15/bin/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", pg.dsn(),
             "-c", "\\copy cms.observations FROM '%s'" % f])
         el = time.monotonic() - t0
+        r["copy_cores"] = meter.stop()
+        r["copy_pg_cpu_s"] = r["copy_cores"]["postgres"] * el
         n = int(pg.psql("SELECT count(*) FROM cms.observations"))
         r["copy_rows"] = n
         r["copy_rows_per_s"] = n / el
         r["ratio_vs_copy"] = r["obs_per_s"] / r["copy_rows_per_s"]
+        # Noise-robust view: rows per CPU-second spent by the servers (cmsd + PostgreSQL for
+        # the ingest path, PostgreSQL alone for COPY).
+        busy = cpu["cmsd"] + cpu["postgres"]
+        r["obs_per_cpu_s"] = r["obs_per_s"] / busy if busy else None
+        r["copy_rows_per_cpu_s"] = n / r["copy_pg_cpu_s"] if r["copy_pg_cpu_s"] else None
+        if r["obs_per_cpu_s"] and r["copy_rows_per_cpu_s"]:
+            r["ratio_per_cpu"] = r["obs_per_cpu_s"] / r["copy_rows_per_cpu_s"]
         f.unlink()
     log("P1 run %d: %.0f obs/s (stored %d of %d acked), COPY %.0f rows/s, ratio %.2f; cores %s"
         % (i, r["obs_per_s"], stored, m["obs_acked"], r.get("copy_rows_per_s", 0),
@@ -423,7 +472,7 @@ def p2_once(pg, i, devices):
     pg.clean_ingest()
     c = Cmsd(pg, tag="cmsd-p2")
     c.start()
-    meter = CpuMeter({"cmsd": c.pids, "postgres": pg.pids})
+    meter = CpuMeter({"cmsd": c.pids, "postgres": pg.cpu})
     try:
         meter.start()
         m = monitor(c.port, devices, 1, 4, P2_SECONDS, ["--connect-rate", P2_CONNECT_RATE])
@@ -468,7 +517,8 @@ def hold_sessions(srv, proto, n, extra_groups=None):
             cnt = min(per, n - k * per)
             procs.append(subprocess.Popen(
                 [PY, HOLDER, "--port", str(srv.port), "--pki", str(PKI), "--devices", str(cnt),
-                 "--first", str(first), "--proto", proto, "--concurrency", "100"],
+                 "--first", str(first), "--proto", proto, "--concurrency", "100"]
+                + (["--no-message"] if proto == "mllp" and os.environ.get("BENCH_P3_NO_MESSAGE") else []),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         outs = [json.loads(p.stdout.readline() or "{}") for p in procs]
         ramp = time.monotonic() - t0
@@ -476,6 +526,7 @@ def hold_sessions(srv, proto, n, extra_groups=None):
         after = srv.rss()
         hwm = srv.rss("VmHWM")
         opened = sum(o.get("open", 0) for o in outs)
+        alive = bool(srv.pids())
         for p in procs:
             p.stdin.close()
         for p in procs:
@@ -487,11 +538,15 @@ def hold_sessions(srv, proto, n, extra_groups=None):
         srv.stop()
     r = {"sessions": opened, "failed": sum(o.get("failed", 0) for o in outs),
          "rss_before_kib": before, "rss_after_kib": after, "rss_hwm_kib": hwm,
-         "kib_per_session": (after - before) / opened if opened else None,
+         # a run where the server died or fewer than 95 % of the sessions opened is not used
+         "kib_per_session": (after - before) / opened if alive and opened >= 0.95 * n else None,
+         "server_alive": alive,
          "ramp_s": round(ramp, 1), "sessions_per_s": opened / ramp if ramp else None,
          "errors": [o.get("errors") for o in outs if o.get("errors")]}
-    log("P3 %s: %d/%d sessions in %.1fs, RSS %d -> %d KiB = %.2f KiB/session"
-        % (srv.name, opened, n, ramp, before, after, r["kib_per_session"] or -1))
+    log("P3 %s: %d/%d sessions in %.1fs, RSS %d -> %d KiB = %s KiB/session%s"
+        % (srv.name, opened, n, ramp, before, after,
+           "%.2f" % r["kib_per_session"] if r["kib_per_session"] else "n/a",
+           "" if alive else " (SERVER DIED: run not used)"))
     return r
 
 
@@ -499,7 +554,7 @@ def p4_once(srv, probe, modes):
     out = {}
     meter_groups = {srv.name: srv.pids}
     if isinstance(srv, Cmsd):
-        meter_groups["postgres"] = srv.pg.pids
+        meter_groups["postgres"] = srv.pg.cpu
     for mode in modes:
         meter = CpuMeter(meter_groups)
         meter.start()
@@ -509,6 +564,8 @@ def p4_once(srv, probe, modes):
         j = json.loads(p.stdout)
         j["cores"] = meter.stop(extra_cpu=j["client_cpu_s"])
         j["cores"]["hsbench"] = j["client_cores"]
+        server = j["cores"][srv.name] + j["cores"].get("postgres", 0.0)
+        j["per_server_cpu_s"] = j["per_s"] / server if server > 0 else None
         out[mode] = j
         log("P4 %s %s (probe %s): %.0f/s (full %.0f, resumed %.0f, errors %d); cores %s"
             % (srv.name, mode, probe, j["per_s"], j["full_per_s"], j["resumed_per_s"],
@@ -592,22 +649,26 @@ def fmt(s, unit="", scale=1.0, nd=0):
 
 def main():
     global P1_DEVICES, P1_WINDOW, P1_SECONDS, P2_SECONDS, P2_CONNECT_RATE, P3_SESSIONS
-    global P4_SECONDS, P4_PROCS, HOLDER_PROCS, NOFILE, BENCH_CMSD
+    global P4_SECONDS, P4_PROCS, HOLDER_PROCS, NOFILE, BENCH_CMSD, PROFILE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "0")))
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P2,P3,P4,P5"))
     ap.add_argument("--sweep", action="store_true", help="cmsd config variations under P1/P4")
+    ap.add_argument("--profile", default=os.environ.get("BENCH_PROFILE", ""),
+                    help="perf-record cmsd under these scenarios (P1,P2,P3,P4): "
+                         "build/bench/profile-Pn.txt")
     ap.add_argument("--keep-pg", action="store_true", help="reuse the bench cluster (no initdb)")
     ap.add_argument("--cmsd", action="append", default=[],
                     help="cmsd config override KEY=VALUE for every scenario (repeatable)")
     args = ap.parse_args()
     only = {s.strip().upper() for s in args.only.split(",") if s.strip()}
+    PROFILE = {s.strip().upper() for s in args.profile.split(",") if s.strip()}
     quick = args.quick
     runs = args.runs or (1 if quick else 3)
     P1_DEVICES, P1_WINDOW = 200, 16
     P1_SECONDS = 8 if quick else 20
-    P2_SECONDS = 20 if quick else 40
+    P2_SECONDS = 30 if quick else 60
     P2_CONNECT_RATE = 2000
     P3_SESSIONS = 10000 if not quick else 2000
     P4_SECONDS = 4 if quick else 8
@@ -643,6 +704,12 @@ def main():
                    "ratio_vs_copy": stats([r["ratio_vs_copy"] for r in rs]),
                    "p99_ms": stats([r["p99_ms"] for r in rs]),
                    "monitor_cpu_share": stats([r["monitor_cpu_share"] for r in rs]),
+                   "obs_per_cpu_s": stats([r.get("obs_per_cpu_s") for r in rs]),
+                   "copy_rows_per_cpu_s": stats([r.get("copy_rows_per_cpu_s") for r in rs]),
+                   "ratio_per_cpu": stats([r.get("ratio_per_cpu") for r in rs]),
+                   "cmsd_cores": stats([r["cores"]["cmsd"] for r in rs]),
+                   "postgres_cores": stats([r["cores"]["postgres"] for r in rs]),
+                   "others_cores": stats([r["cores"]["others"] for r in rs]),
                    "lost": sum(max(0, r["obs_acked"] - r["obs_stored"]) for r in rs),
                    "raw": rs}
     if "P2" in only:
@@ -711,6 +778,11 @@ def main():
                    "nginx_resumed_over_full": stats([a["resume"]["resumed_per_s"] / a["full"]["full_per_s"]
                                                      for a in rn if a["full"]["full_per_s"]]),
                    "client_cores": stats([r["full"]["client_cores"] for r in rc + rn]),
+                   "cmsd_full_per_cpu_s": stats([r["full"]["per_server_cpu_s"] for r in rc]),
+                   "nginx_full_per_cpu_s": stats([r["full"]["per_server_cpu_s"] for r in rn]),
+                   "cmsd_resumed_per_cpu_s": stats([r["resume"]["per_server_cpu_s"] for r in rc]),
+                   "nginx_resumed_per_cpu_s": stats([r["resume"]["per_server_cpu_s"] for r in rn]),
+                   "others_cores": stats([r[m]["cores"]["others"] for r in rc + rn for m in r]),
                    "errors": sum(r[m]["errors"] for r in rc + rn for m in r),
                    "tls_only": {"cmsd": dc, "nginx": dn},
                    "raw": {"cmsd": rc, "nginx": rn}}
@@ -817,6 +889,12 @@ def table_rows(res):
         add("P1", "PostgreSQL COPY rows/s (same rows, same table)", p["copy_rows_per_s"])
         add("P1", "ratio cmsd / COPY", p["ratio_vs_copy"], ">= 0.50",
             yes(p["ratio_vs_copy"]["median"] >= 0.5), nd=2)
+        add("P1", "  per server CPU-second: cmsd+PG obs / COPY rows", p["ratio_per_cpu"], nd=2)
+        add("P1", "  cores used: cmsd / PostgreSQL / other users",
+            None if not p.get("cmsd_cores") else p["cmsd_cores"], nd=2)
+        rows[-1]["text"] = "%.2f / %.2f / %.2f" % (p["cmsd_cores"]["median"],
+                                                   p["postgres_cores"]["median"],
+                                                   p["others_cores"]["median"])
         add("P1", "ACK latency p99 under saturation (ms)", p["p99_ms"], nd=1)
         add("P1", "cms-monitor CPU (share of one core)", p["monitor_cpu_share"], nd=2)
     if "P2" in S:
@@ -845,6 +923,9 @@ def table_rows(res):
         add("P4", "nginx full mTLS handshakes/s (workers=%d)" % w, p["nginx_full_per_s"])
         add("P4", "ratio full cmsd / nginx", p["full_ratio_vs_nginx"], ">= 1.0",
             yes(p["full_ratio_vs_nginx"]["median"] >= 1.0), nd=2)
+        add("P4", "  full per server CPU-second: cmsd(+PG) / nginx",
+            stats([p["cmsd_full_per_cpu_s"]["median"] / p["nginx_full_per_cpu_s"]["median"]])
+            if p["cmsd_full_per_cpu_s"] and p["nginx_full_per_cpu_s"] else None, nd=2)
         add("P4", "cmsd resumed handshakes/s", p["cmsd_resumed_per_s"])
         add("P4", "nginx resumed handshakes/s", p["nginx_resumed_per_s"])
         add("P4", "cmsd resumed / full", p["cmsd_resumed_over_full"], ">= 3.0",
@@ -870,7 +951,8 @@ def print_table(res):
     print("%-4s %-58s %-28s %-14s %s" % ("", "metric", "median (min-max)", "target", "met"))
     for r in rows:
         print("%-4s %-58s %-28s %-14s %s" % (r["scn"], r["metric"][:58],
-                                             fmt(r["stats"], nd=r["nd"]), r["target"], r["met"]))
+                                             r.get("text") or fmt(r["stats"], nd=r["nd"]),
+                                             r["target"], r["met"]))
     print("\nresults: %s, %s (%.0f s)" % (BENCH / "results.json", BENCH / "results.csv",
                                           res["elapsed_s"]))
 

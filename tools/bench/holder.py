@@ -73,7 +73,9 @@ async def open_one(args, i, sem, held, errors):
             r, w = await asyncio.wait_for(
                 asyncio.open_connection(args.host, args.port, ssl=ctx,
                                         server_hostname="localhost"), args.timeout)
-            if args.proto == "mllp":
+            if args.proto == "mllp" and args.no_message:
+                pass  # TLS session only (the device check runs in the background)
+            elif args.proto == "mllp":
                 w.write(pcd01(serial, 1))
                 await w.drain()
                 ack = await asyncio.wait_for(r.readuntil(FS + CR), args.timeout)
@@ -99,6 +101,8 @@ async def main():
     ap.add_argument("--first", type=int, default=1)
     ap.add_argument("--prefix", default="MON-")
     ap.add_argument("--proto", choices=("mllp", "mqtt"), required=True)
+    ap.add_argument("--no-message", action="store_true",
+                    help="mllp: hold the TLS session without sending a message")
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--timeout", type=float, default=60.0)
     args = ap.parse_args()
