@@ -46,6 +46,8 @@
  *                                  and when half of this has passed)
  *   http_max_header_bytes  [16384] HTTP request header section limit (431 beyond)
  *   http_max_body_bytes    [65536] HTTP request body limit (413 beyond)
+ *   http_request_timeout_ms [30000] a request must be complete this long after its first byte
+ *                                  (uploads included; slow senders are cut)
  *   fw_publisher_keys      [""]    firmware publisher public keys: comma-separated PEM files
  *                                  (Ed25519 or P-256), at most 8; "" = firmware import off
  *   fw_distribution_key    [""]    Ed25519 private key (PEM, mode 0600) that signs device
@@ -110,6 +112,7 @@ typedef struct cms_config {
     unsigned crl_next_update_hours;
     unsigned http_max_header_bytes;
     unsigned http_max_body_bytes;
+    unsigned http_request_timeout_ms;
     char fw_publisher_keys[CONFIG_STR * 4];
     char fw_distribution_key[CONFIG_STR];
     char fw_distribution_key_next[CONFIG_STR];

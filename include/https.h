@@ -85,6 +85,7 @@ typedef struct https_config {
     unsigned max_header_bytes, max_body_bytes;
     unsigned max_output_bytes;
     unsigned max_upload_bytes; /* body limit of "upload" routes; 0 = max_body_bytes */
+    unsigned request_timeout_ms; /* first byte of a request -> complete; 0 = none */
 } https_config;
 
 /* Service hooks shared by the handlers (filled by cmsd). */

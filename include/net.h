@@ -124,6 +124,14 @@ void net_conn_activate(net_conn *c);
  */
 int net_conn_write(net_conn *c, const void *data, size_t len);
 
+/*
+ * Sets (abs_ms = uv_now() + delay) or clears (0) a protocol deadline, e.g.
+ * "this HTTP request must be complete by then". When it passes while the
+ * connection is NET_ACTIVE, the connection is closed with reason.
+ * reason must be a static string.
+ */
+void net_conn_set_deadline(net_conn *c, uint64_t abs_ms, const char *reason);
+
 /* Ciphertext queued but not yet written to the socket. */
 size_t net_conn_output_pending(const net_conn *c);
 

@@ -151,6 +151,7 @@ static int worker_listen(worker *w)
     https_config hc = {
         .max_header_bytes = cfg->http_max_header_bytes,
         .max_body_bytes = cfg->http_max_body_bytes,
+        .request_timeout_ms = cfg->http_request_timeout_ms,
         .max_output_bytes = cfg->max_output_bytes,
         .max_upload_bytes = cfg->fw_max_image_bytes,
     };

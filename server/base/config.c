@@ -67,6 +67,7 @@ static const struct opt opts[] = {
     U(crl_next_update_hours, 1, 24 * 30),
     U(http_max_header_bytes, 1024, 1u << 20),
     U(http_max_body_bytes, 1024, 64u << 20),
+    U(http_request_timeout_ms, 100, 3600000),
     S(fw_publisher_keys),
     S(fw_distribution_key),
     S(fw_distribution_key_next),
@@ -110,6 +111,7 @@ void config_defaults(cms_config *c)
     c->crl_next_update_hours = 24;
     c->http_max_header_bytes = 16384;
     c->http_max_body_bytes = 65536;
+    c->http_request_timeout_ms = 30000;
     c->fw_manifest_ttl_s = 3600;
     snprintf(c->fw_cache_dir, sizeof(c->fw_cache_dir), "var/fw-cache");
     c->fw_max_image_bytes = 256u << 20;

@@ -118,6 +118,14 @@ static void on_write(uv_write_t *req, int status)
     }
 }
 
+void net_conn_set_deadline(net_conn *c, uint64_t abs_ms, const char *reason)
+{
+    c->proto_deadline = abs_ms;
+    c->proto_deadline_why = reason;
+    if (abs_ms && c->state == NET_ACTIVE)
+        conn_arm_timer(c);
+}
+
 size_t net_conn_output_pending(const net_conn *c)
 {
     return c->out_bytes + (c->tls.wbio ? tls_conn_pending_output(&c->tls) : 0);
@@ -227,6 +235,12 @@ static void on_timer(uv_timer_t *t)
             conn_finish(c);
             return;
         }
+        if (c->proto_deadline && now >= c->proto_deadline) {
+            log_info("timeout", c->identity, c->peer, "%s: %s", c->l->proto->name,
+                     c->proto_deadline_why);
+            net_conn_close(c, NULL);
+            return;
+        }
         if (!c->paused && now >= c->last_input + lim->idle_timeout_ms) {
             log_info("idle_timeout", c->identity, c->peer, "no input for %u ms",
                      lim->idle_timeout_ms);
@@ -262,6 +276,8 @@ static void conn_arm_timer(net_conn *c)
             deadline = now + lim->idle_timeout_ms;
         if (c->out_bytes > 0 && c->write_since + lim->write_timeout_ms < deadline)
             deadline = c->write_since + lim->write_timeout_ms;
+        if (c->proto_deadline && c->proto_deadline < deadline)
+            deadline = c->proto_deadline;
         break;
     case NET_DRAINING:
         deadline = c->draining_since + (c->lingering ? LINGER_MS : lim->write_timeout_ms);

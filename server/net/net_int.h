@@ -26,6 +26,8 @@ struct net_conn {
     bool reading, paused, in_process, again, tls_failed;
     bool linger, lingering; /* see conn_drained() */
     uint64_t accepted_at, last_input, write_since, draining_since; /* uv_now() ms */
+    uint64_t proto_deadline;         /* net_conn_set_deadline, 0 = none */
+    const char *proto_deadline_why;
     size_t out_bytes; /* ciphertext handed to uv_write, not yet written */
     char peer[64];
     char identity[64];

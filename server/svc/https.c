@@ -18,6 +18,7 @@ typedef struct session {
     http_conn http;
     https_req req;        /* the request being answered */
     bool answered;        /* the current request has its answer */
+    bool request_deadline_set;
     bool async;           /* the handler deferred: the answer comes from a callback */
     bool authorized;      /* peer classified and (device) checked */
     enum https_peer_kind peer;
@@ -378,11 +379,29 @@ static int on_request(void *ctx, const http_request *req)
 }
 
 /* Feeds plaintext; keeps what is not consumed while an answer is pending. */
+/* A request must arrive whole within request_timeout_ms of its first byte
+ * (slow senders must not hold a connection by trickling bytes). */
+static void update_request_deadline(net_conn *c, session *s)
+{
+    https_ctx *ctx = net_conn_proto_ctx(c);
+    bool in_request = http_conn_in_request(&s->http);
+    if (in_request && !s->request_deadline_set && ctx->cfg.request_timeout_ms) {
+        net_conn_set_deadline(c, uv_now(net_conn_loop(c)) + ctx->cfg.request_timeout_ms,
+                              "request not complete within http_request_timeout_ms");
+        s->request_deadline_set = true;
+    } else if (!in_request && s->request_deadline_set) {
+        net_conn_set_deadline(c, 0, NULL);
+        s->request_deadline_set = false;
+    }
+}
+
 static int feed(net_conn *c, const char *data, size_t len)
 {
     session *s = net_conn_session(c);
     size_t used = 0;
     int rc = http_conn_feed(&s->http, data, len, &used);
+    if (rc == CMS_OK || rc == CMS_EAGAIN)
+        update_request_deadline(c, s);
     if (rc == CMS_OK)
         return CMS_OK;
     if (rc == CMS_EAGAIN) {
