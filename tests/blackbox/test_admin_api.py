@@ -4,7 +4,9 @@ certificate -> 401, a device certificate -> 401, an operator whose role
 from the registry; every membership change is audited with the operator's
 identity, in the same transaction as the change."""
 
+import json
 import subprocess
+import threading
 import uuid
 
 import psycopg2
@@ -342,3 +344,48 @@ def test_device_certificates_and_current_certificate(admin_cmsd, pki, db):
                    ("0a01", "revoked", "superseded")], got
     assert body["certs"][2]["superseded_at"].startswith("2026-02-01")
     assert body["certs"][0]["issued_via"] == "enroll"
+
+
+def test_group_change_waits_for_a_revocation_without_deadlock(db):
+    """cms.group_update locks the devices it names before the audit chain
+    head, like the revocation functions (002): a group change naming a
+    device that a revocation holds waits for it instead of deadlocking."""
+    tag = uuid.uuid4().hex[:6].upper()
+    a_dev, b_dev = "LCK-%s-A" % tag, "LCK-%s-B" % tag
+    for s in (a_dev, b_dev):
+        h.device_add(db, s, status="active")
+    g = new_group()
+    revoker = psycopg2.connect(db.dsn)  # superuser, one transaction, like device_revoke
+    changer = psycopg2.connect(db.cmsd_dsn + " application_name=bb-group-lock")
+    changer.autocommit = True
+    result = {}
+
+    def change():
+        try:
+            with changer.cursor() as cur:
+                cur.execute("SELECT serial, outcome FROM cms.group_update(%s, %s::jsonb, NULL, "
+                            "'operator:test', NULL)", (g, json.dumps([a_dev, b_dev])))
+                result["rows"] = cur.fetchall()
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    try:
+        with revoker.cursor() as cur:
+            cur.execute("SELECT 1 FROM cms.devices WHERE serial = %s FOR UPDATE", (b_dev,))
+            t = threading.Thread(target=change)
+            t.start()
+            h.wait_until(lambda: db.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'bb-group-lock' AND wait_event_type = 'Lock'") == 1, 20, 0.05,
+                "the group change to wait for the device lock")
+            # the revocation goes on to the audit chain head, then commits
+            cur.execute("SELECT cms.audit_append('bb_lock_test', 'test', %s, NULL, NULL)",
+                        (b_dev,))
+        revoker.commit()
+        t.join(30)
+    finally:
+        revoker.close()
+    changer.close()
+    assert "error" not in result, result
+    assert sorted(result["rows"]) == [(a_dev, "added"), (b_dev, "added")]
+    assert db.scalar("SELECT cms.audit_verify()") is None
