@@ -78,6 +78,12 @@ static int get_pages(api_path *base, const char *list_key, const char *next_key,
         json_object_set(all, next_key, json_object_get(r.json, next_key));
         api_resp_free(&r);
         next = json_object_get(all, next_key);
+        char again[128];
+        if (next && strcmp(api_value_text(next, API_TEXT, again, sizeof(again)), cursor) == 0) {
+            fprintf(stderr, "cmsctl: the server repeated the page cursor %s; stopping\n", cursor);
+            api_resp_free(first);
+            return CMSCTL_ESERVER;
+        }
         free(first->body); /* the raw text no longer describes the merged answer */
         first->body = NULL;
     }
