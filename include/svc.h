@@ -21,6 +21,13 @@ typedef struct svc_state {
     void *fw;              /* firmware service state (firmware.c), or NULL */
 } svc_state;
 
+/*
+ * Appends an audit row (store_audit) whose detail is the JSON object detail
+ * (stolen; NULL allowed, e.g. when json_pack failed). Strings are copied.
+ */
+void svc_audit(store_t *store, const char *event, const char *actor, const char *device,
+               const char *peer, json_t *detail);
+
 /* The route table: every HTTPS resource, its handler, who may call it. */
 extern const https_route svc_routes[];
 

@@ -12,6 +12,7 @@
 #include "cms_err.h"
 #include "https.h"
 #include "log.h"
+#include "svc.h"
 #include "pki.h"
 
 typedef struct session {
@@ -189,10 +190,7 @@ void https_audit(https_req *r, const char *event, const char *device, json_t *de
         snprintf(actor, sizeof(actor), "device:%s", r->peer_cn);
     else
         snprintf(actor, sizeof(actor), "anonymous");
-    char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
-    store_audit(r->ctx->store, event, actor, device, r->peer_addr, text);
-    free(text);
-    json_decref(detail);
+    svc_audit(r->ctx->store, event, actor, device, r->peer_addr, detail);
 }
 
 /* ---- routing --------------------------------------------------------------- */
@@ -355,14 +353,9 @@ static int on_head(void *ctx, const http_request *req)
         json_t *d = json_pack("{s:s, s:s, s:I, s:I}", "method", req->method_name, "path",
                               req->path, "content_length", (json_int_t)req->content_length,
                               "limit", (json_int_t)limit);
-        char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
-        char actor[96];
-        snprintf(actor, sizeof(actor), "%s%s", s->peer == HTTPS_PEER_OPERATOR ? "operator:" : "",
-                 s->cn);
-        store_audit(hc->store, "http_body_refused", s->cn[0] ? actor : NULL, NULL,
-                    net_conn_peer(c), text);
-        free(text);
-        json_decref(d);
+        svc_audit(hc->store, "http_body_refused",
+                  net_conn_identity(c)[0] ? net_conn_identity(c) : NULL, NULL, net_conn_peer(c),
+                  d);
         return head_refuse(c, 413, "payload_too_large", "request body too large");
     }
     if (req->expect_continue)
@@ -430,18 +423,12 @@ static int feed(net_conn *c, const char *data, size_t len)
         http_buf_free(&out);
         log_info("http_error", net_conn_identity(c), net_conn_peer(c), "%d %s: %s", status, err,
                  http_conn_error_detail(&s->http));
-        json_t *d = json_pack("{s:i, s:s, s:s}", "status", status, "error", err, "detail",
-                              http_conn_error_detail(&s->http));
-        char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
         https_ctx *ctx = net_conn_proto_ctx(c);
-        store_audit(ctx->store, "http_refused", NULL,
-                    s->peer == HTTPS_PEER_DEVICE ? s->cn : NULL, net_conn_peer(c), text);
-        free(text);
-        json_decref(d);
-        if (status == 413) /* e.g. an upload over its route's limit: worth a record */
-            store_audit(((https_ctx *)net_conn_proto_ctx(c))->store, "http_body_refused",
-                        net_conn_identity(c)[0] ? net_conn_identity(c) : NULL, NULL,
-                        net_conn_peer(c), NULL);
+        svc_audit(ctx->store, status == 413 ? "http_body_refused" : "http_refused",
+                  net_conn_identity(c)[0] ? net_conn_identity(c) : NULL,
+                  s->peer == HTTPS_PEER_DEVICE ? s->cn : NULL, net_conn_peer(c),
+                  json_pack("{s:i, s:s, s:s}", "status", status, "error", err, "detail",
+                            http_conn_error_detail(&s->http)));
     }
     return rc;
 }
@@ -499,12 +486,9 @@ static void on_device(void *ctx, int status, const store_device *dev)
                                                     : dev->status;
             log_warn("device_refused", s->cn, net_conn_peer(c), "https: %s", why);
             if (status == CMS_OK || status == CMS_EPERM) {
-                json_t *d = json_pack("{s:s, s:s}", "listener", "https", "reason", why);
-                char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
-                store_audit(((https_ctx *)net_conn_proto_ctx(c))->store, "device_refused", NULL,
-                            s->cn, net_conn_peer(c), text);
-                free(text);
-                json_decref(d);
+                svc_audit(((https_ctx *)net_conn_proto_ctx(c))->store, "device_refused", NULL,
+                          s->cn, net_conn_peer(c),
+                          json_pack("{s:s, s:s}", "listener", "https", "reason", why));
             }
             net_conn_close(c, NULL);
         }
@@ -580,11 +564,8 @@ static void on_close(net_conn *c)
 static void on_tls_refused(void *proto_ctx, const char *peer, const char *reason)
 {
     https_ctx *ctx = proto_ctx;
-    json_t *d = json_pack("{s:s, s:s}", "listener", "https", "reason", reason);
-    char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
-    store_audit(ctx->store, "tls_refused", NULL, NULL, peer, text);
-    free(text);
-    json_decref(d);
+    svc_audit(ctx->store, "tls_refused", NULL, NULL, peer,
+              json_pack("{s:s, s:s}", "listener", "https", "reason", reason));
 }
 
 const net_proto https_proto = {

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "mllp.h"
 #include "pki.h"
+#include "svc.h"
 
 #define ACK_BUF 8192 /* escaping can triple a 199-char control id */
 
@@ -182,11 +183,8 @@ static const char *foreign_sender(const session *s, const pcd01_msg *m)
 
 static void audit(ingest_ctx *ix, const char *event, net_conn *c, json_t *detail)
 {
-    char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
-    store_audit(ix->store, event, NULL, net_conn_identity(c)[0] ? net_conn_identity(c) : NULL,
-                net_conn_peer(c), text);
-    free(text);
-    json_decref(detail);
+    svc_audit(ix->store, event, NULL, net_conn_identity(c)[0] ? net_conn_identity(c) : NULL,
+              net_conn_peer(c), detail);
 }
 
 /* ---- frames -------------------------------------------------------------- */
@@ -404,11 +402,8 @@ static void on_close(net_conn *c)
 static void on_tls_refused(void *proto_ctx, const char *peer, const char *reason)
 {
     ingest_ctx *ix = proto_ctx;
-    json_t *d = json_pack("{s:s, s:s}", "listener", "mllp", "reason", reason);
-    char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
-    store_audit(ix->store, "tls_refused", NULL, NULL, peer, text);
-    free(text);
-    json_decref(d);
+    svc_audit(ix->store, "tls_refused", NULL, NULL, peer,
+              json_pack("{s:s, s:s}", "listener", "mllp", "reason", reason));
 }
 
 const net_proto ingest_mllp_proto = {
