@@ -1,6 +1,6 @@
 /*
- * http.c - HTTP/1.1 request push parser over libhttp-parser, response
- * builder, JSON errors, percent-decoding and query parameters.
+ * http.c - HTTP/1.1 request push parser over libhttp-parser (responses:
+ * http_response.c; URL decoding: http_url.c; Range: http_range.c).
  *
  * Parsing model: libhttp-parser calls us back with pieces of the
  * request-target, header names and values, and body. We copy them into two
@@ -13,6 +13,7 @@
  * next pipelined request. See include/http.h for the contract.
  */
 #include "http.h"
+#include "http_int.h"
 
 #include "cms_err.h"
 
@@ -47,7 +48,7 @@ void http_limits_default(http_limits *l)
 /* ------------------------------------------------------------------------ */
 /* Small string helpers                                                     */
 
-static int ascii_lower(int ch)
+int http__ascii_lower(int ch)
 {
     return (ch >= 'A' && ch <= 'Z') ? ch + ('a' - 'A') : ch;
 }
@@ -58,14 +59,14 @@ static bool ascii_caseeq(const char *a, size_t alen, const char *b)
     if (alen != blen)
         return false;
     for (size_t i = 0; i < alen; i++)
-        if (ascii_lower((unsigned char)a[i]) != ascii_lower((unsigned char)b[i]))
+        if (http__ascii_lower((unsigned char)a[i]) != http__ascii_lower((unsigned char)b[i]))
             return false;
     return true;
 }
 
 /* Length of the valid UTF-8 sequence starting at s (n bytes available), or
  * 0 if invalid (overlong, surrogate, > U+10FFFF, truncated). ASCII = 1. */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
+size_t http__utf8_seq_len(const unsigned char *s, size_t n)
 {
     unsigned c = s[0];
     if (c < 0x80)
@@ -100,7 +101,7 @@ static bool is_tchar(int ch)
     return ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
 }
 
-static bool is_token(const char *s)
+bool http__is_token(const char *s)
 {
     if (s == NULL || *s == '\0')
         return false;
@@ -112,7 +113,7 @@ static bool is_token(const char *s)
 
 /* Field value / reason phrase: visible characters, SP, HTAB, obs-text; no
  * CR, LF, NUL or other controls (header injection). */
-static bool is_field_text(const char *s)
+bool http__is_field_text(const char *s)
 {
     if (s == NULL)
         return false;
@@ -415,7 +416,7 @@ static int on_headers_complete(http_parser *p)
      * token, so that no header can mean one thing to us and another to a
      * proxy in front. */
     for (size_t i = 0; i < c->n_headers; i++)
-        if (!is_token(c->headers[i].name) || strlen(c->headers[i].name) != c->headers[i].name_len)
+        if (!http__is_token(c->headers[i].name) || strlen(c->headers[i].name) != c->headers[i].name_len)
             return cb_fail(c, CMS_EPROTO, 400, "invalid character in header name");
     memset(r, 0, sizeof(*r));
     r->method = (enum http_method)p->method;
@@ -656,464 +657,3 @@ const char *http_conn_error_detail(const http_conn *c)
     return (c->state == HTTP_CONN_FAILED && c->err_detail != NULL) ? c->err_detail : "";
 }
 
-/* ------------------------------------------------------------------------ */
-/* Output buffer                                                            */
-
-#define HTTP_BUF_DEFAULT_MAX (1024u * 1024u)
-
-void http_buf_init(http_buf *b, size_t max)
-{
-    b->data = NULL;
-    b->len = 0;
-    b->cap = 0;
-    b->max = max ? max : HTTP_BUF_DEFAULT_MAX;
-}
-
-void http_buf_free(http_buf *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
-
-void http_buf_reset(http_buf *b)
-{
-    b->len = 0;
-    if (b->data != NULL)
-        b->data[0] = '\0';
-}
-
-static int buf_reserve(http_buf *b, size_t extra)
-{
-    if (extra > b->max || b->len > b->max - extra)
-        return CMS_ELIMIT;
-    size_t need = b->len + extra + 1;
-    if (need <= b->cap)
-        return CMS_OK;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need)
-        cap *= 2;
-    if (cap > b->max + 1)
-        cap = b->max + 1;
-    char *p = realloc(b->data, cap);
-    if (p == NULL)
-        return CMS_ENOMEM;
-    b->data = p;
-    b->cap = cap;
-    return CMS_OK;
-}
-
-int http_buf_append(http_buf *b, const void *data, size_t len)
-{
-    int rc = buf_reserve(b, len);
-    if (rc != CMS_OK)
-        return rc;
-    if (len > 0)
-        memcpy(b->data + b->len, data, len);
-    b->len += len;
-    b->data[b->len] = '\0';
-    return CMS_OK;
-}
-
-int http_buf_appendf(http_buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    char small[256];
-
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof(small), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return CMS_EINVAL;
-    if ((size_t)n < sizeof(small))
-        return http_buf_append(b, small, (size_t)n);
-    int rc = buf_reserve(b, (size_t)n);
-    if (rc != CMS_OK)
-        return rc;
-    va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-    return CMS_OK;
-}
-
-char *http_buf_release(http_buf *b, size_t *len)
-{
-    char *p = b->data;
-    if (len != NULL)
-        *len = b->len;
-    b->data = NULL;
-    b->len = b->cap = 0;
-    return p;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Responses                                                                */
-
-const char *http_reason(int status)
-{
-    if (status < 100 || status > 599)
-        return "Unknown";
-    const char *s = http_status_str((enum http_status)status);
-    if (s == NULL || s[0] == '<')
-        return "Unknown";
-    return s;
-}
-
-char *http_date_format(char *out, size_t cap, time_t t)
-{
-    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    struct tm tm;
-    if (cap == 0)
-        return out;
-    if (gmtime_r(&t, &tm) == NULL || tm.tm_wday < 0 || tm.tm_wday > 6 || tm.tm_mon < 0 ||
-        tm.tm_mon > 11) {
-        out[0] = '\0';
-        return out;
-    }
-    snprintf(out, cap, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
-             months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-    return out;
-}
-
-int http_response_start(http_buf *out, int status, const char *reason, const char *content_type,
-                        uint64_t content_length, unsigned flags, const http_field *extra,
-                        size_t n_extra)
-{
-    char date[40];
-    size_t mark = out->len;
-    int rc = CMS_OK;
-
-    if (status < 100 || status > 599)
-        return CMS_EINVAL;
-    if (reason == NULL)
-        reason = http_reason(status);
-    if (!is_field_text(reason) || (content_type != NULL && !is_field_text(content_type)))
-        return CMS_EINVAL;
-    if (n_extra > 0 && extra == NULL)
-        return CMS_EINVAL;
-    for (size_t i = 0; i < n_extra; i++)
-        if (!is_token(extra[i].name) || !is_field_text(extra[i].value))
-            return CMS_EINVAL;
-
-    http_date_format(date, sizeof(date), time(NULL));
-    rc = http_buf_appendf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: cmsd\r\n", status, reason,
-                          date);
-    if (rc == CMS_OK && content_type != NULL)
-        rc = http_buf_appendf(out, "Content-Type: %s\r\n", content_type);
-    if (rc == CMS_OK && status >= 200 && status != 204 && !(flags & HTTP_RESP_NO_LENGTH))
-        rc = http_buf_appendf(out, "Content-Length: %" PRIu64 "\r\n", content_length);
-    if (rc == CMS_OK)
-        rc = http_buf_appendf(out, "Connection: %s\r\n",
-                              (flags & HTTP_RESP_KEEP_ALIVE) ? "keep-alive" : "close");
-    if (rc == CMS_OK && (flags & HTTP_RESP_NO_STORE))
-        rc = http_buf_appendf(out, "Cache-Control: no-store\r\n");
-    if (rc == CMS_OK)
-        rc = http_buf_appendf(out, "X-Content-Type-Options: nosniff\r\n");
-    for (size_t i = 0; rc == CMS_OK && i < n_extra; i++)
-        rc = http_buf_appendf(out, "%s: %s\r\n", extra[i].name, extra[i].value);
-    if (rc == CMS_OK)
-        rc = http_buf_append(out, "\r\n", 2);
-    if (rc != CMS_OK) {
-        out->len = mark;
-        if (out->data != NULL)
-            out->data[mark] = '\0';
-    }
-    return rc;
-}
-
-/* Copy of s where invalid UTF-8 and control characters become '?'. */
-static char *sanitize_text(const char *s, size_t *out_len)
-{
-    size_t n = strlen(s);
-    char *o = malloc(n + 1);
-    size_t j = 0;
-    if (o == NULL)
-        return NULL;
-    for (size_t i = 0; i < n;) {
-        const unsigned char *u = (const unsigned char *)s + i;
-        size_t k = utf8_seq_len(u, n - i);
-        if (k == 0 || (k == 1 && (u[0] < 0x20 || u[0] == 0x7f))) {
-            o[j++] = '?';
-            i++;
-            continue;
-        }
-        memcpy(o + j, u, k);
-        j += k;
-        i += k;
-    }
-    o[j] = '\0';
-    *out_len = j;
-    return o;
-}
-
-static json_t *json_text(const char *s)
-{
-    size_t len;
-    char *clean = sanitize_text(s != NULL ? s : "", &len);
-    if (clean == NULL)
-        return NULL;
-    json_t *j = json_stringn(clean, len);
-    free(clean);
-    return j;
-}
-
-char *http_json_error_body(const char *error, const char *detail)
-{
-    char *out = NULL;
-    json_t *o = json_object();
-    json_t *e = json_text(error);
-    json_t *d = json_text(detail);
-
-    if (o == NULL || e == NULL || d == NULL)
-        goto cleanup;
-    if (json_object_set(o, "error", e) != 0 || json_object_set(o, "detail", d) != 0)
-        goto cleanup;
-    out = json_dumps(o, JSON_PRESERVE_ORDER);
-cleanup:
-    json_decref(e);
-    json_decref(d);
-    json_decref(o);
-    return out;
-}
-
-static int response_with_body(http_buf *out, int status, const char *ctype, const char *body,
-                              unsigned flags, const http_field *extra, size_t n_extra)
-{
-    size_t mark = out->len;
-    size_t blen = strlen(body);
-    int rc = http_response_start(out, status, NULL, ctype, blen, flags | HTTP_RESP_NO_STORE, extra,
-                                 n_extra);
-    if (rc == CMS_OK)
-        rc = http_buf_append(out, body, blen);
-    if (rc != CMS_OK) {
-        out->len = mark;
-        if (out->data != NULL)
-            out->data[mark] = '\0';
-    }
-    return rc;
-}
-
-int http_json_error(http_buf *out, int status, const char *error, const char *detail,
-                    unsigned flags, const http_field *extra, size_t n_extra)
-{
-    if (status < 100 || status > 599)
-        return CMS_EINVAL;
-    char *body = http_json_error_body(error, detail);
-    if (body == NULL)
-        return CMS_ENOMEM;
-    int rc = response_with_body(out, status, "application/json", body, flags, extra, n_extra);
-    free(body);
-    return rc;
-}
-
-int http_json_response(http_buf *out, int status, const json_t *body, unsigned flags)
-{
-    if (body == NULL || status < 100 || status > 599)
-        return CMS_EINVAL;
-    char *text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
-    if (text == NULL)
-        return CMS_EINVAL;
-    int rc = response_with_body(out, status, "application/json", text, flags, NULL, 0);
-    free(text);
-    return rc;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Percent-decoding and query parameters                                    */
-
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    ch = ascii_lower(ch);
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    return -1;
-}
-
-/* Decodes into out (if non-NULL, cap bytes incl. NUL) or only validates.
- * segment: a path segment ('/', "." and ".." refused after decoding). */
-static int pct_decode(const char *in, size_t len, bool plus_is_space, bool segment, char *out,
-                      size_t cap, size_t *out_len)
-{
-    size_t j = 0;
-    unsigned char seq[4]; /* UTF-8 sequence being checked */
-    size_t seq_len = 0;
-    size_t dots = 0; /* leading decoded '.' count, for dot-segments */
-
-    if (out != NULL && cap == 0)
-        return CMS_ELIMIT;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)in[i];
-        if (ch == '%') {
-            if (len - i < 3)
-                return CMS_EPROTO;
-            int hi = hexval((unsigned char)in[i + 1]);
-            int lo = hexval((unsigned char)in[i + 2]);
-            if (hi < 0 || lo < 0)
-                return CMS_EPROTO;
-            ch = (unsigned char)(hi * 16 + lo);
-            i += 2;
-            if (segment && ch == '/')
-                return CMS_EPROTO;
-        } else if (ch == '+' && plus_is_space) {
-            ch = ' ';
-        } else if (ch <= 0x20 || ch >= 0x7f || ch == '#' || (segment && (ch == '/' || ch == '?'))) {
-            return CMS_EPROTO; /* raw bytes must be URL characters of this component */
-        }
-        if (ch < 0x20 || ch == 0x7f)
-            return CMS_EPROTO;
-        if (seq_len > 0 || ch >= 0x80) {
-            size_t want;
-            seq[seq_len++] = ch;
-            want = seq[0] >= 0xF0 ? 4 : seq[0] >= 0xE0 ? 3 : seq[0] >= 0xC0 ? 2 : 0;
-            if (want == 0 || (seq_len > 1 && (ch & 0xC0) != 0x80))
-                return CMS_EPROTO;
-            if (seq_len == want) {
-                if (utf8_seq_len(seq, seq_len) != want)
-                    return CMS_EPROTO;
-                seq_len = 0;
-            }
-        }
-        if (ch == '.' && dots == j)
-            dots++;
-        if (out != NULL) {
-            if (j + 1 >= cap)
-                return CMS_ELIMIT;
-            out[j] = (char)ch;
-        }
-        j++;
-    }
-    if (seq_len != 0)
-        return CMS_EPROTO; /* truncated UTF-8 sequence */
-    if (segment && j > 0 && j <= 2 && dots == j)
-        return CMS_EPROTO; /* "." or "..", also written %2e */
-    if (out != NULL)
-        out[j] = '\0';
-    if (out_len != NULL)
-        *out_len = j;
-    return CMS_OK;
-}
-
-int http_pct_decode(const char *in, size_t len, bool plus_is_space, char *out, size_t cap,
-                    size_t *out_len)
-{
-    if (out == NULL || (in == NULL && len > 0))
-        return CMS_EINVAL;
-    return pct_decode(in, len, plus_is_space, !plus_is_space, out, cap, out_len);
-}
-
-#define QUERY_NAME_MAX 128
-
-/* Calls fn for each pair of a valid query, with the decoded name. */
-typedef int (*pair_fn)(void *arg, const char *name, const char *raw_value, size_t raw_len);
-
-static int query_each(const char *q, size_t qlen, pair_fn fn, void *arg)
-{
-    size_t i = 0;
-    if (q == NULL && qlen > 0)
-        return CMS_EINVAL;
-    while (i < qlen) {
-        size_t start = i;
-        while (i < qlen && q[i] != '&')
-            i++;
-        const char *pair = q + start;
-        size_t plen = i - start;
-        if (i < qlen)
-            i++; /* skip '&' */
-        if (plen == 0)
-            return CMS_EPROTO; /* empty pair: "a=1&&b=2", "&a", trailing '&' */
-        const char *eq = memchr(pair, '=', plen);
-        size_t nlen = eq ? (size_t)(eq - pair) : plen;
-        const char *val = eq ? eq + 1 : pair + plen;
-        size_t vlen = eq ? plen - nlen - 1 : 0;
-        char name[QUERY_NAME_MAX];
-        size_t dn;
-        if (nlen == 0)
-            return CMS_EPROTO;
-        int rc = pct_decode(pair, nlen, true, false, name, sizeof(name), &dn);
-        if (rc != CMS_OK || dn == 0 || memchr(name, '=', dn) != NULL)
-            return CMS_EPROTO;
-        rc = pct_decode(val, vlen, true, false, NULL, 0, NULL);
-        if (rc != CMS_OK)
-            return CMS_EPROTO;
-        rc = fn(arg, name, val, vlen);
-        if (rc != CMS_OK)
-            return rc;
-    }
-    return CMS_OK;
-}
-
-struct query_get_arg {
-    const char *name;
-    char *out;
-    size_t cap;
-    size_t *out_len;
-    int found;
-    int err;
-};
-
-static int query_get_pair(void *arg, const char *name, const char *raw, size_t raw_len)
-{
-    struct query_get_arg *a = arg;
-    if (strcmp(name, a->name) != 0)
-        return CMS_OK;
-    if (a->found)
-        return CMS_EPROTO; /* duplicated parameter */
-    a->found = 1;
-    int rc = pct_decode(raw, raw_len, true, false, a->out, a->cap, a->out_len);
-    if (rc != CMS_OK)
-        a->err = rc; /* keep validating the rest; report the limit at the end */
-    return CMS_OK;
-}
-
-int http_query_get(const char *query, size_t query_len, const char *name, char *out, size_t cap,
-                   size_t *out_len)
-{
-    struct query_get_arg a = {name, out, cap, out_len, 0, CMS_OK};
-    if (name == NULL || out == NULL || cap == 0)
-        return CMS_EINVAL;
-    out[0] = '\0';
-    if (out_len != NULL)
-        *out_len = 0;
-    int rc = query_each(query, query_len, query_get_pair, &a);
-    if (rc != CMS_OK || a.err != CMS_OK) {
-        out[0] = '\0';
-        if (out_len != NULL)
-            *out_len = 0;
-        return rc != CMS_OK ? rc : a.err;
-    }
-    return a.found;
-}
-
-struct query_check_arg {
-    const char *const *allowed;
-    uint64_t seen;
-};
-
-static int query_check_pair(void *arg, const char *name, const char *raw, size_t raw_len)
-{
-    struct query_check_arg *a = arg;
-    (void)raw;
-    (void)raw_len;
-    for (unsigned i = 0; a->allowed[i] != NULL && i < 64; i++) {
-        if (strcmp(a->allowed[i], name) == 0) {
-            if (a->seen & (1ull << i))
-                return CMS_EPROTO;
-            a->seen |= 1ull << i;
-            return CMS_OK;
-        }
-    }
-    return CMS_EPROTO;
-}
-
-int http_query_check(const char *query, size_t query_len, const char *const *allowed)
-{
-    struct query_check_arg a = {allowed, 0};
-    if (allowed == NULL)
-        return CMS_EINVAL;
-    return query_each(query, query_len, query_check_pair, &a);
-}
