@@ -25,6 +25,8 @@
 
 #include <stdint.h>
 
+#include <openssl/x509.h>
+
 #include "hl7.h"
 #include "net.h"
 #include "pcd01.h"
@@ -36,6 +38,10 @@ typedef struct ingest_config {
     unsigned max_queued_msgs; /* the store's backlog limit (for the 90 % rule) */
     const char *hl7_app;      /* our MSH-3 (borrowed) */
     const char *hl7_facility; /* our MSH-4 (borrowed) */
+    /* The CA that issues device certificates (borrowed, read-only): a client
+     * certificate must be issued by it directly, not merely chain to a root
+     * that the device CA bundle also holds. NULL = no such check. */
+    X509 *device_issuer;
 } ingest_config;
 
 typedef struct ingest_ctx {

@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
 #include <uv.h>
 
 #include "cms_err.h"
@@ -35,6 +36,7 @@ typedef struct worker {
     pthread_t thread;
     const cms_config *cfg;
     tls_ctx *mllp_tls;
+    X509 *device_issuer; /* borrowed: first certificate of tls_device_ca */
     tls_ctx *https_tls; /* NULL when https_listen is "" */
     https_ctx https;
     svc_state svc;
@@ -128,6 +130,7 @@ static int worker_listen(worker *w)
         .max_queued_msgs = cfg->max_queued_msgs,
         .hl7_app = cfg->hl7_app,
         .hl7_facility = cfg->hl7_facility,
+        .device_issuer = w->device_issuer,
     };
     ingest_ctx_init(&w->ingest, w->store, w->net, &ic, w->id);
     if (net_listen(w->net, cfg->mllp_listen, w->mllp_tls, &ingest_mllp_proto, &w->ingest, err,
@@ -383,6 +386,20 @@ int main(int argc, char **argv)
         tls_ctx_free(https_tls);
         return 0;
     }
+    /* Device certificates must be issued by the device CA itself (the first
+     * certificate of tls_device_ca), not by another CA of that bundle. */
+    X509 *device_issuer = NULL;
+    BIO *dbio = BIO_new_file(cfg.tls_device_ca, "r");
+    if (dbio)
+        device_issuer = PEM_read_bio_X509(dbio, NULL, NULL, NULL);
+    BIO_free(dbio);
+    if (!device_issuer) {
+        fprintf(stderr, "cmsd: tls_device_ca %s: no certificate\n", cfg.tls_device_ca);
+        fw_keys_free(fwk);
+        tls_ctx_free(mllp_tls);
+        tls_ctx_free(https_tls);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
 
@@ -408,6 +425,7 @@ int main(int argc, char **argv)
         w->id = i;
         w->cfg = &cfg;
         w->mllp_tls = mllp_tls;
+        w->device_issuer = device_issuer;
         w->https_tls = https_tls;
         w->fw_keys = fwk;
         w->notify_main = &d.notify;
@@ -441,6 +459,7 @@ int main(int argc, char **argv)
     fw_keys_free(fwk);
     tls_ctx_free(mllp_tls);
     tls_ctx_free(https_tls);
+    X509_free(device_issuer);
     free(d.workers);
     log_info("stopped", NULL, NULL, "exit code %d", d.exit_code);
     return d.exit_code;

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include <jansson.h>
+#include <openssl/x509v3.h>
 
 #include "cms_err.h"
 #include "ingest.h"
@@ -353,6 +354,14 @@ static int on_handshake(net_conn *c)
                  "client certificate subject has no usable CN");
         audit(ix, "tls_refused", c, json_pack("{s:s, s:s}", "listener", "mllp", "reason",
                                               "certificate subject has no usable CN"));
+        return CMS_EPERM;
+    }
+    X509 *peer = SSL_get0_peer_certificate(net_conn_tls(c)->ssl);
+    if (ix->cfg.device_issuer && (!peer || X509_check_issued(ix->cfg.device_issuer, peer) != X509_V_OK)) {
+        log_warn("tls_refused", s->serial, net_conn_peer(c),
+                 "mllp: client certificate not issued by the device CA");
+        audit(ix, "tls_refused", c, json_pack("{s:s, s:s}", "listener", "mllp", "reason",
+                                              "certificate not issued by the device CA"));
         return CMS_EPERM;
     }
     net_conn_set_identity(c, s->serial);
