@@ -10,7 +10,8 @@
  * Keys (default in brackets):
  *   mllp_listen            [127.0.0.1:2575]  HL7 MLLP over TLS listener, host:port ([v6]:port)
  *   https_listen           [127.0.0.1:8443]  HTTPS listener (EST, firmware, admin, health); "" = off
- *   workers                [1]     event loops (threads) sharing the listeners via SO_REUSEPORT
+ *   workers                [0]     event loops (threads) sharing the listeners via SO_REUSEPORT;
+ *                                  0 = one per online CPU (each has its own database connections)
  *   tls_cert               (required) server certificate chain, PEM
  *   tls_key                (required) server private key, PEM; must not be group/world-accessible
  *   tls_device_ca          (required) CA bundle that issues device certificates, PEM

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/pem.h>
@@ -343,6 +344,10 @@ int main(int argc, char **argv)
     enum log_level lvl = LOG_INFO;
     log_level_parse(cfg.log_level, &lvl);
     log_set_level(lvl);
+    if (cfg.workers == 0) { /* one loop per core: ingest runs one batch per worker at a time */
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg.workers = n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;
+    }
 
     tls_server_config tc = {
         .cert_file = cfg.tls_cert,

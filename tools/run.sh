@@ -52,7 +52,7 @@ if [[ ! -s $CONF || ${CMS_RECONFIG:-0} == 1 ]]; then
 # CMS_RECONFIG=1 make run rewrites it. Every key is documented in etc/cmsd.conf.example.
 mllp_listen = 127.0.0.1:$MLLP_PORT
 https_listen = 127.0.0.1:$HTTPS_PORT
-workers = 1
+workers = 0
 tls_cert = $PKI/server.crt
 tls_key = $PKI/server.key
 tls_device_ca = $PKI/device-ca-bundle.pem

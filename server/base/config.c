@@ -32,7 +32,7 @@ struct opt {
 static const struct opt opts[] = {
     S(mllp_listen),
     S(https_listen),
-    U(workers, 1, 64),
+    U(workers, 0, 64),
     S(tls_cert),
     S(tls_key),
     S(tls_device_ca),
@@ -85,7 +85,7 @@ void config_defaults(cms_config *c)
     memset(c, 0, sizeof(*c));
     snprintf(c->mllp_listen, sizeof(c->mllp_listen), "127.0.0.1:2575");
     snprintf(c->https_listen, sizeof(c->https_listen), "127.0.0.1:8443");
-    c->workers = 1;
+    c->workers = 0; /* one per core */
     c->tls_session_timeout_s = 300;
     snprintf(c->db_timezone, sizeof(c->db_timezone), "UTC");
     c->db_connect_timeout_s = 60;
