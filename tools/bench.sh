@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # bench.sh - `make bench`: every scenario of issue 5 (P1..P5) side by side, in one run.
 #
-#   tools/bench.sh                  all scenarios, 3 runs each (~15-20 min)
-#   BENCH_QUICK=1 tools/bench.sh    one short run of each (~3-4 min)
+#   tools/bench.sh                  all scenarios, 3 runs each (~10-15 min)
+#   BENCH_QUICK=1 tools/bench.sh    one short run of each (~4 min)
 #   tools/bench.sh --only P3        one scenario (P1..P5, comma-separated); --runs N
 #   tools/bench.sh --sweep          cmsd config variations under P1 (and P4 for workers)
 #   tools/bench.sh --cmsd workers=2 a cmsd config override for every scenario (repeatable)
 #   tools/bench.sh --keep-pg        reuse the bench PostgreSQL cluster instead of a fresh one
-#   tools/bench/profile.sh P1|P3|P4 perf profile of cmsd under one scenario's load
+#   tools/bench.sh --only P1 --runs 1 --profile P1   perf profile of cmsd under that load
+#                                   (build/bench/profile-P1.txt; BENCH_PERF_CALLGRAPH=dwarf)
 #
 # Set-up (idempotent): the Debian packages of tools/deps.sh plus nginx and mosquitto (installed
 # as root when missing; never started as services: the bench runs them in the foreground with
 # its own configs on loopback high ports), the build, the bench's handshake client, a PKI
 # under build/bench/pki (dev PKI + 10 000 minted device certificates MON-0001..MON-10000,
-# reused when present), a fresh PostgreSQL cluster under build/bench/pg (as the postgres
-# account). Results: build/bench/results.json and results.csv; docs/benchmarks.md explains them.
+# reused when present; BENCH_FRESH_PKI=1 makes a new one), a fresh PostgreSQL cluster under
+# build/bench/pg (as the postgres account, stopped at the end unless --keep-pg).
+# Results: build/bench/results.json and results.csv; docs/benchmarks.md explains them.
 #
 # File descriptors: 10 000 held sessions need ~10 000 descriptors in the server and in the
 # client. The script raises the soft limit (ulimit -n) to the hard limit, and the hard limit
@@ -81,7 +83,12 @@ if [[ ! -x $BENCH/bin/hsbench || tools/bench/hsbench.c -nt $BENCH/bin/hsbench ]]
 fi
 
 # --- PKI: dev PKI + minted devices (reused when present; mkpki.sh is idempotent) ---------------
-certs/mkpki.sh dev "$BENCH/pki" >/dev/null
+if [[ ${BENCH_FRESH_PKI:-0} == 1 ]]; then
+	say "BENCH_FRESH_PKI=1: a new PKI"
+	rm -rf "$BENCH/pki" "$BENCH/run/root-crl.pem"
+fi
+# test = dev + operator1/operator2 (firmware import and approval: two people) + hostile certs
+certs/mkpki.sh test "$BENCH/pki" >/dev/null
 if [[ ! -s $BENCH/pki/devices/MON-10000.crt ]]; then
 	say "minting 10 000 device certificates (shared key; ~30-50 s, once)"
 fi
