@@ -100,8 +100,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                              .npub = 1};
         int rc = fw_manifest_verify(doc, doc_len, &f, &back, why, sizeof(why));
         /* The signature and the binding hold; later checks may refuse. */
-        CHECK(rc == CMS_OK || strstr(why, "no valid signature") == NULL);
-        CHECK(rc == CMS_OK || strstr(why, "wrong device") == NULL);
+        /* Prefix checks: a reason may quote peer text (a key id, a model). */
+        CHECK(rc == CMS_OK || strncmp(why, "manifest: no valid signature", 28) != 0);
+        CHECK(rc == CMS_OK || strncmp(why, "manifest is for device", 22) != 0);
         if (back.serial[0]) {
             CHECK(strcmp(back.serial, m.serial) == 0 && strcmp(back.model, m.model) == 0);
             CHECK(back.length == m.length && back.manifest_counter == m.manifest_counter);
