@@ -56,7 +56,7 @@ void *net_conn_session(net_conn *c)
 }
 void *net_conn_proto_ctx(net_conn *c)
 {
-    return c->l->proto_ctx;
+    return c->proto_ctx;
 }
 tls_conn *net_conn_tls(net_conn *c)
 {
@@ -113,8 +113,8 @@ static void on_write(uv_write_t *req, int status)
         c->write_since = 0;
         if (c->state == NET_DRAINING)
             conn_drained(c);
-        else if (c->state == NET_ACTIVE && c->l->proto->on_drain)
-            c->l->proto->on_drain(c);
+        else if (c->state == NET_ACTIVE && c->proto->on_drain)
+            c->proto->on_drain(c);
     }
 }
 
@@ -223,7 +223,7 @@ static void on_timer(uv_timer_t *t)
     case NET_AUTHORIZING:
         if (now >= c->accepted_at + lim->handshake_timeout_ms) {
             log_warn("handshake_timeout", c->identity, c->peer, "%s: no authenticated session "
-                     "after %u ms", c->l->proto->name, lim->handshake_timeout_ms);
+                     "after %u ms", c->proto->name, lim->handshake_timeout_ms);
             net_conn_close(c, NULL);
             conn_finish(c);
             return;
@@ -236,7 +236,7 @@ static void on_timer(uv_timer_t *t)
             return;
         }
         if (c->proto_deadline && now >= c->proto_deadline) {
-            log_info("timeout", c->identity, c->peer, "%s: %s", c->l->proto->name,
+            log_info("timeout", c->identity, c->peer, "%s: %s", c->proto->name,
                      c->proto_deadline_why);
             net_conn_close(c, NULL);
             return;
@@ -353,9 +353,9 @@ static void conn_handshake(net_conn *c)
         return;
     }
     if (rc != CMS_OK) {
-        log_warn("tls_refused", NULL, c->peer, "%s: %s", c->l->proto->name, reason);
-        if (c->l->proto->on_tls_refused)
-            c->l->proto->on_tls_refused(c->l->proto_ctx, c->peer, reason);
+        log_warn("tls_refused", NULL, c->peer, "%s: %s", c->proto->name, reason);
+        if (c->proto->on_tls_refused)
+            c->proto->on_tls_refused(c->proto_ctx, c->peer, reason);
         c->tls_failed = true;
         net_conn_close(c, NULL); /* the alert OpenSSL queued is flushed first */
         return;
@@ -363,7 +363,7 @@ static void conn_handshake(net_conn *c)
     c->state = NET_AUTHORIZING;
     /* Input stays in the kernel / the TLS buffer until the protocol decides. */
     conn_read_stop(c);
-    rc = c->l->proto->on_handshake(c);
+    rc = c->proto->on_handshake(c);
     if (rc == CMS_OK)
         net_conn_activate(c);
     else if (rc != CMS_EAGAIN)
@@ -390,7 +390,7 @@ static void conn_process(net_conn *c)
                 net_conn_close(c, n == CMS_ECLOSED ? NULL : "TLS error");
                 break;
             }
-            int rc = c->l->proto->on_data(c, c->srv->plainbuf, (size_t)n);
+            int rc = c->proto->on_data(c, c->srv->plainbuf, (size_t)n);
             if (rc != CMS_OK) {
                 net_conn_close(c, NULL);
                 break;
@@ -452,10 +452,10 @@ void net_conn_close(net_conn *c, const char *reason)
      * that can destroy our last answer in flight, so linger. */
     c->linger = prev == NET_ACTIVE;
     if (reason)
-        log_info("conn_closed", c->identity, c->peer, "%s: %s", c->l->proto->name, reason);
+        log_info("conn_closed", c->identity, c->peer, "%s: %s", c->proto->name, reason);
     conn_read_stop(c);
     if (prev >= NET_AUTHORIZING)
-        c->l->proto->on_close(c);
+        c->proto->on_close(c);
     if (prev >= NET_AUTHORIZING)
         tls_conn_shutdown(&c->tls); /* close_notify */
     if (c->in_process)
@@ -522,6 +522,8 @@ void net__conn_accept(net_listener *l)
     }
     c->srv = s;
     c->l = l;
+    c->proto = l->proto;
+    c->proto_ctx = l->proto_ctx;
     c->state = NET_HANDSHAKE;
     uv_tcp_init(s->loop, &c->tcp);
     uv_timer_init(s->loop, &c->timer);

@@ -18,7 +18,9 @@ struct net_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
     net_server *srv;
-    net_listener *l;
+    net_listener *l;        /* only while open: listeners close before their connections */
+    const net_proto *proto; /* copied from the listener: valid after it closed */
+    void *proto_ctx;
     enum net_state state;
     tls_conn tls;
     unsigned handles_open; /* tcp + timer until their close callbacks ran */
