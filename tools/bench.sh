@@ -92,6 +92,7 @@ certs/mkpki.sh test "$BENCH/pki" >/dev/null
 if [[ ! -s $BENCH/pki/devices/MON-10000.crt ]]; then
 	say "minting 10 000 device certificates (shared key; ~30-50 s, once)"
 fi
-certs/mkpki.sh mint "$BENCH/pki" MON- 1 10000 | head -1 >&2
+minted=$(certs/mkpki.sh mint "$BENCH/pki" MON- 1 10000)
+echo "${minted%%$'\n'*}" >&2
 
 exec /usr/bin/python3 tools/bench/bench.py "$@"
