@@ -29,28 +29,28 @@ void fw_hex(const uint8_t *in, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
+/* Hex digit value + 1, 0 for anything else (image chunks arrive from
+ * PostgreSQL as hex text: this decode is on the download path, see
+ * docs/benchmarks.md P5). */
+static const uint8_t hex_tab[256] = {
+    ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5,
+    ['5'] = 6, ['6'] = 7, ['7'] = 8, ['8'] = 9, ['9'] = 10,
+    ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+    ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
+};
 
 int fw_unhex(const char *in, size_t in_len, uint8_t *out, size_t n)
 {
     if (in_len != 2 * n)
         return CMS_EPROTO;
+    const unsigned char *u = (const unsigned char *)in;
+    unsigned bad = 0;
     for (size_t i = 0; i < n; i++) {
-        int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return CMS_EPROTO;
-        out[i] = (uint8_t)(hi << 4 | lo);
+        unsigned hi = hex_tab[u[2 * i]], lo = hex_tab[u[2 * i + 1]];
+        bad |= (hi == 0) | (lo == 0);
+        out[i] = (uint8_t)(((hi - 1) << 4) | ((lo - 1) & 15));
     }
-    return CMS_OK;
+    return bad ? CMS_EPROTO : CMS_OK;
 }
 
 /* 64 lowercase hex digits -> 32 bytes. */

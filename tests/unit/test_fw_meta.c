@@ -337,10 +337,30 @@ static void test_split_limits(void **state)
     free(buf);
 }
 
+static void test_hex_round_trip_and_refusals(void **state)
+{
+    (void)state;
+    uint8_t in[256], out[256];
+    char hex[513];
+    for (int i = 0; i < 256; i++)
+        in[i] = (uint8_t)i;
+    fw_hex(in, sizeof(in), hex);
+    assert_int_equal(fw_unhex(hex, 512, out, 256), CMS_OK);
+    assert_memory_equal(in, out, 256);
+    assert_int_equal(fw_unhex("0aFF", 4, out, 2), CMS_OK); /* upper case accepted */
+    assert_int_equal(out[0], 0x0a);
+    assert_int_equal(out[1], 0xff);
+    assert_int_equal(fw_unhex("0g", 2, out, 1), CMS_EPROTO);
+    assert_int_equal(fw_unhex("g0", 2, out, 1), CMS_EPROTO);
+    assert_int_equal(fw_unhex("0\x80", 2, out, 1), CMS_EPROTO);
+    assert_int_equal(fw_unhex("000", 3, out, 1), CMS_EPROTO); /* length must be 2 n */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_versions),
+        cmocka_unit_test(test_hex_round_trip_and_refusals),
         cmocka_unit_test(test_times),
         cmocka_unit_test(test_descriptors),
         cmocka_unit_test_setup_teardown(test_manifest_accepts, setup, teardown),
