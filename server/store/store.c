@@ -27,9 +27,11 @@
 
 #define MAINT_INTERVAL_MS (3600u * 1000u)
 
-/* A read: a connecting device never waits for a WAL flush (sql/006). */
+/* A read: a connecting device never waits for a WAL flush (sql/006); the
+ * checks waiting at the head of the queue go together (sql/009). */
 static const char lookup_sql[] =
-    "SELECT id, serial, status, idents FROM cms.device_check($1, $2)";
+    "SELECT idx, id, serial, status, idents FROM cms.device_check_batch($1::text[], $2::text[])";
+#define LOOKUP_BATCH_MAX 64
 static const char seen_sql[] = "SELECT cms.devices_seen($1::text[], $2::text[])";
 static const char audit_sql[] = "SELECT cms.audit_append($1, $2, $3, $4, $5)";
 static const char partitions_sql[] = "SELECT cms.ensure_partitions($1::integer)";
@@ -129,11 +131,44 @@ static void ctl_abandon(ctl_item *it, int status, const char *why)
     ctl_free(it);
 }
 
+/* Sends first and the lookups queued right behind it as one statement; the
+ * batch is chained through ->next and is the in-flight item. */
+static void lookup_batch_send(store_t *s, ctl_item *first)
+{
+    ctl_item *tail = first;
+    size_t n = 1;
+    while (n < LOOKUP_BATCH_MAX && s->ctl_head && s->ctl_head->kind == CTL_LOOKUP) {
+        tail->next = ctl_pop(s);
+        tail = tail->next;
+        n++;
+    }
+    store__buf a = {0}, b = {0};
+    store__arr_begin(&a);
+    store__arr_begin(&b);
+    for (ctl_item *x = first; x; x = x->next) {
+        store__arr_text(&a, x->params[0]); /* serial */
+        store__arr_text(&b, x->params[1]); /* fingerprint, NULL allowed */
+    }
+    store__arr_end(&a);
+    store__arr_end(&b);
+    s->ctl_inflight = first;
+    const char *p[2] = {a.oom ? NULL : a.p, b.oom ? NULL : b.p};
+    /* On failure (or NULL arrays after OOM: an SQL error) ctl_on_down or
+     * ctl_on_result answers every item of the batch. */
+    store__conn_send(&s->control, "device_lookup", lookup_sql, 2, p);
+    store__buf_free(&a);
+    store__buf_free(&b);
+}
+
 static void ctl_kick(store_t *s)
 {
     if (s->ctl_inflight || !s->ctl_head || s->control.state != SC_READY)
         return;
     ctl_item *it = ctl_pop(s);
+    if (it->kind == CTL_LOOKUP) {
+        lookup_batch_send(s, it);
+        return;
+    }
     const char *sql = lookup_sql, *what = "device_lookup";
     switch (it->kind) {
     case CTL_LOOKUP:
@@ -233,28 +268,55 @@ static void seen_flush(store_t *s)
     store__buf_free(&b);
 }
 
-static void lookup_done(ctl_item *it, PGresult *res)
+/* Answers every lookup of the batch headed by first, then frees them. */
+static void lookup_batch_done(store_t *s, ctl_item *first, PGresult *res)
 {
+    ctl_item *items[LOOKUP_BATCH_MAX];
+    bool answered[LOOKUP_BATCH_MAX] = {false};
+    size_t n = 0;
+    for (ctl_item *x = first; x && n < LOOKUP_BATCH_MAX; x = x->next)
+        items[n++] = x;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        log_warn("device_lookup_failed", it->params[0], it->params[2], "sqlstate=%s",
-                 st ? st : "-");
-        it->cb(it->ctx, CMS_EUNAVAIL, NULL);
-        return;
+        log_warn("device_lookup_failed", items[0]->params[0], items[0]->params[2],
+                 "sqlstate=%s batch=%zu", st ? st : "-", n);
+        for (size_t i = 0; i < n; i++)
+            items[i]->cb(items[i]->ctx, CMS_EUNAVAIL, NULL);
+        goto done;
     }
-    if (PQntuples(res) == 0) {
-        it->cb(it->ctx, CMS_EPERM, NULL);
-        return;
+    for (int r = 0; r < PQntuples(res); r++) {
+        long idx = strtol(PQgetvalue(res, r, 0), NULL, 10);
+        if (idx < 1 || (size_t)idx > n || answered[idx - 1])
+            continue;
+        ctl_item *it = items[idx - 1];
+        answered[idx - 1] = true;
+        store_device dev;
+        memset(&dev, 0, sizeof dev);
+        dev.id = strtoll(PQgetvalue(res, r, 1), NULL, 10);
+        snprintf(dev.serial, sizeof dev.serial, "%s", PQgetvalue(res, r, 2));
+        snprintf(dev.status, sizeof dev.status, "%s", PQgetvalue(res, r, 3));
+        int ni = store__arr_parse(PQgetvalue(res, r, 4), dev.idents,
+                                  sizeof dev.idents / sizeof dev.idents[0]);
+        dev.nidents = ni > 0 ? (size_t)ni : 0;
+        seen_add(s, it->params[0], it->params[2]);
+        it->cb(it->ctx, CMS_OK, &dev);
     }
-    store_device dev;
-    memset(&dev, 0, sizeof dev);
-    dev.id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    snprintf(dev.serial, sizeof dev.serial, "%s", PQgetvalue(res, 0, 1));
-    snprintf(dev.status, sizeof dev.status, "%s", PQgetvalue(res, 0, 2));
-    int n = store__arr_parse(PQgetvalue(res, 0, 3), dev.idents,
-                             sizeof dev.idents / sizeof dev.idents[0]);
-    dev.nidents = n > 0 ? (size_t)n : 0;
-    it->cb(it->ctx, CMS_OK, &dev);
+    for (size_t i = 0; i < n; i++)
+        if (!answered[i])
+            items[i]->cb(items[i]->ctx, CMS_EPERM, NULL); /* not registered */
+done:
+    for (size_t i = 0; i < n; i++)
+        ctl_free(items[i]);
+}
+
+/* Ends every item of an in-flight chain (lookups come in batches). */
+static void ctl_abandon_chain(ctl_item *it, int status, const char *why)
+{
+    while (it) {
+        ctl_item *next = it->next;
+        ctl_abandon(it, status, why);
+        it = next;
+    }
 }
 
 static void maint_done(ctl_item *it, PGresult *res)
@@ -284,9 +346,8 @@ static void ctl_on_result(store__conn *c, PGresult *res)
     if (it) {
         switch (it->kind) {
         case CTL_LOOKUP:
-            if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
-                seen_add(s, it->params[0], it->params[2]);
-            lookup_done(it, res);
+            lookup_batch_done(s, it, res); /* frees the batch */
+            it = NULL;
             break;
         case CTL_SEEN:
             if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -318,7 +379,8 @@ static void ctl_on_result(store__conn *c, PGresult *res)
             maint_done(it, res);
             break;
         }
-        ctl_free(it);
+        if (it)
+            ctl_free(it);
     }
     if (s->closing)
         store__maybe_finish_close(s);
@@ -338,7 +400,15 @@ static void ctl_on_down(store__conn *c, bool query_lost)
             ctl_free(it); /* runs again on reconnect */
         else if (it->kind == CTL_QUERY)
             ctl_abandon(it, CMS_EUNAVAIL, "connection lost"); /* outcome unknown */
-        else
+        else if (it->kind == CTL_LOOKUP) {
+            /* A read: ask again after reconnecting, in the same order. */
+            ctl_item *items[LOOKUP_BATCH_MAX];
+            size_t n = 0;
+            for (ctl_item *x = it; x && n < LOOKUP_BATCH_MAX; x = x->next)
+                items[n++] = x;
+            while (n > 0)
+                ctl_push_front(s, items[--n]);
+        } else
             ctl_push_front(s, it);
     }
     if (s->closing)
@@ -654,7 +724,7 @@ static void finish_close(store_t *s)
     store__ingest_fail_queued(s, CMS_ECLOSED);
     store__ingest_fail_inflight(s, CMS_ECLOSED);
     if (s->ctl_inflight) {
-        ctl_abandon(s->ctl_inflight, CMS_ECLOSED, "store closed while in flight");
+        ctl_abandon_chain(s->ctl_inflight, CMS_ECLOSED, "store closed while in flight");
         s->ctl_inflight = NULL;
     }
     ctl_item *it;

@@ -522,6 +522,54 @@ static void test_lookup_and_audit(void **state)
 }
 
 
+
+/* Many lookups queued at once go in batches; each gets its own answer. */
+static int batch_ok, batch_eperm, batch_other, batch_done;
+static int64_t batch_ids[150];
+
+static void on_batch_lookup(void *ctx, int status, const store_device *dev)
+{
+    size_t i = (size_t)(uintptr_t)ctx;
+    if (status == CMS_OK) {
+        batch_ok++;
+        batch_ids[i] = dev->id;
+    } else if (status == CMS_EPERM) {
+        batch_eperm++;
+    } else {
+        batch_other++;
+    }
+    batch_done++;
+}
+
+static void test_lookup_batches(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    store_config cfg;
+    run r = {.loop = &loop};
+    r.s = open_store(&loop, dsn, &cfg);
+    char serial[80], unknown[80];
+    snprintf(serial, sizeof serial, "%s-DEV", run_tag);
+    batch_ok = batch_eperm = batch_other = batch_done = 0;
+    for (size_t i = 0; i < 150; i++) { /* more than one batch of 64 */
+        snprintf(unknown, sizeof unknown, "%s-NOPE-%zu", run_tag, i);
+        assert_int_equal(store_device_lookup(r.s, i % 3 == 0 ? unknown : serial, "127.0.0.1:1",
+                                             on_batch_lookup, (void *)(uintptr_t)i),
+                         CMS_OK);
+    }
+    while (batch_done < 150)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(batch_eperm, 50);
+    assert_int_equal(batch_ok, 100);
+    assert_int_equal(batch_other, 0);
+    for (size_t i = 0; i < 150; i++)
+        if (i % 3 != 0)
+            assert_int_equal(batch_ids[i], dev_id);
+    close_store(&r);
+    uv_loop_close(&loop);
+}
+
 /* ---- store_query / store_listen ------------------------------------------ */
 
 static int q_status, q_done;
@@ -738,6 +786,7 @@ int main(void)
         cmocka_unit_test(test_split_on_data_error),
         cmocka_unit_test(test_lookup_and_audit),
         cmocka_unit_test(test_query_and_listen),
+        cmocka_unit_test(test_lookup_batches),
         cmocka_unit_test(test_unavailable_timeout_backlog_close),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
