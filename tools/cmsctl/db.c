@@ -337,6 +337,46 @@ static void reset_getopt(void)
 /* db migrate                                                               */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * The options of `db migrate` and `db status` (--dsn, --sql-dir, --help).
+ * Returns -1 to go on with *dsn and *dir set (NULL when not given), else the
+ * exit code (help printed, or a usage error).
+ */
+static int parse_dsn_dir(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
+                         const char **dsn, const char **dir)
+{
+    static const struct option opts[] = {
+        {"dsn", required_argument, NULL, OPT_DSN},
+        {"sql-dir", required_argument, NULL, OPT_SQL_DIR},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    *dsn = *dir = NULL;
+    reset_getopt();
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case OPT_DSN:
+            *dsn = optarg;
+            break;
+        case OPT_SQL_DIR:
+            *dir = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return CMSCTL_OK;
+        default:
+            usage(stderr);
+            return CMSCTL_EUSAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cmsctl: db %s: unexpected argument '%s'\n", cmd, argv[optind]);
+        return CMSCTL_EUSAGE;
+    }
+    return -1;
+}
+
 static void migrate_usage(FILE *f)
 {
     fprintf(f, "usage: cmsctl db migrate [--dsn DSN] [--sql-dir DIR]\n"
@@ -352,35 +392,10 @@ static void migrate_usage(FILE *f)
 
 static int db_migrate(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"dsn", required_argument, NULL, OPT_DSN},
-        {"sql-dir", required_argument, NULL, OPT_SQL_DIR},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *dsn = NULL, *dir = NULL;
-    int ch;
-    reset_getopt();
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (ch) {
-        case OPT_DSN:
-            dsn = optarg;
-            break;
-        case OPT_SQL_DIR:
-            dir = optarg;
-            break;
-        case 'h':
-            migrate_usage(stdout);
-            return CMSCTL_OK;
-        default:
-            migrate_usage(stderr);
-            return CMSCTL_EUSAGE;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "cmsctl: db migrate: unexpected argument '%s'\n", argv[optind]);
-        return CMSCTL_EUSAGE;
-    }
+    const char *dsn, *dir;
+    int prc = parse_dsn_dir(argc, argv, "migrate", migrate_usage, &dsn, &dir);
+    if (prc >= 0)
+        return prc;
 
     int rc = CMSCTL_EFAIL;
     mig_set set = {0};
@@ -466,35 +481,10 @@ static void status_usage(FILE *f)
 
 static int db_status(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"dsn", required_argument, NULL, OPT_DSN},
-        {"sql-dir", required_argument, NULL, OPT_SQL_DIR},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *dsn = NULL, *dir_opt = NULL;
-    int ch;
-    reset_getopt();
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (ch) {
-        case OPT_DSN:
-            dsn = optarg;
-            break;
-        case OPT_SQL_DIR:
-            dir_opt = optarg;
-            break;
-        case 'h':
-            status_usage(stdout);
-            return CMSCTL_OK;
-        default:
-            status_usage(stderr);
-            return CMSCTL_EUSAGE;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "cmsctl: db status: unexpected argument '%s'\n", argv[optind]);
-        return CMSCTL_EUSAGE;
-    }
+    const char *dsn, *dir_opt;
+    int prc = parse_dsn_dir(argc, argv, "status", status_usage, &dsn, &dir_opt);
+    if (prc >= 0)
+        return prc;
 
     int rc = CMSCTL_EFAIL;
     mig_set set = {0};
