@@ -200,7 +200,10 @@ int fw_unhex(const char *in, size_t in_len, uint8_t *out, size_t n);
 
 /* ---- service ---------------------------------------------------------------------- */
 
-/* Keys and settings loaded once at start-up, then shared read-only by workers. */
+struct fw_cache;
+
+/* Keys and settings loaded once at start-up, then shared read-only by workers;
+ * cache (the record of verified cache files) is shared too, under its own lock. */
 typedef struct fw_keys {
     EVP_PKEY *publishers[FW_MAX_KEYS];
     char publisher_ids[FW_MAX_KEYS][65];
@@ -208,6 +211,7 @@ typedef struct fw_keys {
     EVP_PKEY *dist[2]; /* [0] fw_distribution_key, [1] fw_distribution_key_next */
     char dist_ids[2][65];
     size_t ndist;
+    struct fw_cache *cache; /* owned */
 } fw_keys;
 
 /*
@@ -222,8 +226,8 @@ int fw_keys_load(const cms_config *cfg, fw_keys **out, char *err, size_t cap);
 void fw_keys_free(fw_keys *k);
 
 /*
- * Per-worker firmware state (for svc_state.fw): the shared keys and config
- * (borrowed), the loop, and the worker's record of verified cache files.
+ * Per-worker firmware state (for svc_state.fw): the shared keys, cache record
+ * and config (borrowed), and the loop.
  * Returns NULL on allocation failure. fw_worker_free after the loop ended.
  */
 typedef struct fw_worker fw_worker;

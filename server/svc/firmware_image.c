@@ -85,8 +85,14 @@ typedef struct fw_dl {
     uint64_t built;
     unsigned char *buf; /* FW_CHUNK_BYTES (build) or FW_BLOCK_BYTES (serve) */
     size_t buf_len;
-    /* serving */
-    uint64_t pos, end, sent;
+    /* serving: [pos, end) is still to send; the block at rpos is read (and
+     * hashed) while the one before it drains to the peer */
+    uint64_t pos, end, sent, rpos;
+    unsigned char *sbuf[2];     /* FW_BLOCK_BYTES each: one read while one is sent */
+    unsigned rd;                /* sbuf index the read in flight fills */
+    bool ready;                 /* sbuf[ready_idx] holds [pos, pos + ready_len), checked */
+    unsigned ready_idx;
+    size_t ready_at, ready_len; /* offset in that buffer, length */
     bool streaming, ended;
     uv_timer_t timer;
     bool timer_on;
@@ -96,49 +102,105 @@ typedef struct fw_dl {
 static void dl_serve_next(fw_dl *d);
 static void dl_build_start(fw_dl *d);
 
-/* ---- cache records ---------------------------------------------------------------------- */
+/* ---- cache records (shared by the workers) ----------------------------------------------- */
 
-void fw__cache_free_all(fw_worker *w)
+fw_cache *fw__cache_new(void)
 {
-    fw_cache_entry *e = w->cache;
-    while (e) {
-        fw_cache_entry *n = e->next;
-        free(e->blocks);
-        free(e);
-        e = n;
+    fw_cache *c = calloc(1, sizeof(*c));
+    if (c && pthread_mutex_init(&c->lock, NULL) != 0) {
+        free(c);
+        return NULL;
     }
-    w->cache = NULL;
-    w->ncache = 0;
+    return c;
 }
 
-static fw_cache_entry *cache_find(fw_worker *w, const uint8_t sha[32])
+static void entry_free(fw_cache_entry *e)
 {
-    for (fw_cache_entry *e = w->cache; e; e = e->next)
-        if (memcmp(e->sha256, sha, 32) == 0)
+    free(e->blocks);
+    free(e);
+}
+
+void fw__cache_free(fw_cache *c)
+{
+    if (!c)
+        return;
+    for (fw_cache_entry *e = c->head, *n; e; e = n) {
+        n = e->next;
+        entry_free(e);
+    }
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+/* Unlinks the entry for sha; returns it (caller frees) or NULL. Lock held. */
+static fw_cache_entry *unlink_locked(fw_cache *c, const uint8_t sha[32])
+{
+    for (fw_cache_entry **pp = &c->head; *pp; pp = &(*pp)->next) {
+        if (memcmp((*pp)->sha256, sha, 32) == 0) {
+            fw_cache_entry *e = *pp;
+            *pp = e->next;
+            c->n--;
             return e;
+        }
+    }
     return NULL;
 }
 
 static void cache_forget(fw_worker *w, const uint8_t sha[32])
 {
-    for (fw_cache_entry **pp = &w->cache; *pp; pp = &(*pp)->next) {
-        if (memcmp((*pp)->sha256, sha, 32) == 0) {
-            fw_cache_entry *e = *pp;
-            *pp = e->next;
-            free(e->blocks);
-            free(e);
-            w->ncache--;
-            return;
+    fw_cache *c = w->keys->cache;
+    pthread_mutex_lock(&c->lock);
+    fw_cache_entry *e = unlink_locked(c, sha);
+    pthread_mutex_unlock(&c->lock);
+    if (e)
+        entry_free(e);
+}
+
+/* True (and *gen set) when some worker verified a cache file for sha. */
+static bool cache_gen(fw_worker *w, const uint8_t sha[32], int64_t *gen)
+{
+    fw_cache *c = w->keys->cache;
+    bool found = false;
+    pthread_mutex_lock(&c->lock);
+    for (fw_cache_entry *e = c->head; e; e = e->next) {
+        if (memcmp(e->sha256, sha, 32) == 0) {
+            *gen = e->store_gen;
+            found = true;
+            break;
         }
     }
+    pthread_mutex_unlock(&c->lock);
+    return found;
+}
+
+/* True when the file d opened (st) is the one verified for d's image and
+ * store generation, unchanged since: d->blocks then holds its block hashes. */
+static bool cache_match(fw_dl *d, const uv_stat_t *st)
+{
+    fw_cache *c = d->w->keys->cache;
+    int64_t mt = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    int64_t ct = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+    bool ok = false;
+    pthread_mutex_lock(&c->lock);
+    for (fw_cache_entry *e = c->head; e; e = e->next) {
+        if (memcmp(e->sha256, d->sha, 32) != 0)
+            continue;
+        ok = e->store_gen == d->store_gen && e->dev == st->st_dev && e->ino == st->st_ino &&
+             e->size == st->st_size && e->mtime_ns == mt && e->ctime_ns == ct &&
+             e->nblocks == d->nblocks;
+        if (ok)
+            memcpy(d->blocks, e->blocks, d->nblocks * 32);
+        break;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return ok;
 }
 
 /* Records what d verified (copies the block hashes). */
 static void cache_remember(fw_dl *d)
 {
-    fw_worker *w = d->w;
-    cache_forget(w, d->sha);
-    fw_cache_entry *e = calloc(1, sizeof(*e));
+    fw_cache *c = d->w->keys->cache;
+    fw_cache_entry *e = calloc(1, sizeof(*e)), *old, *drop = NULL;
     if (!e)
         return;
     e->blocks = malloc(d->nblocks * 32);
@@ -153,17 +215,23 @@ static void cache_remember(fw_dl *d)
     e->dev = d->f_dev, e->ino = d->f_ino, e->size = d->f_size;
     e->mtime_ns = d->f_mtime_ns, e->ctime_ns = d->f_ctime_ns;
     e->nblocks = d->nblocks;
-    e->next = w->cache;
-    w->cache = e;
-    if (++w->ncache > FW_CACHE_ENTRIES) { /* drop the oldest */
-        fw_cache_entry **pp = &w->cache;
+    pthread_mutex_lock(&c->lock);
+    old = unlink_locked(c, d->sha);
+    e->next = c->head;
+    c->head = e;
+    if (++c->n > FW_CACHE_ENTRIES) { /* drop the oldest */
+        fw_cache_entry **pp = &c->head;
         while ((*pp)->next)
             pp = &(*pp)->next;
-        free((*pp)->blocks);
-        free(*pp);
+        drop = *pp;
         *pp = NULL;
-        w->ncache--;
+        c->n--;
     }
+    pthread_mutex_unlock(&c->lock);
+    if (old)
+        entry_free(old);
+    if (drop)
+        entry_free(drop);
 }
 
 /* ---- end of a request --------------------------------------------------------------------- */
@@ -180,6 +248,8 @@ static void dl_free(fw_dl *d)
     EVP_MD_CTX_free(d->md);
     free(d->blocks);
     free(d->buf);
+    free(d->sbuf[0]);
+    free(d->sbuf[1]);
     free(d);
 }
 
@@ -276,78 +346,116 @@ static void on_writable(https_req *r, void *ctx)
     dl_serve_next(ctx);
 }
 
-static void on_block_read(uv_fs_t *req)
+/* Thread pool: reads the block at d->rpos into buf and checks its hash, so
+ * that the loop thread only encrypts and writes (the hash is most of the CPU
+ * a cached download costs besides TLS: measured, docs/benchmarks.md P5). */
+static void read_block_work(uv_work_t *wk)
 {
-    fw_dl *d = req->data;
-    ssize_t n = req->result;
-    uv_fs_req_cleanup(req);
+    fw_dl *d = wk->data;
+    uint64_t block = d->rpos / FW_BLOCK_BYTES, off = block * FW_BLOCK_BYTES;
+    size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
+    unsigned char *buf = d->sbuf[d->rd];
+    size_t got = 0;
+    uint8_t h[32];
+    unsigned int hl = 0;
+    d->verify_ok = 0;
+    while (got < want) {
+        ssize_t n = pread(d->fd, buf + got, want - got, (off_t)(off + got));
+        if (n <= 0)
+            return;
+        got += (size_t)n;
+    }
+    d->verify_ok = EVP_Digest(buf, want, h, &hl, EVP_sha256(), NULL) == 1 &&
+                   CRYPTO_memcmp(h, d->blocks[block], 32) == 0;
+}
+
+static void on_block_read(uv_work_t *wk, int status)
+{
+    fw_dl *d = wk->data;
     d->fs_busy = false;
     if (d->ended) {
         dl_release(d);
         return;
     }
-    uint64_t block = d->pos / FW_BLOCK_BYTES, off = block * FW_BLOCK_BYTES;
-    size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
-    uint8_t h[32];
-    unsigned int hl = 0;
-    if (n != (ssize_t)want || EVP_Digest(d->buf, want, h, &hl, EVP_sha256(), NULL) != 1 ||
-        CRYPTO_memcmp(h, d->blocks[block], 32) != 0) {
+    if (status != 0 || !d->verify_ok) {
         tampered(d, "fw_cache_tampered", "a cache block read while serving");
         unlink(d->path);
         dl_end(d, false, "cache block failed its hash check");
         return;
     }
-    uint64_t stop = d->end < off + want ? d->end : off + want;
-    size_t from = (size_t)(d->pos - off), len = (size_t)(stop - d->pos);
-    if (https_stream_write(d->r, d->buf + from, len) != CMS_OK) {
-        dl_end(d, false, "connection closed");
-        return;
-    }
-    d->pos += len;
-    d->sent += len;
+    uint64_t off = d->rpos / FW_BLOCK_BYTES * FW_BLOCK_BYTES;
+    uint64_t stop = d->end < off + FW_BLOCK_BYTES ? d->end : off + FW_BLOCK_BYTES;
+    d->ready = true;
+    d->ready_idx = d->rd;
+    d->ready_at = (size_t)(d->rpos - off);
+    d->ready_len = (size_t)(stop - d->rpos);
+    d->rpos = stop;
     dl_serve_next(d);
 }
 
+/* Starts reading (and hashing) the next block into sbuf[idx]. False when
+ * that failed: the download was ended. */
+static bool start_read(fw_dl *d, unsigned idx)
+{
+    d->rd = idx;
+    d->work.data = d;
+    d->fs_busy = true;
+    if (uv_queue_work(d->w->loop, &d->work, read_block_work, on_block_read) != 0) {
+        d->fs_busy = false;
+        dl_end(d, false, "cannot read the cache file");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Moves the download on. Two block buffers: once the output before it has
+ * drained, the checked block is handed to TLS (https_stream_write encrypts
+ * it at once) while the thread pool already reads and hashes the next block
+ * into the other buffer, so that file reads, hashing, encryption and the
+ * socket all overlap.
+ */
 static void dl_serve_next(fw_dl *d)
 {
-    if (d->ended || d->fs_busy)
+    if (d->ended)
         return;
-    if (net_conn_state(d->r->conn) != NET_ACTIVE) {
+    if (net_conn_state(d->r->conn) != NET_ACTIVE) { /* a read in flight: dl_release waits */
         dl_end(d, false, "connection closed (peer gone, or write_timeout_ms)");
         return;
+    }
+    if (d->ready && https_stream_pending(d->r) == 0) {
+        unsigned idx = d->ready_idx;
+        d->ready = false;
+        if (!d->fs_busy && d->rpos < d->end && !start_read(d, idx ^ 1u))
+            return;
+        if (https_stream_write(d->r, d->sbuf[idx] + d->ready_at, d->ready_len) != CMS_OK) {
+            dl_end(d, false, "connection closed");
+            return;
+        }
+        d->pos += d->ready_len;
+        d->sent += d->ready_len;
+        d->last_progress = uv_now(d->w->loop);
     }
     if (d->pos >= d->end) {
         dl_end(d, true, NULL);
         return;
     }
-    if (https_stream_pending(d->r) > 0)
-        return; /* on_writable calls again when the output drained */
-    d->last_progress = uv_now(d->w->loop);
-    uint64_t block = d->pos / FW_BLOCK_BYTES, off = block * FW_BLOCK_BYTES;
-    size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
-    uv_buf_t b = uv_buf_init((char *)d->buf, (unsigned)want);
-    d->fs.data = d;
-    d->fs_busy = true;
-    if (uv_fs_read(d->w->loop, &d->fs, d->fd, &b, 1, (int64_t)off, on_block_read) != 0) {
-        d->fs_busy = false;
-        uv_fs_req_cleanup(&d->fs);
-        dl_end(d, false, "cannot read the cache file");
-    }
+    if (!d->ready && !d->fs_busy && d->rpos < d->end)
+        (void)start_read(d, 0); /* on_block_read calls again */
 }
 
 static void dl_serve(fw_dl *d)
 {
     http_buf head;
     d->phase = DL_SERVE;
-    if (d->buf_len < FW_BLOCK_BYTES) {
-        free(d->buf);
-        d->buf = malloc(FW_BLOCK_BYTES);
-        d->buf_len = FW_BLOCK_BYTES;
-        if (!d->buf) {
-            d->buf_len = 0;
-            dl_fail(d, 500, "internal_error", "out of memory");
-            return;
-        }
+    free(d->buf); /* the build's chunk buffer, if any */
+    d->buf = NULL;
+    d->buf_len = 0;
+    d->sbuf[0] = malloc(FW_BLOCK_BYTES);
+    d->sbuf[1] = malloc(FW_BLOCK_BYTES);
+    if (!d->sbuf[0] || !d->sbuf[1]) {
+        dl_fail(d, 500, "internal_error", "out of memory");
+        return;
     }
     http_buf_init(&head, 8192);
     if (http_range_response_start(&head, &d->rng, "application/octet-stream", d->etag,
@@ -356,7 +464,7 @@ static void dl_serve(fw_dl *d)
         dl_fail(d, 500, "internal_error", "cannot build the answer");
         return;
     }
-    d->pos = d->rng.first;
+    d->pos = d->rpos = d->rng.first;
     d->end = d->rng.first + d->rng.length;
     d->serve_started = d->last_progress = uv_now(d->w->loop);
     if (uv_timer_init(d->w->loop, &d->timer) == 0) {
@@ -649,16 +757,11 @@ static void on_fstat(uv_fs_t *req)
         dl_release(d);
         return;
     }
-    fw_cache_entry *e = cache_find(d->w, d->sha);
-    int64_t mt = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-    int64_t ct = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
-    if (rc == 0 && e && e->dev == st.st_dev && e->ino == st.st_ino && e->size == st.st_size &&
-        e->mtime_ns == mt && e->ctime_ns == ct && e->nblocks == d->nblocks) {
-        memcpy(d->blocks, e->blocks, d->nblocks * 32); /* unchanged since verified */
+    if (rc == 0 && cache_match(d, &st)) { /* unchanged since verified */
         dl_serve(d);
         return;
     }
-    /* Changed (or never verified by this worker for this store_gen): hash it again. */
+    /* Changed (or not verified for this store_gen): hash it again. */
     d->phase = DL_VERIFY;
     d->work.data = d;
     d->fs_busy = true;
@@ -751,13 +854,14 @@ static void on_authorized(void *ctx, int status, const PGresult *res)
         dl_release(d);
         return;
     }
-    fw_cache_entry *e = cache_find(d->w, d->sha);
-    if (!e || e->store_gen != d->store_gen) {
-        if (e)
+    int64_t gen;
+    bool known = cache_gen(d->w, d->sha, &gen);
+    if (!known || gen != d->store_gen) {
+        if (known)
             log_warn("fw_cache", NULL, NULL,
                      "image %s: stored chunks changed (store_gen %lld -> %lld): verifying "
                      "them again",
-                     d->hex, (long long)e->store_gen, (long long)d->store_gen);
+                     d->hex, (long long)gen, (long long)d->store_gen);
         cache_forget(d->w, d->sha);
         dl_build_start(d);
         return;

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <pthread.h>
 
 #include <jansson.h>
 
@@ -15,7 +16,7 @@
 #include "store.h"
 #include "svc.h"
 
-/* A cache file this worker verified: its identity, the store generation it
+/* A cache file a worker verified: its identity, the store generation it
  * was checked against, and the SHA-256 of each FW_BLOCK_BYTES block. */
 typedef struct fw_cache_entry {
     struct fw_cache_entry *next;
@@ -28,13 +29,20 @@ typedef struct fw_cache_entry {
     uint8_t (*blocks)[32]; /* owned */
 } fw_cache_entry;
 
+/* Every worker's verified cache files, so that a file verified (or built)
+ * by one worker is served by all without hashing it again. Entries are
+ * copied in and out under the lock: no pointer into the list escapes it. */
+typedef struct fw_cache {
+    pthread_mutex_t lock;
+    fw_cache_entry *head; /* most recently verified first */
+    size_t n;
+} fw_cache;
+
 struct fw_worker {
-    const fw_keys *keys;   /* borrowed, shared read-only */
+    const fw_keys *keys;   /* borrowed, shared read-only (keys->cache: locked) */
     const cms_config *cfg; /* borrowed */
     uv_loop_t *loop;
     unsigned worker_id;
-    fw_cache_entry *cache; /* most recently verified first */
-    size_t ncache;
     uint64_t tmp_seq; /* temp file names */
 };
 
@@ -65,7 +73,8 @@ bool fw__parse_id(const char *s, int64_t *out);
 /* Decodes hex text (from encode(x,'hex')) into a new buffer (free()). */
 int fw__unhex_alloc(const char *hex, unsigned char **out, size_t *out_len);
 
-/* Cache bookkeeping (firmware_image.c). */
-void fw__cache_free_all(fw_worker *w);
+/* The shared cache record (firmware_image.c): NULL on allocation failure. */
+fw_cache *fw__cache_new(void);
+void fw__cache_free(fw_cache *c);
 
 #endif

@@ -23,6 +23,7 @@ void fw_keys_free(fw_keys *k)
         EVP_PKEY_free(k->publishers[i]);
     for (size_t i = 0; i < k->ndist; i++)
         EVP_PKEY_free(k->dist[i]);
+    fw__cache_free(k->cache);
     free(k);
 }
 
@@ -87,7 +88,8 @@ int fw_keys_load(const cms_config *cfg, fw_keys **out, char *err, size_t cap)
     fw_keys *k = calloc(1, sizeof(*k));
     int rc = CMS_EINVAL;
     *out = NULL;
-    if (!k) {
+    if (!k || !(k->cache = fw__cache_new())) {
+        free(k);
         snprintf(err, cap, "out of memory");
         return CMS_ENOMEM;
     }
@@ -176,7 +178,6 @@ void fw_worker_free(fw_worker *w)
 {
     if (!w)
         return;
-    fw__cache_free_all(w);
     free(w);
 }
 

@@ -607,12 +607,14 @@ def download(port, path, serial="MON-0001"):
     crt = PKI / "devices" / (serial + ".crt")
     key = PKI / "devices" / (serial + ".key")
     p = sh(["curl", "-sS", "--fail", "--cacert", PKI / "ca.pem", "--cert", crt, "--key", key,
-            "-o", "/dev/null", "-w", "%{size_download} %{speed_download} %{time_total}",
+            "-o", "/dev/null", "-w",
+            "%{size_download} %{speed_download} %{time_total} %{time_starttransfer}",
             "https://localhost:%d%s" % (port, path)], check=False, timeout=300)
     if p.returncode != 0:
         return None, p.stderr.strip()
-    size, speed, t = p.stdout.split()
-    return {"bytes": int(size), "MiB_per_s": float(speed) / 1048576, "seconds": float(t)}, None
+    size, speed, t, ttfb = p.stdout.split()
+    return {"bytes": int(size), "MiB_per_s": float(speed) / 1048576, "seconds": float(t),
+            "first_byte_s": float(ttfb)}, None
 
 
 def cmsctl_op(port, operator, *args):
@@ -902,6 +904,7 @@ def main():
             n.stop()
         S["P5"] = {"params": {"image_bytes": 64 << 20},
                    "nginx_MiB_per_s": stats([d["MiB_per_s"] for d in dl]),
+                   "nginx_first_byte_ms": stats([1000 * d["first_byte_s"] for d in dl]),
                    "nginx_rss_before_kib": rss0, "nginx_peak_rss_kib": hwm}
         log("P5 nginx: %s MiB/s, peak RSS %d KiB" % (fmt(S["P5"]["nginx_MiB_per_s"], nd=0), hwm))
         if not fw_endpoint_exists():
@@ -912,12 +915,16 @@ def main():
                 S["P5"].update({
                     "cmsd_cold_MiB_per_s": cdl[0]["MiB_per_s"],
                     "cmsd_MiB_per_s": stats([d["MiB_per_s"] for d in cdl[1:]]),
+                    "cmsd_first_byte_ms": stats([1000 * d["first_byte_s"] for d in cdl[1:]]),
                     "cmsd_rss_before_kib": c0, "cmsd_peak_rss_kib": chwm,
                     "cmsd_rss_after_kib": cafter,
                     "ratio_vs_nginx": stats([a["MiB_per_s"] / b["MiB_per_s"]
                                              for a, b in zip(cdl[1:], dl)])})
-                log("P5 cmsd: %s MiB/s, RSS before %d KiB, peak %d KiB (+%d KiB for a %d MiB image)"
-                    % (fmt(S["P5"]["cmsd_MiB_per_s"], nd=0), c0, chwm, chwm - c0, 64))
+                log("P5 cmsd: %s MiB/s, RSS before %d KiB, peak %d KiB (+%d KiB for a %d MiB image);"
+                    " first byte after %s ms (nginx %s ms)"
+                    % (fmt(S["P5"]["cmsd_MiB_per_s"], nd=0), c0, chwm, chwm - c0, 64,
+                       fmt(S["P5"]["cmsd_first_byte_ms"], nd=1),
+                       fmt(S["P5"]["nginx_first_byte_ms"], nd=1)))
             except (RuntimeError, OSError, ValueError, KeyError) as e:
                 S["P5"]["cmsd"] = "failed: %s" % str(e)[:300]
                 log("P5 cmsd: %s" % S["P5"]["cmsd"])
