@@ -99,6 +99,12 @@ typedef struct fw_dl {
     uint64_t serve_started, last_progress; /* uv_now() */
 } fw_dl;
 
+/* A checked block goes to TLS in slices, each flushed to the socket before
+ * the next is encrypted, so that the kernel starts sending early (16, 32,
+ * 64 and 128 KiB measured the same within noise in P5; 256 KiB at once was
+ * slower). */
+#define FW_SEND_SLICE (64 * 1024)
+
 static void dl_serve_next(fw_dl *d);
 static void dl_build_start(fw_dl *d);
 
@@ -428,9 +434,12 @@ static void dl_serve_next(fw_dl *d)
         d->ready = false;
         if (!d->fs_busy && d->rpos < d->end && !start_read(d, idx ^ 1u))
             return;
-        if (https_stream_write(d->r, d->sbuf[idx] + d->ready_at, d->ready_len) != CMS_OK) {
-            dl_end(d, false, "connection closed");
-            return;
+        for (size_t o = 0; o < d->ready_len; o += FW_SEND_SLICE) {
+            size_t n = d->ready_len - o < FW_SEND_SLICE ? d->ready_len - o : FW_SEND_SLICE;
+            if (https_stream_write(d->r, d->sbuf[idx] + d->ready_at + o, n) != CMS_OK) {
+                dl_end(d, false, "connection closed");
+                return;
+            }
         }
         d->pos += d->ready_len;
         d->sent += d->ready_len;
