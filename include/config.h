@@ -38,6 +38,7 @@
  *   db_reconnect_max_ms    [5000]  reconnect backoff cap
  *   retention_days         [0]     drop observation partitions older than this (0 = keep all)
  *   partitions_ahead_days  [7]     daily observation partitions created ahead
+ *   device_cache_ttl_s     [60]    keep a device's "active" check this long (0 = query every connection)
  *   est_ca_cert            [""]    device-issuing CA certificate (PEM) used by EST and the CRL; "" = EST off
  *   est_ca_key             [""]    its private key (mode 0600); required when est_ca_cert is set
  *   est_ca_chain           [""]    chain returned by /cacerts (device CA + root), default tls_device_ca
@@ -105,6 +106,7 @@ typedef struct cms_config {
     unsigned db_reconnect_max_ms;
     unsigned retention_days;
     unsigned partitions_ahead_days;
+    unsigned device_cache_ttl_s;
     char est_ca_cert[CONFIG_STR];
     char est_ca_key[CONFIG_STR];
     char est_ca_chain[CONFIG_STR];

@@ -52,6 +52,8 @@ typedef struct store_config {
     unsigned reconnect_max_ms;   /* backoff cap (default 5000) */
     unsigned retention_days;     /* drop observation partitions older (0 = keep) */
     unsigned partitions_ahead_days; /* create daily partitions ahead (default 7) */
+    unsigned device_cache_ttl_s; /* keep "active" device verdicts this long (0 = never;
+                                    default 60; see store_device_cached) */
 } store_config;
 
 /* Fills c with the defaults above (conninfo "", timezone "UTC"). */
@@ -136,6 +138,20 @@ int store_device_lookup(store_t *s, const char *serial, const char *peer,
  */
 int store_device_lookup_cert(store_t *s, const char *serial, const char *fingerprint,
                              const char *peer, store_device_cb cb, void *ctx);
+
+/*
+ * The same check answered from memory, without a query: true (dev filled,
+ * "active", last seen recorded as a lookup would) when this worker's
+ * database check of (serial, fingerprint) said "active" less than
+ * device_cache_ttl_s ago and nothing about the device changed since
+ * (sql/010 NOTIFY cms_registry; see server/store/store_devcache.c for why a
+ * kept verdict can not outlive a revocation). False: call
+ * store_device_lookup_cert. Refusals are never kept.
+ */
+bool store_device_cached(store_t *s, const char *serial, const char *fingerprint,
+                         const char *peer, store_device *dev);
+/* Verdicts kept (tests, logs). */
+size_t store_device_cache_size(const store_t *s);
 
 /*
  * Appends an audit event (fire and forget, queued on the control connection

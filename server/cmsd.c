@@ -211,6 +211,7 @@ static void *worker_main(void *arg)
     sc.reconnect_max_ms = cfg->db_reconnect_max_ms;
     sc.retention_days = w->id == 0 ? cfg->retention_days : 0; /* one worker maintains */
     sc.partitions_ahead_days = cfg->partitions_ahead_days;
+    sc.device_cache_ttl_s = cfg->device_cache_ttl_s;
 
     w->started_at = uv_now(&w->loop);
     w->store = store_new(&w->loop, &sc);

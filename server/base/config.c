@@ -59,6 +59,7 @@ static const struct opt opts[] = {
     U(db_reconnect_max_ms, 10, 600000),
     U(retention_days, 0, 36500),
     U(partitions_ahead_days, 1, 365),
+    U(device_cache_ttl_s, 0, 3600),
     S(est_ca_cert),
     S(est_ca_key),
     S(est_ca_chain),
@@ -106,6 +107,7 @@ void config_defaults(cms_config *c)
     c->db_reconnect_max_ms = 5000;
     c->retention_days = 0;
     c->partitions_ahead_days = 7;
+    c->device_cache_ttl_s = 60;
     c->est_cert_days = 365;
     c->enroll_token_ttl_s = 86400;
     c->crl_next_update_hours = 24;

@@ -51,6 +51,7 @@ void store_config_defaults(store_config *c)
     c->reconnect_max_ms = 5000;
     c->retention_days = 0;
     c->partitions_ahead_days = 7;
+    c->device_cache_ttl_s = 60;
 }
 
 /* ---- control queue ----------------------------------------------------- */
@@ -299,6 +300,7 @@ static void lookup_batch_done(store_t *s, ctl_item *first, PGresult *res)
                                   sizeof dev.idents / sizeof dev.idents[0]);
         dev.nidents = ni > 0 ? (size_t)ni : 0;
         seen_add(s, it->params[0], it->params[2]);
+        store__dc_put(s, it->dc_gen, it->params[1], &dev);
         it->cb(it->ctx, CMS_OK, &dev);
     }
     for (size_t i = 0; i < n; i++)
@@ -363,11 +365,13 @@ static void ctl_on_result(store__conn *c, PGresult *res)
             break;
         }
         case CTL_LISTEN:
-            if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                s->dc_listen_failed = true;
                 log_error("store_listen_failed", NULL, NULL, "%s: %s", it->sql,
                           PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
                               ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
                               : "-");
+            }
             break;
         case CTL_AUDIT:
             if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -392,6 +396,7 @@ static void ctl_on_down(store__conn *c, bool query_lost)
 {
     store_t *s = c->s;
     (void)query_lost;
+    store__dc_on_down(s); /* notifications may be missed from now on */
     ctl_item *it = s->ctl_inflight;
     s->ctl_inflight = NULL;
     if (it) {
@@ -453,6 +458,7 @@ static void ctl_on_up(store__conn *c)
         if (it)
             ctl_push_front(s, it);
     }
+    store__dc_on_up(s);
     queue_maintenance(s);
     if (s->control_was_up) /* notifications may have been missed while down */
         for (size_t i = 0; i < s->nlisteners; i++)
@@ -547,9 +553,19 @@ int store_device_lookup_cert(store_t *s, const char *serial, const char *fingerp
     it->cb = cb;
     it->ctx = ctx;
     it->deadline = uv_now(s->loop) + s->cfg.query_timeout_ms;
+    it->dc_gen = s->dc_gen;
     ctl_push(s, it);
     ctl_kick(s);
     return CMS_OK;
+}
+
+bool store_device_cached(store_t *s, const char *serial, const char *fingerprint,
+                         const char *peer, store_device *dev)
+{
+    if (s->closing || !store__dc_get(s, serial, fingerprint, dev))
+        return false;
+    seen_add(s, serial, peer);
+    return true;
 }
 
 void store_audit(store_t *s, const char *event, const char *actor, const char *device,
@@ -610,6 +626,7 @@ static void expire_timer_cb(uv_timer_t *t)
     uint64_t now = uv_now(s->loop);
     store__ingest_expire(s, now);
     expire_lookups(s, now);
+    store__dc_sweep(s, now);
     if (s->seen_n > 0 && now - s->seen_flushed_at >= SEEN_FLUSH_MS) {
         seen_flush(s);
         ctl_kick(s);
@@ -662,6 +679,7 @@ store_t *store_new(uv_loop_t *loop, const store_config *cfg)
     s->control.on_result = ctl_on_result;
     s->control.on_down = ctl_on_down;
     s->control.on_notify = ctl_on_notify;
+    store__dc_init(s);
 
     store__ingest_init(s);
     uv_timer_init(loop, &s->expire_timer);
@@ -695,6 +713,7 @@ void store__release(store_t *s)
     void (*cb)(void *) = s->close_cb;
     void *ctx = s->close_ctx;
     store__ingest_free_buffers(s);
+    store__dc_free(s);
     free(s->conninfo);
     free(s->timezone);
     free(s);

@@ -151,6 +151,8 @@ typedef struct ingest_fifo {
 /* store.c: the control queue                                               */
 /* ------------------------------------------------------------------------ */
 
+typedef struct store__dc_entry store__dc_entry;
+
 enum ctl_kind { CTL_LOOKUP, CTL_AUDIT, CTL_MAINT_PARTITIONS, CTL_MAINT_RETENTION, CTL_QUERY,
                 CTL_LISTEN, CTL_SEEN };
 
@@ -161,6 +163,7 @@ typedef struct ctl_item {
     struct ctl_item *next;
     enum ctl_kind kind;
     uint64_t deadline; /* lookups: fail with EUNAVAIL after this */
+    uint64_t dc_gen;   /* lookups: s->dc_gen when asked (store_devcache.c) */
     store_device_cb cb;
     void *ctx;
     int nparams;
@@ -216,6 +219,14 @@ struct store {
     char **seen_serial, **seen_peer;
     size_t seen_n, seen_cap;
     uint64_t seen_flushed_at;
+    /* "active" device verdicts kept in memory (store_devcache.c) */
+    store__dc_entry **dc_buckets; /* NULL: not kept (device_cache_ttl_s = 0) */
+    size_t dc_n;
+    uint64_t dc_gen; /* bumped by every invalidation */
+    uint64_t dc_swept_at;
+    bool dc_ready;         /* LISTEN cms_registry in place and sql/010 applied */
+    bool dc_listen_failed; /* since the control connection came up */
+    bool dc_warned;
     uv_timer_t maint_timer; /* hourly maintenance */
     uv_timer_t close_timer; /* store_close deadline */
 };
@@ -224,6 +235,17 @@ struct store {
 /* A handle of s finished closing; frees s after the last one once closed. */
 void store__release(store_t *s);
 void store__maybe_finish_close(store_t *s);
+
+/* store_devcache.c */
+void store__dc_init(store_t *s);
+void store__dc_free(store_t *s);
+void store__dc_clear(store_t *s);
+void store__dc_forget(store_t *s, const char *serial);
+void store__dc_on_up(store_t *s);
+void store__dc_on_down(store_t *s);
+void store__dc_put(store_t *s, uint64_t gen, const char *fingerprint, const store_device *dev);
+bool store__dc_get(store_t *s, const char *serial, const char *fingerprint, store_device *dev);
+void store__dc_sweep(store_t *s, uint64_t now);
 
 /* store_ingest.c */
 void store__ingest_init(store_t *s);

@@ -519,9 +519,17 @@ static int on_handshake(net_conn *c)
         net_conn_set_identity(c, s->cn);
         net_conn_ref(c);
         char fp[PKI_SHA256_HEX_SIZE];
-        if (pki_cert_fingerprint_sha256(peer, fp) != CMS_OK ||
-            store_device_lookup_cert(ctx->store, s->cn, fp, net_conn_peer(c), on_device, c) !=
-                CMS_OK) {
+        store_device dev;
+        if (pki_cert_fingerprint_sha256(peer, fp) != CMS_OK) {
+            net_conn_unref(c);
+            return CMS_EINTERNAL;
+        }
+        if (store_device_cached(ctx->store, s->cn, fp, net_conn_peer(c), &dev)) {
+            on_device(c, CMS_OK, &dev); /* activates c, drops the reference */
+            return CMS_EAGAIN;
+        }
+        if (store_device_lookup_cert(ctx->store, s->cn, fp, net_conn_peer(c), on_device, c) !=
+            CMS_OK) {
             net_conn_unref(c);
             return CMS_EUNAVAIL;
         }

@@ -373,6 +373,11 @@ static int on_handshake(net_conn *c)
         net_conn_unref(c);
         return CMS_EINTERNAL;
     }
+    store_device dev;
+    if (store_device_cached(ix->store, s->serial, fp, net_conn_peer(c), &dev)) {
+        on_device(c, CMS_OK, &dev); /* activates c, drops the reference */
+        return CMS_EAGAIN;
+    }
     rc = store_device_lookup_cert(ix->store, s->serial, fp, net_conn_peer(c), on_device, c);
     if (rc != CMS_OK) {
         net_conn_unref(c);

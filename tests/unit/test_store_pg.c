@@ -665,6 +665,157 @@ static void test_query_and_listen(void **state)
     uv_loop_close(&loop);
 }
 
+/* ---- device verdicts kept in memory (store_devcache.c) --------------------- */
+
+static void run_for(uv_loop_t *loop, double seconds)
+{
+    for (double t0 = now_s(); now_s() - t0 < seconds;)
+        uv_run(loop, UV_RUN_NOWAIT);
+}
+
+/* Runs the loop until store_device_cached(serial, fp) is want, or 5 s. */
+static bool cached_becomes(uv_loop_t *loop, store_t *s, const char *serial, const char *fp,
+                           bool want)
+{
+    store_device d;
+    for (double t0 = now_s(); now_s() - t0 < 5; uv_run(loop, UV_RUN_NOWAIT))
+        if (store_device_cached(s, serial, fp, NULL, &d) == want)
+            return true;
+    return false;
+}
+
+static void lookup_wait(uv_loop_t *loop, store_t *s, const char *serial, const char *fp)
+{
+    int before = lookups_done;
+    assert_int_equal(store_device_lookup_cert(s, serial, fp, "127.0.0.1:7", on_lookup, NULL),
+                     CMS_OK);
+    while (lookups_done == before)
+        uv_run(loop, UV_RUN_ONCE);
+}
+
+static void test_device_cache(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    store_config cfg;
+    run r = {.loop = &loop};
+    r.s = open_store(&loop, dsn, &cfg);
+    char serial[80], id[32];
+    snprintf(serial, sizeof serial, "%s-DEV", run_tag);
+    snprintf(id, sizeof id, "%lld", (long long)dev_id);
+    const char *fp = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const char *fp2 = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    const char *v[1] = {serial};
+    store_device d;
+    /* the readiness check queued at connect has run once a later query did */
+    q_done = 0;
+    assert_int_equal(store_query(r.s, "SELECT 1", 0, NULL, on_query, NULL), CMS_OK);
+    while (q_done < 1)
+        uv_run(&loop, UV_RUN_ONCE);
+
+    /* Nothing kept before a database check; an "active" check is kept. */
+    assert_false(store_device_cached(r.s, serial, fp, NULL, &d));
+    lookups_done = 0;
+    lookup_wait(&loop, r.s, serial, fp);
+    assert_int_equal(lookup_status, CMS_OK);
+    assert_string_equal(lookup_dev.status, "active");
+    assert_true(store_device_cached(r.s, serial, fp, "127.0.0.1:8", &d));
+    assert_int_equal(d.id, dev_id);
+    assert_string_equal(d.serial, serial);
+    assert_string_equal(d.status, "active");
+    assert_int_equal(d.nidents, lookup_dev.nidents);
+    assert_string_equal(d.idents[0], lookup_dev.idents[0]);
+    assert_string_equal(d.idents[1], lookup_dev.idents[1]);
+    /* per certificate: another fingerprint is not covered */
+    assert_false(store_device_cached(r.s, serial, fp2, NULL, &d));
+    assert_false(store_device_cached(r.s, serial, NULL, NULL, &d));
+
+    /* "last seen" updates change no verdict and keep it */
+    PQclear(q("UPDATE cms.devices SET last_seen_at = now(), firmware_version = 'x' WHERE serial = $1",
+              1, v));
+    run_for(&loop, 0.3);
+    assert_true(store_device_cached(r.s, serial, fp, NULL, &d));
+
+    /* A status change by hand (not through cmsd) drops it at once... */
+    PQclear(q("UPDATE cms.devices SET status = 'revoked' WHERE serial = $1", 1, v));
+    assert_true(cached_becomes(&loop, r.s, serial, fp, false));
+    lookup_wait(&loop, r.s, serial, fp);
+    assert_string_equal(lookup_dev.status, "revoked");
+    run_for(&loop, 0.2);
+    assert_false(store_device_cached(r.s, serial, fp, NULL, &d)); /* refusals are not kept */
+    PQclear(q("UPDATE cms.devices SET status = 'active' WHERE serial = $1", 1, v));
+    run_for(&loop, 0.3); /* its notification: a check answered before it would be dropped */
+    lookup_wait(&loop, r.s, serial, fp);
+    assert_true(store_device_cached(r.s, serial, fp, NULL, &d));
+
+    /* ...and so does a change of its identifiers or certificates. */
+    char ident[96];
+    snprintf(ident, sizeof ident, "%s-EUI2", run_tag);
+    const char *vi[2] = {id, ident};
+    PQclear(q("INSERT INTO cms.device_identifiers (device_id, identifier) VALUES ($1, $2)", 2, vi));
+    assert_true(cached_becomes(&loop, r.s, serial, fp, false));
+    lookup_wait(&loop, r.s, serial, fp);
+    assert_int_equal(lookup_dev.nidents, 3);
+    assert_true(store_device_cached(r.s, serial, fp, NULL, &d));
+    assert_int_equal(d.nidents, 3);
+    PQclear(q("DELETE FROM cms.device_identifiers WHERE identifier = $2 AND device_id = $1", 2, vi));
+    assert_true(cached_becomes(&loop, r.s, serial, fp, false));
+
+    /* A check answered around a change that committed while it waited is
+     * not kept past that change's notification. */
+    lookup_wait(&loop, r.s, serial, fp);
+    assert_true(store_device_cached(r.s, serial, fp, NULL, &d));
+    PQclear(q("BEGIN", 0, NULL));
+    PQclear(q("LOCK TABLE cms.devices IN ACCESS EXCLUSIVE MODE", 0, NULL));
+    PQclear(q("UPDATE cms.devices SET status = 'active' WHERE serial = $1", 1, v)); /* no-op */
+    PQclear(q("SELECT pg_notify('cms_registry', $1)", 1, v));
+    int before = lookups_done;
+    assert_int_equal(store_device_lookup_cert(r.s, serial, fp2, NULL, on_lookup, NULL), CMS_OK);
+    run_for(&loop, 0.2); /* sent, blocked on the lock */
+    assert_int_equal(lookups_done, before);
+    PQclear(q("COMMIT", 0, NULL));
+    while (lookups_done == before)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_string_equal(lookup_dev.status, "active");
+    assert_true(cached_becomes(&loop, r.s, serial, fp2, false));
+    assert_false(store_device_cached(r.s, serial, fp, NULL, &d));
+
+    /* Connection lost: everything dropped; kept again once it is back. */
+    lookup_wait(&loop, r.s, serial, fp);
+    assert_true(store_device_cached(r.s, serial, fp, NULL, &d));
+    terminate_backends();
+    assert_true(cached_becomes(&loop, r.s, serial, fp, false));
+    assert_int_equal(store_device_cache_size(r.s), 0);
+    for (double t0 = now_s(); !store_ready(r.s) && now_s() - t0 < 10;)
+        uv_run(&loop, UV_RUN_ONCE);
+    q_done = 0;
+    assert_int_equal(store_query(r.s, "SELECT 1", 0, NULL, on_query, NULL), CMS_OK);
+    while (q_done < 1)
+        uv_run(&loop, UV_RUN_ONCE);
+    lookup_wait(&loop, r.s, serial, fp);
+    assert_true(store_device_cached(r.s, serial, fp, NULL, &d));
+    close_store(&r);
+    uv_loop_close(&loop);
+
+    /* device_cache_ttl_s = 0: never kept. */
+    uv_loop_init(&loop);
+    run r2 = {.loop = &loop};
+    store_config_defaults(&cfg);
+    cfg.conninfo = dsn;
+    cfg.device_cache_ttl_s = 0;
+    r2.s = store_new(&loop, &cfg);
+    assert_non_null(r2.s);
+    for (double t0 = now_s(); !store_ready(r2.s) && now_s() - t0 < 10;)
+        uv_run(&loop, UV_RUN_ONCE);
+    lookup_wait(&loop, r2.s, serial, fp);
+    assert_string_equal(lookup_dev.status, "active");
+    run_for(&loop, 0.2);
+    assert_false(store_device_cached(r2.s, serial, fp, NULL, &d));
+    close_store(&r2);
+    uv_loop_close(&loop);
+}
+
 static void on_drain(void *ctx)
 {
     ((run *)ctx)->drains++;
@@ -787,6 +938,7 @@ int main(void)
         cmocka_unit_test(test_lookup_and_audit),
         cmocka_unit_test(test_query_and_listen),
         cmocka_unit_test(test_lookup_batches),
+        cmocka_unit_test(test_device_cache),
         cmocka_unit_test(test_unavailable_timeout_backlog_close),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
