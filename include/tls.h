@@ -1,14 +1,21 @@
 /*
- * tls.h - TLS over memory BIOs (OpenSSL 3), independent of sockets and of
- * the protocols above it.
+ * tls.h - TLS over an in-memory transport BIO (OpenSSL 3), independent of
+ * sockets and of the protocols above it.
  *
  * The connection owner moves bytes; this module only transforms them:
  *
- *   socket bytes --tls_conn_feed()--> [rbio] --SSL--> tls_conn_read() plaintext
- *   plaintext --tls_conn_write()--> SSL --> [wbio] --tls_conn_take_output()--> socket
+ *   socket bytes --tls_conn_feed()--> SSL --> tls_conn_read() plaintext
+ *   plaintext --tls_conn_write()--> SSL --> [out] --tls_conn_take_output()--> socket
  *
- * WANT_READ / WANT_WRITE: with memory BIOs, SSL_write never wants to write
- * (the wbio grows), and WANT_READ means "feed me more ciphertext". So every
+ * The transport BIO (one per connection, both directions) reads the fed
+ * bytes where they are (the loop's read buffer: no copy) and appends the
+ * records OpenSSL writes to one heap buffer that tls_conn_take_output hands
+ * over as it is (no copy either). Fed bytes OpenSSL has not consumed when the
+ * caller is done with its buffer (a partial record, or input held back while
+ * the peer is not yet authorized) are copied aside by tls_conn_keep_input().
+ *
+ * WANT_READ / WANT_WRITE: SSL_write never wants to write (the output
+ * grows), and WANT_READ means "feed me more ciphertext". So every
  * call returns CMS_EAGAIN for WANT_READ/WANT_WRITE alike; the caller feeds
  * what arrives from the socket and calls again. After EVERY call into this
  * module the caller must drain tls_conn_take_output(): the handshake,
@@ -66,9 +73,13 @@ SSL_CTX *tls_ctx_ssl_ctx(tls_ctx *ctx);
 int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap);
 
 typedef struct tls_conn {
-    SSL *ssl;  /* owned */
-    BIO *rbio; /* owned by ssl: ciphertext from the network */
-    BIO *wbio; /* owned by ssl: ciphertext to the network */
+    SSL *ssl;                /* owned; owns the transport BIO */
+    const unsigned char *in; /* fed, borrowed until tls_conn_keep_input */
+    size_t in_len;
+    unsigned char *kept; /* owned: input kept from earlier feeds, read first */
+    size_t kept_off, kept_len, kept_cap;
+    char *out; /* owned: ciphertext not yet taken */
+    size_t out_len, out_cap;
     bool handshake_done;
 } tls_conn;
 
@@ -80,8 +91,19 @@ int tls_conn_init_client(tls_conn *tc, SSL_CTX *ctx, const char *sni);
 /* Frees everything; safe on a zeroed or already freed tls_conn. */
 void tls_conn_free(tls_conn *tc);
 
-/* Hands ciphertext that arrived from the network to OpenSSL. CMS_OK or CMS_ENOMEM. */
+/*
+ * Hands ciphertext that arrived from the network to OpenSSL. data is
+ * borrowed, not copied: it must stay valid until tls_conn_keep_input().
+ * CMS_OK or CMS_ENOMEM.
+ */
 int tls_conn_feed(tls_conn *tc, const void *data, size_t len);
+
+/* Copies what OpenSSL did not consume of the fed data aside (the caller
+ * reuses its buffer next). CMS_OK or CMS_ENOMEM. Safe on a freed tls_conn. */
+int tls_conn_keep_input(tls_conn *tc);
+
+/* Ciphertext fed but not consumed yet. */
+size_t tls_conn_pending_input(const tls_conn *tc);
 
 /*
  * Advances the handshake. Returns CMS_OK when complete (handshake_done set),
@@ -102,8 +124,8 @@ int tls_conn_read(tls_conn *tc, void *buf, size_t cap);
 int tls_conn_write(tls_conn *tc, const void *data, size_t len);
 
 /*
- * Gives back memory the BIOs kept from a burst (e.g. the handshake) when
- * they are empty. Call when a processing step is over. Never fails.
+ * Gives back the input buffer once it is empty (after a burst, or the
+ * handshake). Call when a processing step is over. Never fails.
  */
 void tls_conn_trim(tls_conn *tc);
 
@@ -114,9 +136,8 @@ void tls_conn_shutdown(tls_conn *tc);
 size_t tls_conn_pending_output(const tls_conn *tc);
 
 /*
- * Moves all pending ciphertext into a newly malloc()ed buffer (*out, the
- * caller owns and frees it) and returns its length; returns 0 and sets *out
- * to NULL when there is nothing to send, CMS_ENOMEM on allocation failure.
+ * Hands all pending ciphertext over: *out (malloc()ed, the caller owns and
+ * frees it) and its length; 0 and *out = NULL when there is nothing to send.
  */
 long tls_conn_take_output(tls_conn *tc, char **out);
 

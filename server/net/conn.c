@@ -128,7 +128,7 @@ void net_conn_set_deadline(net_conn *c, uint64_t abs_ms, const char *reason)
 
 size_t net_conn_output_pending(const net_conn *c)
 {
-    return c->out_bytes + (c->tls.wbio ? tls_conn_pending_output(&c->tls) : 0);
+    return c->out_bytes + tls_conn_pending_output(&c->tls);
 }
 
 /* Moves every pending TLS record to the socket. Returns CMS_OK or an error
@@ -321,7 +321,15 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         conn_finish(c);
         return;
     }
+    net_conn_ref(c);
     conn_process(c);
+    /* buf is the loop's: what OpenSSL left of it (a partial record, input
+     * held back until the peer is authorized) is copied aside now. */
+    if (tls_conn_keep_input(&c->tls) != CMS_OK && c->state < NET_DRAINING) {
+        net_conn_close(c, "out of memory");
+        conn_finish(c);
+    }
+    net_conn_unref(c);
 }
 
 static void conn_read_start(net_conn *c)
@@ -345,7 +353,7 @@ static void conn_handshake(net_conn *c)
     char reason[256] = "";
     int rc = tls_conn_handshake(&c->tls, reason, sizeof(reason));
     if (rc == CMS_EAGAIN) {
-        if (BIO_ctrl_pending(c->tls.rbio) > c->srv->lim.preauth_buffer_bytes) {
+        if (tls_conn_pending_input(&c->tls) > c->srv->lim.preauth_buffer_bytes) {
             log_warn("tls_refused", NULL, c->peer, "handshake input over %u bytes",
                      c->srv->lim.preauth_buffer_bytes);
             net_conn_close(c, NULL);

@@ -1,7 +1,9 @@
 /*
- * tls.c - OpenSSL 3 over memory BIOs. See tls.h for the data flow and the
- * WANT_READ/WANT_WRITE rule.
+ * tls.c - OpenSSL 3 over an in-memory transport BIO. See tls.h for the data
+ * flow and the WANT_READ/WANT_WRITE rule.
  */
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -192,23 +194,129 @@ int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
     return load_crl(ctx, crl_file, err, cap);
 }
 
+/* ---- the transport BIO ---------------------------------------------------------------
+ *
+ * One per connection, both directions (SSL_set_bio(ssl, b, b)); its data is
+ * the tls_conn. Compared with a pair of memory BIOs (measured in
+ * docs/benchmarks.md, P3 and P5): no copy of the input (read where it was
+ * received), no copy of the output (the buffer OpenSSL's records were
+ * appended to is handed to the socket as it is), and an idle session keeps
+ * one small BIO and no buffer at all.
+ */
+
+static BIO_METHOD *transport_method;
+static pthread_once_t transport_once = PTHREAD_ONCE_INIT;
+
+/* Room for more bytes of output. CMS_OK or CMS_ENOMEM. */
+static int out_reserve(tls_conn *tc, size_t more)
+{
+    if (tc->out_len + more <= tc->out_cap)
+        return CMS_OK;
+    size_t cap = tc->out_cap ? tc->out_cap : 4096;
+    while (cap < tc->out_len + more)
+        cap *= 2;
+    char *n = realloc(tc->out, cap);
+    if (!n)
+        return CMS_ENOMEM;
+    tc->out = n;
+    tc->out_cap = cap;
+    return CMS_OK;
+}
+
+static int transport_write(BIO *b, const char *data, int len)
+{
+    tls_conn *tc = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0)
+        return 0;
+    if (out_reserve(tc, (size_t)len) != CMS_OK)
+        return -1;
+    memcpy(tc->out + tc->out_len, data, (size_t)len);
+    tc->out_len += (size_t)len;
+    return len;
+}
+
+static int transport_read(BIO *b, char *buf, int cap)
+{
+    tls_conn *tc = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (cap <= 0)
+        return 0;
+    size_t n = 0;
+    if (tc->kept_off < tc->kept_len) { /* older bytes first */
+        n = tc->kept_len - tc->kept_off;
+        n = n < (size_t)cap ? n : (size_t)cap;
+        memcpy(buf, tc->kept + tc->kept_off, n);
+        tc->kept_off += n;
+    } else if (tc->in_len > 0) {
+        n = tc->in_len < (size_t)cap ? tc->in_len : (size_t)cap;
+        memcpy(buf, tc->in, n);
+        tc->in += n;
+        tc->in_len -= n;
+    }
+    if (n == 0) { /* "no data yet", not EOF */
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    return (int)n;
+}
+
+static long transport_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    tls_conn *tc = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return tc ? (long)tls_conn_pending_input(tc) : 0;
+    case BIO_CTRL_WPENDING:
+        return tc ? (long)tc->out_len : 0;
+    default:
+        return 0; /* no kTLS, no EOF, no push/pop */
+    }
+}
+
+static int transport_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static int transport_destroy(BIO *b)
+{
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+static void transport_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "cms transport");
+    if (m && (BIO_meth_set_write(m, transport_write) != 1 ||
+              BIO_meth_set_read(m, transport_read) != 1 ||
+              BIO_meth_set_ctrl(m, transport_ctrl) != 1 ||
+              BIO_meth_set_create(m, transport_create) != 1 ||
+              BIO_meth_set_destroy(m, transport_destroy) != 1)) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    transport_method = m;
+}
+
 static int conn_init(tls_conn *tc, SSL_CTX *c)
 {
     memset(tc, 0, sizeof(*tc));
-    tc->ssl = SSL_new(c);
-    tc->rbio = BIO_new(BIO_s_mem());
-    tc->wbio = BIO_new(BIO_s_mem());
-    if (!tc->ssl || !tc->rbio || !tc->wbio) {
-        BIO_free(tc->rbio);
-        BIO_free(tc->wbio);
-        SSL_free(tc->ssl);
+    pthread_once(&transport_once, transport_method_init);
+    BIO *b = transport_method ? BIO_new(transport_method) : NULL;
+    tc->ssl = b ? SSL_new(c) : NULL;
+    if (!tc->ssl) {
+        BIO_free(b);
         memset(tc, 0, sizeof(*tc));
         return CMS_ENOMEM;
     }
-    /* An empty rbio means "no data yet", not EOF. */
-    BIO_set_mem_eof_return(tc->rbio, -1);
-    BIO_set_mem_eof_return(tc->wbio, -1);
-    SSL_set_bio(tc->ssl, tc->rbio, tc->wbio); /* ssl owns both now */
+    BIO_set_data(b, tc); /* tc must not move while the connection lives */
+    SSL_set_bio(tc->ssl, b, b); /* one reference, taken by ssl */
     return CMS_OK;
 }
 
@@ -234,17 +342,65 @@ int tls_conn_init_client(tls_conn *tc, SSL_CTX *ctx, const char *sni)
 void tls_conn_free(tls_conn *tc)
 {
     if (tc->ssl)
-        SSL_free(tc->ssl); /* frees rbio and wbio */
+        SSL_free(tc->ssl); /* frees the transport BIO */
+    free(tc->kept);
+    free(tc->out);
     memset(tc, 0, sizeof(*tc));
+}
+
+/* Appends len bytes to the kept input. */
+static int keep_bytes(tls_conn *tc, const unsigned char *data, size_t len)
+{
+    if (tc->kept_off > 0 && tc->kept_off == tc->kept_len)
+        tc->kept_off = tc->kept_len = 0;
+    if (tc->kept_len + len > tc->kept_cap) {
+        if (tc->kept_off > 0) { /* slide the unread part down first */
+            memmove(tc->kept, tc->kept + tc->kept_off, tc->kept_len - tc->kept_off);
+            tc->kept_len -= tc->kept_off;
+            tc->kept_off = 0;
+        }
+        if (tc->kept_len + len > tc->kept_cap) {
+            size_t cap = tc->kept_cap ? tc->kept_cap : 1024;
+            while (cap < tc->kept_len + len)
+                cap *= 2;
+            unsigned char *n = realloc(tc->kept, cap);
+            if (!n)
+                return CMS_ENOMEM;
+            tc->kept = n;
+            tc->kept_cap = cap;
+        }
+    }
+    memcpy(tc->kept + tc->kept_len, data, len);
+    tc->kept_len += len;
+    return CMS_OK;
+}
+
+int tls_conn_keep_input(tls_conn *tc)
+{
+    int rc = CMS_OK;
+    if (tc->in_len > 0 && tc->ssl)
+        rc = keep_bytes(tc, tc->in, tc->in_len);
+    tc->in = NULL;
+    tc->in_len = 0;
+    return rc;
 }
 
 int tls_conn_feed(tls_conn *tc, const void *data, size_t len)
 {
     if (len == 0)
         return CMS_OK;
-    if (len > INT32_MAX || BIO_write(tc->rbio, data, (int)len) != (int)len)
+    if (len > INT32_MAX || tls_conn_keep_input(tc) != CMS_OK)
         return CMS_ENOMEM;
+    if (tc->kept_off < tc->kept_len) /* behind older bytes: kept in order */
+        return keep_bytes(tc, data, len);
+    tc->in = data;
+    tc->in_len = len;
     return CMS_OK;
+}
+
+size_t tls_conn_pending_input(const tls_conn *tc)
+{
+    return tc->kept_len - tc->kept_off + tc->in_len;
 }
 
 int tls_conn_handshake(tls_conn *tc, char *reason, size_t cap)
@@ -302,6 +458,10 @@ int tls_conn_write(tls_conn *tc, const void *data, size_t len)
 {
     if (len == 0)
         return CMS_OK;
+    /* The records' room at once (header, type, tag: < 64 bytes per 16 KiB
+     * record), not by doubling while OpenSSL appends them one by one. */
+    if (out_reserve(tc, len + (len / 16384 + 1) * 64) != CMS_OK)
+        return CMS_ENOMEM;
     ERR_clear_error();
     size_t written = 0;
     int r = SSL_write_ex(tc->ssl, data, len, &written);
@@ -323,64 +483,28 @@ void tls_conn_shutdown(tls_conn *tc)
 
 size_t tls_conn_pending_output(const tls_conn *tc)
 {
-    return tc->wbio ? BIO_ctrl_pending(tc->wbio) : 0;
-}
-
-/*
- * A memory BIO keeps the largest buffer it ever held (the handshake flight,
- * a burst of records). Once empty, a BIO holding more than this is replaced
- * by a fresh one (whose buffer is allocated only when written), so that
- * thousands of idle sessions keep no transport buffer at all: measured
- * 3.4 KB per idle monitor otherwise (docs/benchmarks.md, P3). The cost is a
- * BIO allocation per processing step that used it, far below a record's
- * crypto.
- */
-#define TLS_BIO_KEEP_BYTES 0
-
-static BIO *fresh_if_big(BIO *b)
-{
-    BUF_MEM *bm = NULL;
-    if (BIO_ctrl_pending(b) != 0 || BIO_get_mem_ptr(b, &bm) != 1 || !bm ||
-        bm->max <= TLS_BIO_KEEP_BYTES)
-        return NULL;
-    BIO *nb = BIO_new(BIO_s_mem());
-    if (nb)
-        BIO_set_mem_eof_return(nb, -1);
-    return nb;
+    return tc->out_len;
 }
 
 void tls_conn_trim(tls_conn *tc)
 {
-    if (!tc->ssl)
-        return;
-    BIO *nb = fresh_if_big(tc->rbio);
-    if (nb) {
-        SSL_set0_rbio(tc->ssl, nb); /* frees the old one */
-        tc->rbio = nb;
-    }
-    nb = fresh_if_big(tc->wbio);
-    if (nb) {
-        SSL_set0_wbio(tc->ssl, nb);
-        tc->wbio = nb;
+    if (tc->kept && tc->kept_off == tc->kept_len) {
+        free(tc->kept);
+        tc->kept = NULL;
+        tc->kept_off = tc->kept_len = tc->kept_cap = 0;
     }
 }
 
 long tls_conn_take_output(tls_conn *tc, char **out)
 {
     *out = NULL;
-    size_t n = tls_conn_pending_output(tc);
-    if (n == 0)
+    if (tc->out_len == 0)
         return 0;
-    char *buf = malloc(n);
-    if (!buf)
-        return CMS_ENOMEM;
-    int r = BIO_read(tc->wbio, buf, (int)n);
-    if (r <= 0) {
-        free(buf);
-        return 0;
-    }
-    *out = buf;
-    return r;
+    long n = (long)tc->out_len;
+    *out = tc->out;
+    tc->out = NULL;
+    tc->out_len = tc->out_cap = 0;
+    return n;
 }
 
 int tls_conn_peer_cn(const tls_conn *tc, char *out, size_t cap)
