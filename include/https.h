@@ -127,20 +127,22 @@ void https_reply(https_req *r, int status, const char *content_type, const void 
  * the body). The handler returns CMS_EAGAIN, then:
  *   https_stream_begin(r, head, len, on_writable, ctx): head is a complete
  *       HTTP head (e.g. from http_range_response_start), sent at once;
- *   on_writable(r, ctx) runs whenever the output has drained (and once right
- *       after begin), and also once when the connection closes: the producer
- *       then sees https_stream_write() return CMS_ECLOSED;
+ *   on_writable(r, ctx) runs whenever the unsent output fell to
+ *       HTTPS_STREAM_LOW_WATER or less (and once right after begin), and
+ *       also once when the connection closes: the producer then sees
+ *       https_stream_write() return CMS_ECLOSED;
  *   https_stream_write(r, data, len): CMS_OK, or CMS_ECLOSED (stop producing
  *       and call https_stream_end);
- *   https_stream_pending(r): bytes not yet handed to the kernel. A write
- *       that the kernel took at once leaves 0 and no on_writable follows:
- *       the producer then goes on by itself (its next asynchronous read);
- *       otherwise it waits for on_writable. Keep pending under ~256 KiB;
+ *   https_stream_pending(r): bytes not yet handed to the kernel. At or
+ *       under HTTPS_STREAM_LOW_WATER no on_writable may follow: the producer
+ *       then goes on by itself (its next asynchronous read); otherwise it
+ *       waits for on_writable. Keep pending under ~512 KiB;
  *   https_stream_end(r, ok): exactly once; ok = false (body cut short, e.g.
  *       a hash mismatch in storage) closes the connection so the client sees
  *       a truncated body, never a wrong one.
  * Between begin and end nothing else is read from the connection.
  */
+#define HTTPS_STREAM_LOW_WATER (128u * 1024)
 typedef void (*https_stream_cb)(https_req *r, void *ctx);
 void https_stream_begin(https_req *r, const char *head, size_t len, https_stream_cb on_writable,
                         void *ctx);

@@ -77,10 +77,13 @@ typedef struct net_proto {
      */
     void (*on_tls_refused)(void *proto_ctx, const char *peer, const char *reason);
     /*
-     * Optional: every byte queued so far has been handed to the kernel
-     * (for producers that stream large answers with flat memory).
+     * Optional: the output not yet handed to the kernel fell to low_water
+     * bytes or less (for producers that stream large answers with flat
+     * memory: with low_water > 0 they queue the next piece while the kernel
+     * still sends the last one, so the socket never idles).
      */
     void (*on_drain)(net_conn *c);
+    size_t low_water;
 } net_proto;
 
 /* Creates the per-loop server object. loop and limits are borrowed (limits copied). */

@@ -111,11 +111,13 @@ static void on_write(uv_write_t *req, int status)
     }
     if (c->out_bytes == 0) {
         c->write_since = 0;
-        if (c->state == NET_DRAINING)
+        if (c->state == NET_DRAINING) {
             conn_drained(c);
-        else if (c->state == NET_ACTIVE && c->proto->on_drain)
-            c->proto->on_drain(c);
+            return;
+        }
     }
+    if (c->out_bytes <= c->proto->low_water && c->state == NET_ACTIVE && c->proto->on_drain)
+        c->proto->on_drain(c);
 }
 
 void net_conn_set_deadline(net_conn *c, uint64_t abs_ms, const char *reason)

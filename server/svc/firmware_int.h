@@ -16,8 +16,8 @@
 #include "store.h"
 #include "svc.h"
 
-/* A cache file a worker verified: its identity, the store generation it
- * was checked against, and the SHA-256 of each FW_BLOCK_BYTES block. */
+/* A cache file whose SHA-256 a worker verified: its identity, the store
+ * generation it was checked against, and when. */
 typedef struct fw_cache_entry {
     struct fw_cache_entry *next;
     uint8_t sha256[32];
@@ -25,8 +25,7 @@ typedef struct fw_cache_entry {
     uint64_t length;
     uint64_t dev, ino, size;
     int64_t mtime_ns, ctime_ns;
-    size_t nblocks;
-    uint8_t (*blocks)[32]; /* owned */
+    uint64_t verified_at; /* uv_hrtime() / 1e6 when its SHA-256 was checked */
 } fw_cache_entry;
 
 /* Every worker's verified cache files, so that a file verified (or built)
@@ -47,6 +46,8 @@ struct fw_worker {
 };
 
 #define FW_CACHE_ENTRIES 32
+/* A verified cache file is hashed again (whole) at least this often. */
+#define FW_CACHE_REVERIFY_MS (3600u * 1000)
 
 /* The worker's firmware state of r (NULL when firmware is not set up). */
 static inline fw_worker *fw__worker(https_req *r)

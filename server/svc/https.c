@@ -584,6 +584,7 @@ const net_proto https_proto = {
     .on_close = on_close,
     .on_tls_refused = on_tls_refused,
     .on_drain = on_drain,
+    .low_water = HTTPS_STREAM_LOW_WATER,
 };
 
 /* ---- context ------------------------------------------------------------------ */

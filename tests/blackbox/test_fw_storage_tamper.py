@@ -6,11 +6,13 @@ the device gets the genuine bytes."""
 
 import hashlib
 import os
+import socket
+import ssl
 import time
 
 import helpers as h
 from fw_helpers import *  # noqa: F401,F403
-from fw_helpers import device_request, offer, wait_audit
+from fw_helpers import device_ctx, device_request, https_port, offer, wait_audit
 
 
 def flip_chunk(db, sha, seq=0, pos=100):
@@ -74,3 +76,48 @@ def test_cache_file_altered(fw_cmsd, pki, db):
     st, _, body = device_request(fw_cmsd, pki, o.serial, "GET", path)
     assert st == 200 and hashlib.sha256(body).hexdigest() == o.rel.sha256
     wait_audit(db, a1, "fw_cache_tampered")
+
+
+def test_cache_file_changed_during_download(fw_cmsd, pki, db):
+    """While serving, each block read is followed by a check that the file is
+    still the verified one: a change made mid-download cuts the transfer
+    short, so the device gets a truncated body of genuine bytes, never
+    altered ones, and the change is audited."""
+    size = 16 << 20
+    o = offer(fw_cmsd, pki, db, size=size)
+    path = o.body["target"]["download"]
+    st, _, body = device_request(fw_cmsd, pki, o.serial, "GET", path)  # builds the cache
+    assert st == 200 and hashlib.sha256(body).hexdigest() == o.rel.sha256
+    cache = os.path.join(fw_cmsd.cfg["fw_cache_dir"], o.rel.sha256)
+    a0 = db.max_audit_id()
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # a slow, small-windowed reader
+    raw.settimeout(30)
+    raw.connect(("127.0.0.1", https_port(fw_cmsd)))
+    s = device_ctx(pki, o.serial).wrap_socket(raw, server_hostname="localhost")
+    s.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path).encode())
+    got = b""
+    while len(got) < 200000:
+        chunk = s.recv(65536)
+        assert chunk, "closed early"
+        got += chunk
+    with open(cache, "r+b") as f:  # near the end, same size: the server has not read it yet
+        f.seek(size - 1000)
+        b = f.read(1)
+        f.seek(size - 1000)
+        f.write(bytes([b[0] ^ 1]))
+    try:
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+    except (OSError, ssl.SSLError):
+        pass  # cut short: fine
+    s.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:100]
+    assert len(body) < size, "the whole body was sent although the file changed"
+    assert body == o.rel.data[:len(body)], "altered bytes were sent"
+    wait_audit(db, a0, "fw_cache_tampered")
+
