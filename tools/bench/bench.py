@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -312,7 +313,9 @@ class Cmsd(Server):
         conf.write_text("\n".join(lines) + "\n")
         self.https_port = https
         self.logf = open(RUN / ("%s.log" % self.tag), "a")
-        self.proc = subprocess.Popen([CMSD, "--config", conf], stdout=self.logf,
+        # BENCH_CMSD_WRAP="valgrind --tool=massif": a tool in front of cmsd (docs/benchmarks.md)
+        wrap = shlex.split(os.environ.get("BENCH_CMSD_WRAP", ""))
+        self.proc = subprocess.Popen(wrap + [CMSD, "--config", conf], stdout=self.logf,
                                      stderr=subprocess.STDOUT, cwd=RUN)  # cores land here
         wait_port(self.port, 90, self.proc)
         time.sleep(0.5)  # the store's connections and the first maintenance queries
