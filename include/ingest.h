@@ -51,6 +51,8 @@ typedef struct ingest_ctx {
     uint64_t ack_seq;   /* for unique ACK control ids */
     unsigned worker_id;
     bool global_paused;
+    net_conn **due; /* connections with ACKs to send at the end of the store's round */
+    size_t ndue, due_cap;
     /* Scratch space (one loop thread): too big for each connection. */
     hl7_msg hl7;
     pcd01_msg msg;
@@ -65,5 +67,7 @@ extern const net_proto ingest_mllp_proto;
  */
 int ingest_ctx_init(ingest_ctx *ctx, store_t *store, net_server *server,
                     const ingest_config *cfg, unsigned worker_id);
+/* Frees what ctx holds (after the loop ended). */
+void ingest_ctx_free(ingest_ctx *ctx);
 
 #endif

@@ -128,6 +128,14 @@ void net_conn_activate(net_conn *c);
 int net_conn_write(net_conn *c, const void *data, size_t len);
 
 /*
+ * Holds output back: net_conn_write only encrypts it until net_conn_uncork,
+ * which sends it all in one system call (e.g. the ACKs one commit
+ * releases for a monitor). Not nestable.
+ */
+void net_conn_cork(net_conn *c);
+void net_conn_uncork(net_conn *c);
+
+/*
  * Sets (abs_ms = uv_now() + delay) or clears (0) a protocol deadline, e.g.
  * "this HTTP request must be complete by then". When it passes while the
  * connection is NET_ACTIVE, the connection is closed with reason.

@@ -103,6 +103,14 @@ size_t store_backlog(const store_t *s);
  */
 void store_on_drain(store_t *s, void (*cb)(void *ctx), void *ctx);
 
+/*
+ * Registers a callback run after each round of store_ingest callbacks (the
+ * results of one batch, an expiry sweep, a failure), before the next batch
+ * is sent: a caller that only records each result in its callback answers
+ * here, all at once (e.g. one write per monitor for all its ACKs).
+ */
+void store_on_results(store_t *s, void (*cb)(void *ctx), void *ctx);
+
 /* Result of a device lookup by certificate CN (serial). */
 typedef struct store_device {
     int64_t id;

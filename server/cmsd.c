@@ -459,6 +459,7 @@ int main(int argc, char **argv)
     uv_loop_close(d.loop);
     for (unsigned i = 0; i < started; i++) {
         https_ctx_free(&d.workers[i].https);
+        ingest_ctx_free(&d.workers[i].ingest);
         svc_est_free(&d.workers[i].svc);
         fw_worker_free(d.workers[i].svc.fw);
     }

@@ -208,9 +208,23 @@ int net_conn_write(net_conn *c, const void *data, size_t len)
         net_conn_close(c, "TLS write failed");
         return CMS_ECLOSED;
     }
-    if (c->in_process)
-        return CMS_OK; /* flushed when the current processing step ends */
+    if (c->in_process || c->corked)
+        return CMS_OK; /* flushed when the processing step ends / at net_conn_uncork */
     return conn_flush(c) == CMS_OK ? CMS_OK : CMS_ELIMIT;
+}
+
+void net_conn_cork(net_conn *c)
+{
+    c->corked = true;
+}
+
+void net_conn_uncork(net_conn *c)
+{
+    if (!c->corked)
+        return;
+    c->corked = false;
+    if (!c->in_process && (c->state == NET_ACTIVE || c->state == NET_AUTHORIZING))
+        (void)conn_flush(c); /* on failure the connection is being closed */
 }
 
 /* ---- timers ------------------------------------------------------------ */

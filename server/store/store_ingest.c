@@ -98,6 +98,21 @@ void store_on_drain(store_t *s, void (*cb)(void *ctx), void *ctx)
     s->drain_ctx = ctx;
 }
 
+void store_on_results(store_t *s, void (*cb)(void *ctx), void *ctx)
+{
+    s->results_cb = cb;
+    s->results_ctx = ctx;
+}
+
+/* The end of a round of item callbacks: see store_on_results. */
+static void results_round(store_t *s)
+{
+    if (s->results_due && s->results_cb) {
+        s->results_due = false;
+        s->results_cb(s->results_ctx);
+    }
+}
+
 static void check_drain(store_t *s)
 {
     if (s->refused && !s->closing && store_backlog(s) < s->cfg.max_queued_msgs / 2) {
@@ -180,7 +195,7 @@ static ingest_item *item_new(int64_t device_id, const pcd01_msg *m)
 
 static void item_done(store_t *s, ingest_item *it, int status, bool dup)
 {
-    (void)s;
+    s->results_due = true;
     store_ingest_cb cb = it->cb;
     void *ctx = it->ctx;
     free(it);
@@ -415,6 +430,7 @@ void store__ingest_on_result(store__conn *c, PGresult *res)
         item_done(s, it, CMS_OK, dup);
     }
 next:
+    results_round(s);
     check_drain(s);
     if (s->closing)
         store__maybe_finish_close(s);
@@ -434,6 +450,7 @@ void store__ingest_expire(store_t *s, uint64_t now)
         expired++;
         item_done(s, it, CMS_EUNAVAIL, false);
     }
+    results_round(s);
     if (expired) {
         log_warn("store_ingest_timeout", NULL, NULL, "expired=%zu queued=%zu ingest_conn=%s",
                  expired, s->queue.n, store__conn_up(&s->ingest) ? "up" : "down");
@@ -447,6 +464,7 @@ void store__ingest_fail_queued(store_t *s, int status)
     s->split_remaining = 0;
     while ((it = fifo_pop(&s->queue)) != NULL)
         item_done(s, it, status, false);
+    results_round(s);
 }
 
 void store__ingest_fail_inflight(store_t *s, int status)
@@ -454,4 +472,5 @@ void store__ingest_fail_inflight(store_t *s, int status)
     ingest_item *it;
     while ((it = fifo_pop(&s->inflight)) != NULL)
         item_done(s, it, status, false);
+    results_round(s);
 }

@@ -206,6 +206,9 @@ struct store {
     bool refused; /* store_ingest returned ELIMIT since last drain */
     void (*drain_cb)(void *ctx);
     void *drain_ctx;
+    void (*results_cb)(void *ctx); /* store_on_results */
+    void *results_ctx;
+    bool results_due; /* an ingest callback ran since results_cb last did */
     uint64_t batches_ok, msgs_ok, obs_ok; /* counters (debug logs) */
 
     /* control */

@@ -43,6 +43,7 @@ typedef struct session {
     pending *head, *tail;
     unsigned npending;
     bool paused_local; /* by max_pending_per_conn */
+    bool ack_due;      /* listed in ix->due */
 } session;
 
 /* ---- ACKs ---------------------------------------------------------------- */
@@ -104,6 +105,7 @@ static void flush_acks(net_conn *c)
     session *s = net_conn_session(c);
     ingest_ctx *ix = net_conn_proto_ctx(c);
     net_conn_ref(c);
+    net_conn_cork(c); /* the ACKs released together leave in one write */
     while (s->head && s->head->done) {
         pending *p = s->head;
         s->head = p->next;
@@ -115,9 +117,47 @@ static void flush_acks(net_conn *c)
         free(p);
         net_conn_unref(c);
     }
+    net_conn_uncork(c);
     if (net_conn_state(c) == NET_ACTIVE)
         maybe_resume(c, s, ix);
     net_conn_unref(c);
+}
+
+/*
+ * A stored message's ACK waits for the end of the store's round of results
+ * (on_results): a monitor with several messages in one commit then gets
+ * all their ACKs in one write, not one system call each.
+ */
+static void ack_later(ingest_ctx *ix, net_conn *c)
+{
+    session *s = net_conn_session(c);
+    if (s->ack_due)
+        return;
+    if (ix->ndue == ix->due_cap) {
+        size_t cap = ix->due_cap ? ix->due_cap * 2 : 64;
+        net_conn **n = realloc(ix->due, cap * sizeof(*n));
+        if (!n) {
+            flush_acks(c); /* at once, then */
+            return;
+        }
+        ix->due = n;
+        ix->due_cap = cap;
+    }
+    s->ack_due = true;
+    net_conn_ref(c);
+    ix->due[ix->ndue++] = c;
+}
+
+static void on_results(void *ctx)
+{
+    ingest_ctx *ix = ctx;
+    /* flush_acks may resume a monitor whose queued frames add entries: taken from the end */
+    while (ix->ndue > 0) {
+        net_conn *c = ix->due[--ix->ndue];
+        ((session *)net_conn_session(c))->ack_due = false;
+        flush_acks(c);
+        net_conn_unref(c);
+    }
 }
 
 static pending *pending_new(net_conn *c, const pcd01_msg *m)
@@ -207,7 +247,7 @@ static void on_stored(void *ctx, int status, bool duplicate)
     } else {
         pending_fail(p, HL7_AE, "207", "server shutting down, message not stored: resend later");
     }
-    flush_acks(c);
+    ack_later(net_conn_proto_ctx(c), c);
 }
 
 static void pause_one(net_conn *c, void *arg)
@@ -438,5 +478,14 @@ int ingest_ctx_init(ingest_ctx *ctx, store_t *store, net_server *server, const i
     ctx->cfg = *cfg;
     ctx->worker_id = worker_id;
     store_on_drain(store, on_store_drain, ctx);
+    store_on_results(store, on_results, ctx);
     return CMS_OK;
+}
+
+void ingest_ctx_free(ingest_ctx *ctx)
+{
+    on_results(ctx); /* nothing is listed once the loop ended; just in case */
+    free(ctx->due);
+    ctx->due = NULL;
+    ctx->due_cap = 0;
 }
