@@ -3,9 +3,16 @@ sql/010): a reconnecting monitor needs no query. Whatever changes the
 registry, even SQL typed by hand that no cmsd code path sees, must take effect
 on the very next connection: the triggers of sql/010 NOTIFY every cmsd."""
 
+import time
+
 import pytest
 
 import helpers as h
+
+# A change reaches cmsd as a NOTIFY at COMMIT, within milliseconds. The tests
+# give it this long, far below device_cache_ttl_s (60 s): a verdict that was
+# not dropped would still be answered from memory.
+NOTIFY_GRACE_S = 0.3
 from conftest import EUI64, EUI64_DEVICE
 
 
@@ -36,6 +43,7 @@ def test_status_change_by_hand_takes_effect_on_next_connection(cmsd, pki, db, co
         assert ack.code == "AA", ack
     try:
         db.execute("UPDATE cms.devices SET status = 'decommissioned' WHERE serial = %s", (serial,))
+        time.sleep(NOTIFY_GRACE_S)
         assert refused_or_rejected(pki, cmsd.port, serial), \
             "decommissioned device admitted from a kept verdict"
     finally:
@@ -53,6 +61,7 @@ def test_identifier_removed_by_hand_takes_effect(cmsd, pki, db, connect):
         assert ack.code == "AA", ack
     kind = db.scalar("SELECT kind FROM cms.device_identifiers WHERE identifier = %s", (EUI64,))
     db.execute("DELETE FROM cms.device_identifiers WHERE identifier = %s", (EUI64,))
+    time.sleep(NOTIFY_GRACE_S)
     try:
         # MSH-3 now names an identifier the device no longer has: refused (AR)
         assert refused_or_rejected(pki, cmsd.port, EUI64_DEVICE, msh3=msh3), \
@@ -81,6 +90,7 @@ def test_certificate_registered_by_hand_takes_effect(cmsd, pki, db, connect):
         "not_before, not_after, issued_via, der) SELECT id, 'abcdef0123', %s, serial, now(), "
         "now() + interval '1 day', 'enroll', '\\x00' FROM cms.devices WHERE serial = %s",
         (fp, serial))
+    time.sleep(NOTIFY_GRACE_S)
     try:
         assert refused_or_rejected(pki, cmsd.port, serial), \
             "certificate no longer on record admitted from a kept verdict"

@@ -40,6 +40,7 @@ def test_status_checked_on_resumed_session(cmsd, pki, db):
         session = c.sock.session
 
     db.execute("UPDATE cms.devices SET status = 'revoked' WHERE serial = %s", (TO_REVOKE,))
+    time.sleep(0.3)  # its NOTIFY drops the kept verdict (ms; device_cache_ttl_s is 60 s)
     since = cmsd.log_size()
     c = h.MllpClient(cmsd.port, ctx, session=session, handshake=False)
     with c:
