@@ -118,21 +118,25 @@ fw_cache *fw__cache_new(void)
     return c;
 }
 
-static void entry_free(fw_cache_entry *e)
-{
-    free(e);
-}
-
 void fw__cache_free(fw_cache *c)
 {
     if (!c)
         return;
     for (fw_cache_entry *e = c->head, *n; e; e = n) {
         n = e->next;
-        entry_free(e);
+        free(e);
     }
     pthread_mutex_destroy(&c->lock);
     free(c);
+}
+
+/* The entry for sha, or NULL. Lock held. */
+static fw_cache_entry *find_locked(fw_cache *c, const uint8_t sha[32])
+{
+    for (fw_cache_entry *e = c->head; e; e = e->next)
+        if (memcmp(e->sha256, sha, 32) == 0)
+            return e;
+    return NULL;
 }
 
 /* Unlinks the entry for sha; returns it (caller frees) or NULL. Lock held. */
@@ -156,24 +160,19 @@ static void cache_forget(fw_worker *w, const uint8_t sha[32])
     fw_cache_entry *e = unlink_locked(c, sha);
     pthread_mutex_unlock(&c->lock);
     if (e)
-        entry_free(e);
+        free(e);
 }
 
 /* True (and *gen set) when some worker verified a cache file for sha. */
 static bool cache_gen(fw_worker *w, const uint8_t sha[32], int64_t *gen)
 {
     fw_cache *c = w->keys->cache;
-    bool found = false;
     pthread_mutex_lock(&c->lock);
-    for (fw_cache_entry *e = c->head; e; e = e->next) {
-        if (memcmp(e->sha256, sha, 32) == 0) {
-            *gen = e->store_gen;
-            found = true;
-            break;
-        }
-    }
+    fw_cache_entry *e = find_locked(c, sha);
+    if (e)
+        *gen = e->store_gen;
     pthread_mutex_unlock(&c->lock);
-    return found;
+    return e != NULL;
 }
 
 /* True when the file d opened (st) is the one verified for d's image and
@@ -185,19 +184,14 @@ static bool cache_match(fw_dl *d, const uv_stat_t *st)
     int64_t mt = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
     int64_t ct = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
     uint64_t now = uv_hrtime() / 1000000;
-    bool ok = false;
     pthread_mutex_lock(&c->lock);
-    for (fw_cache_entry *e = c->head; e; e = e->next) {
-        if (memcmp(e->sha256, d->sha, 32) != 0)
-            continue;
-        ok = e->store_gen == d->store_gen && e->dev == st->st_dev && e->ino == st->st_ino &&
-             e->size == st->st_size && e->mtime_ns == mt && e->ctime_ns == ct &&
-             now - e->verified_at < FW_CACHE_REVERIFY_MS;
-        if (ok) {
-            d->f_dev = e->dev, d->f_ino = e->ino, d->f_size = e->size;
-            d->f_mtime_ns = e->mtime_ns, d->f_ctime_ns = e->ctime_ns;
-        }
-        break;
+    fw_cache_entry *e = find_locked(c, d->sha);
+    bool ok = e && e->store_gen == d->store_gen && e->dev == st->st_dev &&
+              e->ino == st->st_ino && e->size == st->st_size && e->mtime_ns == mt &&
+              e->ctime_ns == ct && now - e->verified_at < FW_CACHE_REVERIFY_MS;
+    if (ok) {
+        d->f_dev = e->dev, d->f_ino = e->ino, d->f_size = e->size;
+        d->f_mtime_ns = e->mtime_ns, d->f_ctime_ns = e->ctime_ns;
     }
     pthread_mutex_unlock(&c->lock);
     return ok;
@@ -230,9 +224,9 @@ static void cache_remember(fw_dl *d)
     }
     pthread_mutex_unlock(&c->lock);
     if (old)
-        entry_free(old);
+        free(old);
     if (drop)
-        entry_free(drop);
+        free(drop);
 }
 
 /* ---- end of a request --------------------------------------------------------------------- */
