@@ -154,6 +154,17 @@ void store__dc_on_down(store_t *s)
     store__dc_clear(s);
 }
 
+/* The link to the entry for (serial, fingerprint) in its bucket, or NULL. */
+static store__dc_entry **find(store_t *s, uint32_t h, const char *serial,
+                              const char *fingerprint)
+{
+    for (store__dc_entry **pp = &s->dc_buckets[h & (DC_BUCKETS - 1)]; *pp; pp = &(*pp)->next)
+        if ((*pp)->hash == h && strcmp((*pp)->strings, serial) == 0 &&
+            memcmp((*pp)->fp, fingerprint, DC_FP_HEX) == 0)
+            return pp;
+    return NULL;
+}
+
 void store__dc_put(store_t *s, uint64_t gen, const char *fingerprint, const store_device *dev)
 {
     if (!dc_on(s) || gen != s->dc_gen || !fingerprint || strlen(fingerprint) != DC_FP_HEX ||
@@ -163,14 +174,10 @@ void store__dc_put(store_t *s, uint64_t gen, const char *fingerprint, const stor
     for (size_t i = 0; i < dev->nidents; i++)
         need += strlen(dev->idents[i]) + 1;
     uint32_t h = hash_serial(dev->serial);
+    store__dc_entry **old = find(s, h, dev->serial, fingerprint);
+    if (old)
+        entry_unlink_free(s, old); /* replaced below */
     store__dc_entry **head = &s->dc_buckets[h & (DC_BUCKETS - 1)];
-    for (store__dc_entry **pp = head; *pp; pp = &(*pp)->next) {
-        if ((*pp)->hash == h && strcmp((*pp)->strings, dev->serial) == 0 &&
-            memcmp((*pp)->fp, fingerprint, DC_FP_HEX) == 0) {
-            entry_unlink_free(s, pp); /* replaced below */
-            break;
-        }
-    }
     store__dc_entry *e = malloc(sizeof(*e) + need);
     if (!e)
         return;
@@ -197,31 +204,25 @@ bool store__dc_get(store_t *s, const char *serial, const char *fingerprint, stor
 {
     if (!dc_on(s) || !serial || !fingerprint || strlen(fingerprint) != DC_FP_HEX)
         return false;
-    uint64_t now = uv_now(s->loop);
-    uint32_t h = hash_serial(serial);
-    for (store__dc_entry **pp = &s->dc_buckets[h & (DC_BUCKETS - 1)]; *pp; pp = &(*pp)->next) {
-        store__dc_entry *e = *pp;
-        if (e->hash != h || strcmp(e->strings, serial) != 0 ||
-            memcmp(e->fp, fingerprint, DC_FP_HEX) != 0)
-            continue;
-        if (now >= e->expires) {
-            entry_unlink_free(s, pp);
-            return false;
-        }
-        memset(dev, 0, sizeof(*dev));
-        dev->id = e->id;
-        snprintf(dev->serial, sizeof(dev->serial), "%s", e->strings);
-        snprintf(dev->status, sizeof(dev->status), "active");
-        const char *p = e->strings + strlen(e->strings) + 1;
-        for (size_t i = 0; i < e->nidents && i < sizeof(dev->idents) / sizeof(dev->idents[0]);
-             i++) {
-            snprintf(dev->idents[i], sizeof(dev->idents[i]), "%s", p);
-            p += strlen(p) + 1;
-            dev->nidents = i + 1;
-        }
-        return true;
+    store__dc_entry **pp = find(s, hash_serial(serial), serial, fingerprint);
+    if (!pp)
+        return false;
+    store__dc_entry *e = *pp;
+    if (uv_now(s->loop) >= e->expires) {
+        entry_unlink_free(s, pp);
+        return false;
     }
-    return false;
+    memset(dev, 0, sizeof(*dev));
+    dev->id = e->id;
+    snprintf(dev->serial, sizeof(dev->serial), "%s", e->strings);
+    snprintf(dev->status, sizeof(dev->status), "active");
+    const char *p = e->strings + strlen(e->strings) + 1;
+    for (size_t i = 0; i < e->nidents && i < sizeof(dev->idents) / sizeof(dev->idents[0]); i++) {
+        snprintf(dev->idents[i], sizeof(dev->idents[i]), "%s", p);
+        p += strlen(p) + 1;
+        dev->nidents = i + 1;
+    }
+    return true;
 }
 
 void store__dc_sweep(store_t *s, uint64_t now)
