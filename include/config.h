@@ -12,7 +12,7 @@
  *   https_listen           [127.0.0.1:8443]  HTTPS listener (EST, firmware, admin, health); "" = off
  *   workers                [0]     event loops (threads) sharing the listeners via SO_REUSEPORT;
  *                                  0 = one per online CPU (each has its own database connections)
- *   tls_cert               (required) server certificate chain, PEM
+ *   tls_cert               (required) server certificate + intermediates (no root), PEM
  *   tls_key                (required) server private key, PEM; must not be group/world-accessible
  *   tls_device_ca          (required) CA bundle that issues device certificates, PEM
  *   tls_operator_ca        [""]    CA bundle for operator certificates (admin API)

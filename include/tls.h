@@ -35,6 +35,9 @@
 
 typedef struct tls_ctx tls_ctx;
 
+#define TLS_SESSION_TIMEOUT_MAX_S 86400 /* longest session lifetime a config may set */
+#define TLS_SESSION_CACHE_SIZE 20480    /* sessions kept for resumption, per listener */
+
 enum tls_client_auth {
     TLS_CLIENT_CERT_REQUIRE = 0, /* handshake fails without a valid client certificate */
     TLS_CLIENT_CERT_OPTIONAL = 1 /* requested and verified if sent (EST bootstrap) */
@@ -54,7 +57,10 @@ typedef struct tls_server_config {
 /*
  * Creates a server context: TLS 1.2 minimum (1.3 preferred), no
  * renegotiation, server cipher preference, verified client certificates
- * (depth 4), session tickets with the given lifetime. Returns NULL and a
+ * (depth 4), TLS_AES_128_GCM_SHA256 first (the key exchange and signatures
+ * give 128-bit security; SHA-256 has CPU instructions, SHA-384 not), resumption
+ * by stateful session tickets (a session id; the session stays in a bounded
+ * cache in this process) with the given lifetime. Returns NULL and a
  * reason in err (cap bytes) on any error (unreadable file, key/cert mismatch).
  * Never logs key material.
  */
@@ -67,7 +73,8 @@ void tls_ctx_free(tls_ctx *ctx);
 SSL_CTX *tls_ctx_ssl_ctx(tls_ctx *ctx);
 
 /*
- * Replaces the CRL checked for new handshakes with the one in crl_file (PEM).
+ * Replaces the CRL checked for new handshakes with the one in crl_file (PEM),
+ * and drops every session kept for resumption (the next handshake is full).
  * Returns CMS_OK or CMS_EINVAL with a reason in err.
  */
 int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap);
@@ -124,8 +131,9 @@ int tls_conn_read(tls_conn *tc, void *buf, size_t cap);
 int tls_conn_write(tls_conn *tc, const void *data, size_t len);
 
 /*
- * Gives back the input buffer once it is empty (after a burst, or the
- * handshake). Call when a processing step is over. Never fails.
+ * Gives back the kept input once it is consumed and OpenSSL's record buffers
+ * unless they hold part of a record (an idle session keeps neither). Call when
+ * a processing step or a write is over. Never fails.
  */
 void tls_conn_trim(tls_conn *tc);
 

@@ -140,8 +140,12 @@ static int conn_flush(net_conn *c)
     for (;;) {
         char *buf;
         long n = tls_conn_take_output(&c->tls, &buf);
-        if (n == 0)
+        if (n == 0) {
+            /* Every write and every processing step ends here: the TLS record buffers
+             * and the kept input go back until the next one. */
+            tls_conn_trim(&c->tls);
             return CMS_OK;
+        }
         if (n < 0) {
             net_conn_close(c, "out of memory");
             conn_finish(c);
@@ -385,13 +389,16 @@ static void conn_handshake(net_conn *c)
         return;
     }
     c->state = NET_AUTHORIZING;
-    /* Input stays in the kernel / the TLS buffer until the protocol decides. */
-    conn_read_stop(c);
     rc = c->proto->on_handshake(c);
     if (rc == CMS_OK)
         net_conn_activate(c);
     else if (rc != CMS_EAGAIN)
         net_conn_close(c, NULL);
+    else if (c->state == NET_AUTHORIZING)
+        /* The protocol decides later (a registry query): input stays in the kernel /
+         * the TLS buffer until then. When it decided at once (a kept verdict), reading
+         * simply goes on: no stop/start of the socket's events. */
+        conn_read_stop(c);
 }
 
 static void conn_process(net_conn *c)
@@ -411,6 +418,7 @@ static void conn_process(net_conn *c)
             if (n == CMS_EAGAIN)
                 break;
             if (n < 0) {
+                c->peer_done = n == CMS_ECLOSED;
                 net_conn_close(c, n == CMS_ECLOSED ? NULL : "TLS error");
                 break;
             }
@@ -425,8 +433,6 @@ static void conn_process(net_conn *c)
     if (c->state != NET_CLOSED && conn_flush(c) == CMS_OK && c->state == NET_DRAINING &&
         c->out_bytes == 0)
         conn_drained(c);
-    if (c->state == NET_ACTIVE)
-        tls_conn_trim(&c->tls);
     net_conn_unref(c);
 }
 
@@ -473,8 +479,9 @@ void net_conn_close(net_conn *c, const char *reason)
     c->draining_since = uv_now(c->srv->loop);
     /* We close an established session: the peer may still be sending (a
      * request body we refused). Closing with unread input would send an RST
-     * that can destroy our last answer in flight, so linger. */
-    c->linger = prev == NET_ACTIVE;
+     * that can destroy our last answer in flight, so linger; not when it said
+     * close_notify (nothing more comes: our close_notify goes, then close). */
+    c->linger = prev == NET_ACTIVE && !c->peer_done;
     if (reason)
         log_info("conn_closed", c->identity, c->peer, "%s: %s", c->proto->name, reason);
     conn_read_stop(c);
@@ -589,8 +596,7 @@ void net__conn_accept(net_listener *l)
         uv_close((uv_handle_t *)&c->timer, on_handle_closed);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
-    uv_tcp_keepalive(&c->tcp, 1, 60);
+    /* TCP_NODELAY and keepalive come from the listening socket (listener.c). */
     net__server_link(s, c);
     c->accepted_at = uv_now(s->loop);
     conn_arm_timer(c);

@@ -27,6 +27,7 @@ struct net_conn {
     unsigned refs;         /* net_conn_ref holders */
     bool reading, paused, in_process, again, tls_failed;
     bool linger, lingering; /* see conn_drained() */
+    bool peer_done;         /* the peer's close_notify arrived: it sends nothing more */
     bool corked;            /* net_conn_cork */
     uint64_t accepted_at, last_input, write_since, draining_since; /* uv_now() ms */
     uint64_t proto_deadline;         /* net_conn_set_deadline, 0 = none */
