@@ -115,6 +115,7 @@ tls_conn *net_conn_tls(net_conn *c);
 enum net_state net_conn_state(const net_conn *c);
 const char *net_conn_peer(const net_conn *c);   /* "ip:port" */
 const char *net_conn_identity(const net_conn *c);/* set by the protocol, "" until then */
+/* id is borrowed, not copied: it must live as long as c (e.g. in the proto's session). */
 void net_conn_set_identity(net_conn *c, const char *id);
 uv_loop_t *net_conn_loop(net_conn *c);
 

@@ -76,7 +76,7 @@ const char *net_conn_identity(const net_conn *c)
 }
 void net_conn_set_identity(net_conn *c, const char *id)
 {
-    snprintf(c->identity, sizeof(c->identity), "%s", id);
+    c->identity = id ? id : "";
 }
 uv_loop_t *net_conn_loop(net_conn *c)
 {
@@ -233,9 +233,8 @@ void net_conn_uncork(net_conn *c)
 
 /* ---- timers ------------------------------------------------------------ */
 
-static void on_timer(uv_timer_t *t)
+void net__conn_deadline(net_conn *c)
 {
-    net_conn *c = t->data;
     uint64_t now = uv_now(c->srv->loop);
     const net_limits *lim = &c->srv->lim;
     switch (c->state) {
@@ -280,7 +279,7 @@ static void on_timer(uv_timer_t *t)
     conn_arm_timer(c);
 }
 
-/* Arms the single timer for the earliest deadline of the current state. */
+/* Sets the connection's one deadline: the earliest of its current state. */
 static void conn_arm_timer(net_conn *c)
 {
     const net_limits *lim = &c->srv->lim;
@@ -305,7 +304,7 @@ static void conn_arm_timer(net_conn *c)
     default:
         return;
     }
-    uv_timer_start(&c->timer, on_timer, deadline > now ? deadline - now : 1, 0);
+    net__deadline_set(c, deadline > now ? deadline : now + 1);
 }
 
 /* ---- input ------------------------------------------------------------- */
@@ -536,9 +535,8 @@ static void conn_finish(net_conn *c)
         return;
     c->state = NET_CLOSED;
     net__server_unlink(c->srv, c);
-    uv_timer_stop(&c->timer);
+    net__deadline_clear(c);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
 
 /* ---- accept ------------------------------------------------------------ */
@@ -556,15 +554,13 @@ void net__conn_accept(net_listener *l)
     c->proto = l->proto;
     c->proto_ctx = l->proto_ctx;
     c->state = NET_HANDSHAKE;
+    c->identity = "";
     uv_tcp_init(s->loop, &c->tcp);
-    uv_timer_init(s->loop, &c->timer);
     c->tcp.data = c;
-    c->timer.data = c;
-    c->handles_open = 2;
+    c->handles_open = 1;
     if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
         c->state = NET_CLOSED;
         uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
         return;
     }
     struct sockaddr_storage ss;
@@ -586,14 +582,13 @@ void net__conn_accept(net_listener *l)
                  l->proto->name, s->lim.max_connections);
         c->state = NET_CLOSED;
         uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
         return;
     }
-    if (tls_conn_init_server(&c->tls, l->tls) != CMS_OK) {
-        log_error("accept_failed", NULL, c->peer, "TLS: out of memory");
+    if (net__deadline_reserve(s, s->nconns + 1) != 0 ||
+        tls_conn_init_server(&c->tls, l->tls) != CMS_OK) {
+        log_error("accept_failed", NULL, c->peer, "out of memory");
         c->state = NET_CLOSED;
         uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
         return;
     }
     /* TCP_NODELAY and keepalive come from the listening socket (listener.c). */

@@ -21,6 +21,7 @@ net_server *net_server_new(uv_loop_t *loop, const net_limits *limits)
         return NULL;
     s->loop = loop;
     s->lim = *limits;
+    net__deadline_init(s);
     return s;
 }
 
@@ -180,6 +181,7 @@ static void server_maybe_done(net_server *s)
     void (*cb)(void *) = s->close_cb;
     void *ctx = s->close_ctx;
     s->close_cb = NULL;
+    net__deadline_free(s);
     free(s);
     if (cb)
         cb(ctx);
@@ -194,7 +196,7 @@ static void on_listener_closed(uv_handle_t *h)
     server_maybe_done(s);
 }
 
-static void on_drain_timer_closed(uv_handle_t *h)
+static void on_timer_closed(uv_handle_t *h)
 {
     net_server *s = h->data;
     s->closing_handles--;
@@ -208,7 +210,10 @@ static void on_drain_timer(uv_timer_t *t)
     if (s->conns)
         return;
     uv_timer_stop(t);
-    uv_close((uv_handle_t *)t, on_drain_timer_closed);
+    uv_close((uv_handle_t *)t, on_timer_closed);
+    /* no connection left: nothing has a deadline any more */
+    s->closing_handles++;
+    uv_close((uv_handle_t *)&s->timer, on_timer_closed);
 }
 
 void net_server_close(net_server *s, void (*cb)(void *ctx), void *ctx)

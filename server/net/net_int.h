@@ -16,14 +16,15 @@ typedef struct net_listener {
 
 struct net_conn {
     uv_tcp_t tcp;
-    uv_timer_t timer;
+    uint64_t deadline; /* uv_now() ms of the next check (deadline.c) */
+    uint32_t heap_pos; /* 1 + index in srv->heap, 0 = none */
     net_server *srv;
     net_listener *l;        /* only while open: listeners close before their connections */
     const net_proto *proto; /* copied from the listener: valid after it closed */
     void *proto_ctx;
     enum net_state state;
     tls_conn tls;
-    unsigned handles_open; /* tcp + timer until their close callbacks ran */
+    unsigned handles_open; /* the tcp handle until its close callback ran */
     unsigned refs;         /* net_conn_ref holders */
     bool reading, paused, in_process, again, tls_failed;
     bool linger, lingering; /* see conn_drained() */
@@ -34,7 +35,7 @@ struct net_conn {
     const char *proto_deadline_why;
     size_t out_bytes; /* ciphertext handed to uv_write, not yet written */
     char peer[64];
-    char identity[64];
+    const char *identity; /* net_conn_set_identity: borrowed, "" until set */
     net_conn *prev, *next;
     _Alignas(16) unsigned char session[]; /* proto->session_size bytes */
 };
@@ -48,6 +49,10 @@ struct net_server {
     bool closing;
     unsigned closing_handles;
     uv_timer_t drain_timer;
+    uv_timer_t timer;     /* at the earliest connection deadline (deadline.c) */
+    uint64_t timer_at;    /* what timer is set for, 0 = stopped */
+    net_conn **heap;      /* min-heap of connections by deadline */
+    size_t heap_len, heap_cap;
     void (*close_cb)(void *ctx);
     void *close_ctx;
     char readbuf[65536];  /* shared: each read is fed to OpenSSL at once */
@@ -55,6 +60,14 @@ struct net_server {
 };
 
 void net__conn_accept(net_listener *l);
+void net__conn_deadline(net_conn *c); /* its deadline passed (conn.c) */
+
+void net__deadline_init(net_server *s);
+void net__deadline_free(net_server *s);
+/* Room for n connections, so that net__deadline_set never fails. 0 or -1. */
+int net__deadline_reserve(net_server *s, size_t n);
+void net__deadline_set(net_conn *c, uint64_t at);
+void net__deadline_clear(net_conn *c);
 void net__server_link(net_server *s, net_conn *c);
 void net__server_unlink(net_server *s, net_conn *c);
 

@@ -26,6 +26,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 
 #include "cms_err.h"
 #include "log.h"
@@ -35,6 +36,7 @@
 #define DC_MAX_ENTRIES 65536u
 #define DC_SWEEP_MS 10000u
 #define DC_FP_HEX 64
+#define DC_FP_LEN 32 /* kept as bytes: 32 B less per entry than the hex */
 
 struct store__dc_entry {
     struct store__dc_entry *next;
@@ -42,7 +44,7 @@ struct store__dc_entry {
     int64_t id;
     uint32_t hash;
     uint8_t nidents;
-    char fp[DC_FP_HEX + 1];
+    unsigned char fp[DC_FP_LEN];
     char strings[]; /* serial '\0' then each identifier '\0' */
 };
 
@@ -154,27 +156,38 @@ void store__dc_on_down(store_t *s)
     store__dc_clear(s);
 }
 
+/* The fingerprint's 32 bytes from its 64 hex digits: 0, or -1 for anything else. */
+static int fp_bytes(const char *hex, unsigned char out[DC_FP_LEN])
+{
+    size_t n = 0;
+    if (!hex || strlen(hex) != DC_FP_HEX ||
+        OPENSSL_hexstr2buf_ex(out, DC_FP_LEN, &n, hex, '\0') != 1 || n != DC_FP_LEN)
+        return -1;
+    return 0;
+}
+
 /* The link to the entry for (serial, fingerprint) in its bucket, or NULL. */
 static store__dc_entry **find(store_t *s, uint32_t h, const char *serial,
-                              const char *fingerprint)
+                              const unsigned char fp[DC_FP_LEN])
 {
     for (store__dc_entry **pp = &s->dc_buckets[h & (DC_BUCKETS - 1)]; *pp; pp = &(*pp)->next)
         if ((*pp)->hash == h && strcmp((*pp)->strings, serial) == 0 &&
-            memcmp((*pp)->fp, fingerprint, DC_FP_HEX) == 0)
+            memcmp((*pp)->fp, fp, DC_FP_LEN) == 0)
             return pp;
     return NULL;
 }
 
 void store__dc_put(store_t *s, uint64_t gen, const char *fingerprint, const store_device *dev)
 {
-    if (!dc_on(s) || gen != s->dc_gen || !fingerprint || strlen(fingerprint) != DC_FP_HEX ||
+    unsigned char fp[DC_FP_LEN];
+    if (!dc_on(s) || gen != s->dc_gen || fp_bytes(fingerprint, fp) != 0 ||
         strcmp(dev->status, "active") != 0 || s->dc_n >= DC_MAX_ENTRIES)
         return;
     size_t need = strlen(dev->serial) + 1;
     for (size_t i = 0; i < dev->nidents; i++)
         need += strlen(dev->idents[i]) + 1;
     uint32_t h = hash_serial(dev->serial);
-    store__dc_entry **old = find(s, h, dev->serial, fingerprint);
+    store__dc_entry **old = find(s, h, dev->serial, fp);
     if (old)
         entry_unlink_free(s, old); /* replaced below */
     store__dc_entry **head = &s->dc_buckets[h & (DC_BUCKETS - 1)];
@@ -185,7 +198,7 @@ void store__dc_put(store_t *s, uint64_t gen, const char *fingerprint, const stor
     e->id = dev->id;
     e->hash = h;
     e->nidents = (uint8_t)dev->nidents;
-    memcpy(e->fp, fingerprint, DC_FP_HEX + 1);
+    memcpy(e->fp, fp, DC_FP_LEN);
     char *p = e->strings;
     size_t n = strlen(dev->serial) + 1;
     memcpy(p, dev->serial, n);
@@ -202,9 +215,10 @@ void store__dc_put(store_t *s, uint64_t gen, const char *fingerprint, const stor
 
 bool store__dc_get(store_t *s, const char *serial, const char *fingerprint, store_device *dev)
 {
-    if (!dc_on(s) || !serial || !fingerprint || strlen(fingerprint) != DC_FP_HEX)
+    unsigned char fp[DC_FP_LEN];
+    if (!dc_on(s) || !serial || fp_bytes(fingerprint, fp) != 0)
         return false;
-    store__dc_entry **pp = find(s, hash_serial(serial), serial, fingerprint);
+    store__dc_entry **pp = find(s, hash_serial(serial), serial, fp);
     if (!pp)
         return false;
     store__dc_entry *e = *pp;

@@ -26,6 +26,7 @@ typedef struct session {
     enum https_role role;
     int64_t device_id;
     char cn[64];
+    char identity[80];    /* "operator:<cn>" (net_conn_set_identity borrows it) */
     bool streaming;       /* between https_stream_begin and https_stream_end */
     https_stream_cb on_writable;
     void *stream_ctx;
@@ -537,7 +538,6 @@ static int on_handshake(net_conn *c)
     }
     for (int i = 0; ctx->operator_issuers && i < sk_X509_num(ctx->operator_issuers); i++) {
         if (X509_check_issued(sk_X509_value(ctx->operator_issuers, i), peer) == X509_V_OK) {
-            char id[80];
             s->peer = HTTPS_PEER_OPERATOR;
             s->role = role_from_cert(peer);
             if (ctx->cfg.max_upload_bytes > lim.max_body_bytes) {
@@ -548,8 +548,8 @@ static int on_handshake(net_conn *c)
                     return CMS_EINTERNAL;
                 http_conn_set_head_cb(&s->http, on_head);
             }
-            snprintf(id, sizeof(id), "operator:%s", s->cn);
-            net_conn_set_identity(c, id);
+            snprintf(s->identity, sizeof(s->identity), "operator:%s", s->cn);
+            net_conn_set_identity(c, s->identity);
             return CMS_OK;
         }
     }
