@@ -18,6 +18,8 @@
  *   tls_operator_ca        [""]    CA bundle for operator certificates (admin API)
  *   tls_crl                [""]    CRL file (PEM) checked for device certificates
  *   tls_session_timeout_s  [300]   TLS session ticket/cache lifetime (resumption)
+ *   tls_session_cache_size [20480] sessions kept for resumption per listener (above the
+ *                                  number of monitors; the oldest go first)
  *   db_conninfo            (required) libpq connection string
  *   db_timezone            [UTC]   zone for HL7 times that carry no UTC offset
  *   db_connect_timeout_s   [60]    at start, give up (exit 1) if the database stays unreachable this long
@@ -86,6 +88,7 @@ typedef struct cms_config {
     char tls_operator_ca[CONFIG_STR];
     char tls_crl[CONFIG_STR];
     unsigned tls_session_timeout_s;
+    unsigned tls_session_cache_size;
     char db_conninfo[CONFIG_STR * 2];
     char db_timezone[64];
     unsigned db_connect_timeout_s;

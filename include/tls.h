@@ -36,7 +36,7 @@
 typedef struct tls_ctx tls_ctx;
 
 #define TLS_SESSION_TIMEOUT_MAX_S 86400 /* longest session lifetime a config may set */
-#define TLS_SESSION_CACHE_SIZE 20480    /* sessions kept for resumption, per listener */
+#define TLS_SESSION_CACHE_SIZE 20480    /* default sessions kept for resumption, per listener */
 
 enum tls_client_auth {
     TLS_CLIENT_CERT_REQUIRE = 0, /* handshake fails without a valid client certificate */
@@ -51,6 +51,7 @@ typedef struct tls_server_config {
     const char *crl_file;      /* CRL (PEM) to check client certs against, or NULL/"" */
     enum tls_client_auth client_auth;
     unsigned session_timeout_s;/* session resumption lifetime; 0 disables resumption */
+    unsigned session_cache_size; /* sessions kept for resumption; 0 = TLS_SESSION_CACHE_SIZE */
     const char *session_id_context; /* distinct per listener, e.g. "cms-mllp" */
 } tls_server_config;
 

@@ -357,6 +357,7 @@ int main(int argc, char **argv)
         .crl_file = cfg.tls_crl,
         .client_auth = TLS_CLIENT_CERT_REQUIRE,
         .session_timeout_s = cfg.tls_session_timeout_s,
+        .session_cache_size = cfg.tls_session_cache_size,
         .session_id_context = "cms-mllp",
     };
     tls_ctx *mllp_tls = tls_ctx_new_server(&tc, err, sizeof(err));

@@ -39,6 +39,7 @@ static const struct opt opts[] = {
     S(tls_operator_ca),
     S(tls_crl),
     U(tls_session_timeout_s, 0, 86400),
+    U(tls_session_cache_size, 16, 10000000),
     S(db_conninfo),
     S(db_timezone),
     U(db_connect_timeout_s, 1, 3600),
@@ -88,6 +89,7 @@ void config_defaults(cms_config *c)
     snprintf(c->https_listen, sizeof(c->https_listen), "127.0.0.1:8443");
     c->workers = 0; /* one per core */
     c->tls_session_timeout_s = 300;
+    c->tls_session_cache_size = 20480;
     snprintf(c->db_timezone, sizeof(c->db_timezone), "UTC");
     c->db_connect_timeout_s = 60;
     c->max_connections = 20000;

@@ -183,7 +183,8 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
          * still goes through the device status check above this layer, so
          * resumption never skips authorisation. */
         SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_SERVER);
-        SSL_CTX_sess_set_cache_size(c, TLS_SESSION_CACHE_SIZE);
+        SSL_CTX_sess_set_cache_size(c, cfg->session_cache_size ? (long)cfg->session_cache_size
+                                                               : TLS_SESSION_CACHE_SIZE);
         SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
         SSL_CTX_set_timeout(c, (long)cfg->session_timeout_s);
         SSL_CTX_set_num_tickets(c, 1);

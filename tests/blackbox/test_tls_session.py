@@ -73,3 +73,27 @@ def test_close_notify_answered(cmsd, pki):
     assert raw.recv(1) == b"", "cmsd kept the connection open after both close_notify"
     raw.close()
     h.good_client_still_served(cmsd, pki)
+
+
+def _ticket(port, ctx, session=None):
+    """One MLLP session (an ACKed message); returns (its new session, was it resumed)."""
+    with h.MllpClient(port, ctx, session=session) as c:
+        ack = c.request(h.pcd01("MON-0001", h.unique("TKT"), patient=h.unique("PT")))
+        assert ack.code == "AA", ack
+        return c.sock.session, c.sock.session_reused
+
+
+def test_session_cache_size_bounds_resumption(cmsd_factory, pki):
+    small = cmsd_factory("cmsd-cache16", tls_session_cache_size=16)
+    cert, key = pki.device("MON-0001")
+    ctx = h.client_context(pki, cert, key)
+    first, _ = _ticket(small.port, ctx)
+    assert first is not None and first.has_ticket
+    _, reused = _ticket(small.port, ctx, first)
+    assert reused, "the ticket did not resume while its session was in the cache"
+    # 20 more sessions push the 16-session cache past that one: a full handshake, served
+    for _ in range(20):
+        _ticket(small.port, ctx)
+    s, reused = _ticket(small.port, ctx, first)
+    assert not reused, "a session beyond tls_session_cache_size still resumed"
+    assert s is not None
