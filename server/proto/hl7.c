@@ -562,6 +562,16 @@ int hl7_time_parse(hl7_str s, hl7_time *t)
     return CMS_OK;
 }
 
+/* v (0 <= v < 10^width) as exactly width decimal digits; returns the end. */
+static char *put_digits(char *o, int v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        o[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return o + width;
+}
+
 /* Returns the length, CMS_ELIMIT, or CMS_EINVAL if t holds out-of-range
  * values (a caller bug: hl7_time_parse never produces them). */
 int hl7_time_format(const hl7_time *t, char *out, size_t cap)
@@ -575,19 +585,35 @@ int hl7_time_format(const hl7_time *t, char *out, size_t cap)
         return CMS_EINVAL;
     if (!out || cap == 0)
         return CMS_ELIMIT;
-    if (t->has_tz) {
-        int off = t->tz_offset_min < 0 ? -t->tz_offset_min : t->tz_offset_min;
-        n = snprintf(out, cap, "%04d-%02d-%02d %02d:%02d:%02d.%06d%c%02d:%02d", t->year, t->month,
-                     t->day, t->hour, t->minute, t->second, t->usec,
-                     t->tz_offset_min < 0 ? '-' : '+', off / 60, off % 60);
-    } else {
-        n = snprintf(out, cap, "%04d-%02d-%02d %02d:%02d:%02d.%06d", t->year, t->month, t->day,
-                     t->hour, t->minute, t->second, t->usec);
-    }
-    if (n < 0 || (size_t)n >= cap) {
+    /* Fixed widths of validated fields, written digit by digit: this runs for every
+     * stored observation (snprintf here was a visible share of cmsd's CPU). */
+    n = t->has_tz ? 32 : 26; /* "YYYY-MM-DD HH:MM:SS.uuuuuu" [+"+HH:MM"] */
+    if ((size_t)n >= cap) {
         out[0] = '\0';
         return CMS_ELIMIT;
     }
+    char *o = out;
+    o = put_digits(o, t->year, 4);
+    *o++ = '-';
+    o = put_digits(o, t->month, 2);
+    *o++ = '-';
+    o = put_digits(o, t->day, 2);
+    *o++ = ' ';
+    o = put_digits(o, t->hour, 2);
+    *o++ = ':';
+    o = put_digits(o, t->minute, 2);
+    *o++ = ':';
+    o = put_digits(o, t->second, 2);
+    *o++ = '.';
+    o = put_digits(o, t->usec, 6);
+    if (t->has_tz) {
+        int off = t->tz_offset_min < 0 ? -t->tz_offset_min : t->tz_offset_min;
+        *o++ = t->tz_offset_min < 0 ? '-' : '+';
+        o = put_digits(o, off / 60, 2);
+        *o++ = ':';
+        o = put_digits(o, off % 60, 2);
+    }
+    *o = '\0';
     return n;
 }
 

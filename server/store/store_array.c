@@ -97,12 +97,30 @@ void store__arr_text(store__buf *b, const char *s)
     b->p[b->len] = '\0';
 }
 
+/* v in decimal, as "%lld" would write it: its length. Three numbers per stored
+ * observation go through here (snprintf was ~6 % of cmsd's CPU under P2). */
+static size_t fmt_ll(char out[24], long long v)
+{
+    char rev[20];
+    size_t n = 0, len = 0;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do {
+        rev[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        out[len++] = '-';
+    while (n)
+        out[len++] = rev[--n];
+    return len;
+}
+
 void store__arr_int(store__buf *b, long long v)
 {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%lld", v);
+    char tmp[24];
+    size_t n = fmt_ll(tmp, v);
     sep(b);
-    store__buf_append(b, tmp, (size_t)n);
+    store__buf_append(b, tmp, n);
 }
 
 void store__arr_double(store__buf *b, double v)
@@ -113,6 +131,9 @@ void store__arr_double(store__buf *b, double v)
         n = snprintf(tmp, sizeof tmp, "NaN");
     else if (isinf(v))
         n = snprintf(tmp, sizeof tmp, "%s", v > 0 ? "Infinity" : "-Infinity");
+    else if (v == trunc(v) && fabs(v) < 9007199254740992.0 && !(v == 0 && signbit(v)))
+        /* a whole number (most vitals): exact as an integer, same value for PostgreSQL */
+        n = (int)fmt_ll(tmp, (long long)v);
     else
         n = snprintf(tmp, sizeof tmp, "%.17g", v); /* round-trips exactly */
     sep(b);

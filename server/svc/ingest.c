@@ -160,6 +160,15 @@ static void on_results(void *ctx)
     }
 }
 
+/* src into dst (cap bytes), cut to fit: a plain copy, as snprintf("%s") but
+ * without the formatter (five per message here). */
+static void copy_field(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 static pending *pending_new(net_conn *c, const pcd01_msg *m)
 {
     session *s = net_conn_session(c);
@@ -168,11 +177,11 @@ static pending *pending_new(net_conn *c, const pcd01_msg *m)
         return NULL;
     p->conn = c;
     net_conn_ref(c);
-    snprintf(p->control_id, sizeof(p->control_id), "%s", m->control_id);
-    snprintf(p->their_app, sizeof(p->their_app), "%s", m->sending_app[0]);
-    snprintf(p->their_facility, sizeof(p->their_facility), "%s", m->sending_facility);
-    snprintf(p->version, sizeof(p->version), "%s", m->version[0] ? m->version : "2.6");
-    snprintf(p->trigger, sizeof(p->trigger), "%s", m->trigger);
+    copy_field(p->control_id, sizeof(p->control_id), m->control_id);
+    copy_field(p->their_app, sizeof(p->their_app), m->sending_app[0]);
+    copy_field(p->their_facility, sizeof(p->their_facility), m->sending_facility);
+    copy_field(p->version, sizeof(p->version), m->version[0] ? m->version : "2.6");
+    copy_field(p->trigger, sizeof(p->trigger), m->trigger);
     if (s->tail)
         s->tail->next = p;
     else

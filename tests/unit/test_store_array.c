@@ -3,6 +3,7 @@
  * and parsed from array_agg output (server/store/store_array.c).
  */
 #include <math.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -43,6 +44,23 @@ static void test_numbers(void **state)
     store__arr_double(&b, NAN);
     store__arr_end(&b);
     assert_string_equal(b.p, "{-42,0.10000000000000001,36.600000000000001,NaN}");
+    /* integers, and whole doubles written as integers, exactly as "%lld" / "%.17g" would */
+    store__arr_begin(&b);
+    store__arr_int(&b, 0);
+    store__arr_int(&b, LLONG_MIN);
+    store__arr_int(&b, LLONG_MAX);
+    store__arr_double(&b, 72.0);
+    store__arr_double(&b, -40.0);
+    store__arr_double(&b, 0.0);
+    store__arr_double(&b, -0.0);              /* keeps its sign */
+    store__arr_double(&b, 9007199254740991.0); /* 2^53 - 1 */
+    store__arr_double(&b, 9007199254740992.0); /* 2^53: %.17g */
+    store__arr_double(&b, 1e300);
+    store__arr_double(&b, -INFINITY);
+    store__arr_end(&b);
+    assert_string_equal(b.p, "{0,-9223372036854775808,9223372036854775807,72,-40,0,-0,"
+                             "9007199254740991,9007199254740992,1.0000000000000001e+300,"
+                             "-Infinity}");
     store__arr_begin(&b); /* reuse */
     store__arr_end(&b);
     assert_string_equal(b.p, "{}");
