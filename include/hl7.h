@@ -71,6 +71,23 @@ hl7_str hl7_get(const hl7_msg *m, size_t seg, unsigned f, unsigned r, unsigned c
 hl7_str hl7_field(const hl7_msg *m, size_t seg, unsigned f);
 
 /*
+ * A segment's first HL7_SPLIT_FIELDS fields, found in one pass, for callers
+ * that read many fields of one segment (hl7_get scans from the segment's
+ * start on every call). hl7_fields_get(fs, f, r, c, s) returns exactly what
+ * hl7_get(m, seg, f, r, c, s) returns, for any f (beyond the split ones, and
+ * for MSH, it calls hl7_get).
+ */
+#define HL7_SPLIT_FIELDS 24
+typedef struct hl7_fields {
+    const hl7_msg *m;
+    size_t seg;
+    int split; /* 0: MSH or no such segment: every call goes to hl7_get */
+    hl7_str f[HL7_SPLIT_FIELDS]; /* f[0] = the segment name */
+} hl7_fields;
+void hl7_split(const hl7_msg *m, size_t seg, hl7_fields *out);
+hl7_str hl7_fields_get(const hl7_fields *fs, unsigned f, unsigned r, unsigned c, unsigned s);
+
+/*
  * Unescapes src into out (cap bytes, always NUL-terminated when cap > 0).
  * Returns the unescaped length, or CMS_ELIMIT if it does not fit, or
  * CMS_EPROTO for a malformed escape sequence.

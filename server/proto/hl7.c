@@ -229,6 +229,20 @@ static hl7_str hl7__piece(hl7_str s, char delim, unsigned idx)
     return r;
 }
 
+/* Repetition r, component c, subcomponent s of a field (0s as in hl7_get). */
+static hl7_str hl7__descend(const hl7_msg *m, hl7_str x, unsigned r, unsigned c, unsigned s)
+{
+    if (r == 0 && c == 0 && s == 0)
+        return x;
+    x = hl7__piece(x, m->d.rep, r ? r - 1 : 0);
+    if (c == 0 && s == 0)
+        return x;
+    x = hl7__piece(x, m->d.comp, c ? c - 1 : 0);
+    if (s == 0)
+        return x;
+    return hl7__piece(x, m->d.sub, s - 1);
+}
+
 /*
  * A 0 at a level means "the whole thing at that level" when nothing deeper is
  * asked for; when a deeper level is given (r = 0, c = 2), the 0 means the
@@ -261,21 +275,43 @@ hl7_str hl7_get(const hl7_msg *m, size_t seg, unsigned f, unsigned r, unsigned c
         return x;
     }
 
-    x = hl7__piece(x, m->d.field, msh ? f - 1 : f);
-    if (r == 0 && c == 0 && s == 0)
-        return x;
-    x = hl7__piece(x, m->d.rep, r ? r - 1 : 0);
-    if (c == 0 && s == 0)
-        return x;
-    x = hl7__piece(x, m->d.comp, c ? c - 1 : 0);
-    if (s == 0)
-        return x;
-    return hl7__piece(x, m->d.sub, s - 1);
+    return hl7__descend(m, hl7__piece(x, m->d.field, msh ? f - 1 : f), r, c, s);
 }
 
 hl7_str hl7_field(const hl7_msg *m, size_t seg, unsigned f)
 {
     return hl7_get(m, seg, f, 0, 0, 0);
+}
+
+void hl7_split(const hl7_msg *m, size_t seg, hl7_fields *out)
+{
+    out->m = m;
+    out->seg = seg;
+    out->split = 0;
+    if (!m || seg >= m->nseg)
+        return;
+    hl7_str x = m->seg[seg];
+    if (!x.p || x.len < 3 || memcmp(x.p, "MSH", 3) == 0)
+        return; /* MSH numbers its fields differently: left to hl7_get */
+    const char *p = x.p, *end = x.p + x.len;
+    for (unsigned i = 0; i < HL7_SPLIT_FIELDS; i++) {
+        if (!p) {
+            out->f[i] = hl7__empty;
+            continue;
+        }
+        const char *q = memchr(p, m->d.field, (size_t)(end - p));
+        out->f[i].p = p;
+        out->f[i].len = q ? (size_t)(q - p) : (size_t)(end - p);
+        p = q ? q + 1 : NULL;
+    }
+    out->split = 1;
+}
+
+hl7_str hl7_fields_get(const hl7_fields *fs, unsigned f, unsigned r, unsigned c, unsigned s)
+{
+    if (!fs->split || f == 0 || f >= HL7_SPLIT_FIELDS)
+        return hl7_get(fs->m, fs->seg, f, r, c, s);
+    return hl7__descend(fs->m, fs->f[f], r, c, s);
 }
 
 /* --------------------------------------------------------------- escapes */

@@ -86,6 +86,13 @@ static int pcd01__get(pcd01__ctx *x, size_t seg, unsigned f, unsigned r, unsigne
     return pcd01__copy(x, hl7_get(x->m, seg, f, r, c, s), out, cap, seg, what);
 }
 
+/* pcd01__get from a segment split once (OBX: a dozen fields read per row). */
+static int pcd01__fget(pcd01__ctx *x, const hl7_fields *fs, unsigned f, unsigned r, unsigned c,
+                       char *out, size_t cap, const char *what)
+{
+    return pcd01__copy(x, hl7_fields_get(fs, f, r, c, 0), out, cap, fs->seg, what);
+}
+
 /* Parses a DTM slice into out (hl7_time_format); "" stays "". */
 static int pcd01__time(pcd01__ctx *x, hl7_str s, char *out, size_t cap, size_t seg,
                        const char *what)
@@ -249,9 +256,10 @@ toolong:
 }
 
 /* OBX-18: component 1 of the first repetition that has one. */
-static int pcd01__equipment(pcd01__ctx *x, size_t seg, char *out, size_t cap)
+static int pcd01__equipment(pcd01__ctx *x, const hl7_fields *fs, char *out, size_t cap)
 {
-    hl7_str f = hl7_field(x->m, seg, 18);
+    size_t seg = fs->seg;
+    hl7_str f = hl7_fields_get(fs, 18, 0, 0, 0);
     const char *p = f.p, *end;
 
     out[0] = '\0';
@@ -281,15 +289,16 @@ static int pcd01__equipment(pcd01__ctx *x, size_t seg, char *out, size_t cap)
 
 static int pcd01__obx(pcd01__ctx *x, size_t seg, pcd01_msg *out, const char *fallback_time)
 {
-    const hl7_msg *m = x->m;
     char vtype[8];
     pcd01_obs *o;
     hl7_str value;
+    hl7_fields fs;
     int rc;
 
-    if ((rc = pcd01__get(x, seg, 2, 1, 1, 0, vtype, sizeof(vtype), "OBX-2")))
+    hl7_split(x->m, seg, &fs);
+    if ((rc = pcd01__fget(x, &fs, 2, 1, 1, vtype, sizeof(vtype), "OBX-2")))
         return rc;
-    value = pcd01__trim(hl7_field(m, seg, 5));
+    value = pcd01__trim(hl7_fields_get(&fs, 5, 0, 0, 0));
     if (strcmp(vtype, "NM") != 0 || value.len == 0) {
         /* Device hierarchy rows (empty type), other value types, and NM
          * rows without a value (e.g. status X): nothing to store. */
@@ -302,20 +311,20 @@ static int pcd01__obx(pcd01__ctx *x, size_t seg, pcd01_msg *out, const char *fal
 
     o = &out->obs[out->nobs];
     memset(o, 0, sizeof(*o));
-    if (pcd01__uint(hl7_field(m, seg, 1), &o->set_id) < 0)
+    if (pcd01__uint(hl7_fields_get(&fs, 1, 0, 0, 0), &o->set_id) < 0)
         return pcd01__fail(x, CMS_EPROTO, "102", "segment %zu: OBX-1 is not a set id", seg + 1);
-    if ((rc = pcd01__get(x, seg, 3, 1, 1, 0, o->code, sizeof(o->code), "OBX-3.1")) ||
-        (rc = pcd01__get(x, seg, 3, 1, 2, 0, o->label, sizeof(o->label), "OBX-3.2")) ||
-        (rc = pcd01__get(x, seg, 3, 1, 3, 0, o->coding_system, sizeof(o->coding_system),
-                         "OBX-3.3")) ||
-        (rc = pcd01__get(x, seg, 4, 0, 0, 0, o->sub_id, sizeof(o->sub_id), "OBX-4")) ||
+    if ((rc = pcd01__fget(x, &fs, 3, 1, 1, o->code, sizeof(o->code), "OBX-3.1")) ||
+        (rc = pcd01__fget(x, &fs, 3, 1, 2, o->label, sizeof(o->label), "OBX-3.2")) ||
+        (rc = pcd01__fget(x, &fs, 3, 1, 3, o->coding_system, sizeof(o->coding_system),
+                          "OBX-3.3")) ||
+        (rc = pcd01__fget(x, &fs, 4, 0, 0, o->sub_id, sizeof(o->sub_id), "OBX-4")) ||
         (rc = pcd01__copy(x, value, o->value_text, sizeof(o->value_text), seg, "OBX-5")) ||
-        (rc = pcd01__get(x, seg, 6, 1, 1, 0, o->unit_code, sizeof(o->unit_code), "OBX-6.1")) ||
-        (rc = pcd01__get(x, seg, 6, 1, 2, 0, o->unit_label, sizeof(o->unit_label), "OBX-6.2")) ||
-        (rc = pcd01__get(x, seg, 11, 1, 1, 0, o->status, sizeof(o->status), "OBX-11")) ||
-        (rc = pcd01__time(x, hl7_get(m, seg, 14, 1, 1, 0), o->observed_at, sizeof(o->observed_at),
-                          seg, "OBX-14")) ||
-        (rc = pcd01__equipment(x, seg, o->equipment_id, sizeof(o->equipment_id))))
+        (rc = pcd01__fget(x, &fs, 6, 1, 1, o->unit_code, sizeof(o->unit_code), "OBX-6.1")) ||
+        (rc = pcd01__fget(x, &fs, 6, 1, 2, o->unit_label, sizeof(o->unit_label), "OBX-6.2")) ||
+        (rc = pcd01__fget(x, &fs, 11, 1, 1, o->status, sizeof(o->status), "OBX-11")) ||
+        (rc = pcd01__time(x, hl7_fields_get(&fs, 14, 1, 1, 0), o->observed_at,
+                          sizeof(o->observed_at), seg, "OBX-14")) ||
+        (rc = pcd01__equipment(x, &fs, o->equipment_id, sizeof(o->equipment_id))))
         return rc;
     if (o->code[0] == '\0')
         return pcd01__fail(x, CMS_EPROTO, "101", "segment %zu: OBX-3 (observation id) is missing",

@@ -14,7 +14,8 @@
  * Checked invariants (abort on violation), beyond ASan/UBSan:
  *   - every ACK we encode parses back with 3 (AE/AR) or 2 (AA) segments,
  *     MSA-1 is the code and MSA-2 unescapes to the control id we echoed;
- *   - the frames and the final return code do not depend on read sizes.
+ *   - the frames and the final return code do not depend on read sizes;
+ *   - hl7_fields_get (fields split once) returns exactly what hl7_get returns.
  *
  * Build: make build/fuzz/fuzz_mllp_hl7
  * Run:   build/fuzz/fuzz_mllp_hl7 -max_len=8192 tests/fuzz/corpus/mllp_hl7
@@ -59,6 +60,24 @@ static void check(int cond, const char *what)
     if (!cond) {
         fprintf(stderr, "invariant violated: %s\n", what);
         abort();
+    }
+}
+
+/* hl7_fields_get (one split per segment) answers exactly as hl7_get; a few
+ * (repetition, component, subcomponent) paths per field keep the runs fast
+ * (tests/unit/test_hl7.c goes through all of them). */
+static void check_split(const hl7_msg *m)
+{
+    static const unsigned path[][3] = {{0, 0, 0}, {1, 1, 0}, {2, 1, 0}, {1, 2, 1}};
+    hl7_fields fs;
+    for (size_t seg = 0; seg < m->nseg && seg < 8; seg++) {
+        hl7_split(m, seg, &fs);
+        for (unsigned f = 0; f <= HL7_SPLIT_FIELDS + 1; f++)
+            for (size_t k = 0; k < sizeof path / sizeof path[0]; k++) {
+                hl7_str a = hl7_get(m, seg, f, path[k][0], path[k][1], path[k][2]);
+                hl7_str b = hl7_fields_get(&fs, f, path[k][0], path[k][1], path[k][2]);
+                check(a.p == b.p && a.len == b.len, "hl7_fields_get == hl7_get");
+            }
     }
 }
 
@@ -109,6 +128,8 @@ static void process(const char *payload, size_t len)
     a.timestamp = "20261128061454.123+0000";
 
     rc = hl7_parse(&msg, payload, len, reason, sizeof(reason));
+    if (rc == CMS_OK)
+        check_split(&msg);
     if (rc < 0) {
         /* What the server does: AR without an echo. */
         a.code = HL7_AR;

@@ -253,6 +253,42 @@ static void test_repetitions_and_empty_fields(void **state)
     assert_slice(hl7_get(&m, 1, 3, 0, 4, 2), "1.2.3");
 }
 
+/* Every (field, repetition, component, subcomponent) of every segment: the split
+ * segment answers exactly as hl7_get (same pointer, same length), MSH included. */
+static void test_split_fields_match_get(void **state)
+{
+    (void)state;
+    static const char *msgs[] = {
+        sample,
+        "MSH|^~\\&|A\rPID|1||A1^^^AUTH&1.2.3&ISO^MR~B2^^^OTHER||\r",
+        "MSH|^~\\&|A\rOBX|1|NM|a^b^c|1.2.3|7|x||||||F|||20250101\rOBX|\rOBX\r"
+        "OBX|1|2|3|4|5|6|7|8|9|10|11|12|13|14|15|16|17|18|19|20|21|22|23|24|25|26|27\r",
+        "MSH$%*@+$A\rOBX$1$NM$a%b%c@d+e$$$\r", /* other delimiters */
+    };
+    hl7_fields fs;
+    for (size_t k = 0; k < sizeof msgs / sizeof msgs[0]; k++) {
+        assert_int_equal(parse(&m, msgs[k]), CMS_OK);
+        for (size_t seg = 0; seg <= m.nseg; seg++) { /* one past the end too */
+            hl7_split(&m, seg, &fs);
+            for (unsigned f = 0; f <= HL7_SPLIT_FIELDS + 4; f++)
+                for (unsigned r = 0; r <= 3; r++)
+                    for (unsigned c = 0; c <= 4; c++)
+                        for (unsigned sub = 0; sub <= 3; sub++) {
+                            hl7_str a = hl7_get(&m, seg, f, r, c, sub);
+                            hl7_str b = hl7_fields_get(&fs, f, r, c, sub);
+                            assert_ptr_equal(a.p, b.p);
+                            assert_int_equal(a.len, b.len);
+                        }
+        }
+    }
+    assert_int_equal(parse(&m, msgs[2]), CMS_OK);
+    hl7_split(&m, 4, &fs);
+    assert_slice(hl7_fields_get(&fs, 23, 0, 0, 0), "23"); /* last split field */
+    assert_slice(hl7_fields_get(&fs, 27, 0, 0, 0), "27"); /* past them: hl7_get */
+    hl7_split(&m, 1, &fs);
+    assert_slice(hl7_fields_get(&fs, 3, 1, 3, 0), "c");
+}
+
 static void test_unescape(void **state)
 {
     char out[64];
@@ -516,6 +552,7 @@ int main(void)
         cmocka_unit_test_teardown(test_segment_terminators, free_bufs),
         cmocka_unit_test_teardown(test_segment_limit, free_bufs),
         cmocka_unit_test_teardown(test_repetitions_and_empty_fields, free_bufs),
+        cmocka_unit_test_teardown(test_split_fields_match_get, free_bufs),
         cmocka_unit_test_teardown(test_unescape, free_bufs),
         cmocka_unit_test_teardown(test_unescape_malformed_and_limits, free_bufs),
         cmocka_unit_test_teardown(test_escape, free_bufs),
