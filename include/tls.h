@@ -35,7 +35,6 @@
 
 typedef struct tls_ctx tls_ctx;
 
-#define TLS_SESSION_TIMEOUT_MAX_S 86400 /* longest session lifetime a config may set */
 #define TLS_SESSION_CACHE_SIZE 20480    /* default sessions kept for resumption, per listener */
 
 enum tls_client_auth {

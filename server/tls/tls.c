@@ -215,8 +215,10 @@ SSL_CTX *tls_ctx_ssl_ctx(tls_ctx *ctx)
 int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
 {
     int rc = load_crl(ctx, crl_file, err, cap);
-    if (rc == CMS_OK) /* no session of a now revoked certificate may resume */
-        SSL_CTX_flush_sessions(ctx->ssl_ctx, (long)time(NULL) + 2 * TLS_SESSION_TIMEOUT_MAX_S);
+    if (rc == CMS_OK) /* no session of a now revoked certificate may resume: every kept
+                       * session has expired by now + the context's session lifetime */
+        SSL_CTX_flush_sessions(ctx->ssl_ctx,
+                               (long)time(NULL) + SSL_CTX_get_timeout(ctx->ssl_ctx) + 1);
     return rc;
 }
 

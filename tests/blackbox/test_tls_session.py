@@ -11,12 +11,15 @@ import subprocess
 import helpers as h
 
 
-def s_client(pki, port, *extra, cert="MON-0001"):
+def s_client_cmd(pki, port, *extra, cert="MON-0001"):
     crt, key = pki.device(cert)
-    p = h.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port,
-               "-servername", "localhost", "-CAfile", str(pki.root_ca),
-               "-cert", str(crt), "-key", str(key), "-verify_return_error"] + list(extra),
-              check=False, input="", timeout=30)
+    return ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername",
+            "localhost", "-CAfile", str(pki.root_ca), "-cert", str(crt), "-key", str(key),
+            "-verify_return_error"] + list(extra)
+
+
+def s_client(pki, port, *extra):
+    p = h.run(s_client_cmd(pki, port, *extra), check=False, input="", timeout=30)
     return p.stdout + p.stderr
 
 
@@ -38,11 +41,8 @@ def test_tls13_prefers_aes128_gcm(cmsd, pki):
 
 def test_ticket_is_a_session_id(cmsd, pki, tmp_path):
     sess = tmp_path / "sess.pem"
-    crt, key = pki.device("MON-0001")
     # s_client writes -sess_out when the ticket arrives (after the handshake); "Q" ends it
-    p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % cmsd.port,
-                          "-servername", "localhost", "-CAfile", str(pki.root_ca),
-                          "-cert", str(crt), "-key", str(key), "-sess_out", str(sess)],
+    p = subprocess.Popen(s_client_cmd(pki, cmsd.port, "-sess_out", str(sess)),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     try:
