@@ -94,6 +94,24 @@ static int on_new_session(SSL *ssl, SSL_SESSION *s)
     return 1;
 }
 
+/* The device's certificate and key, handed to OpenSSL only when the server asks for
+ * them (a full handshake): a resumed TLS 1.3 handshake has no CertificateRequest, so
+ * the client does not pay for installing (and checking) a key pair it will not use. */
+static X509 *cur_cert;
+static EVP_PKEY *cur_key;
+
+static int on_cert_request(SSL *ssl, X509 **x509, EVP_PKEY **pkey)
+{
+    (void)ssl;
+    if (!cur_cert || !cur_key)
+        return 0;
+    X509_up_ref(cur_cert);
+    EVP_PKEY_up_ref(cur_key);
+    *x509 = cur_cert;
+    *pkey = cur_key;
+    return 1;
+}
+
 static X509 *load_cert(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -187,6 +205,7 @@ static void child(int idx, struct counters *c, const struct sockaddr_in *sa, X50
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
     SSL_CTX_sess_set_new_cb(ctx, on_new_session);
+    SSL_CTX_set_client_cert_cb(ctx, on_cert_request);
     /* this process's device slots: idx, idx+P, idx+2P, ... */
     int nslots = 0;
     int *slot = calloc((size_t)ncert, sizeof *slot);
@@ -197,6 +216,7 @@ static void child(int idx, struct counters *c, const struct sockaddr_in *sa, X50
         slot[nslots++] = idx % ncert;
     double end = now_s() + opt_duration;
     unsigned long n = 0;
+    SSL *ssl = NULL; /* one SSL object per process, cleared between connections */
     while (now_s() < end) {
         int si = (int)(n++ % (unsigned long)nslots), d = slot[si];
         int fd = tcp_connect(sa);
@@ -205,12 +225,12 @@ static void child(int idx, struct counters *c, const struct sockaddr_in *sa, X50
             usleep(1000);
             continue;
         }
-        SSL *ssl = SSL_new(ctx);
-        SSL_use_certificate(ssl, certs[d]);
-        SSL_use_PrivateKey(ssl, keys[d]);
+        if (!ssl)
+            ssl = SSL_new(ctx);
+        cur_cert = certs[d];
+        cur_key = keys[d];
         SSL_set_fd(ssl, fd);
-        if (opt_resume && sess[si])
-            SSL_set_session(ssl, sess[si]);
+        SSL_set_session(ssl, opt_resume ? sess[si] : NULL);
         got_ticket = 0;
         int ok = SSL_connect(ssl) == 1;
         if (ok) {
@@ -241,7 +261,7 @@ static void child(int idx, struct counters *c, const struct sockaddr_in *sa, X50
             SSL_SESSION_free(last_ticket);
             last_ticket = NULL;
         }
-        SSL_free(ssl);
+        SSL_clear(ssl);
         close(fd);
     }
     _exit(0);
