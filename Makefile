@@ -1,5 +1,5 @@
 # CMS server - build, run, test.
-#   make            build/cmsd, build/cmsctl, build/cms-monitor
+#   make            build/cmsd, build/cmsctl, build/cms-monitor, build/hsbench
 #   make asan       the same under build/asan/ with ASan+UBSan
 #   make run        dev PKI + private PostgreSQL + migrations + cmsd (foreground)
 #   make test       the whole suite (unit, black box, short fuzz)
@@ -35,7 +35,8 @@ FWVERIFY_SRCS := $(sort $(wildcard tools/cms-fwverify/*.c))
 UNIT_SRCS    := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS    := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-BINS = $(BUILD)/cmsd $(BUILD)/cmsctl $(BUILD)/cms-monitor
+# hsbench: the handshake load generator of `make bench` (P4); tested in `make test`.
+BINS = $(BUILD)/cmsd $(BUILD)/cmsctl $(BUILD)/cms-monitor $(BUILD)/hsbench
 ifneq ($(FWVERIFY_SRCS),)
 BINS += $(BUILD)/cms-fwverify
 endif
@@ -56,6 +57,8 @@ $(BUILD)/cmsd: $(CMSD_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcms.a
 $(BUILD)/cmsctl: $(CMSCTL_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcms.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) $(CURL_LIBS)
 $(BUILD)/cms-monitor: $(MONITOR_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcms.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/hsbench: $(BUILD)/obj/tools/bench/hsbench.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 $(BUILD)/cms-fwverify: $(FWVERIFY_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcms.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)

@@ -74,13 +74,9 @@ make -j"$(nproc)" BUILD="$BUILD" >/dev/null
 mkdir -p "$BENCH/bin" "$BENCH/run"
 # A snapshot of the binaries: the whole run measures one build, even if build/ is rebuilt
 # meanwhile (a checkout shared with other work).
-for b in cmsd cms-monitor cmsctl; do
+for b in cmsd cms-monitor cmsctl hsbench; do
 	cp -f "$BUILD/$b" "$BENCH/bin/$b.tmp" && mv -f "$BENCH/bin/$b.tmp" "$BENCH/bin/$b"
 done
-if [[ ! -x $BENCH/bin/hsbench || tools/bench/hsbench.c -nt $BENCH/bin/hsbench ]]; then
-	cc -O2 -g -std=gnu11 -Wall -Wextra -o "$BENCH/bin/hsbench" tools/bench/hsbench.c \
-		$(pkg-config --cflags --libs openssl)
-fi
 
 # --- PKI: dev PKI + minted devices (reused when present; mkpki.sh is idempotent) ---------------
 if [[ ${BENCH_FRESH_PKI:-0} == 1 ]]; then

@@ -388,5 +388,14 @@ int main(int argc, char **argv)
            (unsigned long long)full, (unsigned long long)res, (unsigned long long)err,
            (unsigned long long)nt, (double)ok / el, (double)full / el, (double)res / el, cpu,
            cpu / el);
+    for (int i = 0; i < opt_devices; i++) {
+        X509_free(certs[i]);
+        if (!shared)
+            EVP_PKEY_free(keys[i]);
+    }
+    EVP_PKEY_free(shared);
+    free(certs);
+    free(keys);
+    munmap(c, sizeof *c * (size_t)opt_procs);
     return 0;
 }

@@ -1,0 +1,127 @@
+"""The load generators of `make bench`, at small scale, against a real cmsd and
+PostgreSQL: every figure in docs/benchmarks.md is computed from their counts, so
+their counts must be what the server stored and answered. No timing is asserted
+here (the benchmarks measure that); only that counts match and nothing is lost.
+
+  cms-monitor  P1 (as fast as the window allows) and P2 (paced): messages and
+               observations it counts as ACKed (AA) are the rows in the database;
+  hsbench      P4: every handshake it counts reached cmsd's device check (one
+               device_connected line each), resumed ones included, and "resume"
+               mode resumes;
+  holder.py    P3: every session it reports open sent a message that was stored.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import helpers as h
+
+FIRST, COUNT = 201, 8
+DEVICES = ["MON-%04d" % i for i in range(FIRST, FIRST + COUNT)]
+MONITOR = h.BUILD / "cms-monitor"
+HSBENCH = h.BUILD / "hsbench"
+HOLDER = h.ROOT / "tools" / "bench" / "holder.py"
+
+
+@pytest.fixture(scope="module")
+def bench_devices(pki, db):
+    pki.mint("MON-", FIRST, COUNT)
+    for serial in DEVICES:
+        h.device_add(db, serial, status="active")
+    return DEVICES
+
+
+def stored(db):
+    """(messages, observations) stored for the devices of this module."""
+    return db.query(
+        "SELECT count(DISTINCT m.id), count(o.message_id) FROM cms.messages m "
+        "JOIN cms.devices d ON d.id = m.device_id "
+        "LEFT JOIN cms.observations o ON o.message_id = m.id "
+        "WHERE d.serial = ANY(%s)", (DEVICES,))[0]
+
+
+def run_json(cmd, timeout=180):
+    p = h.run([str(c) for c in cmd], timeout=timeout, check=False)
+    assert p.returncode == 0, "%s exited %d:\n%s" % (cmd[0], p.returncode, p.stderr[-3000:])
+    return json.loads(p.stdout)
+
+
+def monitor(cmsd, pki, *extra):
+    assert MONITOR.exists(), "%s is missing (make)" % MONITOR
+    return run_json([MONITOR, "--host", "127.0.0.1", "--port", cmsd.port, "--ca", pki.root_ca,
+                     "--cert-dir", pki.dir, "--first", FIRST, "--devices", COUNT, "--json",
+                     "--connect-rate", 0, "--drain-timeout", 60000] + list(extra))
+
+
+@pytest.mark.parametrize("scenario,args", [
+    ("P1 as fast as the window allows", ["--rate", 0, "--window", 8, "--duration", 2]),
+    ("P2 paced, one message in flight", ["--rate", 20, "--window", 1, "--duration", 2]),
+])
+def test_monitor_counts_are_what_the_database_holds(cmsd, pki, db, bench_devices, scenario, args):
+    msgs0, obs0 = stored(db)
+    m = monitor(cmsd, pki, *args)
+    msgs, obs = stored(db)
+    assert m["devices_acked"] == COUNT, m
+    assert m["sent"] > 0, m
+    # Every message sent was answered AA: none refused, none left without an answer.
+    assert (m["acked_aa"], m["ae"], m["ar"], m["unacked"], m["lost"]) == (m["sent"], 0, 0, 0, 0), m
+    assert m["unmatched_acks"] == 0 and m["bad_acks"] == 0, m
+    assert m["obs_acked"] == 10 * m["acked_aa"], m  # --obs default: 10 per message
+    assert m["latency_ms"]["n"] == m["acked_aa"], m
+    # What it counts as acknowledged is exactly what was committed, no more, no less.
+    assert (msgs - msgs0, obs - obs0) == (m["acked_aa"], m["obs_acked"]), (scenario, m)
+
+
+def hsbench(cmsd, pki, mode, devices=4, procs=2):
+    assert HSBENCH.exists(), "%s is missing (make)" % HSBENCH
+    return run_json([HSBENCH, "--port", cmsd.port, "--cert-dir", pki.dir, "--first", FIRST,
+                     "--devices", devices, "--procs", procs, "--duration", 1.5, "--mode", mode,
+                     "--probe", "mllp", "--ticket-wait", 20])
+
+
+def device_connected_lines(cmsd, since):
+    return sum(1 for line in cmsd.log_lines(since)
+               if "device_connected" in line and any(d in line for d in DEVICES))
+
+
+@pytest.mark.parametrize("mode", ["full", "resume"])
+def test_hsbench_counts_handshakes_that_reached_the_device_check(cmsd, pki, bench_devices, mode):
+    since = cmsd.log_size()
+    r = hsbench(cmsd, pki, mode)
+    assert r["errors"] == 0 and r["no_ticket"] == 0, r
+    assert r["handshakes"] == r["full"] + r["resumed"] > 0, r
+    if mode == "full":
+        assert r["resumed"] == 0, r
+    else:
+        # The first connection of each of the 4 device slots is full; the rest resume.
+        assert r["full"] == 4 and r["resumed"] > 0, r
+    # Each counted handshake was answered after cmsd checked the device's status:
+    # resumed sessions are checked too (one device_connected line per session).
+    h.wait_until(lambda: device_connected_lines(cmsd, since) >= r["handshakes"], 10,
+                 what="cmsd's device_connected lines")
+    assert device_connected_lines(cmsd, since) == r["handshakes"], r
+
+
+def test_holder_sessions_are_stored_and_held(cmsd, pki, db, bench_devices):
+    msgs0, _ = stored(db)
+    p = subprocess.Popen([sys.executable, str(HOLDER), "--port", str(cmsd.port), "--pki",
+                          str(pki.dir), "--first", str(FIRST), "--devices", str(COUNT),
+                          "--proto", "mllp", "--timeout", "60"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        line = p.stdout.readline()
+        assert line, "holder.py printed nothing: %s" % p.stderr.read()[-3000:]
+        r = json.loads(line)
+        assert r["open"] == COUNT and r["failed"] == 0, r
+        assert p.poll() is None, "holder.py must hold its sessions until stdin closes"
+        # Each session's message (one observation) was ACKed AA, hence committed.
+        msgs, _ = stored(db)
+        assert msgs - msgs0 == COUNT
+    finally:
+        p.stdin.close()
+        p.wait(30)
+    assert p.returncode == 0, p.stderr.read()[-3000:]
