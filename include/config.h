@@ -14,7 +14,8 @@
  *                                  0 = one per online CPU (each has its own database connections)
  *   tls_cert               (required) server certificate + intermediates (no root), PEM
  *   tls_key                (required) server private key, PEM; must not be group/world-accessible
- *   tls_device_ca          (required) CA bundle that issues device certificates, PEM
+ *   tls_device_ca          (required) CA bundle that issues device certificates, PEM;
+ *                          each certificate in it is a trust anchor as it is
  *   tls_operator_ca        [""]    CA bundle for operator certificates (admin API)
  *   tls_crl                [""]    CRL file (PEM) checked for device certificates
  *   tls_session_timeout_s  [300]   TLS session ticket/cache lifetime (resumption)

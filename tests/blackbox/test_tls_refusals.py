@@ -133,3 +133,32 @@ def test_tls12_renegotiation_refused(cmsd, pki):
     assert "verify return:" not in after, "a second handshake happened:\n" + after
     assert re.search(r"(?i)no renegotiation|alert|error", after), after
     h.good_client_still_served(cmsd, pki)
+
+
+@pytest.fixture(scope="module")
+def leaf_only(pki, db):
+    """An active device whose client sends its certificate alone (no device CA)."""
+    pki.mint("MON-", 301, 1)
+    h.device_add(db, "MON-0301", status="active")
+    cert, key = pki.device("MON-0301")
+    assert not cert.name.endswith(".chain.pem")
+    return cert, key
+
+
+def _accepted(srv, pki, device):
+    cid = h.unique("ANCHOR")
+    with h.device_client(pki, srv.port, device) as c:
+        ack = c.request(h.pcd01("MON-0001" if device == "MON-0001" else "MON-0301", cid,
+                                patient=h.unique("PT-ANCHOR")))
+    assert ack.code == "AA" and ack.control_id == cid, ack
+
+
+def test_the_device_ca_alone_is_a_trust_anchor(cmsd_factory, pki, leaf_only):
+    """The certificates in tls_device_ca are trust anchors as they are: with the
+    device CA alone (no root) its devices are accepted, whether they send it
+    along or not. The chain ends at the device CA, so its signature by the root
+    is not verified again on every handshake. (Identity still comes only from
+    the device CA: test_device_issuer.py.)"""
+    ca_only = cmsd_factory("cmsd-anchor-ca", tls_device_ca=str(pki.path("device-ca.crt")))
+    _accepted(ca_only, pki, "MON-0001")  # leaf + device CA
+    _accepted(ca_only, pki, leaf_only)   # leaf alone
