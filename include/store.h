@@ -97,6 +97,13 @@ int store_ingest(store_t *s, int64_t device_id, const pcd01_msg *msg,
 size_t store_backlog(const store_t *s);
 
 /*
+ * True when the control queue (device checks, audit rows, queries) is half
+ * full or more: work that anonymous peers cause should then be refused, so
+ * that the other half stays for monitors' device checks. Thread: the store's.
+ */
+bool store_ctl_crowded(const store_t *s);
+
+/*
  * Registers a callback run whenever the backlog falls back below half of
  * max_queued_msgs after store_ingest() refused with CMS_ELIMIT (so the
  * caller can resume reading from its peers). ctx is borrowed.

@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "https.h"
+#include "ratelimit.h"
 #include "store.h"
 
 typedef struct svc_state {
@@ -19,6 +20,8 @@ typedef struct svc_state {
     unsigned worker_id;
     void *est;             /* enrollment service state (est.c), or NULL */
     void *fw;              /* firmware service state (firmware.c), or NULL */
+    rl_table *est_limit;   /* borrowed, shared by the workers: simpleenroll requests
+                            * per source address; NULL = no limit */
 } svc_state;
 
 /*

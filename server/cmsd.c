@@ -24,6 +24,7 @@
 #include "log.h"
 #include "https.h"
 #include "net.h"
+#include "ratelimit.h"
 #include "svc.h"
 #include "store.h"
 #include "tls.h"
@@ -42,6 +43,7 @@ typedef struct worker {
     https_ctx https;
     svc_state svc;
     const fw_keys *fw_keys; /* shared, read-only */
+    rl_table *est_limit;    /* shared (locked inside), or NULL */
     uv_loop_t loop;
     uv_async_t stop_async;
     uv_timer_t ready_timer;
@@ -140,7 +142,11 @@ static int worker_listen(worker *w)
         return CMS_EINVAL;
     }
     /* Revocation closes MLLP sessions too, with or without HTTPS. */
-    w->svc = (svc_state){.cfg = cfg, .store = w->store, .server = w->net, .worker_id = w->id};
+    w->svc = (svc_state){.cfg = cfg,
+                         .store = w->store,
+                         .server = w->net,
+                         .worker_id = w->id,
+                         .est_limit = w->est_limit};
     if (svc_est_init(&w->svc, err, sizeof(err)) != CMS_OK) {
         log_error("startup_failed", NULL, NULL, "%s", err);
         return CMS_EINVAL;
@@ -407,6 +413,19 @@ int main(int argc, char **argv)
         tls_ctx_free(https_tls);
         return 1;
     }
+    /* One table for all workers: a peer's connections land on any of them. A
+     * bucket holds a minute's worth, so a ward enrolling its monitors at once
+     * is not refused; refusals are logged at most once a minute per address. */
+    rl_table *est_limit = NULL;
+    if (cfg.est_anon_per_min &&
+        !(est_limit = rl_new(4096, cfg.est_anon_per_min, cfg.est_anon_per_min, 60000))) {
+        fprintf(stderr, "cmsd: out of memory\n");
+        X509_free(device_issuer);
+        fw_keys_free(fwk);
+        tls_ctx_free(mllp_tls);
+        tls_ctx_free(https_tls);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
 
@@ -435,6 +454,7 @@ int main(int argc, char **argv)
         w->device_issuer = device_issuer;
         w->https_tls = https_tls;
         w->fw_keys = fwk;
+        w->est_limit = est_limit;
         w->notify_main = &d.notify;
         /* Handles other threads touch are set up before the thread runs. */
         if (uv_loop_init(&w->loop) != 0 ||
@@ -465,6 +485,7 @@ int main(int argc, char **argv)
         fw_worker_free(d.workers[i].svc.fw);
     }
     fw_keys_free(fwk);
+    rl_free(est_limit);
     tls_ctx_free(mllp_tls);
     tls_ctx_free(https_tls);
     X509_free(device_issuer);

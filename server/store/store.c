@@ -591,6 +591,11 @@ void store_audit(store_t *s, const char *event, const char *actor, const char *d
     ctl_kick(s);
 }
 
+bool store_ctl_crowded(const store_t *s)
+{
+    return s->ctl_n >= STORE_CTL_QUEUE_MAX / 2;
+}
+
 /* ---- timers ------------------------------------------------------------ */
 
 static void expire_lookups(store_t *s, uint64_t now)

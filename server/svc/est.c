@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 #include <openssl/conf.h>
@@ -346,6 +347,64 @@ fail:
     job_free(j);
 }
 
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/*
+ * simpleenroll is the one resource anyone may call that costs the database
+ * work (the token check; an audit row per refusal). Two limits come first:
+ * a token bucket per source address shared by the workers (est_anon_per_min;
+ * 429 + Retry-After), and nothing from anyone while this worker's control
+ * queue is half full (503 + Retry-After), so that a flood from many addresses
+ * cannot crowd out the monitors' device checks, which use the other half.
+ * Neither writes an audit row (a flood must not write to the database): they
+ * log, at most once a minute per address and once a second per worker.
+ */
+static bool admit(https_req *r, svc_state *st)
+{
+    est_state *es = st->est;
+    uint64_t now = now_ms();
+    const char *peer = r->peer_addr ? r->peer_addr : "";
+    rl_verdict v;
+    /* The bucket is the address's, whatever the port: "10.1.2.3:5000", "[::1]:5000". */
+    const char *colon = strrchr(peer, ':');
+    size_t klen = colon ? (size_t)(colon - peer) : strlen(peer);
+    if (st->est_limit && !rl_take(st->est_limit, peer, klen, now, &v)) {
+        unsigned secs = (unsigned)((v.retry_ms + 999) / 1000);
+        char ra[16], detail[128];
+        snprintf(ra, sizeof(ra), "%u", secs ? secs : 1);
+        snprintf(detail, sizeof(detail),
+                 "too many enrollment requests from this address: retry in %s s", ra);
+        if (v.report)
+            log_warn("est_rate_limited", NULL, r->peer_addr,
+                     "simpleenroll: 429 (est_anon_per_min=%u); %llu more refused since the "
+                     "last report",
+                     st->cfg->est_anon_per_min, (unsigned long long)v.suppressed);
+        const http_field retry[] = {{"Retry-After", ra}};
+        svc__reply_error(r, 429, "rate_limited", detail, retry, 1);
+        return false;
+    }
+    if (store_ctl_crowded(st->store)) {
+        es->busy_refused++;
+        if (now - es->busy_logged_ms >= 1000) {
+            log_warn("est_busy", NULL, r->peer_addr,
+                     "simpleenroll: 503 while the registry queue is half full (%llu refused "
+                     "in the last second or more)",
+                     (unsigned long long)es->busy_refused);
+            es->busy_logged_ms = now;
+            es->busy_refused = 0;
+        }
+        static const http_field retry[] = {{"Retry-After", "5"}};
+        svc__reply_error(r, 503, "busy", "the registry is busy: retry later", retry, 1);
+        return false;
+    }
+    return true;
+}
+
 int est_simpleenroll(https_req *r)
 {
     svc_state *st = r->ctx->svc;
@@ -358,6 +417,8 @@ int est_simpleenroll(https_req *r)
         svc__reply_error(r, 503, "est_disabled", "EST is not configured on this server", NULL, 0);
         return CMS_OK;
     }
+    if (!admit(r, st))
+        return CMS_OK;
     if (!(j = calloc(1, sizeof(*j)))) {
         svc__reply_error(r, 500, "internal_error", "out of memory", NULL, 0);
         return CMS_OK;

@@ -24,6 +24,8 @@ typedef struct est_state {
     size_t cacerts_len;
     char *csrattrs;   /* owned: /csrattrs body (base64 DER CsrAttrs), or NULL */
     size_t csrattrs_len;
+    uint64_t busy_logged_ms; /* last est_busy log line (est.c admit) */
+    uint64_t busy_refused;   /* 503s since then */
 } est_state;
 
 /* The CA when EST is on, else NULL. */
