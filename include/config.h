@@ -46,6 +46,8 @@
  *   est_ca_key             [""]    its private key (mode 0600); required when est_ca_cert is set
  *   est_ca_chain           [""]    chain returned by /cacerts (device CA + root), default tls_device_ca
  *   est_cert_days          [365]   validity of device certificates issued by EST
+ *   audit_anchor_interval_s [300]  log the audit chain's head (event audit_anchor) this often
+ *                                  when it moved, for `cmsctl audit verify --anchor`; 0 = off
  *   est_anon_per_min       [60]    simpleenroll requests per source address per minute (a bucket of
  *                                  that many, refilled evenly); beyond: 429. 0 = no limit
  *   enroll_token_ttl_s     [86400] default lifetime of an enrollment token (cmsctl may ask less)
@@ -118,6 +120,7 @@ typedef struct cms_config {
     char est_ca_chain[CONFIG_STR];
     unsigned est_cert_days;
     unsigned est_anon_per_min;
+    unsigned audit_anchor_interval_s;
     unsigned enroll_token_ttl_s;
     unsigned crl_next_update_hours;
     unsigned http_max_header_bytes;

@@ -22,6 +22,7 @@ typedef struct svc_state {
     void *fw;              /* firmware service state (firmware.c), or NULL */
     rl_table *est_limit;   /* borrowed, shared by the workers: simpleenroll requests
                             * per source address; NULL = no limit */
+    long long anchor_id;   /* svc_audit_anchor: the chain head last logged (0 = none) */
 } svc_state;
 
 /*
@@ -30,6 +31,16 @@ typedef struct svc_state {
  */
 void svc_audit(store_t *store, const char *event, const char *actor, const char *device,
                const char *peer, json_t *detail);
+
+/*
+ * Reads the audit chain's head and, when it moved since the last call, logs
+ * it: event=audit_anchor msg="id=N sha256=HEX". The log leaves the database
+ * (journald, syslog, a SIEM): a row whose hash the chain no longer has at that
+ * id shows a rewrite that re-hashed the chain, which the chain alone cannot
+ * (GET /api/v1/audit/verify?anchor=N:HEX, `cmsctl audit verify --anchor`).
+ * Thread: the worker's loop.
+ */
+void svc_audit_anchor(svc_state *st);
 
 /* The route table: every HTTPS resource, its handler, who may call it. */
 extern const https_route svc_routes[];

@@ -47,6 +47,8 @@ typedef struct worker {
     uv_loop_t loop;
     uv_async_t stop_async;
     uv_timer_t ready_timer;
+    uv_timer_t anchor_timer; /* worker 0, audit_anchor_interval_s > 0 */
+    bool anchor_on;
     uint64_t started_at;
     store_t *store;
     net_server *net;
@@ -90,6 +92,10 @@ static void worker_shutdown(worker *w)
 {
     if (uv_is_closing((uv_handle_t *)&w->ready_timer) == 0)
         uv_close((uv_handle_t *)&w->ready_timer, NULL);
+    if (w->anchor_on) {
+        uv_close((uv_handle_t *)&w->anchor_timer, NULL);
+        w->anchor_on = false;
+    }
     w->pending_closes = 1;
     if (w->net) {
         w->pending_closes++;
@@ -175,6 +181,12 @@ static int worker_listen(worker *w)
     return CMS_OK;
 }
 
+static void on_anchor_tick(uv_timer_t *t)
+{
+    worker *w = t->data;
+    svc_audit_anchor(&w->svc);
+}
+
 /* Waits for the database before listening: a monitor must never get a
  * session that cannot store anything. Gives up after db_connect_timeout_s. */
 static void on_ready_check(uv_timer_t *t)
@@ -188,6 +200,15 @@ static void on_ready_check(uv_timer_t *t)
             return;
         }
         worker_set_status(w, W_RUNNING);
+        /* One worker logs the audit chain's head: soon after the start, then
+         * every audit_anchor_interval_s while it moves. */
+        if (w->id == 0 && w->cfg->audit_anchor_interval_s &&
+            uv_timer_init(&w->loop, &w->anchor_timer) == 0) {
+            w->anchor_on = true;
+            w->anchor_timer.data = w;
+            uint64_t every = (uint64_t)w->cfg->audit_anchor_interval_s * 1000;
+            uv_timer_start(&w->anchor_timer, on_anchor_tick, every < 5000 ? every : 5000, every);
+        }
         return;
     }
     if (uv_now(&w->loop) - w->started_at >= (uint64_t)w->cfg->db_connect_timeout_s * 1000) {

@@ -66,6 +66,7 @@ static const struct opt opts[] = {
     S(est_ca_chain),
     U(est_cert_days, 1, 3650),
     U(est_anon_per_min, 0, 1000000),
+    U(audit_anchor_interval_s, 0, 86400),
     U(enroll_token_ttl_s, 60, 30 * 86400),
     U(crl_next_update_hours, 1, 24 * 30),
     U(http_max_header_bytes, 1024, 1u << 20),
@@ -113,6 +114,7 @@ void config_defaults(cms_config *c)
     c->device_cache_ttl_s = 60;
     c->est_cert_days = 365;
     c->est_anon_per_min = 60;
+    c->audit_anchor_interval_s = 300;
     c->enroll_token_ttl_s = 86400;
     c->crl_next_update_hours = 24;
     c->http_max_header_bytes = 16384;

@@ -113,6 +113,10 @@ typedef struct verify_run {
     const char *reason;  /* static text, NULL while intact */
     long long last_id;
     char last_hash[65];
+    /* ?anchor=ID:SHA256 (an audit_anchor log line): that row must still have that hash */
+    long long anchor_id; /* 0 = no anchor given */
+    char anchor_hash[65];
+    int anchor; /* 0 not checked yet, 1 matches, -1 differs, -2 no such row */
 } verify_run;
 
 /* clang-format off */
@@ -171,6 +175,23 @@ static void verify_reply(https_req *r, verify_run *v)
     json_object_set_new(o, "bad_rows", json_integer(v->bad));
     json_object_set_new(o, "last_id", v->last_id ? json_integer(v->last_id) : json_null());
     json_object_set_new(o, "last_hash", v->last_hash[0] ? json_string(v->last_hash) : json_null());
+    if (v->anchor_id) {
+        json_object_set_new(o, "anchor",
+                            json_pack("{s:I, s:s, s:b}", "id", (json_int_t)v->anchor_id, "sha256",
+                                      v->anchor_hash, "matches", v->anchor == 1));
+        if (v->anchor != 1 && (!v->first_bad || v->first_bad > v->anchor_id)) {
+            /* The chain links, but not to what was logged: rewritten and re-hashed. */
+            v->first_bad = v->anchor_id;
+            v->bad++;
+            v->reason = v->anchor == -2 ? "the anchored row is not in the log any more"
+                                        : "the anchored row's hash differs from the anchor: the "
+                                          "chain was rewritten at or before it and re-hashed";
+            json_object_set_new(o, "intact", json_false());
+            json_object_set_new(o, "first_bad_id", json_integer(v->first_bad));
+            json_object_set_new(o, "reason", json_string(v->reason));
+            json_object_set_new(o, "bad_rows", json_integer(v->bad));
+        }
+    }
     if (v->first_bad)
         log_warn("audit_chain_broken", NULL, r->peer_addr,
                  "first bad row %lld: %s (%lld rows checked, %lld bad)", v->first_bad, v->reason,
@@ -248,16 +269,75 @@ static int verify_next(https_req *r)
     return rc;
 }
 
+static void on_anchor_row(void *ctx, int status, const PGresult *res)
+{
+    https_req *r = ctx;
+    verify_run *v = r->user;
+    if (status != CMS_OK) {
+        free(v);
+        r->user = NULL;
+        admin__reply_db_error(r, status, res);
+        return;
+    }
+    if (PQntuples(res) != 1)
+        v->anchor = -2;
+    else
+        v->anchor = strcmp(PQgetvalue(res, 0, 0), v->anchor_hash) == 0 ? 1 : -1;
+    verify_next(r); /* answers itself when it cannot queue */
+}
+
+/* "ID:SHA256" (64 hex digits, either case) into v; false if malformed. */
+static bool parse_anchor(const char *s, verify_run *v)
+{
+    char *end;
+    long long id = strtoll(s, &end, 10);
+    if (id < 1 || *end != ':' || strlen(end + 1) != 64)
+        return false;
+    for (int i = 0; i < 64; i++) {
+        char c = end[1 + i];
+        if (c >= 'A' && c <= 'F')
+            c = (char)(c - 'A' + 'a');
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+        v->anchor_hash[i] = c;
+    }
+    v->anchor_hash[64] = 0;
+    v->anchor_id = id;
+    return true;
+}
+
 int admin_audit_verify(https_req *r)
 {
-    static const char *const allowed[] = {NULL};
-    if (!admin__query_ok(r, allowed))
+    static const char *const allowed[] = {"anchor", NULL};
+    char anchor[96];
+    int has_anchor;
+    if (!admin__query_ok(r, allowed) ||
+        (has_anchor = admin__query_param(r, "anchor", anchor, sizeof(anchor))) < 0)
         return CMS_OK;
     verify_run *v = calloc(1, sizeof(*v));
     if (!v) {
         https_reply_error(r, 500, "internal_error", "out of memory");
         return CMS_OK;
     }
+    if (has_anchor && !parse_anchor(anchor, v)) {
+        free(v);
+        https_reply_error(r, 400, "bad_request",
+                          "anchor must be ID:SHA256 (an audit_anchor log line's id and sha256)");
+        return CMS_OK;
+    }
     r->user = v;
-    return verify_next(r);
+    if (!v->anchor_id)
+        return verify_next(r);
+    char id[24];
+    snprintf(id, sizeof(id), "%lld", v->anchor_id);
+    const char *p[1] = {id};
+    int rc = admin__submit(r,
+                           "SELECT encode(row_hash, 'hex') FROM cms.audit_events "
+                           "WHERE id = $1::bigint",
+                           1, p, on_anchor_row);
+    if (rc != CMS_EAGAIN) {
+        free(v);
+        r->user = NULL;
+    }
+    return rc;
 }

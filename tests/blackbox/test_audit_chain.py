@@ -10,6 +10,7 @@ database's chain stays intact for the other tests."""
 
 import contextlib
 import json
+import re
 
 import psycopg2
 import psycopg2.errors
@@ -68,6 +69,7 @@ def tamper_env(pg, pki):
     h.device_add(tdb, "MON-0002", status="active", model="Example Monitor")
     cfg = a.api_config(pki, tdb)
     cfg["db_conninfo"] = tdb.cmsd_dsn + " application_name=cmsd-audit-tamper"
+    cfg["audit_anchor_interval_s"] = 1
     c = h.Cmsd("cmsd-audit-tamper", cfg)
     c.start()
     yield c, tdb
@@ -144,6 +146,86 @@ def test_rehashed_row_breaks_the_next_link(tamper_env, pki):
             cur.execute("UPDATE cms.audit_events SET actor = %s, row_hash = %s WHERE id = %s",
                         (orig[0], orig[1], victim))
     assert verify(c, pki)["intact"] is True
+
+
+ANCHOR_RX = re.compile(r'event=audit_anchor msg="id=(\d+) sha256=([0-9a-f]{64})"')
+
+# Alters row %(v)d and re-hashes it and every row after it, and the chain head:
+# what someone with the superuser password and the hash recipe (001) can do.
+REHASH_FROM = """
+DO $$
+DECLARE r record; prev bytea;
+BEGIN
+    SELECT coalesce((SELECT row_hash FROM cms.audit_events WHERE id < %(v)d
+                     ORDER BY id DESC LIMIT 1), decode(repeat('00', 32), 'hex')) INTO prev;
+    FOR r IN SELECT * FROM cms.audit_events WHERE id >= %(v)d ORDER BY id LOOP
+        IF r.id = %(v)d THEN r.actor := 'operator:nobody'; END IF;
+        UPDATE cms.audit_events SET actor = r.actor, prev_hash = prev,
+            row_hash = cms.audit_row_hash(prev, r.id, r.at, r.event, r.actor, r.device,
+                                          r.peer, r.detail)
+        WHERE id = r.id RETURNING row_hash INTO prev;
+    END LOOP;
+    UPDATE cms.audit_chain_head SET last_hash = prev WHERE singleton;
+END $$
+"""
+
+
+def test_rehashed_chain_is_caught_by_a_logged_anchor(tamper_env, pki):
+    """Altering a row and re-hashing everything after it (and the head) leaves
+    a chain that links: the walk alone says intact. cmsd logs the chain head
+    (event=audit_anchor, audit_anchor_interval_s) to a log the database's
+    superuser does not hold: checked against that line, the rewrite is named."""
+    c, tdb = tamper_env
+    since = c.log_size()
+    make_activity(c, pki, 3)
+    head = tdb.scalar("SELECT last_id FROM cms.audit_chain_head")
+
+    def anchored():
+        found = [m for m in map(ANCHOR_RX.search, c.log_lines(since)) if m]
+        return found[-1] if found and int(found[-1].group(1)) >= head else None
+    h.wait_until(lambda: anchored() is not None, 20, what="an audit_anchor line for the head")
+    m = anchored()
+    aid, ahash = int(m.group(1)), m.group(2)
+    assert tdb.scalar("SELECT encode(row_hash, 'hex') FROM cms.audit_events WHERE id = %s",
+                      (aid,)) == ahash
+    anchor = "%d:%s" % (aid, ahash)
+    path = "/api/v1/audit/verify?anchor=" + anchor
+
+    st, body, raw = a.curl(c, pki, "GET", path, cert="viewer1")
+    assert st == 200 and body["intact"] is True, raw
+    assert body["anchor"] == {"id": aid, "sha256": ahash, "matches": True}, body
+    p = a.cmsctl(c, pki, "audit", "verify", "--anchor", anchor.upper(), op="viewer1")
+    assert p.returncode == 0 and "anchor: row %d" % aid in p.stdout, (p.stdout, p.stderr)
+
+    victim = tdb.scalar("SELECT id FROM cms.audit_events WHERE id <= %s ORDER BY id DESC "
+                        "OFFSET 2 LIMIT 1", (aid,))
+    saved = tdb.query("SELECT id, actor, prev_hash, row_hash FROM cms.audit_events "
+                      "WHERE id >= %s", (victim,))
+    saved_head = tdb.query("SELECT last_hash FROM cms.audit_chain_head")[0][0]
+    try:
+        with superuser(tdb) as cur:
+            cur.execute(REHASH_FROM % {"v": victim})
+        assert verify(c, pki)["intact"] is True, "the walk alone cannot see a re-hashed chain"
+        st, body, raw = a.curl(c, pki, "GET", path, cert="viewer1")
+        assert st == 200 and body["intact"] is False, raw
+        assert body["first_bad_id"] == aid and "anchor" in body["reason"], body
+        assert body["anchor"]["matches"] is False, body
+        p = a.cmsctl(c, pki, "audit", "verify", "--anchor", anchor, op="viewer1")
+        assert p.returncode == 1 and "row %d" % aid in p.stdout + p.stderr, (p.stdout, p.stderr)
+    finally:
+        with superuser(tdb) as cur:
+            for rid, actor, prev, rh in saved:
+                cur.execute("UPDATE cms.audit_events SET actor = %s, prev_hash = %s, "
+                            "row_hash = %s WHERE id = %s", (actor, prev, rh, rid))
+            cur.execute("UPDATE cms.audit_chain_head SET last_hash = %s WHERE singleton",
+                        (saved_head,))
+    assert verify(c, pki)["intact"] is True
+    # An anchor naming a row that is not there, and a malformed one.
+    st, body, raw = a.curl(c, pki, "GET", "/api/v1/audit/verify?anchor=%d:%s"
+                           % (10 ** 12, ahash), cert="viewer1")
+    assert st == 200 and body["intact"] is False and "not in the log" in body["reason"], raw
+    st, body, raw = a.curl(c, pki, "GET", "/api/v1/audit/verify?anchor=12:xyz", cert="viewer1")
+    assert st == 400 and body["error"] == "bad_request", raw
 
 
 def test_deleted_rows_are_noticed(tamper_env, pki):

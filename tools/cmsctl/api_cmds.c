@@ -8,7 +8,7 @@
  *   cmsctl device revoke SERIAL [--reason R] | decommission SERIAL
  *   cmsctl device cert-revoke SHA256 [--reason R]
  *   cmsctl group list | add NAME SERIAL... | remove NAME SERIAL...
- *   cmsctl audit list [--since T] [--device S] [--event E] [--limit N] | verify
+ *   cmsctl audit list [--since T] [--device S] [--event E] [--limit N] | verify [--anchor ID:SHA256]
  *
  * Each command is one request (lists follow the API's pages), a table or
  * the raw JSON (--json), and an exit code (see api.h).
@@ -690,20 +690,27 @@ static int audit_list(int argc, char **argv)
 
 static void audit_verify_usage(FILE *f)
 {
-    fprintf(f, "usage: cmsctl audit verify [options]\n\n"
+    fprintf(f, "usage: cmsctl audit verify [--anchor ID:SHA256] [options]\n\n"
                "Has the server recompute the audit log's hash chain. Exit status 0 when\n"
-               "intact, 1 when broken (the first broken row is named).\n");
+               "intact, 1 when broken (the first broken row is named).\n\n"
+               "  --anchor ID:SHA256  also check that row ID still has this hash, as cmsd\n"
+               "                      logged it (event=audit_anchor msg=\"id=ID sha256=...\"):\n"
+               "                      a chain rewritten and re-hashed by someone with database\n"
+               "                      superuser rights still links, but not to the anchor\n");
     api_common_usage(f);
 }
 
 static int audit_verify(int argc, char **argv)
 {
+    const char *anchor = NULL;
+    const api_opt opts[] = {{"anchor", &anchor, NULL}, {NULL, NULL, NULL}};
     api_args a;
-    int rc = api_args_parse(argc, argv, NULL, 0, 0, audit_verify_usage, &a);
+    int rc = api_args_parse(argc, argv, opts, 0, 0, audit_verify_usage, &a);
     if (rc)
         return rc > 0 ? CMSCTL_OK : CMSCTL_EUSAGE;
     api_path p;
     api_path_init(&p, "/api/v1/audit/verify");
+    api_path_query(&p, "anchor", anchor);
     api_resp r;
     rc = api_call("GET", &p, NULL, &r);
     if (rc != CMSCTL_OK)
@@ -726,6 +733,8 @@ static int audit_verify(int argc, char **argv)
     if (json_is_true(intact)) {
         if (!api_json_output())
             printf("audit chain intact: %s rows checked, last row %s, sha256 %s\n", n, last, hash);
+        if (!api_json_output() && anchor)
+            printf("anchor: row %.*s has the logged sha256\n", (int)strcspn(anchor, ":"), anchor);
         rc = CMSCTL_OK;
     } else {
         if (!api_json_output())
