@@ -82,9 +82,10 @@ def hsbench(cmsd, pki, mode, devices=4, procs=2):
                      "--probe", "mllp", "--ticket-wait", 20])
 
 
-def device_connected_lines(cmsd, since):
-    return sum(1 for line in cmsd.log_lines(since)
-               if "device_connected" in line and any(d in line for d in DEVICES))
+def device_connected(cmsd, since):
+    """Serials of the device_connected lines since, one per session."""
+    return [d for line in cmsd.log_lines(since) if "device_connected" in line
+            for d in DEVICES if "device=%s " % d in line]
 
 
 @pytest.mark.parametrize("mode", ["full", "resume"])
@@ -100,9 +101,12 @@ def test_hsbench_counts_handshakes_that_reached_the_device_check(cmsd, pki, benc
         assert r["full"] == 4 and r["resumed"] > 0, r
     # Each counted handshake was answered after cmsd checked the device's status:
     # resumed sessions are checked too (one device_connected line per session).
-    h.wait_until(lambda: device_connected_lines(cmsd, since) >= r["handshakes"], 10,
+    h.wait_until(lambda: len(device_connected(cmsd, since)) >= r["handshakes"], 10,
                  what="cmsd's device_connected lines")
-    assert device_connected_lines(cmsd, since) == r["handshakes"], r
+    seen = device_connected(cmsd, since)
+    assert len(seen) == r["handshakes"], r
+    # Each handshake used its slot's own device certificate: all four rotate.
+    assert set(seen) == set(DEVICES[:4]), sorted(set(seen))
 
 
 def test_holder_sessions_are_stored_and_held(cmsd, pki, db, bench_devices):

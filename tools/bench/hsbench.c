@@ -227,6 +227,9 @@ static void child(int idx, struct counters *c, const struct sockaddr_in *sa, X50
         }
         if (!ssl)
             ssl = SSL_new(ctx);
+        /* SSL_clear keeps the certificate the last full handshake installed, and
+         * OpenSSL asks on_cert_request only when none is set: this slot's device. */
+        SSL_certs_clear(ssl);
         cur_cert = certs[d];
         cur_key = keys[d];
         SSL_set_fd(ssl, fd);
