@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -376,19 +377,15 @@ static void read_block_work(uv_work_t *wk)
     d->verify_ok = fstat(d->fd, &st) == 0 && same_file(d, &st);
 }
 
-static void on_block_read(uv_work_t *wk, int status)
+/* The block read into sbuf[d->rd] becomes the ready one; false (download
+ * ended) when it could not be read or the file is not the verified one. */
+static bool block_read_done(fw_dl *d, bool ok)
 {
-    fw_dl *d = wk->data;
-    d->fs_busy = false;
-    if (d->ended) {
-        dl_release(d);
-        return;
-    }
-    if (status != 0 || !d->verify_ok) {
+    if (!ok) {
         tampered(d, "fw_cache_tampered", "the cache file, changed while serving");
         unlink(d->path);
         dl_end(d, false, "the cache file changed while serving");
-        return;
+        return false;
     }
     uint64_t off = d->rpos / FW_BLOCK_BYTES * FW_BLOCK_BYTES;
     uint64_t stop = d->end < off + FW_BLOCK_BYTES ? d->end : off + FW_BLOCK_BYTES;
@@ -397,22 +394,63 @@ static void on_block_read(uv_work_t *wk, int status)
     d->ready_at = (size_t)(d->rpos - off);
     d->ready_len = (size_t)(stop - d->rpos);
     d->rpos = stop;
-    dl_serve_next(d);
+    return true;
 }
 
-/* Starts reading (and hashing) the next block into sbuf[idx]. False when
- * that failed: the download was ended. */
-static bool start_read(fw_dl *d, unsigned idx)
+static void on_block_read(uv_work_t *wk, int status)
 {
+    fw_dl *d = wk->data;
+    d->fs_busy = false;
+    if (d->ended) {
+        dl_release(d);
+        return;
+    }
+    if (block_read_done(d, status == 0 && d->verify_ok))
+        dl_serve_next(d);
+}
+
+/*
+ * The block at d->rpos into sbuf[d->rd], on the loop, if the page cache holds
+ * all of it: preadv2 with RWF_NOWAIT never waits for the disk (EAGAIN, or a
+ * short read, instead). A served image is nearly always cached (it was just
+ * verified or served), and a thread-pool round trip per block (two wake-ups,
+ * the block crossing CPUs) cost more than the copy itself (docs/benchmarks.md,
+ * P5). True when the whole block was read and the file is still the verified
+ * one (checked exactly as read_block_work does).
+ */
+static bool read_block_cached(fw_dl *d, bool *same)
+{
+    uint64_t off = d->rpos / FW_BLOCK_BYTES * FW_BLOCK_BYTES;
+    size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
+    size_t got = 0;
+    struct stat st;
+    while (got < want) {
+        struct iovec iov = {d->sbuf[d->rd] + got, want - got};
+        ssize_t n = preadv2(d->fd, &iov, 1, (off_t)(off + got), RWF_NOWAIT);
+        if (n <= 0)
+            return false; /* not (all) cached, or not supported here: the thread pool */
+        got += (size_t)n;
+    }
+    *same = fstat(d->fd, &st) == 0 && same_file(d, &st);
+    return true;
+}
+
+/* Reads the next block into sbuf[idx]: 1 read at once (cached, d->ready set),
+ * 0 queued on the thread pool (on_block_read goes on), -1 the download ended. */
+static int start_read(fw_dl *d, unsigned idx)
+{
+    bool same;
     d->rd = idx;
+    if (read_block_cached(d, &same))
+        return block_read_done(d, same) ? 1 : -1;
     d->work.data = d;
     d->fs_busy = true;
     if (uv_queue_work(d->w->loop, &d->work, read_block_work, on_block_read) != 0) {
         d->fs_busy = false;
         dl_end(d, false, "cannot read the cache file");
-        return false;
+        return -1;
     }
-    return true;
+    return 0;
 }
 
 /*
@@ -424,34 +462,47 @@ static bool start_read(fw_dl *d, unsigned idx)
  */
 static void dl_serve_next(fw_dl *d)
 {
-    if (d->ended)
-        return;
-    if (net_conn_state(d->r->conn) != NET_ACTIVE) { /* a read in flight: dl_release waits */
-        dl_end(d, false, "connection closed (peer gone, or write_timeout_ms)");
-        return;
-    }
-    if (d->ready && https_stream_pending(d->r) <= HTTPS_STREAM_LOW_WATER) {
-        unsigned idx = d->ready_idx;
-        d->ready = false;
-        if (!d->fs_busy && d->rpos < d->end && !start_read(d, idx ^ 1u))
+    for (;;) {
+        if (d->ended)
             return;
-        for (size_t o = 0; o < d->ready_len; o += FW_SEND_SLICE) {
-            size_t n = d->ready_len - o < FW_SEND_SLICE ? d->ready_len - o : FW_SEND_SLICE;
-            if (https_stream_write(d->r, d->sbuf[idx] + d->ready_at + o, n) != CMS_OK) {
-                dl_end(d, false, "connection closed");
-                return;
-            }
+        if (net_conn_state(d->r->conn) != NET_ACTIVE) { /* a read in flight: dl_release waits */
+            dl_end(d, false, "connection closed (peer gone, or write_timeout_ms)");
+            return;
         }
-        d->pos += d->ready_len;
-        d->sent += d->ready_len;
-        d->last_progress = uv_now(d->w->loop);
+        bool sent = false;
+        if (d->ready && https_stream_pending(d->r) <= HTTPS_STREAM_LOW_WATER) {
+            unsigned idx = d->ready_idx;
+            size_t at = d->ready_at, len = d->ready_len;
+            d->ready = false;
+            if (!d->fs_busy && d->rpos < d->end && start_read(d, idx ^ 1u) < 0)
+                return;
+            for (size_t o = 0; o < len; o += FW_SEND_SLICE) {
+                size_t n = len - o < FW_SEND_SLICE ? len - o : FW_SEND_SLICE;
+                if (https_stream_write(d->r, d->sbuf[idx] + at + o, n) != CMS_OK) {
+                    dl_end(d, false, "connection closed");
+                    return;
+                }
+            }
+            d->pos += len;
+            d->sent += len;
+            d->last_progress = uv_now(d->w->loop);
+            sent = true;
+        }
+        if (d->pos >= d->end) {
+            dl_end(d, true, NULL);
+            return;
+        }
+        if (!d->ready && !d->fs_busy && d->rpos < d->end) {
+            int rc = start_read(d, 0); /* queued: on_block_read calls again */
+            if (rc != 1)
+                return;
+            continue; /* read at once: send it if the output has room */
+        }
+        /* A block read at once while this one went out: send it too if the
+         * output drained meanwhile; otherwise on_writable comes back. */
+        if (!(sent && d->ready && https_stream_pending(d->r) <= HTTPS_STREAM_LOW_WATER))
+            return;
     }
-    if (d->pos >= d->end) {
-        dl_end(d, true, NULL);
-        return;
-    }
-    if (!d->ready && !d->fs_busy && d->rpos < d->end)
-        (void)start_read(d, 0); /* on_block_read calls again */
 }
 
 static void dl_serve(fw_dl *d)

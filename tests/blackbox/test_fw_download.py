@@ -194,3 +194,29 @@ def test_two_instances_serve_the_same_bytes(fw_cmsd, pki, db):
         assert manifest_parts(doc)[2]["manifest_counter"] == o.body["manifest_counter"] + 2
     finally:
         stop_checked(c2)
+
+
+def test_download_of_a_cache_file_not_in_memory(fw_cmsd, pki, db):
+    """cmsd reads a cached image on its loop only while the page cache holds the
+    block (preadv2 RWF_NOWAIT), else on the thread pool: evicted from memory,
+    the file is served the same, whole and in ranges."""
+    o = offer(fw_cmsd, pki, db, size=3 * 262144 + 12345)
+    path, data = o.body["target"]["download"], o.rel.data
+    st, _, body = device_request(fw_cmsd, pki, o.serial, "GET", path)  # makes the cache file
+    assert st == 200 and body == data
+    cache = fw_dir() / ("cache-" + fw_cmsd.name) / o.rel.sha256
+    with open(cache, "rb") as f:
+        os.fsync(f.fileno())  # dirty pages stay in memory
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(f.fileno(), [bytearray(4096)], 262144, os.RWF_NOWAIT)
+            pytest.skip("this file system keeps the file in memory (tmpfs?)")
+        except BlockingIOError:
+            pass  # evicted: cmsd must take the thread pool
+    st, _, body = device_request(fw_cmsd, pki, o.serial, "GET", path)
+    assert st == 200 and body == data
+    with open(cache, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    st, hd, body = device_request(fw_cmsd, pki, o.serial, "GET", path,
+                                  headers={"Range": "bytes=262000-600000"})
+    assert st == 206 and body == data[262000:600001]

@@ -628,11 +628,13 @@ def cmsctl_op(port, operator, *args):
     return json.loads(p.stdout)
 
 
-def p5_cmsd(pg, img, runs):
+def p5_cmsd(pg, img, pairs, peer=None):
     """cmsd serving img as GET /fw/v1/images/<sha256> to MON-0001: a release signed with the
     dev publisher key (tools/fw-sign-dev.sh), imported by operator1, approved for MON-0001 by
-    operator2 (two-person rule), as docs/firmware.md describes. Returns (downloads, RSS
-    before the first download, peak RSS) or raises."""
+    operator2 (two-person rule), as docs/firmware.md describes. peer(): one download from the
+    other server, run before each of cmsd's cached downloads, so that the two alternate and
+    share the host's moments. Returns (cmsd downloads, RSS before the first download, peak
+    RSS, RSS after, peer downloads) or raises."""
     key = RUN / "fw-dist.key"
     if not key.exists():
         old = os.umask(0o077)
@@ -672,8 +674,10 @@ def p5_cmsd(pg, img, runs):
         with open("/proc/%d/clear_refs" % c.proc.pid, "w") as f:
             f.write("5")
         rss0 = c.rss()
-        dl = []
-        for i in range(1 + max(runs, 3)):  # the first one is cold (image not in the cache yet)
+        dl, other = [], []
+        for i in range(1 + pairs):  # the first one is cold (the image is not cached yet)
+            if i and peer:
+                other.append(peer())
             d, err = download(c.https_port, "/fw/v1/images/%s" % img.name)
             if not d:
                 raise RuntimeError("download: %s" % err)
@@ -682,7 +686,7 @@ def p5_cmsd(pg, img, runs):
         after = c.rss()
     finally:
         c.stop()
-    return dl, rss0, hwm, after
+    return dl, rss0, hwm, after, other
 
 
 def fw_endpoint_exists():
@@ -737,7 +741,7 @@ def fmt(s, unit="", scale=1.0, nd=0):
 
 def main():
     global P1_DEVICES, P1_WINDOW, P1_SECONDS, P2_SECONDS, P2_CONNECT_RATE, P3_SESSIONS
-    global P4_SECONDS, P4_PROCS, HOLDER_PROCS, NOFILE, BENCH_CMSD, PROFILE
+    global P4_SECONDS, P4_PROCS, P5_PAIRS, HOLDER_PROCS, NOFILE, BENCH_CMSD, PROFILE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "0")))
@@ -761,6 +765,7 @@ def main():
     P3_SESSIONS = 10000 if not quick else 2000
     P4_SECONDS = 4 if quick else 8
     P4_PROCS = int(os.environ.get("BENCH_P4_PROCS", "16"))
+    P5_PAIRS = 3 if quick else 7  # alternating downloads (nginx, cmsd) per 3 runs
     HOLDER_PROCS = 2
     NOFILE = int(os.environ.get("BENCH_NOFILE", "20000"))
     BENCH_CMSD = {"workers": str(os.cpu_count() or 1)}
@@ -903,46 +908,54 @@ def main():
                    "raw": {"cmsd": rc, "nginx": rn}}
     if "P5" in only:
         img = make_fw_image(64 << 20)
+        pairs = P5_PAIRS * max(1, runs // 3)
+        # nginx and cmsd run side by side and their downloads alternate (nginx, cmsd, nginx,
+        # ...): a noisy moment of the shared host falls on both, not on one of them.
         n = Nginx(int(BENCH_CMSD.get("workers", 1)))
         n.start()
-        dl = []
+
+        def nginx_download():
+            d, err = download(n.port, "/fw/v1/images/%s" % img.name)
+            if not d:
+                raise RuntimeError("nginx download: %s" % err)
+            return d
+        S["P5"] = {"params": {"image_bytes": 64 << 20, "pairs": pairs}}
+        cdl = None
         try:
             rss0 = n.rss()
-            for i in range(max(runs, 3)):
-                d, err = download(n.port, "/fw/v1/images/%s" % img.name)
-                if d:
-                    dl.append(d)
-                else:
-                    log("P5 nginx download failed: %s" % err)
+            if not fw_endpoint_exists():
+                S["P5"]["cmsd"] = "pending: GET /fw/v1/images/<sha256> is not in the server yet"
+            else:
+                try:
+                    cdl, c0, chwm, cafter, dl = p5_cmsd(pg, img, pairs, nginx_download)
+                except (RuntimeError, OSError, ValueError, KeyError) as e:
+                    S["P5"]["cmsd"] = "failed: %s" % str(e)[:300]
+                    log("P5 cmsd: %s" % S["P5"]["cmsd"])
+                    cdl = None
+            if not cdl:
+                dl = [nginx_download() for _ in range(pairs)]
             hwm = sum(rss_kib(p, "VmHWM") for p in n.pids())
         finally:
             n.stop()
-        S["P5"] = {"params": {"image_bytes": 64 << 20},
-                   "nginx_MiB_per_s": stats([d["MiB_per_s"] for d in dl]),
-                   "nginx_first_byte_ms": stats([1000 * d["first_byte_s"] for d in dl]),
-                   "nginx_rss_before_kib": rss0, "nginx_peak_rss_kib": hwm}
+        S["P5"].update({"nginx_MiB_per_s": stats([d["MiB_per_s"] for d in dl]),
+                        "nginx_first_byte_ms": stats([1000 * d["first_byte_s"] for d in dl]),
+                        "nginx_rss_before_kib": rss0, "nginx_peak_rss_kib": hwm})
         log("P5 nginx: %s MiB/s, peak RSS %d KiB" % (fmt(S["P5"]["nginx_MiB_per_s"], nd=0), hwm))
-        if not fw_endpoint_exists():
-            S["P5"]["cmsd"] = "pending: GET /fw/v1/images/<sha256> is not in the server yet"
-        else:
-            try:
-                cdl, c0, chwm, cafter = p5_cmsd(pg, img, runs)
-                S["P5"].update({
-                    "cmsd_cold_MiB_per_s": cdl[0]["MiB_per_s"],
-                    "cmsd_MiB_per_s": stats([d["MiB_per_s"] for d in cdl[1:]]),
-                    "cmsd_first_byte_ms": stats([1000 * d["first_byte_s"] for d in cdl[1:]]),
-                    "cmsd_rss_before_kib": c0, "cmsd_peak_rss_kib": chwm,
-                    "cmsd_rss_after_kib": cafter,
-                    "ratio_vs_nginx": stats([a["MiB_per_s"] / b["MiB_per_s"]
-                                             for a, b in zip(cdl[1:], dl)])})
-                log("P5 cmsd: %s MiB/s, RSS before %d KiB, peak %d KiB (+%d KiB for a %d MiB image);"
-                    " first byte after %s ms (nginx %s ms)"
-                    % (fmt(S["P5"]["cmsd_MiB_per_s"], nd=0), c0, chwm, chwm - c0, 64,
-                       fmt(S["P5"]["cmsd_first_byte_ms"], nd=1),
-                       fmt(S["P5"]["nginx_first_byte_ms"], nd=1)))
-            except (RuntimeError, OSError, ValueError, KeyError) as e:
-                S["P5"]["cmsd"] = "failed: %s" % str(e)[:300]
-                log("P5 cmsd: %s" % S["P5"]["cmsd"])
+        if cdl:
+            S["P5"].update({
+                "cmsd_cold_MiB_per_s": cdl[0]["MiB_per_s"],
+                "cmsd_MiB_per_s": stats([d["MiB_per_s"] for d in cdl[1:]]),
+                "cmsd_first_byte_ms": stats([1000 * d["first_byte_s"] for d in cdl[1:]]),
+                "cmsd_rss_before_kib": c0, "cmsd_peak_rss_kib": chwm,
+                "cmsd_rss_after_kib": cafter,
+                # each cmsd download over the nginx download just before it
+                "ratio_vs_nginx": stats([a["MiB_per_s"] / b["MiB_per_s"]
+                                         for a, b in zip(cdl[1:], dl)])})
+            log("P5 cmsd: %s MiB/s, RSS before %d KiB, peak %d KiB (+%d KiB for a %d MiB image);"
+                " first byte after %s ms (nginx %s ms)"
+                % (fmt(S["P5"]["cmsd_MiB_per_s"], nd=0), c0, chwm, chwm - c0, 64,
+                   fmt(S["P5"]["cmsd_first_byte_ms"], nd=1),
+                   fmt(S["P5"]["nginx_first_byte_ms"], nd=1)))
 
     res["elapsed_s"] = round(time.monotonic() - t_start, 1)
     res["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
