@@ -266,6 +266,17 @@ static void dl_release(fw_dl *d)
     dl_free(d);
 }
 
+/* A thread-pool or file-system job of d came back: false when the download
+ * ended meanwhile (d is then released and must not be touched). */
+static bool dl_fs_back(fw_dl *d)
+{
+    d->fs_busy = false;
+    if (!d->ended)
+        return true;
+    dl_release(d);
+    return false;
+}
+
 /* Answers with an error (before streaming began) and releases d. */
 static void dl_fail(fw_dl *d, int status, const char *error, const char *detail)
 {
@@ -400,11 +411,8 @@ static bool block_read_done(fw_dl *d, bool ok)
 static void on_block_read(uv_work_t *wk, int status)
 {
     fw_dl *d = wk->data;
-    d->fs_busy = false;
-    if (d->ended) {
-        dl_release(d);
+    if (!dl_fs_back(d))
         return;
-    }
     if (block_read_done(d, status == 0 && d->verify_ok))
         dl_serve_next(d);
 }
@@ -590,11 +598,8 @@ out:
 static void verify_done(uv_work_t *wk, int status)
 {
     fw_dl *d = wk->data;
-    d->fs_busy = false;
-    if (d->ended) {
-        dl_release(d);
+    if (!dl_fs_back(d))
         return;
-    }
     if (status == 0 && d->verify_ok) {
         cache_remember(d);
         dl_serve(d);
@@ -629,11 +634,8 @@ static void on_renamed(uv_fs_t *req)
     fw_dl *d = req->data;
     int rc = (int)req->result;
     uv_fs_req_cleanup(req);
-    d->fs_busy = false;
-    if (d->ended) {
-        dl_release(d);
+    if (!dl_fs_back(d))
         return;
-    }
     if (rc < 0) {
         log_error("fw_cache", NULL, NULL, "rename %s: %s", d->tmp_path, uv_strerror(rc));
         build_fail(d, 500, "internal_error", "cannot store the cache file");
@@ -677,11 +679,8 @@ static void on_chunk_written(uv_fs_t *req)
     fw_dl *d = req->data;
     ssize_t n = req->result;
     uv_fs_req_cleanup(req);
-    d->fs_busy = false;
-    if (d->ended) {
-        dl_release(d);
+    if (!dl_fs_back(d))
         return;
-    }
     if (n != (ssize_t)d->buf_len) {
         log_error("fw_cache", NULL, NULL, "write %s: %s", d->tmp_path,
                   n < 0 ? uv_strerror((int)n) : "short write");
@@ -698,11 +697,8 @@ static void on_chunk_written(uv_fs_t *req)
 static void on_chunk(void *ctx, int status, const PGresult *res)
 {
     fw_dl *d = ctx;
-    d->fs_busy = false;
-    if (d->ended) {
-        dl_release(d);
+    if (!dl_fs_back(d))
         return;
-    }
     if (status != CMS_OK) {
         build_fail(d, 503, "database_unavailable", "cannot read the image from the database");
         return;
@@ -805,11 +801,8 @@ static void on_fstat(uv_fs_t *req)
     int rc = (int)req->result;
     uv_stat_t st = req->statbuf;
     uv_fs_req_cleanup(req);
-    d->fs_busy = false;
-    if (d->ended) {
-        dl_release(d);
+    if (!dl_fs_back(d))
         return;
-    }
     if (rc == 0 && cache_match(d, &st)) { /* unchanged since verified */
         dl_serve(d);
         return;
