@@ -436,10 +436,12 @@ int main(int argc, char **argv)
     }
     /* One table for all workers: a peer's connections land on any of them. A
      * bucket holds a minute's worth, so a ward enrolling its monitors at once
-     * is not refused; refusals are logged at most once a minute per address. */
+     * is not refused; refusals are logged at most once a minute per address.
+     * 1 024 addresses (96 KiB): beyond, the least recently seen are forgotten,
+     * and the registry-queue limit (est.c) still holds a flood from many. */
     rl_table *est_limit = NULL;
     if (cfg.est_anon_per_min &&
-        !(est_limit = rl_new(4096, cfg.est_anon_per_min, cfg.est_anon_per_min, 60000))) {
+        !(est_limit = rl_new(1024, cfg.est_anon_per_min, cfg.est_anon_per_min, 60000))) {
         fprintf(stderr, "cmsd: out of memory\n");
         X509_free(device_issuer);
         fw_keys_free(fwk);
