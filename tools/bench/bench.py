@@ -493,7 +493,6 @@ def p2_once(pg, i, devices):
     finally:
         c.stop()
     cpu["cms-monitor"] = round(mon_cpu(m) / m["elapsed_s"], 3)
-    # steady state: the progress intervals after every device is connected, minus the first
     # steady state: every device connected, minus the first 6 s after the ramp (the backlog
     # that the connection ramp built up drains there)
     steady = [g for g in m["progress"] if int(g[1]) == devices]
