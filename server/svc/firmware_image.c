@@ -370,22 +370,33 @@ static bool same_file(const fw_dl *d, const struct stat *st)
            (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec == d->f_ctime_ns;
 }
 
-static void read_block_work(uv_work_t *wk)
+/*
+ * The block at d->rpos into sbuf[d->rd] (preadv2 with flags), then whether the
+ * file is still the verified one into d->verify_ok. False, verify_ok 0, when
+ * not all of the block could be read: with RWF_NOWAIT, when the page cache
+ * does not hold it all (EAGAIN or a short read), or the call is unsupported.
+ */
+static bool read_block(fw_dl *d, int flags)
 {
-    fw_dl *d = wk->data;
-    uint64_t block = d->rpos / FW_BLOCK_BYTES, off = block * FW_BLOCK_BYTES;
+    uint64_t off = d->rpos / FW_BLOCK_BYTES * FW_BLOCK_BYTES;
     size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
-    unsigned char *buf = d->sbuf[d->rd];
     size_t got = 0;
     struct stat st;
     d->verify_ok = 0;
     while (got < want) {
-        ssize_t n = pread(d->fd, buf + got, want - got, (off_t)(off + got));
+        struct iovec iov = {d->sbuf[d->rd] + got, want - got};
+        ssize_t n = preadv2(d->fd, &iov, 1, (off_t)(off + got), flags);
         if (n <= 0)
-            return;
+            return false;
         got += (size_t)n;
     }
     d->verify_ok = fstat(d->fd, &st) == 0 && same_file(d, &st);
+    return true;
+}
+
+static void read_block_work(uv_work_t *wk)
+{
+    (void)read_block(wk->data, 0);
 }
 
 /* The block read into sbuf[d->rd] becomes the ready one; false (download
@@ -418,39 +429,19 @@ static void on_block_read(uv_work_t *wk, int status)
 }
 
 /*
- * The block at d->rpos into sbuf[d->rd], on the loop, if the page cache holds
- * all of it: preadv2 with RWF_NOWAIT never waits for the disk (EAGAIN, or a
- * short read, instead). A served image is nearly always cached (it was just
- * verified or served), and a thread-pool round trip per block (two wake-ups,
- * the block crossing CPUs) cost more than the copy itself (docs/benchmarks.md,
- * P5). True when the whole block was read and the file is still the verified
- * one (checked exactly as read_block_work does).
+ * Reads the next block into sbuf[idx]: 1 read at once (d->ready set), 0 queued
+ * on the thread pool (on_block_read goes on), -1 the download ended. A block
+ * the page cache holds is read here, on the loop (RWF_NOWAIT never waits for
+ * the disk): a served image nearly always is cached (just verified or served),
+ * and a thread-pool round trip per block (two wake-ups, the block crossing
+ * CPUs) cost more than the copy itself (docs/benchmarks.md, P5). Either way
+ * the file's identity is checked after the read (read_block).
  */
-static bool read_block_cached(fw_dl *d, bool *same)
-{
-    uint64_t off = d->rpos / FW_BLOCK_BYTES * FW_BLOCK_BYTES;
-    size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
-    size_t got = 0;
-    struct stat st;
-    while (got < want) {
-        struct iovec iov = {d->sbuf[d->rd] + got, want - got};
-        ssize_t n = preadv2(d->fd, &iov, 1, (off_t)(off + got), RWF_NOWAIT);
-        if (n <= 0)
-            return false; /* not (all) cached, or not supported here: the thread pool */
-        got += (size_t)n;
-    }
-    *same = fstat(d->fd, &st) == 0 && same_file(d, &st);
-    return true;
-}
-
-/* Reads the next block into sbuf[idx]: 1 read at once (cached, d->ready set),
- * 0 queued on the thread pool (on_block_read goes on), -1 the download ended. */
 static int start_read(fw_dl *d, unsigned idx)
 {
-    bool same;
     d->rd = idx;
-    if (read_block_cached(d, &same))
-        return block_read_done(d, same) ? 1 : -1;
+    if (read_block(d, RWF_NOWAIT))
+        return block_read_done(d, d->verify_ok) ? 1 : -1;
     d->work.data = d;
     d->fs_busy = true;
     if (uv_queue_work(d->w->loop, &d->work, read_block_work, on_block_read) != 0) {
