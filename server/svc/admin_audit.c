@@ -167,6 +167,14 @@ static bool col_true(const PGresult *res, const char *name)
 
 static void verify_reply(https_req *r, verify_run *v)
 {
+    if (v->anchor_id && v->anchor != 1 && (!v->first_bad || v->first_bad > v->anchor_id)) {
+        /* The chain links, but not to what was logged: rewritten and re-hashed. */
+        v->first_bad = v->anchor_id;
+        v->bad++;
+        v->reason = v->anchor == -2 ? "the anchored row is not in the log any more"
+                                    : "the anchored row's hash differs from the anchor: the "
+                                      "chain was rewritten at or before it and re-hashed";
+    }
     json_t *o = json_object();
     json_object_set_new(o, "intact", json_boolean(v->first_bad == 0));
     json_object_set_new(o, "first_bad_id", v->first_bad ? json_integer(v->first_bad) : json_null());
@@ -175,23 +183,10 @@ static void verify_reply(https_req *r, verify_run *v)
     json_object_set_new(o, "bad_rows", json_integer(v->bad));
     json_object_set_new(o, "last_id", v->last_id ? json_integer(v->last_id) : json_null());
     json_object_set_new(o, "last_hash", v->last_hash[0] ? json_string(v->last_hash) : json_null());
-    if (v->anchor_id) {
+    if (v->anchor_id)
         json_object_set_new(o, "anchor",
                             json_pack("{s:I, s:s, s:b}", "id", (json_int_t)v->anchor_id, "sha256",
                                       v->anchor_hash, "matches", v->anchor == 1));
-        if (v->anchor != 1 && (!v->first_bad || v->first_bad > v->anchor_id)) {
-            /* The chain links, but not to what was logged: rewritten and re-hashed. */
-            v->first_bad = v->anchor_id;
-            v->bad++;
-            v->reason = v->anchor == -2 ? "the anchored row is not in the log any more"
-                                        : "the anchored row's hash differs from the anchor: the "
-                                          "chain was rewritten at or before it and re-hashed";
-            json_object_set_new(o, "intact", json_false());
-            json_object_set_new(o, "first_bad_id", json_integer(v->first_bad));
-            json_object_set_new(o, "reason", json_string(v->reason));
-            json_object_set_new(o, "bad_rows", json_integer(v->bad));
-        }
-    }
     if (v->first_bad)
         log_warn("audit_chain_broken", NULL, r->peer_addr,
                  "first bad row %lld: %s (%lld rows checked, %lld bad)", v->first_bad, v->reason,
