@@ -115,7 +115,7 @@ bool rl_take(rl_table *t, const void *key, size_t len, uint64_t now_ms, rl_verdi
     } else if (now_ms > s->last_ms) {
         s->tokens = fmin(t->burst, s->tokens + (double)(now_ms - s->last_ms) * t->per_ms);
     }
-    if (now_ms > s->last_ms || fresh)
+    if (now_ms > s->last_ms) /* a fresh slot's is 0 */
         s->last_ms = now_ms;
     if (s->tokens >= 1.0) {
         s->tokens -= 1.0;

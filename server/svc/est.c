@@ -36,7 +36,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include <libpq-fe.h>
 #include <openssl/conf.h>
@@ -347,13 +346,6 @@ fail:
     job_free(j);
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /*
  * simpleenroll is the one resource anyone may call that costs the database
  * work (the token check; an audit row per refusal). Two limits come first:
@@ -367,7 +359,7 @@ static uint64_t now_ms(void)
 static bool admit(https_req *r, svc_state *st)
 {
     est_state *es = st->est;
-    uint64_t now = now_ms();
+    uint64_t now = uv_now(net_conn_loop(r->conn)); /* monotonic ms, one clock for all loops */
     const char *peer = r->peer_addr ? r->peer_addr : "";
     rl_verdict v;
     /* The bucket is the address's, whatever the port: "10.1.2.3:5000", "[::1]:5000". */
