@@ -42,6 +42,14 @@ void svc_audit(store_t *store, const char *event, const char *actor, const char 
  */
 void svc_audit_anchor(svc_state *st);
 
+/*
+ * Parses an anchor as an operator copies it from that log line: "ID:SHA256",
+ * ID in decimal digits (1..LLONG_MAX, no sign, space or leading zero), SHA256
+ * as 64 hex digits in either case. On success *id and hex (lower case,
+ * NUL-terminated) are set and true returned; otherwise nothing is written.
+ */
+bool svc_audit_anchor_parse(const char *s, long long *id, char hex[65]);
+
 /* The route table: every HTTPS resource, its handler, who may call it. */
 extern const https_route svc_routes[];
 

@@ -281,26 +281,6 @@ static void on_anchor_row(void *ctx, int status, const PGresult *res)
     verify_next(r); /* answers itself when it cannot queue */
 }
 
-/* "ID:SHA256" (64 hex digits, either case) into v; false if malformed. */
-static bool parse_anchor(const char *s, verify_run *v)
-{
-    char *end;
-    long long id = strtoll(s, &end, 10);
-    if (id < 1 || *end != ':' || strlen(end + 1) != 64)
-        return false;
-    for (int i = 0; i < 64; i++) {
-        char c = end[1 + i];
-        if (c >= 'A' && c <= 'F')
-            c = (char)(c - 'A' + 'a');
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-            return false;
-        v->anchor_hash[i] = c;
-    }
-    v->anchor_hash[64] = 0;
-    v->anchor_id = id;
-    return true;
-}
-
 int admin_audit_verify(https_req *r)
 {
     static const char *const allowed[] = {"anchor", NULL};
@@ -314,7 +294,7 @@ int admin_audit_verify(https_req *r)
         https_reply_error(r, 500, "internal_error", "out of memory");
         return CMS_OK;
     }
-    if (has_anchor && !parse_anchor(anchor, v)) {
+    if (has_anchor && !svc_audit_anchor_parse(anchor, &v->anchor_id, v->anchor_hash)) {
         free(v);
         https_reply_error(r, 400, "bad_request",
                           "anchor must be ID:SHA256 (an audit_anchor log line's id and sha256)");

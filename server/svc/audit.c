@@ -1,6 +1,8 @@
 /* audit.c - one way for the services to append an audit row with a JSON detail,
  * and the chain-head anchors written to the log (svc.h). */
+#include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <libpq-fe.h>
 
@@ -35,4 +37,34 @@ void svc_audit_anchor(svc_state *st)
                               "FROM cms.audit_chain_head WHERE singleton";
     if (st->store && store_query(st->store, sql, 0, NULL, on_anchor, st) != CMS_OK)
         log_warn("audit_anchor", NULL, NULL, "cannot queue the chain head query: skipped");
+}
+
+bool svc_audit_anchor_parse(const char *s, long long *id, char hex[65])
+{
+    long long v = 0;
+    char h[65];
+    if (*s < '1' || *s > '9')
+        return false; /* no sign, space or leading zero: the log writes none */
+    for (; *s >= '0' && *s <= '9'; s++) {
+        int d = *s - '0';
+        if (v > (LLONG_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    if (*s++ != ':')
+        return false;
+    for (int i = 0; i < 64; i++) {
+        char c = s[i]; /* an early NUL is not a hex digit: the loop stops there */
+        if (c >= 'A' && c <= 'F')
+            c = (char)(c - 'A' + 'a');
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+        h[i] = c;
+    }
+    if (s[64] != '\0')
+        return false;
+    h[64] = '\0';
+    *id = v;
+    memcpy(hex, h, sizeof(h));
+    return true;
 }

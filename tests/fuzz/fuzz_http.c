@@ -8,16 +8,20 @@
  * parser must not depend on how TCP split the bytes). Each
  * delivered request is also run through the helpers a router uses (header
  * lookup, query, percent-decoding, Range, response builder), whose results
- * are checked for invariants. Finally the raw input is given to the Range,
- * percent-decoding and query parsers directly.
+ * are checked for invariants, and an "anchor" query parameter to the audit
+ * anchor parser. Finally the raw input is given to the Range, percent-decoding,
+ * query and anchor parsers directly.
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cms_err.h"
 #include "http.h"
+#include "svc.h"
 
 #define MAX_REQS 64
 
@@ -36,6 +40,26 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
         h *= 1099511628211ull;
     }
     return h;
+}
+
+/* The audit verify anchor (?anchor=ID:SHA256, svc_audit_anchor_parse): what it
+ * accepts is canonical, i.e. printed back as cmsd logs it, it is the input again
+ * apart from the hex digits' case; what it refuses leaves the outputs alone. */
+static void check_anchor(const char *s)
+{
+    long long id = -7;
+    char hex[65] = "untouched";
+    char back[96];
+    if (!svc_audit_anchor_parse(s, &id, hex)) {
+        if (id != -7 || strcmp(hex, "untouched") != 0)
+            abort();
+        return;
+    }
+    if (id < 1 || strlen(hex) != 64 || strspn(hex, "0123456789abcdef") != 64)
+        abort();
+    snprintf(back, sizeof(back), "%lld:%s", id, hex);
+    if (strcasecmp(back, s) != 0)
+        abort();
 }
 
 static void exercise(const http_request *r)
@@ -59,6 +83,8 @@ static void exercise(const http_request *r)
     (void)http_query_get(r->query, r->query_len, "since", buf, sizeof(buf), &n);
     static const char *const allowed[] = {"since", "device", "limit", NULL};
     (void)http_query_check(r->query, r->query_len, allowed);
+    if (http_query_get(r->query, r->query_len, "anchor", buf, sizeof(buf), &n) == 1)
+        check_anchor(buf);
 
     /* decode each path segment */
     const char *p = r->path;
@@ -180,6 +206,7 @@ static void raw_helpers(const uint8_t *data, size_t len)
     if (http_pct_decode(s, len, len & 1, out, sizeof(out), &n) == CMS_OK && strlen(out) != n)
         abort();
     (void)http_query_get(s, len, "device", out, sizeof(out), &n);
+    check_anchor(s);
     free(s);
 }
 
