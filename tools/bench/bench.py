@@ -514,13 +514,18 @@ def p2_once(pg, i, devices):
          "held": held, "ae": m["ae"], "unacked": m["unacked"], "reconnects": m["reconnects"],
          "monitor_cpu_share": m["cpu"]["share_of_one_core"], "cores": cpu,
          "stored_msgs": int(pg.psql("SELECT count(*) FROM cms.messages")), "acked": m["acked_aa"],
-         # cms-monitor's 2-s progress lines: (t, connected, acked/s, p50 ms, p99 ms)
-         "intervals": [(float(g[0]), int(g[1]), float(g[4]), float(g[5]), float(g[6]))
-                       for g in m["progress"]]}
+         # cms-monitor's 2-s progress lines: (t, connected, acked/s, p50 ms, p99 ms, sent/s);
+         # sent/s tells a slow server (acks late: p99 up, acked < sent) from a client that sent
+         # less in that interval (acked ~ sent < offered)
+         "intervals": [(float(g[0]), int(g[1]), float(g[4]), float(g[5]), float(g[6]),
+                        float(g[3])) for g in m["progress"]]}
+    low = min(steady, key=lambda g: float(g[4])) if steady else None
     log("P2 run %d: %d devices: p50 %.1f ms p99 %.1f ms (steady worst-interval p99 %s), acked %.0f/s"
-        " of %.0f offered, held=%s; cores %s" % (i, devices, r["p50_ms"], r["p99_ms"],
-                                                 r["steady_worst_interval_p99_ms"],
-                                                 r["acked_msgs_per_s_steady"], offered, held, cpu))
+        " of %.0f offered, held=%s%s; cores %s"
+        % (i, devices, r["p50_ms"], r["p99_ms"], r["steady_worst_interval_p99_ms"],
+           r["acked_msgs_per_s_steady"], offered, held,
+           "" if held or not low else " (lowest interval at %ss: acked %s/s, sent %s/s, p99 %s ms)"
+           % (low[0], low[4], low[3], low[6]), cpu))
     return r
 
 
