@@ -9,7 +9,8 @@
  *
  * Keys (default in brackets):
  *   mllp_listen            [127.0.0.1:2575]  HL7 MLLP over TLS listener, host:port ([v6]:port)
- *   https_listen           [127.0.0.1:8443]  HTTPS listener (EST, firmware, admin, health); "" = off
+ *   https_listen           [127.0.0.1:8443]  HTTPS listener (EST, firmware, admin, health); "" = off;
+ *                                            not on mllp_listen's port (same or wildcard host)
  *   workers                [0]     event loops (threads) sharing the listeners via SO_REUSEPORT;
  *                                  0 = one per online CPU (each has its own database connections)
  *   tls_cert               (required) server certificate + intermediates (no root), PEM

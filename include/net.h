@@ -99,6 +99,15 @@ net_server *net_server_new(uv_loop_t *loop, const net_limits *limits);
 int net_listen(net_server *s, const char *addr, tls_ctx *tls, const net_proto *proto,
                void *proto_ctx, char *err, size_t cap);
 
+/*
+ * Whether listeners on addresses a and b ("host:port", "[v6]:port") would take
+ * the same connections: the same port, and the same host or a wildcard ("0.0.0.0"
+ * against IPv4, "::" against either). Listeners set SO_REUSEPORT (one socket per
+ * worker), so the kernel lets both bind and then splits the connections between
+ * them. 1, 0, or CMS_EINVAL with a reason in err when either is malformed.
+ */
+int net_listen_overlap(const char *a, const char *b, char *err, size_t cap);
+
 /* Stops accepting, closes every connection, then calls cb(ctx) and frees s. */
 void net_server_close(net_server *s, void (*cb)(void *ctx), void *ctx);
 

@@ -369,6 +369,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "cmsd: bad configuration: %s\n", err);
         return 1;
     }
+    if (cfg.https_listen[0]) {
+        int o = net_listen_overlap(cfg.mllp_listen, cfg.https_listen, err, sizeof(err));
+        if (o != 0) {
+            fprintf(stderr, "cmsd: bad configuration: %s: %s\n", config_path,
+                    o > 0 ? "mllp_listen and https_listen must not share a port (both would "
+                            "accept there, and connections would go to either: monitors "
+                            "to the operator API, operators to MLLP)"
+                          : err);
+            return 1;
+        }
+    }
     enum log_level lvl = LOG_INFO;
     log_level_parse(cfg.log_level, &lvl);
     log_set_level(lvl);

@@ -104,6 +104,38 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, 
     return CMS_EINVAL;
 }
 
+static bool addr_is_any(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+static unsigned addr_port(const struct sockaddr_storage *ss)
+{
+    return ntohs(ss->ss_family == AF_INET ? ((const struct sockaddr_in *)ss)->sin_port
+                                          : ((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+int net_listen_overlap(const char *a, const char *b, char *err, size_t cap)
+{
+    struct sockaddr_storage x, y;
+    if (parse_addr(a, &x, err, cap) != CMS_OK || parse_addr(b, &y, err, cap) != CMS_OK)
+        return CMS_EINVAL;
+    if (addr_port(&x) != addr_port(&y))
+        return 0;
+    if (x.ss_family != y.ss_family) /* only "::" also takes IPv4 (dual stack) */
+        return (x.ss_family == AF_INET6 && addr_is_any(&x)) ||
+               (y.ss_family == AF_INET6 && addr_is_any(&y));
+    if (addr_is_any(&x) || addr_is_any(&y))
+        return 1;
+    if (x.ss_family == AF_INET)
+        return ((struct sockaddr_in *)&x)->sin_addr.s_addr ==
+               ((struct sockaddr_in *)&y)->sin_addr.s_addr;
+    return memcmp(&((struct sockaddr_in6 *)&x)->sin6_addr, &((struct sockaddr_in6 *)&y)->sin6_addr,
+                  sizeof(struct in6_addr)) == 0;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     net_listener *l = server->data;

@@ -56,14 +56,20 @@ def unique(prefix):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:10])
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port(avoid=()):
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    """A TCP port on 127.0.0.1 that nobody listens on right now, and that this
+    process has not handed out before: two calls in a row may otherwise get the
+    same port from the kernel (cmsd then refuses mllp_listen = https_listen)."""
     for _ in range(100):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-        if port not in avoid and port not in (2575, 8443):
+        if port not in avoid and port not in (2575, 8443) and port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
             return port
     raise RuntimeError("no free port")
 

@@ -73,6 +73,15 @@ BAD = {
                          r"tls_cert"),
     "bad-log-level": (lambda c: cfg_text(dict(c, log_level="chatty")), r"log_level|chatty"),
     "no-equals": (lambda c: cfg_text(c, "just some words\n"), r":\d+"),
+    # Listeners set SO_REUSEPORT: both would bind, and split the connections.
+    "same-listen": (lambda c: cfg_text(dict(c, https_listen=c["mllp_listen"])),
+                    r"mllp_listen and https_listen must not share a port"),
+    "wildcard-same-port": (lambda c: cfg_text(dict(
+        c, https_listen="0.0.0.0:" + c["mllp_listen"].rsplit(":", 1)[1])),
+        r"mllp_listen and https_listen must not share a port"),
+    "v6-wildcard-same-port": (lambda c: cfg_text(dict(
+        c, https_listen="[::]:" + c["mllp_listen"].rsplit(":", 1)[1])),
+        r"mllp_listen and https_listen must not share a port"),
 }
 
 
@@ -88,6 +97,15 @@ def test_bad_config_refused(conf, case):
     if case in ("unknown-key", "duplicate-key", "no-equals", "bad-number"):
         # "file:line: reason" (config.h)
         assert re.search(r"cmsd\.conf:\d+", out), "no file:line in %r" % out
+
+
+def test_listeners_on_one_port_but_different_hosts_accepted(conf):
+    """127.0.0.1:P and 127.0.0.2:P are different sockets: not an overlap."""
+    write, cfg = conf
+    port = cfg["mllp_listen"].rsplit(":", 1)[1]
+    path = write(dict(cfg, https_listen="127.0.0.2:" + port))
+    rc, out = cmsd_run(["--check-config", path])
+    assert rc == 0 and "is valid" in out, out
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
