@@ -70,12 +70,21 @@ def sh(cmd, check=True, timeout=600, **kw):
     return p
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A free port on 127.0.0.1 not handed out before in this run (two calls in a row
+    can get the same one from the kernel; cmsd refuses mllp_listen = https_listen)."""
+    for _ in range(100):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(p)
+            return p
+    raise RuntimeError("no free port")
 
 
 def wait_port(port, timeout=60, proc=None):
