@@ -73,7 +73,7 @@ typedef struct fw_dl {
     uv_fs_t fs;
     bool fs_busy; /* a uv_fs request or the verify job is in flight */
     uv_work_t work;
-    /* identity and block hashes of the file we serve from */
+    /* identity of the file we serve from (checked after every block read) */
     uint64_t f_dev, f_ino, f_size;
     int64_t f_mtime_ns, f_ctime_ns;
     int verify_ok;
@@ -84,8 +84,8 @@ typedef struct fw_dl {
     uint64_t built;
     unsigned char *buf; /* FW_CHUNK_BYTES (build) or FW_BLOCK_BYTES (serve) */
     size_t buf_len;
-    /* serving: [pos, end) is still to send; the block at rpos is read (and
-     * hashed) while the one before it drains to the peer */
+    /* serving: [pos, end) is still to send; the block at rpos is read while
+     * the one before it drains to the peer */
     uint64_t pos, end, sent, rpos;
     unsigned char *sbuf[2];     /* FW_BLOCK_BYTES each: one read while one is sent */
     unsigned rd;                /* sbuf index the read in flight fills */
@@ -455,9 +455,9 @@ static int start_read(fw_dl *d, unsigned idx)
 /*
  * Moves the download on. Two block buffers: once the output before it is
  * down to HTTPS_STREAM_LOW_WATER, the checked block is handed to TLS
- * (https_stream_write encrypts it at once) while the thread pool already
- * reads and hashes the next block into the other buffer, so that file
- * reads, hashing, encryption and the socket all overlap.
+ * (https_stream_write encrypts it at once) and the next block is read into
+ * the other buffer (start_read: on the loop from the page cache, else on the
+ * thread pool while this one drains).
  */
 static void dl_serve_next(fw_dl *d)
 {
