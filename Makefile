@@ -26,7 +26,7 @@ endif
 LDLIBS   = $(PKG_LIBS) -lhttp_parser -lpthread -lm
 
 LIB_SRCS := $(sort $(wildcard server/base/*.c server/proto/*.c server/tls/*.c \
-              server/store/*.c server/pki/*.c server/svc/*.c server/net/*.c))
+              server/store/*.c server/pki/*.c server/svc/*.c server/svc/*/*.c server/net/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 CMSD_SRCS    := server/cmsd.c
 CMSCTL_SRCS  := $(sort $(wildcard tools/cmsctl/*.c))
