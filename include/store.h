@@ -189,17 +189,57 @@ void store_close(store_t *s, void (*cb)(void *ctx), void *ctx);
 /* ---- generic statements and notifications (HTTPS services) ---------------- */
 
 /*
- * Called with the result of store_query():
- *   CMS_OK       res holds the result (PGRES_TUPLES_OK or PGRES_COMMAND_OK);
- *   CMS_EPROTO   the statement failed in SQL: res holds the error
- *                (PQresultErrorField(res, PG_DIAG_SQLSTATE) / _MESSAGE_PRIMARY,
- *                e.g. a RAISE from a function with a custom SQLSTATE);
- *   CMS_EUNAVAIL database unavailable or the statement timed out (res NULL);
- *   CMS_ECLOSED  the store is closing (res NULL).
- * res is borrowed for the call (PQclear is the store's business).
+ * The rows (or the error) of one statement, as the store hands them to a
+ * store_query callback: an opaque view, borrowed for the duration of the
+ * callback only (the store frees it afterwards; copy what you keep). Values
+ * are text (text-format results). Every accessor accepts a NULL rows (the
+ * statement did not run: CMS_EUNAVAIL, CMS_ECLOSED) and answers as for an
+ * empty result. Thread: the loop's thread (inside the callback).
  */
-struct pg_result; /* libpq's PGresult */
-typedef void (*store_query_cb)(void *ctx, int status, const struct pg_result *res);
+typedef struct store_rows store_rows;
+
+/* Number of rows (0 for a command, an error or NULL rows). */
+int store_rows_count(const store_rows *rows);
+
+/* Index of the column called name, or -1 when there is none (or NULL rows). */
+int store_rows_col(const store_rows *rows, const char *name);
+
+/*
+ * The value at (row, col) as text (borrowed, valid during the callback).
+ * Never NULL: "" for SQL NULL and for a row or column out of range (use
+ * store_rows_null to tell SQL NULL from an empty text).
+ */
+const char *store_rows_text(const store_rows *rows, int row, int col);
+
+/* True when (row, col) is SQL NULL or out of range. */
+bool store_rows_null(const store_rows *rows, int row, int col);
+
+/*
+ * The value of the column called name at row, or NULL when the column is
+ * absent, the row out of range or the value SQL NULL (borrowed).
+ */
+const char *store_rows_get(const store_rows *rows, int row, const char *name);
+
+/*
+ * A failed statement (callback status CMS_EPROTO): its SQLSTATE (five
+ * characters, e.g. "22023", "P0002", a custom "CE001") and its primary
+ * message (e.g. the text of a RAISE). NULL when there is none (success, or
+ * NULL rows). Borrowed, valid during the callback.
+ */
+const char *store_rows_sqlstate(const store_rows *rows);
+const char *store_rows_error(const store_rows *rows);
+
+/*
+ * Called with the result of store_query():
+ *   CMS_OK       rows holds the result (rows of a query, none of a command);
+ *   CMS_EPROTO   the statement failed in SQL: store_rows_sqlstate(rows) and
+ *                store_rows_error(rows) tell why (e.g. a RAISE from a
+ *                function with a custom SQLSTATE);
+ *   CMS_EUNAVAIL database unavailable or the statement timed out (rows NULL);
+ *   CMS_ECLOSED  the store is closing (rows NULL).
+ * rows is borrowed for the call.
+ */
+typedef void (*store_query_cb)(void *ctx, int status, const store_rows *rows);
 
 /*
  * Runs one parameterized statement (text parameters; NULL = SQL NULL) on the

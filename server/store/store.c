@@ -360,8 +360,9 @@ static void ctl_on_result(store__conn *c, PGresult *res)
             break;
         case CTL_QUERY: {
             ExecStatusType st = PQresultStatus(res);
+            store_rows rows = {res};
             it->qcb(it->ctx, st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK ? CMS_OK : CMS_EPROTO,
-                    res);
+                    &rows);
             break;
         }
         case CTL_LISTEN:

@@ -115,10 +115,11 @@ static void on_registry(void *ctx, const char *payload)
     }
 }
 
-static void on_ready(void *ctx, int status, const PGresult *res)
+static void on_ready(void *ctx, int status, const store_rows *rows)
 {
     store_t *s = ctx;
-    bool ok = status == CMS_OK && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    bool ok = status == CMS_OK && store_rows_count(rows) == 1 &&
+              strcmp(store_rows_text(rows, 0, 0), "t") == 0;
     if (status == CMS_EPROTO && !s->dc_warned) { /* the function is missing */
         s->dc_warned = true;
         log_warn("device_cache", NULL, NULL,

@@ -5,6 +5,7 @@
  *   store_conn.c   one async libpq connection: connect, query, timers, close,
  *                  reconnect with backoff
  *   store_ingest.c ingest queue, group commit, resend, split-and-retry
+ *   store_rows.c   the result view store_query callbacks get (store_rows)
  *   store.c        store_new/close, control queue (lookups, audit,
  *                  maintenance)
  *
@@ -56,6 +57,15 @@ void store__arr_end(store__buf *b);
  * Returns the number stored, or -1 if s is not an array literal.
  */
 int store__arr_parse(const char *s, char (*out)[64], size_t max);
+
+/* ------------------------------------------------------------------------ */
+/* store_rows.c                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* What a store_query callback gets: the connection's result, borrowed. */
+struct store_rows {
+    const PGresult *res;
+};
 
 /* ------------------------------------------------------------------------ */
 /* store_conn.c                                                             */

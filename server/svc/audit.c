@@ -4,8 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <libpq-fe.h>
-
 #include "cms_err.h"
 #include "log.h"
 #include "svc.h"
@@ -19,16 +17,16 @@ void svc_audit(store_t *store, const char *event, const char *actor, const char 
     json_decref(detail);
 }
 
-static void on_anchor(void *ctx, int status, const struct pg_result *res)
+static void on_anchor(void *ctx, int status, const store_rows *res)
 {
     svc_state *st = ctx;
-    if (status != CMS_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+    if (status != CMS_OK || store_rows_count(res) != 1 || store_rows_null(res, 0, 0))
         return; /* database away, or an empty log: the next tick tries again */
-    long long id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    long long id = strtoll(store_rows_text(res, 0, 0), NULL, 10);
     if (id == st->anchor_id)
         return;
     st->anchor_id = id;
-    log_info("audit_anchor", NULL, NULL, "id=%lld sha256=%s", id, PQgetvalue(res, 0, 1));
+    log_info("audit_anchor", NULL, NULL, "id=%lld sha256=%s", id, store_rows_text(res, 0, 1));
 }
 
 void svc_audit_anchor(svc_state *st)

@@ -576,17 +576,52 @@ static int q_status, q_done;
 static char q_value[128];
 static char q_sqlstate[8];
 
-static void on_query(void *ctx, int status, const PGresult *res)
+static char q_message[128];
+
+static void on_query(void *ctx, int status, const store_rows *res)
 {
     (void)ctx;
     q_status = status;
-    q_value[0] = q_sqlstate[0] = '\0';
-    if (status == CMS_OK && PQntuples(res) > 0)
-        snprintf(q_value, sizeof q_value, "%s", PQgetvalue(res, 0, 0));
+    q_value[0] = q_sqlstate[0] = q_message[0] = '\0';
+    if (status == CMS_OK && store_rows_count(res) > 0)
+        snprintf(q_value, sizeof q_value, "%s", store_rows_text(res, 0, 0));
     if (status == CMS_EPROTO) {
-        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        const char *st = store_rows_sqlstate(res), *msg = store_rows_error(res);
         snprintf(q_sqlstate, sizeof q_sqlstate, "%s", st ? st : "");
+        snprintf(q_message, sizeof q_message, "%s", msg ? msg : "");
     }
+    q_done++;
+}
+
+/* What the rows view said about a two-row result with a NULL (test_query_rows). */
+static struct {
+    int count, col_first, col_second, col_none;
+    bool null_0_1, null_1_0, null_out;
+    char text_0_1[8], text_1_0[8], text_1_1[8], text_out[8];
+    const char *get_0_second;
+    char get_1_second[8];
+    const char *sqlstate;
+} rv;
+
+static void on_rows(void *ctx, int status, const store_rows *res)
+{
+    (void)ctx;
+    q_status = status;
+    rv.count = store_rows_count(res);
+    rv.col_first = store_rows_col(res, "first");
+    rv.col_second = store_rows_col(res, "second");
+    rv.col_none = store_rows_col(res, "none");
+    rv.null_0_1 = store_rows_null(res, 0, rv.col_second);
+    rv.null_1_0 = store_rows_null(res, 1, rv.col_first);
+    rv.null_out = store_rows_null(res, 2, 0);
+    snprintf(rv.text_0_1, sizeof rv.text_0_1, "%s", store_rows_text(res, 0, rv.col_second));
+    snprintf(rv.text_1_0, sizeof rv.text_1_0, "%s", store_rows_text(res, 1, rv.col_first));
+    snprintf(rv.text_1_1, sizeof rv.text_1_1, "%s", store_rows_text(res, 1, rv.col_second));
+    snprintf(rv.text_out, sizeof rv.text_out, "%s", store_rows_text(res, 0, 7));
+    rv.get_0_second = store_rows_get(res, 0, "second");
+    snprintf(rv.get_1_second, sizeof rv.get_1_second, "%s",
+             store_rows_get(res, 1, "second") ? store_rows_get(res, 1, "second") : "(null)");
+    rv.sqlstate = store_rows_sqlstate(res);
     q_done++;
 }
 
@@ -631,11 +666,48 @@ static void test_query_and_listen(void **state)
     assert_int_equal(q_status, CMS_EPROTO);
     assert_string_equal(q_sqlstate, "22012");
 
+    /* Rows by name, SQL NULL told from an empty text, out of range answered safely. */
+    memset(&rv, 0, sizeof rv);
+    assert_int_equal(store_query(r.s,
+                                 "SELECT 'a'::text AS first, NULL::text AS second "
+                                 "UNION ALL SELECT '', 'b'",
+                                 0, NULL, on_rows, NULL),
+                     CMS_OK);
+    while (q_done < 3)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(q_status, CMS_OK);
+    assert_int_equal(rv.count, 2);
+    assert_int_equal(rv.col_first, 0);
+    assert_int_equal(rv.col_second, 1);
+    assert_int_equal(rv.col_none, -1);
+    assert_true(rv.null_0_1);
+    assert_string_equal(rv.text_0_1, "");
+    assert_false(rv.null_1_0);
+    assert_string_equal(rv.text_1_0, "");
+    assert_string_equal(rv.text_1_1, "b");
+    assert_true(rv.null_out);
+    assert_string_equal(rv.text_out, "");
+    assert_null(rv.get_0_second);
+    assert_string_equal(rv.get_1_second, "b");
+    assert_null(rv.sqlstate);
+
+    /* A function's RAISE: its custom SQLSTATE and its message. */
+    assert_int_equal(store_query(r.s,
+                                 "DO $$BEGIN RAISE EXCEPTION 'token % unknown', 7 "
+                                 "USING ERRCODE = 'CE001'; END$$",
+                                 0, NULL, on_query, NULL),
+                     CMS_OK);
+    while (q_done < 4)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(q_status, CMS_EPROTO);
+    assert_string_equal(q_sqlstate, "CE001");
+    assert_string_equal(q_message, "token 7 unknown");
+
     assert_int_equal(store_listen(r.s, "BAD-channel", on_note, NULL), CMS_EINVAL);
     assert_int_equal(store_listen(r.s, "cms_test_chan", on_note, NULL), CMS_OK);
     /* Make sure LISTEN ran: a query queued after it completes after it. */
     assert_int_equal(store_query(r.s, "SELECT 1", 0, NULL, on_query, NULL), CMS_OK);
-    while (q_done < 3)
+    while (q_done < 5)
         uv_run(&loop, UV_RUN_ONCE);
     notes = 0;
     q_long("SELECT count(pg_notify('cms_test_chan', 'MON-4242'))", 0, NULL);
@@ -653,7 +725,7 @@ static void test_query_and_listen(void **state)
         uv_run(&loop, UV_RUN_NOWAIT);
     assert_int_equal(null_notes, 1);
     assert_int_equal(store_query(r.s, "SELECT 1", 0, NULL, on_query, NULL), CMS_OK);
-    while (q_done < 4)
+    while (q_done < 6)
         uv_run(&loop, UV_RUN_ONCE);
     q_long("SELECT count(pg_notify('cms_test_chan', 'MON-4343'))", 0, NULL);
     t0 = now_s();

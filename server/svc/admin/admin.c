@@ -57,12 +57,12 @@ static bool status_ok(const char *s)
 }
 
 /* A comma-separated column (group names: no commas by their CHECK) as an array. */
-static json_t *j_list(const PGresult *res, int row, int c)
+static json_t *j_list(const store_rows *res, int row, int c)
 {
     json_t *a = json_array();
-    if (c < 0 || PQgetisnull(res, row, c))
+    if (c < 0 || store_rows_null(res, row, c))
         return a;
-    const char *p = PQgetvalue(res, row, c);
+    const char *p = store_rows_text(res, row, c);
     while (*p) {
         const char *e = strchr(p, ',');
         size_t n = e ? (size_t)(e - p) : strlen(p);
@@ -109,7 +109,7 @@ int admin_whoami(https_req *r)
  *    "not_before", "not_after"} or null (no current recorded certificate)}
  * Times are ISO 8601 UTC strings or null.
  */
-static json_t *device_json(const PGresult *res, int row)
+static json_t *device_json(const store_rows *res, int row)
 {
     json_t *o = json_object();
     admin__set_text(o, "serial", res, row, "serial");
@@ -124,7 +124,7 @@ static json_t *device_json(const PGresult *res, int row)
     admin__set_text(o, "last_peer", res, row, "last_peer");
     admin__set_text(o, "firmware_version", res, row, "firmware_version");
     int cs = admin__col(res, "cert_sha256");
-    if (cs >= 0 && !PQgetisnull(res, row, cs)) {
+    if (cs >= 0 && !store_rows_null(res, row, cs)) {
         json_t *c = json_object();
         admin__set_text(c, "serial_hex", res, row, "cert_serial_hex");
         admin__set_text(c, "sha256", res, row, "cert_sha256");
@@ -138,7 +138,7 @@ static json_t *device_json(const PGresult *res, int row)
     return o;
 }
 
-static void on_device_list(void *ctx, int status, const PGresult *res)
+static void on_device_list(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
@@ -146,7 +146,7 @@ static void on_device_list(void *ctx, int status, const PGresult *res)
         return;
     }
     long long limit = (long long)(intptr_t)r->user;
-    int n = PQntuples(res);
+    int n = store_rows_count(res);
     bool more = n > limit;
     if (more)
         n = (int)limit;
@@ -199,22 +199,22 @@ int admin_device_list(https_req *r)
     /* clang-format on */
 }
 
-static void on_device_show(void *ctx, int status, const PGresult *res)
+static void on_device_show(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
         admin__reply_db_error(r, status, res);
         return;
     }
-    if (PQntuples(res) == 0) {
+    if (store_rows_count(res) == 0) {
         https_reply_error(r, 404, "not_found", "no such device");
         return;
     }
     json_t *o = device_json(res, 0);
     json_t *ids = json_array();
     int ci = admin__col(res, "identifier"), ck = admin__col(res, "ident_kind");
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (ci < 0 || PQgetisnull(res, i, ci))
+    for (int i = 0; i < store_rows_count(res); i++) {
+        if (ci < 0 || store_rows_null(res, i, ci))
             continue;
         json_array_append_new(ids, json_pack("{s:o, s:o}", "identifier", admin__j_text(res, i, ci),
                                              "kind", admin__j_text(res, i, ck)));
@@ -247,21 +247,21 @@ int admin_device_show(https_req *r)
 /* GET /api/v1/devices/:serial/certs: one row per certificate, or one
  * row with NULL certificate columns when the device has none (404 when the
  * device does not exist). */
-static void on_device_certs(void *ctx, int status, const PGresult *res)
+static void on_device_certs(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
         admin__reply_db_error(r, status, res);
         return;
     }
-    if (PQntuples(res) == 0) {
+    if (store_rows_count(res) == 0) {
         https_reply_error(r, 404, "not_found", "no such device");
         return;
     }
     json_t *list = json_array();
     int cf = admin__col(res, "sha256");
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (cf < 0 || PQgetisnull(res, i, cf))
+    for (int i = 0; i < store_rows_count(res); i++) {
+        if (cf < 0 || store_rows_null(res, i, cf))
             continue;
         json_t *o = json_object();
         admin__set_text(o, "serial_hex", res, i, "serial_hex");
@@ -317,7 +317,7 @@ int admin_device_certs(https_req *r)
 
 /* ---- groups ------------------------------------------------------------------- */
 
-static void on_group_list(void *ctx, int status, const PGresult *res)
+static void on_group_list(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
@@ -325,7 +325,7 @@ static void on_group_list(void *ctx, int status, const PGresult *res)
         return;
     }
     json_t *list = json_array();
-    for (int i = 0; i < PQntuples(res); i++) {
+    for (int i = 0; i < store_rows_count(res); i++) {
         json_t *o = json_object();
         admin__set_text(o, "name", res, i, "name");
         admin__set_text(o, "description", res, i, "description");
@@ -334,7 +334,7 @@ static void on_group_list(void *ctx, int status, const PGresult *res)
         admin__set_text(o, "created_by", res, i, "created_by");
         json_array_append_new(list, o);
     }
-    bool truncated = admin__fit_output(r, list) > 0 || PQntuples(res) > GROUPS_MAX;
+    bool truncated = admin__fit_output(r, list) > 0 || store_rows_count(res) > GROUPS_MAX;
     https_reply_json(r, 200, json_pack("{s:o, s:b}", "groups", list, "truncated", truncated));
 }
 
@@ -364,13 +364,13 @@ static void audit_group_refused(https_req *r, const char *group, int status, con
                 json_pack("{s:s, s:i, s:s}", "group", group, "status", status, "reason", why));
 }
 
-static void on_group_set(void *ctx, int status, const PGresult *res)
+static void on_group_set(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
         int code = admin__db_error_status(status, res);
         if (code < 500) {
-            const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+            const char *msg = store_rows_error(res);
             audit_group_refused(r, r->params[0], code, msg ? msg : "refused by the database");
         }
         admin__reply_db_error(r, status, res);
@@ -384,8 +384,8 @@ static void on_group_set(void *ctx, int status, const PGresult *res)
         json_object_set_new(body, outcomes[k], lists[k]);
     }
     int cs = admin__col(res, "serial"), co = admin__col(res, "outcome");
-    for (int i = 0; i < PQntuples(res); i++) {
-        const char *o = co >= 0 ? PQgetvalue(res, i, co) : "";
+    for (int i = 0; i < store_rows_count(res); i++) {
+        const char *o = co >= 0 ? store_rows_text(res, i, co) : "";
         for (size_t k = 0; k < 4; k++)
             if (strcmp(o, outcomes[k]) == 0)
                 json_array_append_new(lists[k], admin__j_text(res, i, cs));

@@ -18,7 +18,7 @@
 #define AUDIT_DEFAULT 100 /* page size: default and cap */
 #define AUDIT_MAX 1000
 
-static void on_audit_list(void *ctx, int status, const PGresult *res)
+static void on_audit_list(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
@@ -26,7 +26,7 @@ static void on_audit_list(void *ctx, int status, const PGresult *res)
         return;
     }
     long long limit = (long long)(intptr_t)r->user;
-    int n = PQntuples(res);
+    int n = store_rows_count(res);
     bool more = n > limit;
     if (more)
         n = (int)limit;
@@ -41,8 +41,8 @@ static void on_audit_list(void *ctx, int status, const PGresult *res)
         admin__set_text(o, "device", res, i, "device");
         admin__set_text(o, "peer", res, i, "peer");
         json_t *d = NULL;
-        if (cd >= 0 && !PQgetisnull(res, i, cd))
-            d = json_loads(PQgetvalue(res, i, cd), JSON_DECODE_ANY, NULL);
+        if (cd >= 0 && !store_rows_null(res, i, cd))
+            d = json_loads(store_rows_text(res, i, cd), JSON_DECODE_ANY, NULL);
         json_object_set_new(o, "detail", d ? d : json_null());
         admin__set_text(o, "row_hash", res, i, "row_hash");
         json_array_append_new(list, o);
@@ -153,16 +153,17 @@ static const char verify_sql[] =
 
 static int verify_next(https_req *r);
 
-static long long col_ll(const PGresult *res, const char *name)
+static long long col_ll(const store_rows *res, const char *name)
 {
     int c = admin__col(res, name);
-    return c >= 0 && !PQgetisnull(res, 0, c) ? strtoll(PQgetvalue(res, 0, c), NULL, 10) : 0;
+    return c >= 0 && !store_rows_null(res, 0, c) ? strtoll(store_rows_text(res, 0, c), NULL, 10)
+                                                 : 0;
 }
 
-static bool col_true(const PGresult *res, const char *name)
+static bool col_true(const store_rows *res, const char *name)
 {
     int c = admin__col(res, name);
-    return c >= 0 && !PQgetisnull(res, 0, c) && PQgetvalue(res, 0, c)[0] == 't';
+    return c >= 0 && !store_rows_null(res, 0, c) && store_rows_text(res, 0, c)[0] == 't';
 }
 
 static void verify_reply(https_req *r, verify_run *v)
@@ -196,11 +197,11 @@ static void verify_reply(https_req *r, verify_run *v)
     https_reply_json(r, 200, o);
 }
 
-static void on_audit_verify(void *ctx, int status, const PGresult *res)
+static void on_audit_verify(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     verify_run *v = r->user;
-    if (status != CMS_OK || PQntuples(res) != 1) {
+    if (status != CMS_OK || store_rows_count(res) != 1) {
         free(v);
         r->user = NULL;
         if (status == CMS_OK)
@@ -223,7 +224,7 @@ static void on_audit_verify(void *ctx, int status, const PGresult *res)
         v->after = v->last_id = col_ll(res, "last");
         int ch = admin__col(res, "last_hash");
         snprintf(v->last_hash, sizeof(v->last_hash), "%s",
-                 ch >= 0 && !PQgetisnull(res, 0, ch) ? PQgetvalue(res, 0, ch) : "");
+                 ch >= 0 && !store_rows_null(res, 0, ch) ? store_rows_text(res, 0, ch) : "");
     }
     if (n >= VERIFY_CHUNK) { /* more to read, unless the client went away */
         if (net_conn_state(r->conn) != NET_ACTIVE) {
@@ -264,7 +265,7 @@ static int verify_next(https_req *r)
     return rc;
 }
 
-static void on_anchor_row(void *ctx, int status, const PGresult *res)
+static void on_anchor_row(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     verify_run *v = r->user;
@@ -274,10 +275,10 @@ static void on_anchor_row(void *ctx, int status, const PGresult *res)
         admin__reply_db_error(r, status, res);
         return;
     }
-    if (PQntuples(res) != 1)
+    if (store_rows_count(res) != 1)
         v->anchor = -2;
     else
-        v->anchor = strcmp(PQgetvalue(res, 0, 0), v->anchor_hash) == 0 ? 1 : -1;
+        v->anchor = strcmp(store_rows_text(res, 0, 0), v->anchor_hash) == 0 ? 1 : -1;
     verify_next(r); /* answers itself when it cannot queue */
 }
 

@@ -21,7 +21,6 @@
 #include <stddef.h>
 
 #include <jansson.h>
-#include <libpq-fe.h>
 
 #include "https.h"
 
@@ -42,10 +41,10 @@ int admin__submit(https_req *r, const char *sql, int n, const char *const *param
 /* HTTP status for a failed statement: 503 (unavailable, timed out,
  * closing), 400 (SQLSTATE class 22: a value the peer sent; our functions
  * raise 22023), 404 (P0002), 409 (class 23), 500 otherwise. */
-int admin__db_error_status(int status, const PGresult *res);
+int admin__db_error_status(int status, const store_rows *res);
 /* Answers a failed statement with that status and the database's message
  * (500: a generic text; the details go to the log). res: borrowed. */
-void admin__reply_db_error(https_req *r, int status, const PGresult *res);
+void admin__reply_db_error(https_req *r, int status, const store_rows *res);
 
 /* Refuses (400) a query string with a parameter outside allowed (NULL
  * terminated), repeated or malformed. Returns true when r may go on. */
@@ -60,12 +59,12 @@ int admin__query_uint(https_req *r, const char *name, long long max, long long *
 bool admin__plain_text(const char *s, size_t max);
 
 /* Result columns by name (-1 when absent) and as JSON (null for SQL NULL). */
-int admin__col(const PGresult *res, const char *name);
-json_t *admin__j_text(const PGresult *res, int row, int c);
-json_t *admin__j_int(const PGresult *res, int row, int c);
+int admin__col(const store_rows *res, const char *name);
+json_t *admin__j_text(const store_rows *res, int row, int c);
+json_t *admin__j_int(const store_rows *res, int row, int c);
 /* o[key] = column name of row, as text / integer (or null). */
-void admin__set_text(json_t *o, const char *key, const PGresult *res, int row, const char *name);
-void admin__set_int(json_t *o, const char *key, const PGresult *res, int row, const char *name);
+void admin__set_text(json_t *o, const char *key, const store_rows *res, int row, const char *name);
+void admin__set_int(json_t *o, const char *key, const store_rows *res, int row, const char *name);
 
 /* Drops trailing elements of list until the answer fits the configured
  * output limit (a page is never refused as too large). Returns how many. */

@@ -39,11 +39,11 @@ int admin__submit(https_req *r, const char *sql, int n, const char *const *param
  * (CMS_EPROTO only). Our SQL functions raise 22023 for bad arguments and
  * P0002 for unknown names, with a message meant for the operator.
  */
-int admin__db_error_status(int status, const PGresult *res)
+int admin__db_error_status(int status, const store_rows *res)
 {
     if (status == CMS_EUNAVAIL || status == CMS_ECLOSED)
         return 503;
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *state = res ? store_rows_sqlstate(res) : NULL;
     if (!state)
         return 500;
     if (strncmp(state, "22", 2) == 0) /* data exception: a value the peer sent */
@@ -55,11 +55,11 @@ int admin__db_error_status(int status, const PGresult *res)
     return 500;
 }
 
-void admin__reply_db_error(https_req *r, int status, const PGresult *res)
+void admin__reply_db_error(https_req *r, int status, const store_rows *res)
 {
     int code = admin__db_error_status(status, res);
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *state = res ? store_rows_sqlstate(res) : NULL;
+    const char *msg = res ? store_rows_error(res) : NULL;
     switch (code) {
     case 503:
         https_reply_error(r, 503, "database_unavailable",
@@ -156,35 +156,35 @@ int admin__query_uint(https_req *r, const char *name, long long max, long long *
 }
 
 /* Column by name, -1 when absent. */
-int admin__col(const PGresult *res, const char *name)
+int admin__col(const store_rows *res, const char *name)
 {
-    return PQfnumber(res, name);
+    return store_rows_col(res, name);
 }
 
 /* A text column as a JSON string, or null. */
-json_t *admin__j_text(const PGresult *res, int row, int c)
+json_t *admin__j_text(const store_rows *res, int row, int c)
 {
-    if (c < 0 || PQgetisnull(res, row, c))
+    if (c < 0 || store_rows_null(res, row, c))
         return json_null();
-    json_t *s = json_string(PQgetvalue(res, row, c));
+    json_t *s = json_string(store_rows_text(res, row, c));
     return s ? s : json_string("?"); /* not UTF-8: cannot happen with a UTF8 database */
 }
 
 /* An integer column as a JSON integer, or null. */
-json_t *admin__j_int(const PGresult *res, int row, int c)
+json_t *admin__j_int(const store_rows *res, int row, int c)
 {
-    if (c < 0 || PQgetisnull(res, row, c))
+    if (c < 0 || store_rows_null(res, row, c))
         return json_null();
-    return json_integer((json_int_t)strtoll(PQgetvalue(res, row, c), NULL, 10));
+    return json_integer((json_int_t)strtoll(store_rows_text(res, row, c), NULL, 10));
 }
 
 /* Sets key of o from column name of row: text (or null). */
-void admin__set_text(json_t *o, const char *key, const PGresult *res, int row, const char *name)
+void admin__set_text(json_t *o, const char *key, const store_rows *res, int row, const char *name)
 {
     json_object_set_new(o, key, admin__j_text(res, row, admin__col(res, name)));
 }
 
-void admin__set_int(json_t *o, const char *key, const PGresult *res, int row, const char *name)
+void admin__set_int(json_t *o, const char *key, const store_rows *res, int row, const char *name)
 {
     json_object_set_new(o, key, admin__j_int(res, row, admin__col(res, name)));
 }

@@ -34,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -140,12 +139,12 @@ static const struct {
     {"CV001", 400, "bad_request"},
 };
 
-void svc__db_error(int status, const struct pg_result *res, int *http_status, const char **error,
+void svc__db_error(int status, const store_rows *res, int *http_status, const char **error,
                    char *detail, size_t cap)
 {
     if (status == CMS_EPROTO && res) {
-        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        const char *st = store_rows_sqlstate(res);
+        const char *msg = store_rows_error(res);
         for (size_t i = 0; st && i < sizeof(sql_errors) / sizeof(sql_errors[0]); i++) {
             if (strcmp(st, sql_errors[i].state) == 0) {
                 *http_status = sql_errors[i].http;
@@ -194,7 +193,7 @@ static void tok_job_free(tok_job *j)
 }
 
 /* Answers a failed statement; 4xx are audited as "<action>_refused". */
-static void tok_db_refuse(tok_job *j, int status, const struct pg_result *res)
+static void tok_db_refuse(tok_job *j, int status, const store_rows *res)
 {
     int http;
     const char *error;
@@ -229,11 +228,11 @@ json_t *svc__json_body(https_req *r)
 
 /* ---- POST /api/v1/enroll/tokens -------------------------------------------------- */
 
-static void on_token_created(void *ctx, int status, const struct pg_result *res)
+static void on_token_created(void *ctx, int status, const store_rows *res)
 {
     tok_job *j = ctx;
     https_req *r = j->r;
-    if (status == CMS_OK && PQntuples(res) != 1)
+    if (status == CMS_OK && store_rows_count(res) != 1)
         status = CMS_EINTERNAL;
     if (status != CMS_OK) {
         tok_db_refuse(j, status, res);
@@ -241,15 +240,16 @@ static void on_token_created(void *ctx, int status, const struct pg_result *res)
     }
     char actor[96];
     svc__actor(r, actor, sizeof(actor));
-    log_info("enroll_token_created", PQgetvalue(res, 0, 1), r->peer_addr,
-             "token %s by %s, expires %s", PQgetvalue(res, 0, 0), actor, PQgetvalue(res, 0, 3));
+    log_info("enroll_token_created", store_rows_text(res, 0, 1), r->peer_addr,
+             "token %s by %s, expires %s", store_rows_text(res, 0, 0), actor,
+             store_rows_text(res, 0, 3));
     json_t *body = json_pack("{s:I, s:s, s:o, s:s, s:s, s:s, s:s}", "id",
-                             (json_int_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10), "serial",
-                             PQgetvalue(res, 0, 1), "model",
-                             PQgetisnull(res, 0, 2) ? json_null()
-                                                    : json_string(PQgetvalue(res, 0, 2)),
-                             "token", j->token, "expires_at", PQgetvalue(res, 0, 3),
-                             "device_status", PQgetvalue(res, 0, 4), "created_by", actor);
+                             (json_int_t)strtoll(store_rows_text(res, 0, 0), NULL, 10), "serial",
+                             store_rows_text(res, 0, 1), "model",
+                             store_rows_null(res, 0, 2) ? json_null()
+                                                        : json_string(store_rows_text(res, 0, 2)),
+                             "token", j->token, "expires_at", store_rows_text(res, 0, 3),
+                             "device_status", store_rows_text(res, 0, 4), "created_by", actor);
     https_reply_json(r, 201, body);
 done:
     tok_job_free(j);
@@ -333,17 +333,17 @@ done:
 
 /* ---- GET /api/v1/enroll/tokens ---------------------------------------------------- */
 
-static void on_token_list(void *ctx, int status, const struct pg_result *res)
+static void on_token_list(void *ctx, int status, const store_rows *res)
 {
     tok_job *j = ctx;
-    if (status == CMS_OK && PQntuples(res) != 1)
+    if (status == CMS_OK && store_rows_count(res) != 1)
         status = CMS_EINTERNAL;
     if (status != CMS_OK) {
         tok_db_refuse(j, status, res);
         goto done;
     }
     json_error_t e;
-    json_t *list = json_loads(PQgetvalue(res, 0, 0), 0, &e);
+    json_t *list = json_loads(store_rows_text(res, 0, 0), 0, &e);
     if (!list) {
         svc__reply_error(j->r, 500, "internal_error", "cannot read the token list", NULL, 0);
         goto done;
@@ -406,21 +406,22 @@ int enroll_token_list(https_req *r)
 
 /* ---- POST /api/v1/enroll/tokens/:id/revoke --------------------------------------------- */
 
-static void on_token_revoked(void *ctx, int status, const struct pg_result *res)
+static void on_token_revoked(void *ctx, int status, const store_rows *res)
 {
     tok_job *j = ctx;
-    if (status == CMS_OK && PQntuples(res) != 1)
+    if (status == CMS_OK && store_rows_count(res) != 1)
         status = CMS_EINTERNAL;
     if (status != CMS_OK) {
         tok_db_refuse(j, status, res);
         goto done;
     }
-    log_info("enroll_token_revoked", PQgetvalue(res, 0, 1), j->r->peer_addr, "token %s",
-             PQgetvalue(res, 0, 0));
+    log_info("enroll_token_revoked", store_rows_text(res, 0, 1), j->r->peer_addr, "token %s",
+             store_rows_text(res, 0, 0));
     https_reply_json(j->r, 200,
                      json_pack("{s:I, s:s, s:s}", "id",
-                               (json_int_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10), "serial",
-                               PQgetvalue(res, 0, 1), "revoked_at", PQgetvalue(res, 0, 2)));
+                               (json_int_t)strtoll(store_rows_text(res, 0, 0), NULL, 10), "serial",
+                               store_rows_text(res, 0, 1), "revoked_at",
+                               store_rows_text(res, 0, 2)));
 done:
     tok_job_free(j);
 }

@@ -37,7 +37,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <libpq-fe.h>
 #include <openssl/conf.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -124,7 +123,7 @@ static bool conn_open(const https_req *r)
 }
 
 /* A store_query failure: 4xx refusals are audited, 5xx only answered. */
-static void db_refuse(est_job *j, int status, const struct pg_result *res)
+static void db_refuse(est_job *j, int status, const store_rows *res)
 {
     int http;
     const char *error;
@@ -287,17 +286,17 @@ static bool issue(est_job *j, const char *serial)
 
 /* ---- simpleenroll ----------------------------------------------------------------- */
 
-static void on_enrolled(void *ctx, int status, const struct pg_result *res)
+static void on_enrolled(void *ctx, int status, const store_rows *res)
 {
     est_job *j = ctx;
     https_req *r = j->r;
-    if (status != CMS_OK || PQntuples(res) != 1) {
+    if (status != CMS_OK || store_rows_count(res) != 1) {
         if (status == CMS_OK)
             status = CMS_EINTERNAL;
         db_refuse(j, status, res);
         goto done;
     }
-    int superseded = atoi(PQgetvalue(res, 0, 2));
+    int superseded = atoi(store_rows_text(res, 0, 2));
     log_info("est_enrolled", j->csr->cn, r->peer_addr,
              "certificate %s (%s) fingerprint %s valid until %s%s", j->issued.serial_hex,
              j->csr->key_desc, j->issued.fingerprint, j->issued.not_after,
@@ -309,11 +308,11 @@ done:
     job_free(j);
 }
 
-static void on_checked(void *ctx, int status, const struct pg_result *res)
+static void on_checked(void *ctx, int status, const store_rows *res)
 {
     est_job *j = ctx;
     https_req *r = j->r;
-    if (status == CMS_OK && PQntuples(res) != 1)
+    if (status == CMS_OK && store_rows_count(res) != 1)
         status = CMS_EINTERNAL;
     if (status != CMS_OK) {
         db_refuse(j, status, res);
@@ -323,7 +322,7 @@ static void on_checked(void *ctx, int status, const struct pg_result *res)
         svc__reply_error(r, 499, "client_closed", NULL, NULL, 0);
         goto fail;
     }
-    if (!issue(j, PQgetvalue(res, 0, 2)))
+    if (!issue(j, store_rows_text(res, 0, 2)))
         goto fail;
     const char *params[10] = {
         j->token_hash,
@@ -456,10 +455,10 @@ done:
 
 /* ---- simplereenroll ----------------------------------------------------------------- */
 
-static void on_reenrolled(void *ctx, int status, const struct pg_result *res)
+static void on_reenrolled(void *ctx, int status, const store_rows *res)
 {
     est_job *j = ctx;
-    if (status == CMS_OK && PQntuples(res) != 1)
+    if (status == CMS_OK && store_rows_count(res) != 1)
         status = CMS_EINTERNAL;
     if (status != CMS_OK) {
         db_refuse(j, status, res);

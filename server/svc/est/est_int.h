@@ -15,8 +15,6 @@
 #include "pki.h"
 #include "svc.h"
 
-struct pg_result;
-
 /* svc_state.est when EST is configured (est_ca_cert set). */
 typedef struct est_state {
     pki_ca *ca;       /* owned: the device-issuing CA (also signs the CRL) */
@@ -45,7 +43,7 @@ void svc__reply_error(https_req *r, int status, const char *error, const char *d
  *   status  the store_query_cb status (not CMS_OK); res may be NULL.
  * Fills *http_status, *error (static string) and detail (cap bytes).
  */
-void svc__db_error(int status, const struct pg_result *res, int *http_status, const char **error,
+void svc__db_error(int status, const store_rows *res, int *http_status, const char **error,
                    char *detail, size_t cap);
 
 /*

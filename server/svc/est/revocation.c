@@ -44,7 +44,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
@@ -94,38 +93,38 @@ static void crl_job_end(crl_job *j, int status)
     free(j);
 }
 
-static void on_crl_published(void *ctx, int status, const struct pg_result *res)
+static void on_crl_published(void *ctx, int status, const store_rows *res)
 {
     crl_job *j = ctx;
-    if (status != CMS_OK || PQntuples(res) != 1) {
+    if (status != CMS_OK || store_rows_count(res) != 1) {
         log_error("crl_failed", NULL, NULL, "storing CRL %" PRIu64 ": %s", j->number,
-                  res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : cms_strerror(status));
+                  res ? store_rows_error(res) : cms_strerror(status));
         crl_job_end(j, status == CMS_OK ? CMS_EINTERNAL : status);
         return;
     }
-    bool stored = PQgetvalue(res, 0, 0)[0] == 't';
+    bool stored = store_rows_text(res, 0, 0)[0] == 't';
     log_info("crl_published", NULL, NULL, "CRL %" PRIu64 " with %d entr%s%s", j->number,
              j->entries, j->entries == 1 ? "y" : "ies",
              stored ? "" : " (a newer one was already stored)");
     crl_job_end(j, CMS_OK);
 }
 
-static void on_crl_prepared(void *ctx, int status, const struct pg_result *res)
+static void on_crl_prepared(void *ctx, int status, const store_rows *res)
 {
     crl_job *j = ctx;
     char reason[PKI_REASON_MAX] = "";
     pki_crl_entry *entries = NULL;
     pki_ca *ca = svc__est_ca(j->st);
-    int n = status == CMS_OK ? PQntuples(res) : 0;
+    int n = status == CMS_OK ? store_rows_count(res) : 0;
     if (status != CMS_OK || n < 1 || !ca) {
         log_error("crl_failed", NULL, NULL, "preparing the CRL: %s",
-                  res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : cms_strerror(status));
+                  res ? store_rows_error(res) : cms_strerror(status));
         crl_job_end(j, status == CMS_OK ? CMS_EINTERNAL : status);
         return;
     }
-    j->number = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
-    snprintf(j->prepared_at, sizeof(j->prepared_at), "%s", PQgetvalue(res, 0, 5));
-    time_t this_update = (time_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    j->number = strtoull(store_rows_text(res, 0, 0), NULL, 10);
+    snprintf(j->prepared_at, sizeof(j->prepared_at), "%s", store_rows_text(res, 0, 5));
+    time_t this_update = (time_t)strtoll(store_rows_text(res, 0, 1), NULL, 10);
     entries = calloc((size_t)n, sizeof(*entries));
     if (!entries) {
         crl_job_end(j, CMS_ENOMEM);
@@ -133,11 +132,11 @@ static void on_crl_prepared(void *ctx, int status, const struct pg_result *res)
     }
     size_t k = 0;
     for (int i = 0; i < n; i++) {
-        if (PQgetisnull(res, i, 2))
+        if (store_rows_null(res, i, 2))
             continue;
-        entries[k].serial_hex = PQgetvalue(res, i, 2);
-        entries[k].revoked_at = (time_t)strtoll(PQgetvalue(res, i, 3), NULL, 10);
-        entries[k].reason = atoi(PQgetvalue(res, i, 4));
+        entries[k].serial_hex = store_rows_text(res, i, 2);
+        entries[k].revoked_at = (time_t)strtoll(store_rows_text(res, i, 3), NULL, 10);
+        entries[k].reason = atoi(store_rows_text(res, i, 4));
         k++;
     }
     j->entries = (int)k;
@@ -237,10 +236,10 @@ static void on_crl_fresh(void *ctx, int status, const pki_crl *crl, uint64_t num
     crl_get_free(j);
 }
 
-static void on_crl_current(void *ctx, int status, const struct pg_result *res)
+static void on_crl_current(void *ctx, int status, const store_rows *res)
 {
     crl_get_job *j = ctx;
-    if (status != CMS_OK || PQntuples(res) != 1) {
+    if (status != CMS_OK || store_rows_count(res) != 1) {
         int http;
         const char *error;
         char detail[256];
@@ -250,17 +249,17 @@ static void on_crl_current(void *ctx, int status, const struct pg_result *res)
         crl_get_free(j);
         return;
     }
-    bool have = !PQgetisnull(res, 0, 0), stale = PQgetvalue(res, 0, 3)[0] == 't';
+    bool have = !store_rows_null(res, 0, 0), stale = store_rows_text(res, 0, 3)[0] == 't';
     if (have && !stale) {
-        if (!serve_stored(j, PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2)))
+        if (!serve_stored(j, store_rows_text(res, 0, 1), store_rows_text(res, 0, 2)))
             svc__reply_error(j->r, 500, "internal_error", "the stored CRL is unreadable", NULL,
                              0);
         crl_get_free(j);
         return;
     }
     if (have) {
-        j->stale_der_hex = strdup(PQgetvalue(res, 0, 1));
-        j->stale_pem = strdup(PQgetvalue(res, 0, 2));
+        j->stale_der_hex = strdup(store_rows_text(res, 0, 1));
+        j->stale_pem = strdup(store_rows_text(res, 0, 2));
     }
     if (svc__crl_regenerate(j->st, on_crl_fresh, j) == CMS_OK)
         return;
@@ -354,7 +353,7 @@ static void close_refused(net_conn *c, void *arg)
     net_conn_close(c, x->reason);
 }
 
-static void on_rechecked(void *ctx, int status, const struct pg_result *res)
+static void on_rechecked(void *ctx, int status, const store_rows *res)
 {
     svc_state *st = ctx;
     if (status != CMS_OK) {
@@ -365,8 +364,9 @@ static void on_rechecked(void *ctx, int status, const struct pg_result *res)
     }
     if (!st->server)
         return;
-    for (int i = 0; i < PQntuples(res); i++) {
-        refused x = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2)};
+    for (int i = 0; i < store_rows_count(res); i++) {
+        refused x = {store_rows_text(res, i, 0), store_rows_text(res, i, 1),
+                     store_rows_text(res, i, 2)};
         net_server_foreach(st->server, close_refused, &x);
     }
 }
@@ -446,11 +446,11 @@ static void on_rev_crl(void *ctx, int status, const pki_crl *crl, uint64_t numbe
     rev_job_free(j);
 }
 
-static void on_revoked(void *ctx, int status, const struct pg_result *res)
+static void on_revoked(void *ctx, int status, const store_rows *res)
 {
     rev_job *j = ctx;
     https_req *r = j->r;
-    if (status == CMS_OK && PQntuples(res) != 1)
+    if (status == CMS_OK && store_rows_count(res) != 1)
         status = CMS_EINTERNAL;
     if (status != CMS_OK) {
         int http;
@@ -467,22 +467,23 @@ static void on_revoked(void *ctx, int status, const struct pg_result *res)
         rev_job_free(j);
         return;
     }
-    const char *serial = j->kind == REV_CERT ? PQgetvalue(res, 0, 0) : j->subject;
+    const char *serial = j->kind == REV_CERT ? store_rows_text(res, 0, 0) : j->subject;
     if (j->kind == REV_CERT) {
         log_warn("cert_revoked", serial, r->peer_addr, "certificate %s (serial %s) revoked by %s",
-                 j->subject, PQgetvalue(res, 0, 1), r->peer_cn);
-        j->answer = json_pack("{s:s, s:s, s:s, s:s}", "fingerprint", j->subject, "serial",
-                              serial, "cert_serial", PQgetvalue(res, 0, 1), "revoked_at",
-                              PQgetvalue(res, 0, 2));
+                 j->subject, store_rows_text(res, 0, 1), r->peer_cn);
+        j->answer = json_pack("{s:s, s:s, s:s, s:s}", "fingerprint", j->subject, "serial", serial,
+                              "cert_serial", store_rows_text(res, 0, 1), "revoked_at",
+                              store_rows_text(res, 0, 2));
     } else {
         const char *to = j->kind == REV_DEVICE ? "revoked" : "decommissioned";
         log_warn(j->kind == REV_DEVICE ? "device_revoked" : "device_decommissioned", serial,
                  r->peer_addr, "%s by %s (was %s; %s certificate(s), %s token(s) revoked)", to,
-                 r->peer_cn, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+                 r->peer_cn, store_rows_text(res, 0, 0), store_rows_text(res, 0, 1),
+                 store_rows_text(res, 0, 2));
         j->answer = json_pack("{s:s, s:s, s:s, s:i, s:i}", "serial", serial, "status", to,
-                              "previous_status", PQgetvalue(res, 0, 0), "certs_revoked",
-                              atoi(PQgetvalue(res, 0, 1)), "tokens_revoked",
-                              atoi(PQgetvalue(res, 0, 2)));
+                              "previous_status", store_rows_text(res, 0, 0), "certs_revoked",
+                              atoi(store_rows_text(res, 0, 1)), "tokens_revoked",
+                              atoi(store_rows_text(res, 0, 2)));
     }
     /* This worker need not wait for its own NOTIFY. */
     if (j->st->server)

@@ -27,7 +27,6 @@
 #include <string.h>
 
 #include <jansson.h>
-#include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
@@ -55,7 +54,7 @@ int fw__submit(https_req *r, const char *sql, int n, const char *const *params, 
     return CMS_OK;
 }
 
-void fw__reply_db_error(https_req *r, int status, const PGresult *res)
+void fw__reply_db_error(https_req *r, int status, const store_rows *res)
 {
     if (status == CMS_EUNAVAIL || status == CMS_ECLOSED) {
         https_reply_error(r, 503, "database_unavailable",
@@ -63,8 +62,8 @@ void fw__reply_db_error(https_req *r, int status, const PGresult *res)
                                                 : "the database is unavailable or timed out");
         return;
     }
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *state = res ? store_rows_sqlstate(res) : NULL;
+    const char *msg = res ? store_rows_error(res) : NULL;
     state = state ? state : "";
     msg = msg ? msg : "";
     if (strncmp(state, "22", 2) == 0)
@@ -129,22 +128,22 @@ int fw__unhex_alloc(const char *hex, unsigned char **out, size_t *out_len)
     return CMS_OK;
 }
 
-static const char *col(const PGresult *res, int row, const char *name)
+static const char *col(const store_rows *res, int row, const char *name)
 {
-    int c = PQfnumber(res, name);
-    if (c < 0 || PQgetisnull(res, row, c))
+    int c = store_rows_col(res, name);
+    if (c < 0 || store_rows_null(res, row, c))
         return NULL;
-    return PQgetvalue(res, row, c);
+    return store_rows_text(res, row, c);
 }
 
 /* Adds name (text, integer or null) from the result row to o. */
-static void put_text(json_t *o, const PGresult *res, int row, const char *name)
+static void put_text(json_t *o, const store_rows *res, int row, const char *name)
 {
     const char *v = col(res, row, name);
     json_object_set_new(o, name, v ? json_string(v) : json_null());
 }
 
-static void put_int(json_t *o, const PGresult *res, int row, const char *name)
+static void put_int(json_t *o, const store_rows *res, int row, const char *name)
 {
     const char *v = col(res, row, name);
     json_object_set_new(o, name, v ? json_integer(strtoll(v, NULL, 10)) : json_null());
@@ -196,13 +195,13 @@ static void import_refuse(import_job *j, int status, const char *error, const ch
     import_free(j);
 }
 
-static void import_done(void *ctx, int status, const PGresult *res)
+static void import_done(void *ctx, int status, const store_rows *res)
 {
     import_job *j = ctx;
     https_req *r = j->r;
     if (status != CMS_OK) {
-        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-        const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        const char *state = res ? store_rows_sqlstate(res) : NULL;
+        const char *msg = res ? store_rows_error(res) : NULL;
         if (state && (strcmp(state, "CF002") == 0 || strcmp(state, "CF003") == 0)) {
             import_refuse(j, 409, "conflict", msg);
             return;
@@ -261,7 +260,7 @@ static void import_finish(import_job *j)
 
 static void import_put_next(import_job *j);
 
-static void import_chunk_done(void *ctx, int status, const PGresult *res)
+static void import_chunk_done(void *ctx, int status, const store_rows *res)
 {
     import_job *j = ctx;
     if (status != CMS_OK) {
@@ -300,20 +299,20 @@ static void import_put_next(import_job *j)
     }
 }
 
-static void import_begun(void *ctx, int status, const PGresult *res)
+static void import_begun(void *ctx, int status, const store_rows *res)
 {
     import_job *j = ctx;
     if (status != CMS_OK) {
-        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        const char *state = res ? store_rows_sqlstate(res) : NULL;
         if (state && strcmp(state, "CF003") == 0) {
-            import_refuse(j, 409, "conflict", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+            import_refuse(j, 409, "conflict", store_rows_error(res));
             return;
         }
         fw__reply_db_error(j->r, status, res);
         import_free(j);
         return;
     }
-    if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+    if (store_rows_count(res) == 1 && strcmp(store_rows_text(res, 0, 0), "t") == 0) {
         import_finish(j); /* content-addressed: the same image is stored already */
         return;
     }
@@ -441,7 +440,7 @@ int fw_import(https_req *r)
 
 /* ---- list ------------------------------------------------------------------------------- */
 
-static json_t *release_json(const PGresult *res, int i)
+static json_t *release_json(const store_rows *res, int i)
 {
     json_t *o = json_object();
     put_int(o, res, i, "id");
@@ -462,7 +461,7 @@ static json_t *release_json(const PGresult *res, int i)
     "id, model, version, security_counter, sha256, length, publisher_keyid, imported_by, " ISO(    \
         "imported_at") " AS imported_at, active_approvals, installed_devices"
 
-static void list_done(void *ctx, int status, const PGresult *res)
+static void list_done(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
@@ -470,7 +469,7 @@ static void list_done(void *ctx, int status, const PGresult *res)
         return;
     }
     json_t *a = json_array();
-    for (int i = 0; i < PQntuples(res); i++)
+    for (int i = 0; i < store_rows_count(res); i++)
         json_array_append_new(a, release_json(res, i));
     https_reply_json(r, 200, json_pack("{s:o}", "releases", a));
 }
@@ -502,14 +501,14 @@ typedef struct status_job {
     json_t *out;
 } status_job;
 
-static void status_fail(status_job *j, int status, const PGresult *res)
+static void status_fail(status_job *j, int status, const store_rows *res)
 {
     fw__reply_db_error(j->r, status, res);
     json_decref(j->out);
     free(j);
 }
 
-static void status_devices(void *ctx, int status, const PGresult *res)
+static void status_devices(void *ctx, int status, const store_rows *res)
 {
     status_job *j = ctx;
     if (status != CMS_OK) {
@@ -518,7 +517,7 @@ static void status_devices(void *ctx, int status, const PGresult *res)
     }
     json_t *a = json_array();
     json_t *counts = json_object();
-    for (int i = 0; i < PQntuples(res); i++) {
+    for (int i = 0; i < store_rows_count(res); i++) {
         json_t *o = json_object();
         put_text(o, res, i, "serial");
         put_text(o, res, i, "model");
@@ -542,7 +541,7 @@ static void status_devices(void *ctx, int status, const PGresult *res)
     free(j);
 }
 
-static void status_approvals(void *ctx, int status, const PGresult *res)
+static void status_approvals(void *ctx, int status, const store_rows *res)
 {
     status_job *j = ctx;
     if (status != CMS_OK) {
@@ -550,7 +549,7 @@ static void status_approvals(void *ctx, int status, const PGresult *res)
         return;
     }
     json_t *a = json_array();
-    for (int i = 0; i < PQntuples(res); i++) {
+    for (int i = 0; i < store_rows_count(res); i++) {
         json_t *o = json_object();
         put_int(o, res, i, "id");
         put_text(o, res, i, "device");
@@ -573,14 +572,14 @@ static void status_approvals(void *ctx, int status, const PGresult *res)
         status_fail(j, CMS_EUNAVAIL, NULL);
 }
 
-static void status_release(void *ctx, int status, const PGresult *res)
+static void status_release(void *ctx, int status, const store_rows *res)
 {
     status_job *j = ctx;
     if (status != CMS_OK) {
         status_fail(j, status, res);
         return;
     }
-    if (PQntuples(res) != 1) {
+    if (store_rows_count(res) != 1) {
         https_reply_error(j->r, 404, "not_found", "no such firmware release");
         free(j);
         return;
@@ -673,13 +672,13 @@ static void change_free(change_job *j)
     free(j);
 }
 
-static void change_done(void *ctx, int status, const PGresult *res)
+static void change_done(void *ctx, int status, const store_rows *res)
 {
     change_job *j = ctx;
     https_req *r = j->r;
     if (status != CMS_OK) {
-        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-        const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        const char *state = res ? store_rows_sqlstate(res) : NULL;
+        const char *msg = res ? store_rows_error(res) : NULL;
         if (status == CMS_EPROTO) { /* a refusal: audited (the transaction rolled back) */
             json_t *d = json_pack("{s:s, s:s, s:s, s:s}", "release_id", j->id, "sqlstate",
                                   state ? state : "", "reason", msg ? msg : "", "action",
@@ -697,10 +696,10 @@ static void change_done(void *ctx, int status, const PGresult *res)
         return;
     }
     json_t *a = json_array();
-    for (int i = 0; i < PQntuples(res); i++)
-        json_array_append_new(a,
-                              json_pack("{s:s, s:s, s:s}", "kind", PQgetvalue(res, i, 0), "name",
-                                        PQgetvalue(res, i, 1), "outcome", PQgetvalue(res, i, 2)));
+    for (int i = 0; i < store_rows_count(res); i++)
+        json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "kind", store_rows_text(res, i, 0),
+                                           "name", store_rows_text(res, i, 1), "outcome",
+                                           store_rows_text(res, i, 2)));
     https_reply_json(
         r, 200,
         json_pack("{s:I, s:o}", "release_id", (json_int_t)strtoll(j->id, NULL, 10), "results", a));

@@ -24,7 +24,6 @@
 #include <time.h>
 
 #include <jansson.h>
-#include <libpq-fe.h>
 
 #include "cms_err.h"
 #include "firmware_int.h"
@@ -32,7 +31,7 @@
 
 /* ---- manifest -------------------------------------------------------------------------- */
 
-static void manifest_done(void *ctx, int status, const PGresult *res)
+static void manifest_done(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     fw_worker *w = fw__worker(r);
@@ -43,20 +42,20 @@ static void manifest_done(void *ctx, int status, const PGresult *res)
         fw__reply_db_error(r, status, res);
         return;
     }
-    if (PQntuples(res) == 0) {
+    if (store_rows_count(res) == 0) {
         https_reply(r, 204, NULL, NULL, 0, NULL, 0);
         return;
     }
     memset(&m, 0, sizeof(m));
-    snprintf(m.serial, sizeof(m.serial), "%s", PQgetvalue(res, 0, 1));
-    snprintf(m.model, sizeof(m.model), "%s", PQgetvalue(res, 0, 2));
-    snprintf(m.target_version, sizeof(m.target_version), "%s", PQgetvalue(res, 0, 3));
-    m.security_counter = (uint32_t)strtoul(PQgetvalue(res, 0, 4), NULL, 10);
-    snprintf(m.sha256_hex, sizeof(m.sha256_hex), "%s", PQgetvalue(res, 0, 5));
-    m.length = strtoull(PQgetvalue(res, 0, 6), NULL, 10);
-    m.release_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    snprintf(m.publisher_keyid, sizeof(m.publisher_keyid), "%s", PQgetvalue(res, 0, 9));
-    m.manifest_counter = strtoull(PQgetvalue(res, 0, 10), NULL, 10);
+    snprintf(m.serial, sizeof(m.serial), "%s", store_rows_text(res, 0, 1));
+    snprintf(m.model, sizeof(m.model), "%s", store_rows_text(res, 0, 2));
+    snprintf(m.target_version, sizeof(m.target_version), "%s", store_rows_text(res, 0, 3));
+    m.security_counter = (uint32_t)strtoul(store_rows_text(res, 0, 4), NULL, 10);
+    snprintf(m.sha256_hex, sizeof(m.sha256_hex), "%s", store_rows_text(res, 0, 5));
+    m.length = strtoull(store_rows_text(res, 0, 6), NULL, 10);
+    m.release_id = strtoll(store_rows_text(res, 0, 0), NULL, 10);
+    snprintf(m.publisher_keyid, sizeof(m.publisher_keyid), "%s", store_rows_text(res, 0, 9));
+    m.manifest_counter = strtoull(store_rows_text(res, 0, 10), NULL, 10);
     snprintf(m.download, sizeof(m.download), "/fw/v1/images/%s", m.sha256_hex);
     /* The installed version as the device sent it, already validated. */
     char installed[FW_VERSION_MAX + 1];
@@ -65,8 +64,9 @@ static void manifest_done(void *ctx, int status, const PGresult *res)
     snprintf(m.installed_version, sizeof(m.installed_version), "%s", installed);
     m.issued_at = (int64_t)time(NULL);
     m.expires_at = m.issued_at + (int64_t)w->cfg->fw_manifest_ttl_s;
-    if (fw__unhex_alloc(PQgetvalue(res, 0, 7), &m.descriptor, &m.descriptor_len) != CMS_OK ||
-        fw__unhex_alloc(PQgetvalue(res, 0, 8), &m.publisher_sig, &m.publisher_sig_len) != CMS_OK ||
+    if (fw__unhex_alloc(store_rows_text(res, 0, 7), &m.descriptor, &m.descriptor_len) != CMS_OK ||
+        fw__unhex_alloc(store_rows_text(res, 0, 8), &m.publisher_sig, &m.publisher_sig_len) !=
+            CMS_OK ||
         fw_manifest_build(&m, w->keys->dist, w->keys->ndist, &doc, &doc_len) != CMS_OK) {
         log_error("fw_manifest", r->peer_cn, r->peer_addr, "cannot build the manifest");
         https_reply_error(r, 500, "internal_error", "cannot build the manifest");
@@ -129,14 +129,16 @@ int fw_manifest_get(https_req *r)
 
 /* ---- report ---------------------------------------------------------------------------- */
 
-static void report_done(void *ctx, int status, const PGresult *res)
+static void report_done(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
         fw__reply_db_error(r, status, res);
         return;
     }
-    const char *rid = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0) : NULL;
+    const char *rid = store_rows_count(res) == 1 && !store_rows_null(res, 0, 0)
+                          ? store_rows_text(res, 0, 0)
+                          : NULL;
     log_info("fw_report", r->peer_cn, r->peer_addr, "report recorded (release %s)",
              rid ? rid : "none");
     https_reply_json(r, 200,

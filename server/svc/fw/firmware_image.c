@@ -45,7 +45,6 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
@@ -685,7 +684,7 @@ static void on_chunk_written(uv_fs_t *req)
         build_next(d);
 }
 
-static void on_chunk(void *ctx, int status, const PGresult *res)
+static void on_chunk(void *ctx, int status, const store_rows *res)
 {
     fw_dl *d = ctx;
     if (!dl_fs_back(d))
@@ -696,7 +695,7 @@ static void on_chunk(void *ctx, int status, const PGresult *res)
     }
     uint64_t off = (uint64_t)d->seq * FW_CHUNK_BYTES;
     size_t want = (size_t)(d->length - off < FW_CHUNK_BYTES ? d->length - off : FW_CHUNK_BYTES);
-    const char *hex = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "";
+    const char *hex = store_rows_count(res) == 1 ? store_rows_text(res, 0, 0) : "";
     if (strlen(hex) != 2 * want || fw_unhex(hex, 2 * want, d->buf, want) != CMS_OK) {
         tampered(d, "fw_image_tampered", "a database chunk (missing or of the wrong size)");
         build_fail(d, 500, "image_integrity",
@@ -837,7 +836,7 @@ static void on_open(uv_fs_t *req)
 
 /* ---- authorization --------------------------------------------------------------------------- */
 
-static void on_authorized(void *ctx, int status, const PGresult *res)
+static void on_authorized(void *ctx, int status, const store_rows *res)
 {
     fw_dl *d = ctx;
     https_req *r = d->r;
@@ -848,7 +847,7 @@ static void on_authorized(void *ctx, int status, const PGresult *res)
         dl_release(d);
         return;
     }
-    if (PQntuples(res) != 1) {
+    if (store_rows_count(res) != 1) {
         log_warn("fw_image_refused", r->peer_cn, r->peer_addr,
                  "image %s is not allowlisted for this device", d->hex);
         https_audit(
@@ -857,11 +856,11 @@ static void on_authorized(void *ctx, int status, const PGresult *res)
         dl_fail(d, 404, "not_found", "no image with this hash is allowlisted for this device");
         return;
     }
-    d->release_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    d->length = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
-    d->nchunks = (unsigned)strtoul(PQgetvalue(res, 0, 3), NULL, 10);
-    d->store_gen = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
-    if (strtol(PQgetvalue(res, 0, 2), NULL, 10) != (long)FW_CHUNK_BYTES ||
+    d->release_id = strtoll(store_rows_text(res, 0, 0), NULL, 10);
+    d->length = strtoull(store_rows_text(res, 0, 1), NULL, 10);
+    d->nchunks = (unsigned)strtoul(store_rows_text(res, 0, 3), NULL, 10);
+    d->store_gen = strtoll(store_rows_text(res, 0, 4), NULL, 10);
+    if (strtol(store_rows_text(res, 0, 2), NULL, 10) != (long)FW_CHUNK_BYTES ||
         d->nchunks != (d->length + FW_CHUNK_BYTES - 1) / FW_CHUNK_BYTES) {
         dl_fail(d, 500, "internal_error", "stored image has an unexpected chunk size");
         return;

@@ -64,7 +64,7 @@ static inline store_t *fw__store(https_req *r)
 /* Runs sql on the control connection with r as ctx; returns what the handler returns. */
 int fw__submit(https_req *r, const char *sql, int n, const char *const *params, store_query_cb cb);
 /* Answers a failed statement (status/res from the store callback). */
-void fw__reply_db_error(https_req *r, int status, const struct pg_result *res);
+void fw__reply_db_error(https_req *r, int status, const store_rows *res);
 /* Refuses a query string outside allowed with 400; true when it is fine. */
 bool fw__query_ok(https_req *r, const char *const *allowed);
 /* "operator:<CN>" / "device:<CN>" into buf. */
