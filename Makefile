@@ -16,8 +16,9 @@ WARN     = -Wall -Wextra -Wstrict-prototypes -Wshadow -Wconversion -Wno-sign-con
            -Wformat=2 -Wmissing-prototypes
 OPT     ?= -O2 -g
 SANITIZE ?=
+DEFS     ?=
 CFLAGS  ?=
-override CFLAGS += $(OPT) $(SANITIZE) -std=gnu11 $(WARN) -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE \
+override CFLAGS += $(OPT) $(SANITIZE) $(DEFS) -std=gnu11 $(WARN) -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE \
            -fno-strict-aliasing
 override LDFLAGS += $(SANITIZE)
 ifdef WERROR
@@ -70,6 +71,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcms.a
 asan:
 	$(MAKE) BUILD=build/asan CC=clang OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  DEFS=-DCMSD_FAULT_INJECTION \
 	  all $(addprefix build/asan/tests/,$(notdir $(UNIT_BINS)))
 
 unit: $(UNIT_BINS)

@@ -33,6 +33,16 @@
 
 enum worker_status { W_STARTING = 0, W_RUNNING, W_FAILED, W_STOPPED };
 
+/* What every worker borrows, loaded once before the workers start and
+ * read-only while they run; owned by main (shared_free). */
+typedef struct shared {
+    tls_ctx *mllp_tls;
+    tls_ctx *https_tls;  /* NULL when https_listen is "" */
+    X509 *device_issuer; /* the first certificate of tls_device_ca */
+    fw_keys *fw_keys;    /* read-only once loaded */
+    rl_table *est_limit; /* locked inside, or NULL (est_anon_per_min = 0) */
+} shared;
+
 typedef struct worker {
     unsigned id;
     pthread_t thread;
@@ -49,6 +59,8 @@ typedef struct worker {
     uv_timer_t ready_timer;
     uv_timer_t anchor_timer; /* worker 0, audit_anchor_interval_s > 0 */
     bool anchor_on;
+    /* What worker_start set up, so that worker_free undoes exactly that. */
+    bool loop_ok, stop_async_ok, ready_timer_ok, thread_ok;
     uint64_t started_at;
     store_t *store;
     net_server *net;
@@ -57,6 +69,32 @@ typedef struct worker {
     uv_async_t *notify_main; /* borrowed: wakes the main loop on status changes */
     unsigned pending_closes;
 } worker;
+
+#ifdef CMSD_FAULT_INJECTION
+/*
+ * The sanitizer build only (make asan): CMSD_FAIL_AT=STEP makes that start-up
+ * step fail as if memory ran out, so that a test can show that every step
+ * frees what the steps before it made (tests/blackbox/test_startup_failures.py).
+ * STEP is the step's name (every worker) or "name:N" (worker N): est_limit,
+ * workers, main_loop, worker_thread, store, fw_worker.
+ */
+static bool fail_at(const char *step, unsigned n)
+{
+    const char *want = getenv("CMSD_FAIL_AT");
+    char one[64];
+    snprintf(one, sizeof(one), "%s:%u", step, n);
+    if (!want || (strcmp(want, step) != 0 && strcmp(want, one) != 0))
+        return false;
+    log_warn("fault_injected", NULL, NULL, "CMSD_FAIL_AT=%s", want);
+    return true;
+}
+#else
+static inline bool fail_at(const char *step, unsigned n)
+{
+    (void)step, (void)n;
+    return false;
+}
+#endif
 
 static void usage(FILE *out)
 {
@@ -131,8 +169,10 @@ static int worker_listen(worker *w)
         .preauth_buffer_bytes = cfg->preauth_buffer_bytes,
     };
     w->net = net_server_new(&w->loop, &lim);
-    if (!w->net)
+    if (!w->net) {
+        log_error("startup_failed", NULL, NULL, "worker %u: connections: out of memory", w->id);
         return CMS_ENOMEM;
+    }
     ingest_config ic = {
         .max_frame_bytes = cfg->max_frame_bytes,
         .max_pending_per_conn = cfg->max_pending_per_conn,
@@ -161,9 +201,12 @@ static int worker_listen(worker *w)
         return CMS_EINVAL;
     if (!w->https_tls)
         return CMS_OK;
-    w->svc.fw = fw_worker_new(w->fw_keys, cfg, &w->loop, w->id);
-    if (!w->svc.fw)
+    w->svc.fw =
+        fail_at("fw_worker", w->id) ? NULL : fw_worker_new(w->fw_keys, cfg, &w->loop, w->id);
+    if (!w->svc.fw) {
+        log_error("startup_failed", NULL, NULL, "worker %u: firmware: out of memory", w->id);
         return CMS_ENOMEM;
+    }
     https_config hc = {
         .max_header_bytes = cfg->http_max_header_bytes,
         .max_body_bytes = cfg->http_max_body_bytes,
@@ -241,7 +284,7 @@ static void *worker_main(void *arg)
     sc.device_cache_ttl_s = cfg->device_cache_ttl_s;
 
     w->started_at = uv_now(&w->loop);
-    w->store = store_new(&w->loop, &sc);
+    w->store = fail_at("store", w->id) ? NULL : store_new(&w->loop, &sc);
     if (!w->store) {
         log_error("startup_failed", NULL, NULL, "store: out of memory");
         worker_set_status(w, W_FAILED);
@@ -258,12 +301,20 @@ static void *worker_main(void *arg)
 
 /* ---- main ---------------------------------------------------------------- */
 
+/*
+ * Start-up and shutdown have one cleanup path: main owns what the workers
+ * share (shared) and the main loop's handles and the workers (cmsd), each
+ * recorded as it is made; at main's cleanup label cmsd_free and shared_free
+ * undo what was made, once, whichever step failed.
+ */
 typedef struct cmsd {
-    uv_loop_t *loop;
+    uv_loop_t loop;
+    bool loop_ok, notify_ok, sigint_ok, sigterm_ok;
     uv_signal_t sigint, sigterm;
     uv_async_t notify;
-    worker *workers;
-    unsigned nworkers;
+    worker *workers; /* cap entries, calloc'd */
+    unsigned cap;
+    unsigned nworkers; /* started: the threads that run */
     bool stopping, announced;
     int exit_code;
 } cmsd;
@@ -283,6 +334,19 @@ static void on_signal(uv_signal_t *s, int signum)
     log_info("shutdown", NULL, NULL, "signal %d: stopping (connections drained, batches committed)",
              signum);
     stop_workers(d);
+}
+
+static void close_if_open(uv_handle_t *h, bool inited)
+{
+    if (inited && !uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void close_main_handles(cmsd *d)
+{
+    close_if_open((uv_handle_t *)&d->sigint, d->sigint_ok);
+    close_if_open((uv_handle_t *)&d->sigterm, d->sigterm_ok);
+    close_if_open((uv_handle_t *)&d->notify, d->notify_ok);
 }
 
 static void on_worker_notify(uv_async_t *a)
@@ -305,11 +369,8 @@ static void on_worker_notify(uv_async_t *a)
         log_info("ready", NULL, NULL, "cmsd %s serving with %u worker(s)", CMSD_VERSION,
                  d->nworkers);
     }
-    if (done == d->nworkers) {
-        uv_close((uv_handle_t *)&d->sigint, NULL);
-        uv_close((uv_handle_t *)&d->sigterm, NULL);
-        uv_close((uv_handle_t *)&d->notify, NULL);
-    }
+    if (done == d->nworkers)
+        close_main_handles(d);
 }
 
 static void raise_fd_limit(void)
@@ -322,6 +383,225 @@ static void raise_fd_limit(void)
     }
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
         log_info("rlimit", NULL, NULL, "open files limit %llu", (unsigned long long)rl.rlim_cur);
+}
+
+/*
+ * Loads, in start-up order, what the workers share. --check-config stops
+ * after the firmware keys. On failure prints the reason on stderr and
+ * returns CMS_EINVAL or CMS_ENOMEM; what was loaded stays in s either way
+ * (shared_free).
+ */
+static int shared_load(shared *s, const cms_config *cfg, bool check_only)
+{
+    char err[1024];
+    tls_server_config tc = {
+        .cert_file = cfg->tls_cert,
+        .key_file = cfg->tls_key,
+        .client_ca_file = cfg->tls_device_ca,
+        .crl_file = cfg->tls_crl,
+        .client_auth = TLS_CLIENT_CERT_REQUIRE,
+        .session_timeout_s = cfg->tls_session_timeout_s,
+        .session_cache_size = cfg->tls_session_cache_size,
+        .session_id_context = "cms-mllp",
+    };
+    s->mllp_tls = tls_ctx_new_server(&tc, err, sizeof(err));
+    if (!s->mllp_tls) {
+        fprintf(stderr, "cmsd: TLS configuration: %s\n", err);
+        return CMS_EINVAL;
+    }
+    if (cfg->https_listen[0]) {
+        tls_server_config hc = tc;
+        hc.extra_ca_file = cfg->tls_operator_ca;
+        hc.client_auth = TLS_CLIENT_CERT_OPTIONAL;
+        hc.session_id_context = "cms-https";
+        s->https_tls = tls_ctx_new_server(&hc, err, sizeof(err));
+        if (!s->https_tls) {
+            fprintf(stderr, "cmsd: TLS configuration (https): %s\n", err);
+            return CMS_EINVAL;
+        }
+    }
+    /* Firmware keys: loaded once, shared read-only by the workers. */
+    int rc = fw_keys_load(cfg, &s->fw_keys, err, sizeof(err));
+    if (rc != CMS_OK) {
+        fprintf(stderr, "cmsd: firmware configuration: %s\n", err);
+        return rc;
+    }
+    if (check_only)
+        return CMS_OK;
+    /* Device certificates must be issued by the device CA itself (the first
+     * certificate of tls_device_ca), not by another CA of that bundle. */
+    BIO *dbio = BIO_new_file(cfg->tls_device_ca, "r");
+    if (dbio)
+        s->device_issuer = PEM_read_bio_X509(dbio, NULL, NULL, NULL);
+    BIO_free(dbio);
+    if (!s->device_issuer) {
+        fprintf(stderr, "cmsd: tls_device_ca %s: no certificate\n", cfg->tls_device_ca);
+        return CMS_EINVAL;
+    }
+    /* One table for all workers: a peer's connections land on any of them. A
+     * bucket holds a minute's worth, so a ward enrolling its monitors at once
+     * is not refused; refusals are logged at most once a minute per address.
+     * 1 024 addresses (96 KiB): beyond, the least recently seen are forgotten,
+     * and the registry-queue limit (est/est.c) still holds a flood from many. */
+    if (cfg->est_anon_per_min &&
+        (fail_at("est_limit", 0) ||
+         !(s->est_limit = rl_new(1024, cfg->est_anon_per_min, cfg->est_anon_per_min, 60000)))) {
+        fprintf(stderr, "cmsd: out of memory\n");
+        return CMS_ENOMEM;
+    }
+    return CMS_OK;
+}
+
+static void shared_free(shared *s)
+{
+    rl_free(s->est_limit);
+    X509_free(s->device_issuer);
+    fw_keys_free(s->fw_keys);
+    tls_ctx_free(s->https_tls);
+    tls_ctx_free(s->mllp_tls);
+    *s = (shared){0};
+}
+
+/*
+ * Sets up worker i's loop and the handles other threads touch, then starts
+ * its thread. Returns 0 or a libuv/errno code (negative); what was set up is
+ * recorded in w for worker_free.
+ */
+static int worker_start(cmsd *d, unsigned i, const cms_config *cfg, const shared *sh)
+{
+    worker *w = &d->workers[i];
+    w->id = i;
+    w->cfg = cfg;
+    w->mllp_tls = sh->mllp_tls;
+    w->device_issuer = sh->device_issuer;
+    w->https_tls = sh->https_tls;
+    w->fw_keys = sh->fw_keys;
+    w->est_limit = sh->est_limit;
+    w->notify_main = &d->notify;
+    int rc = uv_loop_init(&w->loop);
+    if (rc != 0)
+        return rc;
+    w->loop_ok = true;
+    if ((rc = uv_async_init(&w->loop, &w->stop_async, on_stop)) != 0)
+        return rc;
+    w->stop_async_ok = true;
+    w->stop_async.data = w;
+    if ((rc = uv_timer_init(&w->loop, &w->ready_timer)) != 0)
+        return rc;
+    w->ready_timer_ok = true;
+    w->ready_timer.data = w;
+    if (fail_at("worker_thread", i))
+        return UV_EAGAIN;
+    if ((rc = pthread_create(&w->thread, NULL, worker_main, w)) != 0)
+        return -rc;
+    w->thread_ok = true;
+    return 0;
+}
+
+/*
+ * Frees what worker_start and the worker's thread made, once its thread was
+ * joined (or never ran). A thread that ran closed its handles; those of one
+ * that never ran are closed here.
+ */
+static void worker_free(worker *w)
+{
+    if (w->loop_ok) {
+        close_if_open((uv_handle_t *)&w->stop_async, w->stop_async_ok);
+        close_if_open((uv_handle_t *)&w->ready_timer, w->ready_timer_ok);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        int rc = uv_loop_close(&w->loop);
+        if (rc != 0)
+            log_warn("shutdown", NULL, NULL, "worker %u: loop not closed: %s", w->id,
+                     uv_strerror(rc));
+        w->loop_ok = false;
+    }
+    https_ctx_free(&w->https);
+    ingest_ctx_free(&w->ingest);
+    svc_est_free(&w->svc);
+    fw_worker_free(w->svc.fw);
+    w->svc.fw = NULL;
+}
+
+/* Sets up the main loop's handles; returns 0 or a libuv error code. */
+static int main_loop_init(cmsd *d)
+{
+    int rc = uv_loop_init(&d->loop);
+    if (rc != 0)
+        return rc;
+    d->loop_ok = true;
+    if ((rc = uv_async_init(&d->loop, &d->notify, on_worker_notify)) != 0)
+        return rc;
+    d->notify_ok = true;
+    d->notify.data = d;
+    if ((rc = uv_signal_init(&d->loop, &d->sigint)) != 0)
+        return rc;
+    d->sigint_ok = true;
+    d->sigint.data = d;
+    if (fail_at("main_loop", 0))
+        return UV_ENOMEM;
+    if ((rc = uv_signal_init(&d->loop, &d->sigterm)) != 0)
+        return rc;
+    d->sigterm_ok = true;
+    d->sigterm.data = d;
+    if ((rc = uv_signal_start(&d->sigint, on_signal, SIGINT)) != 0 ||
+        (rc = uv_signal_start(&d->sigterm, on_signal, SIGTERM)) != 0)
+        return rc;
+    return 0;
+}
+
+/*
+ * Starts the workers and runs the main loop until they all stopped (a
+ * signal, or a worker that failed). Returns the exit code. Everything made
+ * here is in d, for cmsd_free.
+ */
+static int cmsd_run(cmsd *d, const cms_config *cfg, const shared *sh)
+{
+    int rc;
+    if (fail_at("workers", 0) || !(d->workers = calloc(cfg->workers, sizeof(*d->workers)))) {
+        fprintf(stderr, "cmsd: out of memory\n");
+        return 1;
+    }
+    d->cap = cfg->workers;
+    if ((rc = main_loop_init(d)) != 0) {
+        log_error("startup_failed", NULL, NULL, "main loop: %s", uv_strerror(rc));
+        return 1;
+    }
+    log_info("starting", NULL, NULL, "cmsd %s, %u worker(s), mllp %s, https %s", CMSD_VERSION,
+             cfg->workers, cfg->mllp_listen, cfg->https_listen[0] ? cfg->https_listen : "off");
+    for (unsigned i = 0; i < cfg->workers; i++) {
+        if ((rc = worker_start(d, i, cfg, sh)) != 0) {
+            log_error("startup_failed", NULL, NULL, "cannot start worker %u: %s", i,
+                      uv_strerror(rc));
+            d->exit_code = 1;
+            break;
+        }
+        d->nworkers++;
+    }
+    if (d->nworkers < cfg->workers)
+        stop_workers(d);
+    if (d->nworkers > 0)
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        pthread_join(d->workers[i].thread, NULL);
+        d->workers[i].thread_ok = false;
+    }
+    return d->exit_code;
+}
+
+/* Undoes cmsd_run, whatever step it reached. */
+static void cmsd_free(cmsd *d)
+{
+    for (unsigned i = 0; i < d->cap; i++)
+        worker_free(&d->workers[i]);
+    if (d->loop_ok) {
+        close_main_handles(d);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        int rc = uv_loop_close(&d->loop);
+        if (rc != 0)
+            log_warn("shutdown", NULL, NULL, "main loop not closed: %s", uv_strerror(rc));
+    }
+    free(d->workers);
+    *d = (cmsd){0};
 }
 
 int main(int argc, char **argv)
@@ -362,12 +642,17 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* Nothing is owned above this line; below, every exit goes through cleanup. */
     static cms_config cfg;
+    cmsd d = {0};
+    shared sh = {0};
+    bool ran = false;
+    int rc = 1;
     char err[1024];
     config_defaults(&cfg);
     if (config_load(&cfg, config_path, err, sizeof(err)) != CMS_OK) {
         fprintf(stderr, "cmsd: bad configuration: %s\n", err);
-        return 1;
+        goto cleanup;
     }
     if (cfg.https_listen[0]) {
         int o = net_listen_overlap(cfg.mllp_listen, cfg.https_listen, err, sizeof(err));
@@ -377,7 +662,7 @@ int main(int argc, char **argv)
                             "accept there, and connections would go to either: monitors "
                             "to the operator API, operators to MLLP)"
                           : err);
-            return 1;
+            goto cleanup;
         }
     }
     enum log_level lvl = LOG_INFO;
@@ -387,143 +672,22 @@ int main(int argc, char **argv)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cfg.workers = n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;
     }
-
-    tls_server_config tc = {
-        .cert_file = cfg.tls_cert,
-        .key_file = cfg.tls_key,
-        .client_ca_file = cfg.tls_device_ca,
-        .crl_file = cfg.tls_crl,
-        .client_auth = TLS_CLIENT_CERT_REQUIRE,
-        .session_timeout_s = cfg.tls_session_timeout_s,
-        .session_cache_size = cfg.tls_session_cache_size,
-        .session_id_context = "cms-mllp",
-    };
-    tls_ctx *mllp_tls = tls_ctx_new_server(&tc, err, sizeof(err));
-    if (!mllp_tls) {
-        fprintf(stderr, "cmsd: TLS configuration: %s\n", err);
-        return 1;
-    }
-    tls_ctx *https_tls = NULL;
-    if (cfg.https_listen[0]) {
-        tls_server_config hc = tc;
-        hc.extra_ca_file = cfg.tls_operator_ca;
-        hc.client_auth = TLS_CLIENT_CERT_OPTIONAL;
-        hc.session_id_context = "cms-https";
-        https_tls = tls_ctx_new_server(&hc, err, sizeof(err));
-        if (!https_tls) {
-            fprintf(stderr, "cmsd: TLS configuration (https): %s\n", err);
-            tls_ctx_free(mllp_tls);
-            return 1;
-        }
-    }
-    /* Firmware keys: loaded once, shared read-only by the workers. */
-    fw_keys *fwk = NULL;
-    if (fw_keys_load(&cfg, &fwk, err, sizeof(err)) != CMS_OK) {
-        fprintf(stderr, "cmsd: firmware configuration: %s\n", err);
-        tls_ctx_free(mllp_tls);
-        tls_ctx_free(https_tls);
-        return 1;
-    }
+    if (shared_load(&sh, &cfg, check_only) != CMS_OK)
+        goto cleanup;
     if (check_only) {
         printf("cmsd: configuration %s is valid\n", config_path);
-        fw_keys_free(fwk);
-        tls_ctx_free(mllp_tls);
-        tls_ctx_free(https_tls);
-        return 0;
-    }
-    /* Device certificates must be issued by the device CA itself (the first
-     * certificate of tls_device_ca), not by another CA of that bundle. */
-    X509 *device_issuer = NULL;
-    BIO *dbio = BIO_new_file(cfg.tls_device_ca, "r");
-    if (dbio)
-        device_issuer = PEM_read_bio_X509(dbio, NULL, NULL, NULL);
-    BIO_free(dbio);
-    if (!device_issuer) {
-        fprintf(stderr, "cmsd: tls_device_ca %s: no certificate\n", cfg.tls_device_ca);
-        fw_keys_free(fwk);
-        tls_ctx_free(mllp_tls);
-        tls_ctx_free(https_tls);
-        return 1;
-    }
-    /* One table for all workers: a peer's connections land on any of them. A
-     * bucket holds a minute's worth, so a ward enrolling its monitors at once
-     * is not refused; refusals are logged at most once a minute per address.
-     * 1 024 addresses (96 KiB): beyond, the least recently seen are forgotten,
-     * and the registry-queue limit (est.c) still holds a flood from many. */
-    rl_table *est_limit = NULL;
-    if (cfg.est_anon_per_min &&
-        !(est_limit = rl_new(1024, cfg.est_anon_per_min, cfg.est_anon_per_min, 60000))) {
-        fprintf(stderr, "cmsd: out of memory\n");
-        X509_free(device_issuer);
-        fw_keys_free(fwk);
-        tls_ctx_free(mllp_tls);
-        tls_ctx_free(https_tls);
-        return 1;
+        rc = 0;
+        goto cleanup;
     }
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
+    ran = true;
+    rc = cmsd_run(&d, &cfg, &sh);
 
-    cmsd d = {.loop = uv_default_loop(), .nworkers = cfg.workers};
-    d.workers = calloc(cfg.workers, sizeof(*d.workers));
-    if (!d.workers) {
-        fprintf(stderr, "cmsd: out of memory\n");
-        return 1;
-    }
-    uv_async_init(d.loop, &d.notify, on_worker_notify);
-    d.notify.data = &d;
-    uv_signal_init(d.loop, &d.sigint);
-    uv_signal_init(d.loop, &d.sigterm);
-    d.sigint.data = d.sigterm.data = &d;
-    uv_signal_start(&d.sigint, on_signal, SIGINT);
-    uv_signal_start(&d.sigterm, on_signal, SIGTERM);
-
-    log_info("starting", NULL, NULL, "cmsd %s, %u worker(s), mllp %s, https %s", CMSD_VERSION,
-             cfg.workers, cfg.mllp_listen, cfg.https_listen[0] ? cfg.https_listen : "off");
-    unsigned started = 0;
-    for (unsigned i = 0; i < cfg.workers; i++) {
-        worker *w = &d.workers[i];
-        w->id = i;
-        w->cfg = &cfg;
-        w->mllp_tls = mllp_tls;
-        w->device_issuer = device_issuer;
-        w->https_tls = https_tls;
-        w->fw_keys = fwk;
-        w->est_limit = est_limit;
-        w->notify_main = &d.notify;
-        /* Handles other threads touch are set up before the thread runs. */
-        if (uv_loop_init(&w->loop) != 0 ||
-            uv_async_init(&w->loop, &w->stop_async, on_stop) != 0 ||
-            uv_timer_init(&w->loop, &w->ready_timer) != 0 ||
-            (w->stop_async.data = w->ready_timer.data = w, 0) ||
-            pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            log_error("startup_failed", NULL, NULL, "cannot start worker %u", i);
-            d.exit_code = 1;
-            break;
-        }
-        started++;
-    }
-    d.nworkers = started;
-    if (started < cfg.workers)
-        stop_workers(&d);
-    if (started > 0)
-        uv_run(d.loop, UV_RUN_DEFAULT);
-    for (unsigned i = 0; i < started; i++) {
-        pthread_join(d.workers[i].thread, NULL);
-        uv_loop_close(&d.workers[i].loop);
-    }
-    uv_loop_close(d.loop);
-    for (unsigned i = 0; i < started; i++) {
-        https_ctx_free(&d.workers[i].https);
-        ingest_ctx_free(&d.workers[i].ingest);
-        svc_est_free(&d.workers[i].svc);
-        fw_worker_free(d.workers[i].svc.fw);
-    }
-    fw_keys_free(fwk);
-    rl_free(est_limit);
-    tls_ctx_free(mllp_tls);
-    tls_ctx_free(https_tls);
-    X509_free(device_issuer);
-    free(d.workers);
-    log_info("stopped", NULL, NULL, "exit code %d", d.exit_code);
-    return d.exit_code;
+cleanup:
+    cmsd_free(&d);
+    shared_free(&sh);
+    if (ran)
+        log_info("stopped", NULL, NULL, "exit code %d", rc);
+    return rc;
 }
