@@ -426,28 +426,4 @@ int pki_base64_decode(const char *in, size_t len, unsigned char **out, size_t *o
  */
 int pki_base64_encode(const unsigned char *in, size_t len, int lines, char **out, size_t *out_len);
 
-/* ------------------------------------------------------------------------
- * Module-internal, shared between the files of server/pki only (do not
- * call from other layers).
- */
-void pki__reason(char *reason, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-/* Like pki__reason, appends the first OpenSSL error, then clears the queue. */
-void pki__reason_ssl(char *reason, size_t cap, const char *what);
-/* Key policy: 1 if key is EC P-256/P-384, Ed25519 or RSA 2048..8192;
- * desc (>= 32 bytes, may be NULL) gets "EC P-256" etc. Else 0 and reason. */
-int pki__key_allowed(const EVP_PKEY *key, char *desc, size_t desc_cap, char *reason,
-                     size_t reason_cap);
-/* The CA's private key; borrowed, valid as long as ca. */
-EVP_PKEY *pki__ca_key(const pki_ca *ca);
-/* Signs cert/CRL digests with the CA key: SHA-256 or NULL for EdDSA. */
-const EVP_MD *pki__sign_md(const EVP_PKEY *key);
-/* Reads a whole regular file (open + fstat on the same descriptor); if
- * is_private, refuses group/world permissions. *out: a memory BIO. */
-int pki__read_file(const char *path, int is_private, BIO **out, char *reason, size_t reason_cap);
-/* pem_password_cb that always fails: PEM reads never prompt on a terminal. */
-int pki__no_password(char *buf, int size, int rwflag, void *u);
-/* Copies the contents of a memory BIO into a malloc'd NUL-terminated buffer. */
-int pki__to_malloc(BIO *mem, char **out, size_t *out_len);
-
 #endif

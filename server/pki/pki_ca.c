@@ -10,7 +10,7 @@
 #include <openssl/x509v3.h>
 
 #include "cms_err.h"
-#include "pki.h"
+#include "pki_int.h"
 
 struct pki_ca {
     X509 *cert;             /* owned */

@@ -10,7 +10,7 @@
 #include <openssl/x509v3.h>
 
 #include "cms_err.h"
-#include "pki.h"
+#include "pki_int.h"
 
 #define MAX_NEXT_UPDATE_HOURS (24 * 365)
 

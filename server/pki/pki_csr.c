@@ -13,7 +13,7 @@
 #include <openssl/x509.h>
 
 #include "cms_err.h"
-#include "pki.h"
+#include "pki_int.h"
 
 void pki_csr_free(pki_csr *csr)
 {

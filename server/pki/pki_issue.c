@@ -12,7 +12,7 @@
 #include <openssl/x509v3.h>
 
 #include "cms_err.h"
-#include "pki.h"
+#include "pki_int.h"
 
 #define BACKDATE_SECONDS (5 * 60)
 

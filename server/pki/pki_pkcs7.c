@@ -10,7 +10,7 @@
 #include <openssl/pkcs7.h>
 
 #include "cms_err.h"
-#include "pki.h"
+#include "pki_int.h"
 
 int pki_pkcs7_certs_only_base64(X509 *const *certs, size_t n, char **out, size_t *out_len)
 {

@@ -11,7 +11,7 @@
 #include <openssl/pem.h>
 
 #include "cms_err.h"
-#include "pki.h"
+#include "pki_int.h"
 
 /* 1 if key is Ed25519 or EC P-256 (the only signing keys we accept). */
 static int sign_key_ok(const EVP_PKEY *key)

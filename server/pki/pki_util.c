@@ -21,7 +21,7 @@
 #include <openssl/x509v3.h>
 
 #include "cms_err.h"
-#include "pki.h"
+#include "pki_int.h"
 
 /* Largest file read by pki__read_file: certificates, chains, keys. */
 #define PKI_MAX_FILE (1024 * 1024)
