@@ -24,7 +24,7 @@
 #include <openssl/evp.h>
 
 #include "cms_err.h"
-#include "firmware.h"
+#include "fw_manifest.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -4,7 +4,7 @@
  * Does what a monitor must do before installing (docs/firmware.md, "What a
  * monitor checks"), with the keys it pins and the facts it knows about
  * itself, and says ACCEPT or REFUSE with the reason:
- *   1..10  the manifest (fw_manifest_verify in server/svc/firmware_meta.c):
+ *   1..10  the manifest (fw_manifest_verify in server/proto/fw_manifest.c):
  *          a pinned distribution key's signature over the signed bytes,
  *          device serial and model, installed version, validity window
  *          against the clock, manifest counter above the last accepted,
@@ -31,7 +31,7 @@
 #include <openssl/evp.h>
 
 #include "cms_err.h"
-#include "firmware.h"
+#include "fw_manifest.h"
 #include "pki.h"
 
 static void usage(FILE *f)

@@ -1,6 +1,6 @@
 /*
  * firmware_int.h - shared between the firmware service's files only
- * (server/svc/firmware_*.c). Not a public interface.
+ * (server/svc/fw/). Not a public interface.
  */
 #ifndef CMS_FIRMWARE_INT_H
 #define CMS_FIRMWARE_INT_H
@@ -45,6 +45,8 @@ struct fw_worker {
     uint64_t tmp_seq; /* temp file names */
 };
 
+#define FW_CHUNK_BYTES (1u << 20)   /* image bytes per database row */
+#define FW_BLOCK_BYTES (256u << 10) /* verification/serving block of the local cache */
 #define FW_CACHE_ENTRIES 32
 /* A verified cache file is hashed again (whole) at least this often. */
 #define FW_CACHE_REVERIFY_MS (3600u * 1000)

@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 
 #include "cms_err.h"
-#include "firmware.h"
 #include "firmware_int.h"
 #include "log.h"
 #include "pki.h"

@@ -1,18 +1,28 @@
 /*
- * firmware_meta.c - release descriptors and device manifests as bytes:
- * strict parsing (jansson, duplicates refused, no unknown members),
- * building and signing a manifest, and the monitor-side verification in the
- * order docs/firmware.md gives. No I/O; any thread.
+ * fw_manifest.c - the firmware distribution format (fw_manifest.h): release
+ * descriptors and device manifests as bytes: strict parsing (jansson,
+ * duplicates refused, no unknown members), building and signing a
+ * manifest, and the monitor-side verification in the order docs/firmware.md
+ * gives. No I/O; any thread.
+ *
+ * In proto, not svc/fw: this is a wire format parsed from bytes that arrive
+ * from outside (a publisher's descriptor, a manifest on a monitor), fuzzed
+ * like the HL7 and HTTP parsers, with no state, SQL or sockets; the service
+ * (svc/fw) and the device-side reference verifier (tools/cms-fwverify) both
+ * build on it. It signs and verifies through pki, a leaf layer (OpenSSL
+ * only), which knows nothing of it.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
 
 #include "cms_err.h"
-#include "firmware.h"
+#include "fw_manifest.h"
 #include "pki.h"
 
 #define WHY(...) (snprintf(why, cap, __VA_ARGS__))

@@ -1,8 +1,8 @@
 /*
- * test_fw_meta.c - unit tests of the firmware metadata (cmocka): versions,
- * times, descriptors, and manifests built, signed and verified with keys
- * made here (Ed25519 and P-256 publishers), each verification refusal
- * checked by its reason.
+ * test_fw_manifest.c - unit tests of the firmware format (fw_manifest.h,
+ * cmocka): versions, times, descriptors, and manifests built, signed and
+ * verified with keys made here (Ed25519 and P-256 publishers), each
+ * verification refusal checked by its reason.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,7 +17,7 @@
 #include <openssl/evp.h>
 
 #include "cms_err.h"
-#include "firmware.h"
+#include "fw_manifest.h"
 #include "pki.h"
 
 static void test_versions(void **state)
