@@ -1,10 +1,14 @@
 /*
  * log.h - structured log lines on stderr.
  *
- * One line per event, logfmt style, so that both people and tools read it:
+ * One line per event, logfmt style by default, so that both people and tools read it:
  *   ts=2026-11-28T06:14:54.123Z level=warn event=tls_refused device=MON-0001 peer=127.0.0.1:50312 msg="certificate has expired"
- * Values containing spaces or quotes are quoted and escaped. Never pass key
- * material or patient data other than identifiers to these functions.
+ * Values containing spaces or quotes are quoted and escaped. With
+ * log_format = json (log_set_format) the same fields as one JSON object:
+ *   {"ts":"2026-11-28T06:14:54.123Z","level":"warn","event":"tls_refused","device":"MON-0001","peer":"127.0.0.1:50312","msg":"certificate has expired"}
+ * (strings escaped per RFC 8259; bytes that are not UTF-8 become U+FFFD).
+ * Never pass key material or patient data other than identifiers to these
+ * functions.
  *
  * Thread: any thread; each line is written with a single write(2).
  */
@@ -14,11 +18,16 @@
 #include <stdarg.h>
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
+enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON = 1 };
 
 /* Sets the minimum level written (default LOG_INFO). */
 void log_set_level(enum log_level level);
 /* Parses "debug"/"info"/"warn"/"error"; returns 0 or CMS_EINVAL. */
 int log_level_parse(const char *s, enum log_level *out);
+/* Sets the line format (default LOG_FORMAT_TEXT). */
+void log_set_format(enum log_format format);
+/* Parses "text"/"json"; returns 0 or CMS_EINVAL. */
+int log_format_parse(const char *s, enum log_format *out);
 
 /*
  * Writes one line. event: short snake_case event name (required).
