@@ -21,6 +21,8 @@ PACKAGES=(
 	util-linux # runuser, flock (tools/pg.sh, certs/mkpki.sh)
 	# black-box tests
 	python3 python3-pytest python3-hl7 python3-psycopg2
+	systemd    # systemd-analyze verify/security, systemd-sysusers (test_systemd_unit.py)
+	prometheus # promtool check metrics, and a real Prometheus scraping cmsd (test_metrics.py)
 )
 
 if [[ ${1:-} == --list ]]; then
