@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "cms_metrics.h"
 #include "metrics.h"
 
 static const char *const listeners[] = {"mllp", "https", NULL};
@@ -298,12 +299,70 @@ static void test_noops(void **state)
     metrics_free(r);
 }
 
+/* cmsd's own table is a valid registry; its enums agree with its label lists; no
+ * label can carry an identifier (the values are the table's); every name has
+ * the cmsd_ or process_ prefix. */
+static void test_cms_table(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    metrics_registry *r = cms_metrics_new(2, "9.9.9", err, sizeof(err));
+    if (!r)
+        fail_msg("%s", err);
+    assert_ptr_equal(metrics_installed(), r);
+    static const struct {
+        unsigned id;
+        unsigned n0, n1;
+    } dims[] = {
+        {CM_CONN_REFUSED, CM_LISTENER__COUNT, CM_REFUSED__COUNT},
+        {CM_HANDSHAKES, CM_LISTENER__COUNT, CM_HANDSHAKE__COUNT},
+        {CM_HL7_MESSAGES, CM_HL7__COUNT, CM_RESULT__COUNT},
+        {CM_EST_ENROLLMENTS, CM_EST_OP__COUNT, CM_EST_RESULT__COUNT},
+        {CM_CONN_ACCEPTED, CM_LISTENER__COUNT, 1},
+        {CM_DB_ROUNDTRIP, CM_QUERY__COUNT, 1},
+        {CM_HTTP_RESPONSES, CM_HTTP__COUNT, 1},
+        {CM_FW_DOWNLOADS, CM_FW__COUNT, 1},
+        {CM_AUDIT_ROWS, CM_AUDIT__COUNT, 1},
+        {CM_RELOADS, CM_RELOAD__COUNT, 1},
+        {CM_CERT_EXPIRY, CM_CERT__COUNT, 1},
+    };
+    for (size_t i = 0; i < sizeof(dims) / sizeof(dims[0]); i++) {
+        const metric_def *d = &cms_metric_defs[dims[i].id];
+        unsigned n0 = 0, n1 = 0;
+        while (d->label_values[0][n0])
+            n0++;
+        while (d->label_values[1] && d->label_values[1][n1])
+            n1++;
+        if (n0 != dims[i].n0 || (n1 ? n1 : 1) != dims[i].n1)
+            fail_msg("%s: %u x %u label values, enums say %u x %u", d->name, n0, n1,
+                     dims[i].n0, dims[i].n1);
+    }
+    for (unsigned id = 0; id < CM__COUNT; id++)
+        assert_true(strncmp(cms_metric_defs[id].name, "cmsd_", 5) == 0 ||
+                    strncmp(cms_metric_defs[id].name, "process_", 8) == 0);
+    /* The enum helpers and the registry agree on series numbers. */
+    metrics_add(CM_CONN_REFUSED, cm_refused(CM_LISTENER_HTTPS, CM_REFUSED_REVOKED), 1);
+    metrics_add(CM_HL7_MESSAGES, cm_hl7(CM_HL7_ORU_R40, CM_RESULT_AR), 2);
+    char *text = metrics_render(r, NULL);
+    assert_non_null(strstr(text, "\ncmsd_connections_refused_total{listener=\"https\","
+                                 "reason=\"revoked\"} 1\n"));
+    assert_non_null(strstr(text, "\ncmsd_hl7_messages_total{type=\"ORU^R40\",result=\"AR\"} 2\n"));
+    assert_non_null(strstr(text, "\ncmsd_build_info{version=\"9.9.9\"} 1\n"));
+    assert_non_null(strstr(text, "\ncmsd_config_last_reload_successful 1\n"));
+    cms_metrics_sample_process();
+    assert_true(metrics_value(r, CM_RESIDENT_MEMORY, 0) > 1e5);
+    assert_true(metrics_value(r, CM_OPEN_FDS, 0) >= 3);
+    free(text);
+    metrics_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_definitions),   cmocka_unit_test(test_threads_add_up),
         cmocka_unit_test(test_gauges_combine),    cmocka_unit_test(test_histogram_and_text),
         cmocka_unit_test(test_escapes),           cmocka_unit_test(test_noops),
+        cmocka_unit_test(test_cms_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
