@@ -247,6 +247,16 @@ size_t http_conn_buffered(const http_conn *c);
 int http_conn_error_status(const http_conn *c);
 /* Short static description of the error, or "" (never NULL). */
 const char *http_conn_error_detail(const http_conn *c);
+/*
+ * After a failure (state FAILED): the request that failed, when its header
+ * section was complete (method, path, query and headers valid; body "" / 0),
+ * so the caller can tell which resource was refused (e.g. a body over the
+ * limit, a malformed chunk, a refusal by on_head). NULL when the failure
+ * came before the request line and headers were parsed (431, 414, a
+ * malformed head) or in any other state. Borrowed from c: valid until
+ * http_conn_free(). Thread: c's loop thread.
+ */
+const http_request *http_conn_failed_request(const http_conn *c);
 
 /* ------------------------------------------------------------------------ */
 /* Output buffer and response builder                                      */

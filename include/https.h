@@ -15,7 +15,8 @@
  * The connection's identity (net_conn_identity) is the serial for a device
  * and "operator:<CN>" for an operator, so revocation can find devices.
  * Each route says which peer kind and which minimum role it needs; the
- * router answers 401/403 with a JSON body otherwise. Requests on a
+ * router answers 401/403 with a JSON body otherwise, and audits it (see
+ * https_route.refused). Requests on a
  * connection are answered one at a time, in order (pipelining-safe).
  *
  * Thread: one https_ctx per worker loop.
@@ -63,6 +64,18 @@ typedef struct https_route {
      * within max_body_bytes (413 from Content-Length, before buffering).
      */
     bool upload;
+    /*
+     * The audit event of a refusal of this route's requests made before its
+     * handler runs, by the HTTP layer or the router: no or the wrong kind of
+     * certificate (401), no Content-Length on an upload (411), a body over
+     * the limit (413, from the Content-Length or while a chunked body
+     * arrives), a malformed head or body (400, 417). Exactly one audit row
+     * per refusal; a role below min_role is "operator_forbidden" on every
+     * route (403). A static string, e.g. "est_refused" (the event the
+     * route's handler uses for its own refusals) or "http_refused".
+     * docs/operator-api.md lists every route's.
+     */
+    const char *refused;
 } https_route;
 
 #define HTTPS_MAX_PARAMS 4

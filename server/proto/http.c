@@ -657,3 +657,9 @@ const char *http_conn_error_detail(const http_conn *c)
     return (c->state == HTTP_CONN_FAILED && c->err_detail != NULL) ? c->err_detail : "";
 }
 
+const http_request *http_conn_failed_request(const http_conn *c)
+{
+    /* req is zeroed at every message begin and filled once the head parsed. */
+    return (c->state == HTTP_CONN_FAILED && c->req.path != NULL) ? &c->req : NULL;
+}
+

@@ -182,16 +182,49 @@ static void on_drain(net_conn *c)
         s->on_writable(&s->req, s->stream_ctx);
 }
 
+/* The audit actor of a peer: "operator:<cn>", "device:<cn>" or "anonymous". */
+static const char *actor_of(enum https_peer_kind peer, const char *cn, char *buf, size_t cap)
+{
+    if (peer == HTTPS_PEER_OPERATOR)
+        snprintf(buf, cap, "operator:%s", cn);
+    else if (peer == HTTPS_PEER_DEVICE)
+        snprintf(buf, cap, "device:%s", cn);
+    else
+        snprintf(buf, cap, "anonymous");
+    return buf;
+}
+
 void https_audit(https_req *r, const char *event, const char *device, json_t *detail)
 {
     char actor[96];
-    if (r->peer == HTTPS_PEER_OPERATOR)
-        snprintf(actor, sizeof(actor), "operator:%s", r->peer_cn);
-    else if (r->peer == HTTPS_PEER_DEVICE)
-        snprintf(actor, sizeof(actor), "device:%s", r->peer_cn);
-    else
-        snprintf(actor, sizeof(actor), "anonymous");
-    svc_audit(r->ctx->store, event, actor, device, r->peer_addr, detail);
+    svc_audit(r->ctx->store, event, actor_of(r->peer, r->peer_cn, actor, sizeof(actor)), device,
+              r->peer_addr, detail);
+}
+
+/*
+ * The one audit row of a refusal made before a handler runs (https.h
+ * "refused"): a role below the route's is operator_forbidden, anything else
+ * the route's event, or http_refused when no route is known (req NULL: the
+ * head did not parse; or no route has this method and path). Detail: status,
+ * error, reason, and the method and path when known.
+ */
+static void audit_refusal(net_conn *c, const https_route *rt, const http_request *req,
+                          int status, const char *error, const char *detail)
+{
+    session *s = net_conn_session(c);
+    https_ctx *ctx = net_conn_proto_ctx(c);
+    char actor[96];
+    const char *event = status == 403 && strcmp(error, "forbidden") == 0 ? "operator_forbidden"
+                        : rt && rt->refused                                ? rt->refused
+                                                                           : "http_refused";
+    json_t *d = json_pack("{s:i, s:s, s:s}", "status", status, "error", error, "reason",
+                          detail ? detail : "");
+    if (d && req) {
+        json_object_set_new(d, "method", json_string(req->method_name));
+        json_object_set_new(d, "path", json_stringn(req->path, req->path_len));
+    }
+    svc_audit(ctx->store, event, actor_of(s->peer, s->cn, actor, sizeof(actor)),
+              s->peer == HTTPS_PEER_DEVICE ? s->cn : NULL, net_conn_peer(c), d);
 }
 
 /* ---- routing --------------------------------------------------------------- */
@@ -224,6 +257,26 @@ static bool route_match(const char *pattern, const char *path, size_t path_len, 
         p++, q++;
     }
     return *p == '\0' && q == end;
+}
+
+/* The route for req's method (HEAD as GET) and path, or NULL; fills scratch->params. */
+static const https_route *find_route(const https_ctx *ctx, const http_request *req,
+                                     https_req *scratch)
+{
+    for (const https_route *rt = ctx->routes; rt && rt->method; rt++)
+        if (route_match(rt->pattern, req->path, req->path_len, scratch) &&
+            (strcmp(rt->method, req->method_name) == 0 ||
+             (req->method == HTTP_HEAD && strcmp(rt->method, "GET") == 0)))
+            return rt;
+    return NULL;
+}
+
+/* Answers a refusal of the router (the request is complete) and audits it. */
+static void route_refuse(https_req *r, const https_route *rt, int status, const char *error,
+                         const char *detail)
+{
+    audit_refusal(r->conn, rt, r->http, status, error, detail);
+    https_reply_error(r, status, error, detail);
 }
 
 static int route(net_conn *c, const http_request *req)
@@ -262,8 +315,8 @@ static int route(net_conn *c, const http_request *req)
     }
     if (match->peer == HTTPS_PEER_OPERATOR) {
         if (s->peer != HTTPS_PEER_OPERATOR) {
-            https_reply_error(r, 401, "unauthenticated",
-                              "an operator certificate is required for this resource");
+            route_refuse(r, match, 401, "unauthenticated",
+                         "an operator certificate is required for this resource");
             return CMS_OK;
         }
         if (s->role < match->min_role) {
@@ -271,20 +324,18 @@ static int route(net_conn *c, const http_request *req)
             char why[128];
             snprintf(why, sizeof(why), "role '%s' may not do this (needs '%s')", names[s->role],
                      names[match->min_role]);
-            https_audit(r, "operator_forbidden", NULL,
-                        json_pack("{s:s, s:s}", "method", req->method_name, "path", req->path));
-            https_reply_error(r, 403, "forbidden", why);
+            route_refuse(r, match, 403, "forbidden", why);
             return CMS_OK;
         }
     } else if (match->peer == HTTPS_PEER_DEVICE && s->peer != HTTPS_PEER_DEVICE) {
-        https_reply_error(r, 401, "unauthenticated",
-                          "a device certificate is required for this resource");
+        route_refuse(r, match, 401, "unauthenticated",
+                     "a device certificate is required for this resource");
         return CMS_OK;
     }
     if (!match->upload && req->body_len > ctx->cfg.max_body_bytes) {
         /* A chunked body (no Content-Length to refuse early) of a peer whose
          * connection allows uploads: only upload routes take that much. */
-        https_reply_error(r, 413, "payload_too_large", "request body too large");
+        route_refuse(r, match, 413, "payload_too_large", "request body too large");
         return CMS_OK;
     }
     s->answered = false;
@@ -303,16 +354,19 @@ static int route(net_conn *c, const http_request *req)
     return CMS_OK;
 }
 
-/* Refuses a request from its head (inside the parser): answer + close. */
-static int head_refuse(net_conn *c, int status, const char *error, const char *detail)
+/* Refuses a request from its head (inside the parser): audit + answer + close. */
+static int head_refuse(net_conn *c, const https_route *rt, const http_request *req, int status,
+                       const char *error, const char *detail)
 {
     session *s = net_conn_session(c);
     http_buf out;
+    audit_refusal(c, rt, req, status, error, detail);
     http_buf_init(&out, 8192);
     http_json_error(&out, status, error, detail, 0, NULL, 0);
     net_conn_write(c, out.data, out.len);
     http_buf_free(&out);
-    log_info("http_error", s->cn, net_conn_peer(c), "%d %s: %s", status, error, detail);
+    log_info("http_error", s->cn, net_conn_peer(c), "%s %s -> %d %s: %s", req->method_name,
+             req->path, status, error, detail);
     return status == 413 ? CMS_ELIMIT : CMS_EPERM;
 }
 
@@ -327,37 +381,27 @@ static int on_head(void *ctx, const http_request *req)
     session *s = net_conn_session(c);
     https_ctx *hc = net_conn_proto_ctx(c);
     https_req scratch;
-    const https_route *match = NULL;
     if (net_conn_state(c) != NET_ACTIVE)
         return CMS_ECLOSED;
-    for (const https_route *rt = hc->routes; rt && rt->method; rt++) {
-        if (route_match(rt->pattern, req->path, req->path_len, &scratch) &&
-            strcmp(rt->method, req->method_name) == 0) {
-            match = rt;
-            break;
-        }
-    }
+    const https_route *match = find_route(hc, req, &scratch);
     unsigned limit = hc->cfg.max_body_bytes;
     if (match && match->upload && match->peer == HTTPS_PEER_OPERATOR) {
         if (s->peer != HTTPS_PEER_OPERATOR)
-            return head_refuse(c, 401, "unauthenticated",
+            return head_refuse(c, match, req, 401, "unauthenticated",
                                "an operator certificate is required for this resource");
         if (s->role < match->min_role)
-            return head_refuse(c, 403, "forbidden", "this role may not upload here");
+            return head_refuse(c, match, req, 403, "forbidden", "this role may not upload here");
         if (req->chunked || !http_request_header(req, "content-length"))
-            return head_refuse(c, 411, "length_required",
+            return head_refuse(c, match, req, 411, "length_required",
                                "uploads need a Content-Length (no chunked body)");
         if (hc->cfg.max_upload_bytes > limit)
             limit = hc->cfg.max_upload_bytes;
     }
     if (req->content_length > limit) {
-        json_t *d = json_pack("{s:s, s:s, s:I, s:I}", "method", req->method_name, "path",
-                              req->path, "content_length", (json_int_t)req->content_length,
-                              "limit", (json_int_t)limit);
-        svc_audit(hc->store, "http_body_refused",
-                  net_conn_identity(c)[0] ? net_conn_identity(c) : NULL, NULL, net_conn_peer(c),
-                  d);
-        return head_refuse(c, 413, "payload_too_large", "request body too large");
+        char why[96];
+        snprintf(why, sizeof(why), "request body too large (Content-Length %llu, limit %u)",
+                 (unsigned long long)req->content_length, limit);
+        return head_refuse(c, match, req, 413, "payload_too_large", why);
     }
     if (req->expect_continue)
         net_conn_write(c, HTTP_CONTINUE_RESPONSE, strlen(HTTP_CONTINUE_RESPONSE));
@@ -424,12 +468,12 @@ static int feed(net_conn *c, const char *data, size_t len)
         http_buf_free(&out);
         log_info("http_error", net_conn_identity(c), net_conn_peer(c), "%d %s: %s", status, err,
                  http_conn_error_detail(&s->http));
-        https_ctx *ctx = net_conn_proto_ctx(c);
-        svc_audit(ctx->store, status == 413 ? "http_body_refused" : "http_refused",
-                  net_conn_identity(c)[0] ? net_conn_identity(c) : NULL,
-                  s->peer == HTTPS_PEER_DEVICE ? s->cn : NULL, net_conn_peer(c),
-                  json_pack("{s:i, s:s, s:s}", "status", status, "error", err, "detail",
-                            http_conn_error_detail(&s->http)));
+        /* The route's event when the head had parsed (a body over the limit, a
+         * malformed chunk, a bad Host or Expect), http_refused otherwise. */
+        https_req scratch;
+        const http_request *req = http_conn_failed_request(&s->http);
+        audit_refusal(c, req ? find_route(net_conn_proto_ctx(c), req, &scratch) : NULL, req,
+                      status, err, http_conn_error_detail(&s->http));
     }
     return rc;
 }

@@ -7,6 +7,7 @@ before the body is buffered; the importer cannot approve their own release."""
 import base64
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -105,10 +106,41 @@ def test_same_version_other_image_conflict(fw_cmsd, pki, db):
     refused(fw_cmsd, pki, db, other, r"409 conflict.*exists already")
 
 
+def exactly_one_row(db, a0, event, actor):
+    """The one audit row of a refusal: it arrives, and no second one follows."""
+    wait_audit(db, a0, event, lambda r: r["actor"] == actor)
+    time.sleep(1.0)
+    rows = [r for r in audit_since(db, a0) if r["actor"] == actor]
+    assert [r["event"] for r in rows] == [event], rows
+    return json.loads(rows[0]["detail"])
+
+
 def test_viewer_cannot_import(fw_cmsd, pki, db):
+    """Refused from the request's head, before the body: 403 and one
+    operator_forbidden row (docs/operator-api.md), nothing imported."""
     rel = sign_release(unique_model(), "1.0.1", 1, size=5000)
+    a0 = db.max_audit_id()
     p = import_release(fw_cmsd, pki, rel, "viewer1", check=False)
     assert p.returncode == 3 and "403" in p.stderr, p.stderr
+    d = exactly_one_row(db, a0, "operator_forbidden", "operator:viewer1")
+    assert (d["status"], d["method"], d["path"]) == (403, "POST", "/api/v1/firmware/releases")
+    assert db.scalar("SELECT count(*) FROM cms.fw_releases WHERE model = %s", (rel.model,)) == 0
+
+
+def test_chunked_import_refused_and_audited(fw_cmsd, pki, db):
+    """A chunked upload (no Content-Length): 411 from the head and one fw_import_refused row."""
+    a0 = db.max_audit_id()
+    img = fw_dir() / "chunked.bin"
+    img.write_bytes(b"z" * 3000)
+    cert, key = pki.path("operators/operator1.crt"), pki.path("operators/operator1.key")
+    p = h.run(["curl", "-sS", "--cacert", pki.root_ca, "--cert", cert, "--key", key,
+               "--data-binary", "@%s" % img, "-H", "Transfer-Encoding: chunked",
+               "-H", "Content-Type: application/octet-stream", "-w", "\n%{http_code}",
+               "https://localhost:%d/api/v1/firmware/releases" % https_port(fw_cmsd)],
+              check=False)
+    assert p.stdout.strip().splitlines()[-1] == "411", p.stdout
+    d = exactly_one_row(db, a0, "fw_import_refused", "operator:operator1")
+    assert (d["status"], d["error"]) == (411, "length_required")
 
 
 def test_importer_cannot_approve_own_release(fw_cmsd, pki, db):
@@ -147,7 +179,8 @@ def test_oversized_upload_refused_before_body(pki, db, fw_devices):
         last = p.stdout.strip().splitlines()[-1].split()
         assert last[0] == "413", p.stdout
         assert int(float(last[1])) < 300000, "the body should not have been sent: %s" % last
-        wait_audit(db, a0, "http_body_refused", lambda r: r["actor"] == "operator:operator1")
+        d = exactly_one_row(db, a0, "fw_import_refused", "operator:operator1")
+        assert (d["status"], d["error"]) == (413, "payload_too_large")
         # A device may not upload at all (large: 413 at once; small: 401); the other
         # routes keep the small limit for operators too.
         dcert, dkey = pki.device("MON-0001")
