@@ -399,6 +399,69 @@ static void test_expect_continue_head_cb(void **state)
     assert_string_equal(rec.req[0].body, "ok");
 }
 
+/* Which request failed: known once its head parsed, not before, never a
+ * previous request's. */
+static int refuse_head(void *ctx, const http_request *r)
+{
+    (void)ctx;
+    (void)r;
+    return CMS_EPERM;
+}
+
+static void test_failed_request(void **state)
+{
+    (void)state;
+    const http_request *f;
+    /* a chunk that is not hex: the head had parsed */
+    assert_int_equal(feed_all("GET /ok HTTP/1.1\r\nHost: h\r\n\r\n"
+                              "POST /fw/v1/report?x=1 HTTP/1.1\r\nHost: h\r\n"
+                              "Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+                     CMS_EPROTO);
+    assert_int_equal(rec.n, 1);
+    f = http_conn_failed_request(&conn);
+    assert_non_null(f);
+    assert_string_equal(f->method_name, "POST");
+    assert_string_equal(f->path, "/fw/v1/report");
+    assert_string_equal(f->query, "x=1");
+    assert_true(f->chunked);
+    /* over the body limit from Content-Length */
+    http_conn_free(&conn);
+    assert_int_equal(http_conn_init(&conn, NULL, record, &rec), CMS_OK);
+    assert_int_equal(feed_all("PUT /big HTTP/1.1\r\nHost: h\r\nContent-Length: 70000\r\n\r\n"),
+                     CMS_ELIMIT);
+    f = http_conn_failed_request(&conn);
+    assert_non_null(f);
+    assert_string_equal(f->path, "/big");
+    /* refused by on_head */
+    http_conn_free(&conn);
+    assert_int_equal(http_conn_init(&conn, NULL, record, &rec), CMS_OK);
+    http_conn_set_head_cb(&conn, refuse_head);
+    assert_int_equal(feed_all("POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n"),
+                     CMS_EPERM);
+    f = http_conn_failed_request(&conn);
+    assert_non_null(f);
+    assert_string_equal(f->path, "/up");
+    /* a second request whose head never parsed, after a good one: none */
+    http_conn_free(&conn);
+    assert_int_equal(http_conn_init(&conn, NULL, record, &rec), CMS_OK);
+    assert_int_equal(feed_all("GET /first HTTP/1.1\r\nHost: h\r\n\r\n"
+                              "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n"),
+                     CMS_EPROTO);
+    assert_null(http_conn_failed_request(&conn));
+    /* a bad header name (refused before the request is built): none */
+    http_conn_free(&conn);
+    assert_int_equal(http_conn_init(&conn, NULL, record, &rec), CMS_OK);
+    assert_int_equal(feed_all("GET / HTTP/1.1\r\nHost: h\r\nBad Name: 1\r\n\r\n"),
+                     CMS_EPROTO);
+    assert_null(http_conn_failed_request(&conn));
+    /* not failed: none */
+    http_conn_free(&conn);
+    assert_int_equal(http_conn_init(&conn, NULL, record, &rec), CMS_OK);
+    assert_null(http_conn_failed_request(&conn));
+    assert_int_equal(feed_all("GET /x HTTP/1.1\r\nHost: h\r\n"), CMS_OK);
+    assert_null(http_conn_failed_request(&conn));
+}
+
 static void test_absolute_form_and_encoded_path(void **state)
 {
     (void)state;
@@ -706,6 +769,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_async_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_header_lookup_case_insensitive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expect_continue_head_cb, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_absolute_form_and_encoded_path, setup, teardown),
         cmocka_unit_test(test_response_head),
         cmocka_unit_test(test_date_format),
