@@ -4,14 +4,17 @@
  *
  * TLS asks for a client certificate but does not require one (EST bootstrap
  * has none); a certificate that is sent must verify against the device CA or
- * the operator CA. The peer is then classified:
- *   - HTTPS_PEER_DEVICE:   issued by the device CA, CN = device serial; the
- *                          device must be registered and active (checked on
- *                          every connection, resumed sessions included);
- *   - HTTPS_PEER_OPERATOR: issued by the operator CA, CN = operator name,
- *                          role from the certificate's OU (admin, operator,
- *                          viewer);
+ * the operator CA. The peer is then classified (peer.h decides, from the TLS
+ * layer's peer record):
+ *   - HTTPS_PEER_DEVICE:   issued directly by the device CA, CN = device
+ *                          serial; the device must be registered and active
+ *                          (checked on every connection, resumed sessions
+ *                          included);
+ *   - HTTPS_PEER_OPERATOR: issued directly by an operator CA, CN = operator
+ *                          name, role from the certificate's OU (admin,
+ *                          operator, viewer);
  *   - HTTPS_PEER_NONE:     no certificate.
+ * Any other certificate is refused (tls_refused).
  * The connection's identity (net_conn_identity) is the serial for a device
  * and "operator:<CN>" for an operator, so revocation can find devices.
  * Each route says which peer kind and which minimum role it needs; the
@@ -28,10 +31,10 @@
 #include <stdint.h>
 
 #include <jansson.h>
-#include <openssl/x509.h>
 
 #include "http.h"
 #include "net.h"
+#include "peer.h"
 #include "store.h"
 
 enum https_peer_kind { HTTPS_PEER_NONE = 0, HTTPS_PEER_DEVICE, HTTPS_PEER_OPERATOR };
@@ -103,11 +106,10 @@ typedef struct https_config {
 
 /* Service hooks shared by the handlers (filled by cmsd). */
 struct https_ctx {
+    peer_policy peer;        /* first (peer.h): who may connect, refusals */
     store_t *store;          /* borrowed */
     net_server *server;      /* borrowed */
     https_config cfg;
-    X509 *device_issuer;     /* owned: the CA that issues device certs */
-    STACK_OF(X509) *operator_issuers; /* owned */
     const https_route *routes; /* borrowed, NULL-method terminated */
     void *svc;               /* borrowed: the services' shared state (enrollment, ...) */
 };
@@ -116,14 +118,12 @@ struct https_ctx {
 extern const net_proto https_proto;
 
 /*
- * Initialises ctx: loads the device issuing CA certificate (first cert of
- * device_ca_file) and the operator CA bundle (may be NULL/""). Returns
- * CMS_OK or CMS_EINVAL with a reason in err.
+ * Initialises ctx. store, server, routes and svc are borrowed and must
+ * outlive it; cfg is copied. ctx holds nothing to free. The issuing CAs
+ * that classify peers are the listener's TLS context's (tls_server_config).
  */
-int https_ctx_init(https_ctx *ctx, store_t *store, net_server *server, const https_config *cfg,
-                   const char *device_ca_file, const char *operator_ca_file,
-                   const https_route *routes, void *svc, char *err, size_t cap);
-void https_ctx_free(https_ctx *ctx);
+void https_ctx_init(https_ctx *ctx, store_t *store, net_server *server, const https_config *cfg,
+                    const https_route *routes, void *svc);
 
 /*
  * Answers r. Each takes over nothing the caller owns except where noted; all

@@ -2,9 +2,11 @@
  * ingest.h - the monitor-facing service: HL7 v2 over MLLP on an
  * authenticated TLS connection (svc layer; uses net only through net.h).
  *
- * Per connection: the TLS peer certificate's CN is the device serial; the
- * device must be registered and active (checked against the database on
- * every connection, resumed TLS sessions included) before any input is read.
+ * Per connection: the TLS peer certificate must be issued directly by the
+ * device CA (tls_server_config.device_ca_file's first certificate, not merely
+ * chain to a root the bundle also holds); its CN is the device serial; the
+ * device must be registered and active (peer.h: checked against the database
+ * on every connection, resumed TLS sessions included) before any input is read.
  * Then each MLLP frame is parsed (hl7 + pcd01), checked against the
  * device's identity (MSH-3's universal ID, or its namespace ID when there is
  * no universal ID, and every OBX-18 must name this device: its serial or one
@@ -25,11 +27,10 @@
 
 #include <stdint.h>
 
-#include <openssl/x509.h>
-
 #include "hl7.h"
 #include "net.h"
 #include "pcd01.h"
+#include "peer.h"
 #include "store.h"
 
 typedef struct ingest_config {
@@ -38,13 +39,10 @@ typedef struct ingest_config {
     unsigned max_queued_msgs; /* the store's backlog limit (for the 90 % rule) */
     const char *hl7_app;      /* our MSH-3 (borrowed) */
     const char *hl7_facility; /* our MSH-4 (borrowed) */
-    /* The CA that issues device certificates (borrowed, read-only): a client
-     * certificate must be issued by it directly, not merely chain to a root
-     * that the device CA bundle also holds. NULL = no such check. */
-    X509 *device_issuer;
 } ingest_config;
 
 typedef struct ingest_ctx {
+    peer_policy peer;   /* first (peer.h): who may connect, refusals */
     store_t *store;     /* borrowed */
     net_server *server; /* borrowed: to resume connections when the store drains */
     ingest_config cfg;

@@ -120,7 +120,8 @@ void net_server_foreach(net_server *s, void (*fn)(net_conn *c, void *arg), void 
 /* Accessors. The pointers are borrowed and live as long as the connection. */
 void *net_conn_session(net_conn *c);        /* the proto's session_size bytes */
 void *net_conn_proto_ctx(net_conn *c);      /* as given to net_listen */
-tls_conn *net_conn_tls(net_conn *c);
+/* The peer record its TLS handshake made (tls.h): all zero before the handshake. */
+const tls_peer *net_conn_peer_record(const net_conn *c);
 enum net_state net_conn_state(const net_conn *c);
 const char *net_conn_peer(const net_conn *c);   /* "ip:port" */
 const char *net_conn_identity(const net_conn *c);/* set by the protocol, "" until then */

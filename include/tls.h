@@ -31,9 +31,10 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include <openssl/ssl.h>
+#include <stdint.h>
 
 typedef struct tls_ctx tls_ctx;
+typedef struct tls_conn tls_conn; /* one connection's TLS state (opaque) */
 
 #define TLS_SESSION_CACHE_SIZE 20480    /* default sessions kept for resumption, per listener */
 
@@ -45,8 +46,13 @@ enum tls_client_auth {
 typedef struct tls_server_config {
     const char *cert_file;     /* server certificate chain, PEM */
     const char *key_file;      /* server private key, PEM */
-    const char *client_ca_file;/* CAs that issue acceptable client certs (may be a bundle) */
-    const char *extra_ca_file; /* a second such bundle (operator CA), or NULL/"" */
+    /* The device CA bundle, PEM: every certificate in it is trusted for client
+     * certificates; its FIRST certificate is the device issuing CA (a peer
+     * certificate issued directly by it is TLS_ISSUER_DEVICE_CA). */
+    const char *device_ca_file;
+    /* The operator CA bundle, PEM, or NULL/"": every certificate in it is trusted
+     * and is an operator issuing CA (TLS_ISSUER_OPERATOR_CA). */
+    const char *operator_ca_file;
     const char *crl_file;      /* CRL (PEM) to check client certs against, or NULL/"" */
     enum tls_client_auth client_auth;
     unsigned session_timeout_s;/* session resumption lifetime; 0 disables resumption */
@@ -60,17 +66,16 @@ typedef struct tls_server_config {
  * (depth 4), TLS_AES_128_GCM_SHA256 first (the key exchange and signatures
  * give 128-bit security; SHA-256 has CPU instructions, SHA-384 not), resumption
  * by stateful session tickets (a session id; the session stays in a bounded
- * cache in this process) with the given lifetime. Returns NULL and a
- * reason in err (cap bytes) on any error (unreadable file, key/cert mismatch).
- * Never logs key material.
+ * cache in this process) with the given lifetime. Keeps the device issuing
+ * CA and the operator issuing CAs (tls_server_config) to classify peers
+ * (tls_peer.issuer). Returns NULL and a reason in err (cap bytes) on any
+ * error (unreadable file, a CA file without certificates, key/cert
+ * mismatch). Never logs key material. Thread: any (at start-up).
  */
 tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap);
 
 /* Frees ctx (connections hold their own references to the SSL_CTX). */
 void tls_ctx_free(tls_ctx *ctx);
-
-/* The underlying SSL_CTX (borrowed), for callers needing OpenSSL directly. */
-SSL_CTX *tls_ctx_ssl_ctx(tls_ctx *ctx);
 
 /*
  * Replaces the CRL checked for new handshakes with the one in crl_file (PEM),
@@ -79,23 +84,13 @@ SSL_CTX *tls_ctx_ssl_ctx(tls_ctx *ctx);
  */
 int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap);
 
-typedef struct tls_conn {
-    SSL *ssl;                /* owned; owns the transport BIO */
-    const unsigned char *in; /* fed, borrowed until tls_conn_keep_input */
-    size_t in_len;
-    unsigned char *kept; /* owned: input kept from earlier feeds, read first */
-    size_t kept_off, kept_len, kept_cap;
-    char *out; /* owned: ciphertext not yet taken */
-    size_t out_len, out_cap;
-    bool handshake_done;
-} tls_conn;
-
-/* Prepares a server-side connection. Returns CMS_OK or CMS_ENOMEM. */
-int tls_conn_init_server(tls_conn *tc, tls_ctx *ctx);
-/* Prepares a client-side connection on an SSL_CTX (borrowed; SSL keeps a
- * reference). sni may be NULL. Returns CMS_OK or CMS_ENOMEM. */
-int tls_conn_init_client(tls_conn *tc, SSL_CTX *ctx, const char *sni);
-/* Frees everything; safe on a zeroed or already freed tls_conn. */
+/*
+ * A new server-side connection on ctx (borrowed: it must outlive the
+ * connection). Returns NULL when out of memory. The tls_conn must not be
+ * shared with another thread.
+ */
+tls_conn *tls_conn_new_server(tls_ctx *ctx);
+/* Frees tc and everything it holds; NULL is allowed. */
 void tls_conn_free(tls_conn *tc);
 
 /*
@@ -106,18 +101,20 @@ void tls_conn_free(tls_conn *tc);
 int tls_conn_feed(tls_conn *tc, const void *data, size_t len);
 
 /* Copies what OpenSSL did not consume of the fed data aside (the caller
- * reuses its buffer next). CMS_OK or CMS_ENOMEM. Safe on a freed tls_conn. */
+ * reuses its buffer next). CMS_OK or CMS_ENOMEM. */
 int tls_conn_keep_input(tls_conn *tc);
 
 /* Ciphertext fed but not consumed yet. */
 size_t tls_conn_pending_input(const tls_conn *tc);
 
 /*
- * Advances the handshake. Returns CMS_OK when complete (handshake_done set),
- * CMS_EAGAIN when more input is needed, CMS_EPERM when the peer's certificate
- * was refused (reason: the X509 verify error), CMS_EPROTO for any other
- * failure (reason: OpenSSL's error string). On failure an alert is queued
- * in the output: drain it before closing. reason may be NULL.
+ * Advances the handshake. Returns CMS_OK when complete (the peer record,
+ * tls_conn_peer, is then filled), CMS_EAGAIN when more input is needed,
+ * CMS_EPERM when the peer's certificate was refused (reason: the X509 verify
+ * error), CMS_ENOMEM when the peer record could not be made (reason: "out of
+ * memory"), CMS_EPROTO for any other failure (reason: OpenSSL's error
+ * string). On failure an alert may be queued in the output: drain it before
+ * closing. reason may be NULL. Once complete, further calls return CMS_OK.
  */
 int tls_conn_handshake(tls_conn *tc, char *reason, size_t cap);
 
@@ -149,18 +146,51 @@ size_t tls_conn_pending_output(const tls_conn *tc);
  */
 long tls_conn_take_output(tls_conn *tc, char **out);
 
-/*
- * Subject CN of the verified peer certificate into out (cap bytes). Returns
- * CMS_OK, CMS_EPERM when there is no verified peer certificate, or CMS_EPROTO
- * when the subject has no CN, several CNs, or a CN with bytes outside
- * printable ASCII.
+/* ---- the peer record ------------------------------------------------------------
+ *
+ * Who the peer is, as far as TLS can tell, made once when the handshake
+ * completes (full or resumed: a resumed session carries the certificate that
+ * was verified by its full handshake). It says nothing of the registry: the
+ * service above decides whether such a peer may talk (svc/peer.c).
  */
-int tls_conn_peer_cn(const tls_conn *tc, char *out, size_t cap);
 
-/* True when this handshake resumed an earlier session. */
-bool tls_conn_resumed(const tls_conn *tc);
+#define TLS_PEER_CN_SIZE 64        /* a CN of up to 63 bytes, NUL-terminated */
+#define TLS_FINGERPRINT_SIZE 32    /* SHA-256 */
+#define TLS_FINGERPRINT_HEX_SIZE 65 /* 64 lowercase hex digits + NUL */
 
-/* "TLSv1.3" etc. (static string). */
-const char *tls_conn_version(const tls_conn *tc);
+/* Which of the context's issuing CAs issued the peer certificate directly. */
+enum tls_issuer {
+    TLS_ISSUER_NONE = 0,    /* no verified certificate, or issued by another CA */
+    TLS_ISSUER_DEVICE_CA,   /* the first certificate of device_ca_file */
+    TLS_ISSUER_OPERATOR_CA  /* one of the certificates of operator_ca_file */
+};
+
+/* The highest role named by the certificate subject's OU values ("admin",
+ * "operator", "viewer", exact and case-sensitive; others are ignored). */
+enum tls_role { TLS_ROLE_NONE = 0, TLS_ROLE_VIEWER, TLS_ROLE_OPERATOR, TLS_ROLE_ADMIN };
+
+typedef struct tls_peer {
+    /* The subject CN when cn_ok, else "". cn_ok: the certificate verified and
+     * its subject has exactly one CN, of 1..63 bytes, all printable ASCII
+     * without space (0x21..0x7e). */
+    char cn[TLS_PEER_CN_SIZE];
+    unsigned char fingerprint[TLS_FINGERPRINT_SIZE]; /* SHA-256 of the DER; zeros without one */
+    int64_t not_after;          /* the certificate's notAfter, seconds since the epoch; 0 without */
+    const char *version;        /* "TLSv1.3", "TLSv1.2" (static); "" before the handshake */
+    enum tls_issuer issuer;     /* TLS_ISSUER_NONE unless the certificate verified */
+    enum tls_role role;         /* from the OU, whatever the issuer (the caller decides) */
+    bool has_cert;              /* the peer presented a certificate */
+    bool cn_ok;
+    bool resumed;               /* this handshake resumed an earlier session */
+} tls_peer;
+
+/*
+ * The peer record of tc (borrowed: lives as long as tc, read-only). All zero
+ * (and version "") until tls_conn_handshake returned CMS_OK.
+ */
+const tls_peer *tls_conn_peer(const tls_conn *tc);
+
+/* The record's fingerprint as 64 lowercase hex digits (what the registry stores). */
+void tls_peer_fingerprint_hex(const tls_peer *p, char out[TLS_FINGERPRINT_HEX_SIZE]);
 
 #endif

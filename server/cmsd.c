@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#include <openssl/pem.h>
 #include <uv.h>
 
 #include "cms_err.h"
@@ -38,7 +37,6 @@ enum worker_status { W_STARTING = 0, W_RUNNING, W_FAILED, W_STOPPED };
 typedef struct shared {
     tls_ctx *mllp_tls;
     tls_ctx *https_tls;  /* NULL when https_listen is "" */
-    X509 *device_issuer; /* the first certificate of tls_device_ca */
     fw_keys *fw_keys;    /* read-only once loaded */
     rl_table *est_limit; /* locked inside, or NULL (est_anon_per_min = 0) */
 } shared;
@@ -48,7 +46,6 @@ typedef struct worker {
     pthread_t thread;
     const cms_config *cfg;
     tls_ctx *mllp_tls;
-    X509 *device_issuer; /* borrowed: first certificate of tls_device_ca */
     tls_ctx *https_tls; /* NULL when https_listen is "" */
     https_ctx https;
     svc_state svc;
@@ -179,7 +176,6 @@ static int worker_listen(worker *w)
         .max_queued_msgs = cfg->max_queued_msgs,
         .hl7_app = cfg->hl7_app,
         .hl7_facility = cfg->hl7_facility,
-        .device_issuer = w->device_issuer,
     };
     ingest_ctx_init(&w->ingest, w->store, w->net, &ic, w->id);
     if (net_listen(w->net, cfg->mllp_listen, w->mllp_tls, &ingest_mllp_proto, &w->ingest, err,
@@ -214,9 +210,8 @@ static int worker_listen(worker *w)
         .max_output_bytes = cfg->max_output_bytes,
         .max_upload_bytes = cfg->fw_max_image_bytes,
     };
-    if (https_ctx_init(&w->https, w->store, w->net, &hc, cfg->tls_device_ca, cfg->tls_operator_ca,
-                       svc_routes, &w->svc, err, sizeof(err)) != CMS_OK ||
-        net_listen(w->net, cfg->https_listen, w->https_tls, &https_proto, &w->https, err,
+    https_ctx_init(&w->https, w->store, w->net, &hc, svc_routes, &w->svc);
+    if (net_listen(w->net, cfg->https_listen, w->https_tls, &https_proto, &w->https, err,
                    sizeof(err)) != CMS_OK) {
         log_error("listen_failed", NULL, NULL, "%s", err);
         return CMS_EINVAL;
@@ -397,7 +392,7 @@ static int shared_load(shared *s, const cms_config *cfg, bool check_only)
     tls_server_config tc = {
         .cert_file = cfg->tls_cert,
         .key_file = cfg->tls_key,
-        .client_ca_file = cfg->tls_device_ca,
+        .device_ca_file = cfg->tls_device_ca, /* its first certificate issues devices' */
         .crl_file = cfg->tls_crl,
         .client_auth = TLS_CLIENT_CERT_REQUIRE,
         .session_timeout_s = cfg->tls_session_timeout_s,
@@ -411,7 +406,7 @@ static int shared_load(shared *s, const cms_config *cfg, bool check_only)
     }
     if (cfg->https_listen[0]) {
         tls_server_config hc = tc;
-        hc.extra_ca_file = cfg->tls_operator_ca;
+        hc.operator_ca_file = cfg->tls_operator_ca;
         hc.client_auth = TLS_CLIENT_CERT_OPTIONAL;
         hc.session_id_context = "cms-https";
         s->https_tls = tls_ctx_new_server(&hc, err, sizeof(err));
@@ -428,16 +423,6 @@ static int shared_load(shared *s, const cms_config *cfg, bool check_only)
     }
     if (check_only)
         return CMS_OK;
-    /* Device certificates must be issued by the device CA itself (the first
-     * certificate of tls_device_ca), not by another CA of that bundle. */
-    BIO *dbio = BIO_new_file(cfg->tls_device_ca, "r");
-    if (dbio)
-        s->device_issuer = PEM_read_bio_X509(dbio, NULL, NULL, NULL);
-    BIO_free(dbio);
-    if (!s->device_issuer) {
-        fprintf(stderr, "cmsd: tls_device_ca %s: no certificate\n", cfg->tls_device_ca);
-        return CMS_EINVAL;
-    }
     /* One table for all workers: a peer's connections land on any of them. A
      * bucket holds a minute's worth, so a ward enrolling its monitors at once
      * is not refused; refusals are logged at most once a minute per address.
@@ -455,7 +440,6 @@ static int shared_load(shared *s, const cms_config *cfg, bool check_only)
 static void shared_free(shared *s)
 {
     rl_free(s->est_limit);
-    X509_free(s->device_issuer);
     fw_keys_free(s->fw_keys);
     tls_ctx_free(s->https_tls);
     tls_ctx_free(s->mllp_tls);
@@ -473,7 +457,6 @@ static int worker_start(cmsd *d, unsigned i, const cms_config *cfg, const shared
     w->id = i;
     w->cfg = cfg;
     w->mllp_tls = sh->mllp_tls;
-    w->device_issuer = sh->device_issuer;
     w->https_tls = sh->https_tls;
     w->fw_keys = sh->fw_keys;
     w->est_limit = sh->est_limit;
@@ -515,7 +498,6 @@ static void worker_free(worker *w)
                      uv_strerror(rc));
         w->loop_ok = false;
     }
-    https_ctx_free(&w->https);
     ingest_ctx_free(&w->ingest);
     svc_est_free(&w->svc);
     fw_worker_free(w->svc.fw);

@@ -22,7 +22,7 @@ static void conn_free_if_done(net_conn *c)
 {
     if (c->handles_open > 0 || c->refs > 0)
         return;
-    tls_conn_free(&c->tls);
+    tls_conn_free(c->tls);
     free(c);
 }
 
@@ -58,9 +58,10 @@ void *net_conn_proto_ctx(net_conn *c)
 {
     return c->proto_ctx;
 }
-tls_conn *net_conn_tls(net_conn *c)
+const tls_peer *net_conn_peer_record(const net_conn *c)
 {
-    return &c->tls;
+    static const tls_peer none = {.version = ""};
+    return c->tls ? tls_conn_peer(c->tls) : &none;
 }
 enum net_state net_conn_state(const net_conn *c)
 {
@@ -130,7 +131,7 @@ void net_conn_set_deadline(net_conn *c, uint64_t abs_ms, const char *reason)
 
 size_t net_conn_output_pending(const net_conn *c)
 {
-    return c->out_bytes + tls_conn_pending_output(&c->tls);
+    return c->out_bytes + tls_conn_pending_output(c->tls);
 }
 
 /* Moves every pending TLS record to the socket. Returns CMS_OK or an error
@@ -139,11 +140,11 @@ static int conn_flush(net_conn *c)
 {
     for (;;) {
         char *buf;
-        long n = tls_conn_take_output(&c->tls, &buf);
+        long n = tls_conn_take_output(c->tls, &buf);
         if (n == 0) {
             /* Every write and every processing step ends here: the TLS record buffers
              * and the kept input go back until the next one. */
-            tls_conn_trim(&c->tls);
+            tls_conn_trim(c->tls);
             return CMS_OK;
         }
         if (n < 0) {
@@ -208,7 +209,7 @@ int net_conn_write(net_conn *c, const void *data, size_t len)
 {
     if (c->state != NET_ACTIVE && c->state != NET_AUTHORIZING)
         return CMS_ECLOSED;
-    if (tls_conn_write(&c->tls, data, len) != CMS_OK) {
+    if (tls_conn_write(c->tls, data, len) != CMS_OK) {
         net_conn_close(c, "TLS write failed");
         return CMS_ECLOSED;
     }
@@ -335,7 +336,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->last_input = uv_now(c->srv->loop);
-    if (tls_conn_feed(&c->tls, buf->base, (size_t)nread) != CMS_OK) {
+    if (tls_conn_feed(c->tls, buf->base, (size_t)nread) != CMS_OK) {
         net_conn_close(c, "out of memory");
         conn_finish(c);
         return;
@@ -344,7 +345,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     conn_process(c);
     /* buf is the loop's: what OpenSSL left of it (a partial record, input
      * held back until the peer is authorized) is copied aside now. */
-    if (tls_conn_keep_input(&c->tls) != CMS_OK && c->state < NET_DRAINING) {
+    if (tls_conn_keep_input(c->tls) != CMS_OK && c->state < NET_DRAINING) {
         net_conn_close(c, "out of memory");
         conn_finish(c);
     }
@@ -370,13 +371,17 @@ static void conn_read_stop(net_conn *c)
 static void conn_handshake(net_conn *c)
 {
     char reason[256] = "";
-    int rc = tls_conn_handshake(&c->tls, reason, sizeof(reason));
+    int rc = tls_conn_handshake(c->tls, reason, sizeof(reason));
     if (rc == CMS_EAGAIN) {
-        if (tls_conn_pending_input(&c->tls) > c->srv->lim.preauth_buffer_bytes) {
+        if (tls_conn_pending_input(c->tls) > c->srv->lim.preauth_buffer_bytes) {
             log_warn("tls_refused", NULL, c->peer, "handshake input over %u bytes",
                      c->srv->lim.preauth_buffer_bytes);
             net_conn_close(c, NULL);
         }
+        return;
+    }
+    if (rc == CMS_ENOMEM) { /* our failure, not the peer's: no refusal to audit */
+        net_conn_close(c, "out of memory");
         return;
     }
     if (rc != CMS_OK) {
@@ -413,7 +418,7 @@ static void conn_process(net_conn *c)
         if (c->state == NET_HANDSHAKE)
             conn_handshake(c);
         while (c->state == NET_ACTIVE && !c->paused) {
-            int n = tls_conn_read(&c->tls, c->srv->plainbuf, sizeof(c->srv->plainbuf));
+            int n = tls_conn_read(c->tls, c->srv->plainbuf, sizeof(c->srv->plainbuf));
             if (n == CMS_EAGAIN)
                 break;
             if (n < 0) {
@@ -487,7 +492,7 @@ void net_conn_close(net_conn *c, const char *reason)
     if (prev >= NET_AUTHORIZING)
         c->proto->on_close(c);
     if (prev >= NET_AUTHORIZING)
-        tls_conn_shutdown(&c->tls); /* close_notify */
+        tls_conn_shutdown(c->tls); /* close_notify */
     if (c->in_process)
         return; /* conn_process flushes and finishes */
     if (conn_flush(c) != CMS_OK || c->state != NET_DRAINING)
@@ -585,7 +590,7 @@ void net__conn_accept(net_listener *l)
         return;
     }
     if (net__deadline_reserve(s, s->nconns + 1) != 0 ||
-        tls_conn_init_server(&c->tls, l->tls) != CMS_OK) {
+        !(c->tls = tls_conn_new_server(l->tls))) {
         log_error("accept_failed", NULL, c->peer, "out of memory");
         c->state = NET_CLOSED;
         uv_close((uv_handle_t *)&c->tcp, on_handle_closed);

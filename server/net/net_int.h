@@ -23,7 +23,7 @@ struct net_conn {
     const net_proto *proto; /* copied from the listener: valid after it closed */
     void *proto_ctx;
     enum net_state state;
-    tls_conn tls;
+    tls_conn *tls; /* owned; NULL only when accept failed */
     unsigned handles_open; /* the tcp handle until its close callback ran */
     unsigned refs;         /* net_conn_ref holders */
     bool reading, paused, in_process, again, tls_failed;

@@ -5,15 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/x509v3.h>
-
 #include "cms_err.h"
 #include "https.h"
 #include "log.h"
+#include "peer.h"
 #include "svc.h"
-#include "pki.h"
+
+/* peer.c finds the policy at the start of the listener's proto_ctx. */
+_Static_assert(offsetof(https_ctx, peer) == 0, "peer_policy must be https_ctx's first member");
 
 typedef struct session {
     http_conn http;
@@ -25,7 +24,7 @@ typedef struct session {
     enum https_peer_kind peer;
     enum https_role role;
     int64_t device_id;
-    char cn[64];
+    const char *cn;       /* the certificate's CN, "" without one (the peer record's) */
     char identity[80];    /* "operator:<cn>" (net_conn_set_identity borrows it) */
     bool streaming;       /* between https_stream_begin and https_stream_end */
     https_stream_cb on_writable;
@@ -493,113 +492,60 @@ static int on_data(net_conn *c, const char *data, size_t len)
     return feed(c, data, len);
 }
 
-/* ---- peer classification ---------------------------------------------------- */
+/* ---- peer classification (peer.c decides) ------------------------------------- */
 
-static enum https_role role_from_cert(X509 *cert)
+/* The registry allowed the device (peer.c). */
+static void on_device(net_conn *c, const store_device *dev)
 {
-    X509_NAME *name = X509_get_subject_name(cert);
-    int idx = -1;
-    enum https_role best = HTTPS_ROLE_NONE;
-    while ((idx = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, idx)) >= 0) {
-        const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
-        const char *p = (const char *)ASN1_STRING_get0_data(v);
-        size_t n = (size_t)ASN1_STRING_length(v);
-        enum https_role r = HTTPS_ROLE_NONE;
-        if (n == 5 && memcmp(p, "admin", 5) == 0)
-            r = HTTPS_ROLE_ADMIN;
-        else if (n == 8 && memcmp(p, "operator", 8) == 0)
-            r = HTTPS_ROLE_OPERATOR;
-        else if (n == 6 && memcmp(p, "viewer", 6) == 0)
-            r = HTTPS_ROLE_VIEWER;
-        if (r > best)
-            best = r;
-    }
-    return best;
+    session *s = net_conn_session(c);
+    s->device_id = dev->id;
+    net_conn_activate(c);
 }
 
-static void on_device(void *ctx, int status, const store_device *dev)
+static enum https_role role_of(enum tls_role r)
 {
-    net_conn *c = ctx;
-    session *s = net_conn_session(c);
-    if (net_conn_state(c) == NET_AUTHORIZING) {
-        if (status == CMS_OK && strcmp(dev->status, "active") == 0) {
-            s->device_id = dev->id;
-            net_conn_activate(c);
-        } else {
-            const char *why = status == CMS_EPERM   ? "device not registered"
-                              : status != CMS_OK    ? "device registry unavailable"
-                                                    : dev->status;
-            log_warn("device_refused", s->cn, net_conn_peer(c), "https: %s", why);
-            if (status == CMS_OK || status == CMS_EPERM) {
-                svc_audit(((https_ctx *)net_conn_proto_ctx(c))->store, "device_refused", NULL,
-                          s->cn, net_conn_peer(c),
-                          json_pack("{s:s, s:s}", "listener", "https", "reason", why));
-            }
-            net_conn_close(c, NULL);
-        }
+    switch (r) {
+    case TLS_ROLE_ADMIN:
+        return HTTPS_ROLE_ADMIN;
+    case TLS_ROLE_OPERATOR:
+        return HTTPS_ROLE_OPERATOR;
+    case TLS_ROLE_VIEWER:
+        return HTTPS_ROLE_VIEWER;
+    default:
+        return HTTPS_ROLE_NONE;
     }
-    net_conn_unref(c);
 }
 
 static int on_handshake(net_conn *c)
 {
     session *s = net_conn_session(c);
     https_ctx *ctx = net_conn_proto_ctx(c);
+    const tls_peer *p = net_conn_peer_record(c);
     http_limits lim;
     http_limits_default(&lim);
     lim.max_header_bytes = ctx->cfg.max_header_bytes;
     lim.max_body_bytes = ctx->cfg.max_body_bytes;
+    s->cn = p->cn;
+    enum peer_verdict v;
+    /* Operators may upload (per-route limit enforced in on_head); a certificate
+     * refused below is closed before anything is read. */
+    if (p->issuer == TLS_ISSUER_OPERATOR_CA && ctx->cfg.max_upload_bytes > lim.max_body_bytes)
+        lim.max_body_bytes = ctx->cfg.max_upload_bytes;
     if (http_conn_init(&s->http, &lim, on_request, c) != CMS_OK)
         return CMS_EINTERNAL;
     http_conn_set_head_cb(&s->http, on_head);
-    X509 *peer = SSL_get0_peer_certificate(net_conn_tls(c)->ssl);
-    if (!peer)
-        return CMS_OK; /* anonymous: only public routes and EST bootstrap */
-    if (tls_conn_peer_cn(net_conn_tls(c), s->cn, sizeof(s->cn)) != CMS_OK) {
-        log_warn("tls_refused", NULL, net_conn_peer(c), "https: certificate without usable CN");
-        return CMS_EPERM;
-    }
-    if (ctx->device_issuer && X509_check_issued(ctx->device_issuer, peer) == X509_V_OK) {
-        s->peer = HTTPS_PEER_DEVICE;
-        net_conn_set_identity(c, s->cn);
-        net_conn_ref(c);
-        char fp[PKI_SHA256_HEX_SIZE];
-        store_device dev;
-        if (pki_cert_fingerprint_sha256(peer, fp) != CMS_OK) {
-            net_conn_unref(c);
-            return CMS_EINTERNAL;
-        }
-        if (store_device_cached(ctx->store, s->cn, fp, net_conn_peer(c), &dev)) {
-            on_device(c, CMS_OK, &dev); /* activates c, drops the reference */
-            return CMS_EAGAIN;
-        }
-        if (store_device_lookup_cert(ctx->store, s->cn, fp, net_conn_peer(c), on_device, c) !=
-            CMS_OK) {
-            net_conn_unref(c);
-            return CMS_EUNAVAIL;
-        }
-        return CMS_EAGAIN;
-    }
-    for (int i = 0; ctx->operator_issuers && i < sk_X509_num(ctx->operator_issuers); i++) {
-        if (X509_check_issued(sk_X509_value(ctx->operator_issuers, i), peer) == X509_V_OK) {
-            s->peer = HTTPS_PEER_OPERATOR;
-            s->role = role_from_cert(peer);
-            if (ctx->cfg.max_upload_bytes > lim.max_body_bytes) {
-                /* Upload routes (per-route limit enforced in on_head). */
-                http_conn_free(&s->http);
-                lim.max_body_bytes = ctx->cfg.max_upload_bytes;
-                if (http_conn_init(&s->http, &lim, on_request, c) != CMS_OK)
-                    return CMS_EINTERNAL;
-                http_conn_set_head_cb(&s->http, on_head);
-            }
-            snprintf(s->identity, sizeof(s->identity), "operator:%s", s->cn);
-            net_conn_set_identity(c, s->identity);
-            return CMS_OK;
-        }
-    }
-    log_warn("tls_refused", s->cn, net_conn_peer(c),
-             "https: certificate not issued directly by the device or operator CA");
-    return CMS_EPERM;
+    int rc = peer_authorize(c, &ctx->peer, &v);
+    if (rc == CMS_EAGAIN)
+        s->peer = HTTPS_PEER_DEVICE; /* on_device activates c */
+    if (rc != CMS_OK)
+        return rc;
+    if (v == PEER_OPERATOR) {
+        s->peer = HTTPS_PEER_OPERATOR;
+        s->role = role_of(p->role);
+        snprintf(s->identity, sizeof(s->identity), "operator:%s", s->cn);
+        net_conn_set_identity(c, s->identity);
+    } /* else anonymous: only public routes and EST bootstrap */
+    return CMS_OK;
 }
 
 static void on_close(net_conn *c)
@@ -613,80 +559,32 @@ static void on_close(net_conn *c)
     s->kept_len = 0;
 }
 
-static void on_tls_refused(void *proto_ctx, const char *peer, const char *reason)
-{
-    https_ctx *ctx = proto_ctx;
-    svc_audit(ctx->store, "tls_refused", NULL, NULL, peer,
-              json_pack("{s:s, s:s}", "listener", "https", "reason", reason));
-}
-
 const net_proto https_proto = {
     .name = "https",
     .session_size = sizeof(session),
     .on_handshake = on_handshake,
     .on_data = on_data,
     .on_close = on_close,
-    .on_tls_refused = on_tls_refused,
+    .on_tls_refused = peer_on_tls_refused,
     .on_drain = on_drain,
     .low_water = HTTPS_STREAM_LOW_WATER,
 };
 
 /* ---- context ------------------------------------------------------------------ */
 
-static STACK_OF(X509) *load_certs(const char *path, char *err, size_t cap)
-{
-    STACK_OF(X509) *sk = sk_X509_new_null();
-    BIO *b = BIO_new_file(path, "r");
-    X509 *x;
-    if (!sk || !b) {
-        snprintf(err, cap, "cannot read %s", path);
-        goto fail;
-    }
-    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL)
-        sk_X509_push(sk, x);
-    ERR_clear_error();
-    if (sk_X509_num(sk) == 0) {
-        snprintf(err, cap, "%s holds no certificate", path);
-        goto fail;
-    }
-    BIO_free(b);
-    return sk;
-fail:
-    BIO_free(b);
-    sk_X509_pop_free(sk, X509_free);
-    return NULL;
-}
-
-int https_ctx_init(https_ctx *ctx, store_t *store, net_server *server, const https_config *cfg,
-                   const char *device_ca_file, const char *operator_ca_file,
-                   const https_route *routes, void *svc, char *err, size_t cap)
+void https_ctx_init(https_ctx *ctx, store_t *store, net_server *server, const https_config *cfg,
+                    const https_route *routes, void *svc)
 {
     memset(ctx, 0, sizeof(*ctx));
+    /* Devices (registered, active), operators, and peers without a certificate. */
+    ctx->peer = (peer_policy){.store = store,
+                              .listener = "https",
+                              .anonymous = true,
+                              .operators = true,
+                              .on_device = on_device};
     ctx->store = store;
     ctx->server = server;
     ctx->cfg = *cfg;
     ctx->routes = routes;
     ctx->svc = svc;
-    STACK_OF(X509) *dev = load_certs(device_ca_file, err, cap);
-    if (!dev)
-        return CMS_EINVAL;
-    ctx->device_issuer = sk_X509_shift(dev); /* the first: the issuing CA */
-    sk_X509_pop_free(dev, X509_free);
-    if (operator_ca_file && *operator_ca_file) {
-        ctx->operator_issuers = load_certs(operator_ca_file, err, cap);
-        if (!ctx->operator_issuers) {
-            X509_free(ctx->device_issuer);
-            ctx->device_issuer = NULL;
-            return CMS_EINVAL;
-        }
-    }
-    return CMS_OK;
-}
-
-void https_ctx_free(https_ctx *ctx)
-{
-    X509_free(ctx->device_issuer);
-    sk_X509_pop_free(ctx->operator_issuers, X509_free);
-    ctx->device_issuer = NULL;
-    ctx->operator_issuers = NULL;
 }

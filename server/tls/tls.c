@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -19,6 +20,20 @@
 struct tls_ctx {
     SSL_CTX *ssl_ctx;
     STACK_OF(X509_NAME) *crl_issuers; /* CAs whose CRL is loaded (owned) */
+    X509 *device_issuer;              /* owned: first certificate of device_ca_file */
+    STACK_OF(X509) *operator_issuers; /* owned: operator_ca_file's certificates, or NULL */
+};
+
+struct tls_conn {
+    SSL *ssl;                /* owned; owns the transport BIO */
+    const unsigned char *in; /* fed, borrowed until tls_conn_keep_input */
+    size_t in_len;
+    unsigned char *kept; /* owned: input kept from earlier feeds, read first */
+    size_t kept_off, kept_len, kept_cap;
+    char *out; /* owned: ciphertext not yet taken */
+    size_t out_len, out_cap;
+    bool handshake_done;
+    tls_peer peer; /* filled when the handshake completes */
 };
 
 /* SSL_CTX ex_data slot pointing back at the tls_ctx, for the verify callback. */
@@ -85,6 +100,62 @@ static int load_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
     return CMS_OK;
 }
 
+/* Every certificate of a PEM file, in order; NULL with a reason in err when
+ * the file cannot be read or holds none. */
+static STACK_OF(X509) *load_certs(const char *path, char *err, size_t cap)
+{
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    BIO *b = BIO_new_file(path, "r");
+    X509 *x;
+    if (!sk || !b) {
+        snprintf(err, cap, "cannot read %s", path);
+        goto fail;
+    }
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (!sk_X509_push(sk, x)) {
+            X509_free(x);
+            snprintf(err, cap, "out of memory");
+            goto fail;
+        }
+    }
+    ERR_clear_error();
+    if (sk_X509_num(sk) == 0) {
+        snprintf(err, cap, "%s holds no certificate", path);
+        goto fail;
+    }
+    BIO_free(b);
+    return sk;
+fail:
+    ERR_clear_error();
+    BIO_free(b);
+    sk_X509_pop_free(sk, X509_free);
+    return NULL;
+}
+
+/* The issuing CAs peers are classified by (tls_peer.issuer). */
+static int load_issuers(tls_ctx *ctx, const tls_server_config *cfg, char *err, size_t cap)
+{
+    STACK_OF(X509) *dev = load_certs(cfg->device_ca_file, err, cap);
+    if (!dev)
+        return CMS_EINVAL;
+    ctx->device_issuer = sk_X509_shift(dev); /* the first: the issuing CA */
+    sk_X509_pop_free(dev, X509_free);
+    if (cfg->operator_ca_file && cfg->operator_ca_file[0]) {
+        ctx->operator_issuers = load_certs(cfg->operator_ca_file, err, cap);
+        if (!ctx->operator_issuers)
+            return CMS_EINVAL;
+    }
+    return CMS_OK;
+}
+
+static void ctx_free_issuers(tls_ctx *ctx)
+{
+    X509_free(ctx->device_issuer);
+    sk_X509_pop_free(ctx->operator_issuers, X509_free);
+    ctx->device_issuer = NULL;
+    ctx->operator_issuers = NULL;
+}
+
 tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
 {
     tls_ctx *ctx = calloc(1, sizeof(*ctx));
@@ -134,24 +205,26 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
         ssl_error_string(err, cap, "tls_key does not match tls_cert");
         goto fail;
     }
-    if (SSL_CTX_load_verify_locations(c, cfg->client_ca_file, NULL) != 1) {
+    if (SSL_CTX_load_verify_locations(c, cfg->device_ca_file, NULL) != 1) {
         ssl_error_string(err, cap, "cannot load client CA file");
         goto fail;
     }
-    names = SSL_load_client_CA_file(cfg->client_ca_file);
+    names = SSL_load_client_CA_file(cfg->device_ca_file);
     if (!names) {
         ssl_error_string(err, cap, "client CA file has no certificates");
         goto fail;
     }
-    if (cfg->extra_ca_file && cfg->extra_ca_file[0]) {
-        if (SSL_CTX_load_verify_locations(c, cfg->extra_ca_file, NULL) != 1 ||
-            SSL_add_file_cert_subjects_to_stack(names, cfg->extra_ca_file) != 1) {
+    if (cfg->operator_ca_file && cfg->operator_ca_file[0]) {
+        if (SSL_CTX_load_verify_locations(c, cfg->operator_ca_file, NULL) != 1 ||
+            SSL_add_file_cert_subjects_to_stack(names, cfg->operator_ca_file) != 1) {
             sk_X509_NAME_pop_free(names, X509_NAME_free);
             ssl_error_string(err, cap, "cannot load the second client CA file");
             goto fail;
         }
     }
     SSL_CTX_set_client_CA_list(c, names); /* takes ownership */
+    if (load_issuers(ctx, cfg, err, cap) != CMS_OK)
+        goto fail;
     /* Every certificate in the client CA files is a trust anchor as it is: a chain
      * ends at the first of them it reaches (the device CA for a monitor), instead
      * of also re-verifying the device CA's signature by the root on every full
@@ -201,6 +274,7 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
 fail:
     SSL_CTX_free(c);
     sk_X509_NAME_pop_free(ctx->crl_issuers, X509_NAME_free);
+    ctx_free_issuers(ctx);
     free(ctx);
     return NULL;
 }
@@ -211,12 +285,8 @@ void tls_ctx_free(tls_ctx *ctx)
         return;
     SSL_CTX_free(ctx->ssl_ctx);
     sk_X509_NAME_pop_free(ctx->crl_issuers, X509_NAME_free);
+    ctx_free_issuers(ctx);
     free(ctx);
-}
-
-SSL_CTX *tls_ctx_ssl_ctx(tls_ctx *ctx)
-{
-    return ctx->ssl_ctx;
 }
 
 int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
@@ -339,48 +409,32 @@ static void transport_method_init(void)
     transport_method = m;
 }
 
-static int conn_init(tls_conn *tc, SSL_CTX *c)
+tls_conn *tls_conn_new_server(tls_ctx *ctx)
 {
-    memset(tc, 0, sizeof(*tc));
     pthread_once(&transport_once, transport_method_init);
-    BIO *b = transport_method ? BIO_new(transport_method) : NULL;
-    tc->ssl = b ? SSL_new(c) : NULL;
-    if (!tc->ssl) {
+    tls_conn *tc = calloc(1, sizeof(*tc));
+    BIO *b = NULL;
+    if (!tc || !transport_method || !(b = BIO_new(transport_method)) ||
+        !(tc->ssl = SSL_new(ctx->ssl_ctx))) {
         BIO_free(b);
-        memset(tc, 0, sizeof(*tc));
-        return CMS_ENOMEM;
+        free(tc);
+        return NULL;
     }
-    BIO_set_data(b, tc); /* tc must not move while the connection lives */
+    tc->peer.version = "";
+    BIO_set_data(b, tc);        /* tc does not move: it is on the heap */
     SSL_set_bio(tc->ssl, b, b); /* one reference, taken by ssl */
-    return CMS_OK;
-}
-
-int tls_conn_init_server(tls_conn *tc, tls_ctx *ctx)
-{
-    int rc = conn_init(tc, ctx->ssl_ctx);
-    if (rc == CMS_OK)
-        SSL_set_accept_state(tc->ssl);
-    return rc;
-}
-
-int tls_conn_init_client(tls_conn *tc, SSL_CTX *ctx, const char *sni)
-{
-    int rc = conn_init(tc, ctx);
-    if (rc != CMS_OK)
-        return rc;
-    if (sni && *sni)
-        SSL_set_tlsext_host_name(tc->ssl, sni);
-    SSL_set_connect_state(tc->ssl);
-    return CMS_OK;
+    SSL_set_accept_state(tc->ssl);
+    return tc;
 }
 
 void tls_conn_free(tls_conn *tc)
 {
-    if (tc->ssl)
-        SSL_free(tc->ssl); /* frees the transport BIO */
+    if (!tc)
+        return;
+    SSL_free(tc->ssl); /* frees the transport BIO */
     free(tc->kept);
     free(tc->out);
-    memset(tc, 0, sizeof(*tc));
+    free(tc);
 }
 
 /* Appends len bytes to the kept input. */
@@ -438,6 +492,97 @@ size_t tls_conn_pending_input(const tls_conn *tc)
     return tc->kept_len - tc->kept_off + tc->in_len;
 }
 
+/* ---- the peer record ---------------------------------------------------------------- */
+
+/* The subject's one CN into out (TLS_PEER_CN_SIZE bytes): true when there is
+ * exactly one, of 1..63 bytes, each printable ASCII without space. */
+static bool peer_cn(X509 *cert, char out[TLS_PEER_CN_SIZE])
+{
+    X509_NAME *name = X509_get_subject_name(cert);
+    int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+    if (idx < 0 || X509_NAME_get_index_by_NID(name, NID_commonName, idx) >= 0)
+        return false;
+    const ASN1_STRING *s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+    const unsigned char *p = ASN1_STRING_get0_data(s);
+    int len = ASN1_STRING_length(s);
+    if (len <= 0 || len >= TLS_PEER_CN_SIZE)
+        return false;
+    for (int i = 0; i < len; i++)
+        if (p[i] < 0x21 || p[i] > 0x7e)
+            return false;
+    memcpy(out, p, (size_t)len);
+    out[len] = '\0';
+    return true;
+}
+
+/* The highest role among the subject's OU values. */
+static enum tls_role peer_role(X509 *cert)
+{
+    X509_NAME *name = X509_get_subject_name(cert);
+    int idx = -1;
+    enum tls_role best = TLS_ROLE_NONE;
+    while ((idx = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, idx)) >= 0) {
+        const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+        const char *p = (const char *)ASN1_STRING_get0_data(v);
+        int n = ASN1_STRING_length(v);
+        enum tls_role r = TLS_ROLE_NONE;
+        if (n == 5 && memcmp(p, "admin", 5) == 0)
+            r = TLS_ROLE_ADMIN;
+        else if (n == 8 && memcmp(p, "operator", 8) == 0)
+            r = TLS_ROLE_OPERATOR;
+        else if (n == 6 && memcmp(p, "viewer", 6) == 0)
+            r = TLS_ROLE_VIEWER;
+        if (r > best)
+            best = r;
+    }
+    return best;
+}
+
+/* Which issuing CA of ctx signed cert directly (name, key identifier and key
+ * usage match: X509_check_issued; the signature itself was verified by the
+ * handshake's chain check). The device CA is asked first. */
+static enum tls_issuer peer_issuer(const tls_ctx *ctx, X509 *cert)
+{
+    if (ctx->device_issuer && X509_check_issued(ctx->device_issuer, cert) == X509_V_OK)
+        return TLS_ISSUER_DEVICE_CA;
+    for (int i = 0; ctx->operator_issuers && i < sk_X509_num(ctx->operator_issuers); i++)
+        if (X509_check_issued(sk_X509_value(ctx->operator_issuers, i), cert) == X509_V_OK)
+            return TLS_ISSUER_OPERATOR_CA;
+    return TLS_ISSUER_NONE;
+}
+
+/*
+ * Fills tc->peer once the handshake completed, full or resumed (a resumed
+ * session keeps the certificate and the verify result of its full
+ * handshake). CMS_OK, or CMS_ENOMEM when the certificate cannot be hashed.
+ */
+static int peer_record(tls_conn *tc)
+{
+    tls_peer *p = &tc->peer;
+    memset(p, 0, sizeof(*p));
+    p->version = SSL_get_version(tc->ssl);
+    p->resumed = SSL_session_reused(tc->ssl) == 1;
+    X509 *cert = SSL_get0_peer_certificate(tc->ssl);
+    if (!cert)
+        return CMS_OK;
+    p->has_cert = true;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (X509_digest(cert, EVP_sha256(), md, &n) != 1 || n != TLS_FINGERPRINT_SIZE)
+        return CMS_ENOMEM;
+    memcpy(p->fingerprint, md, TLS_FINGERPRINT_SIZE);
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1)
+        p->not_after = (int64_t)timegm(&tm);
+    if (SSL_get_verify_result(tc->ssl) != X509_V_OK)
+        return CMS_OK; /* not verified: no usable CN, no issuer */
+    p->cn_ok = peer_cn(cert, p->cn);
+    p->role = peer_role(cert);
+    const tls_ctx *ctx = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(tc->ssl), tls_ctx_index);
+    p->issuer = ctx ? peer_issuer(ctx, cert) : TLS_ISSUER_NONE;
+    return CMS_OK;
+}
+
 int tls_conn_handshake(tls_conn *tc, char *reason, size_t cap)
 {
     if (tc->handshake_done)
@@ -445,6 +590,12 @@ int tls_conn_handshake(tls_conn *tc, char *reason, size_t cap)
     ERR_clear_error();
     int r = SSL_do_handshake(tc->ssl);
     if (r == 1) {
+        if (peer_record(tc) != CMS_OK) {
+            if (reason && cap)
+                snprintf(reason, cap, "out of memory");
+            ERR_clear_error();
+            return CMS_ENOMEM;
+        }
         tc->handshake_done = true;
         return CMS_OK;
     }
@@ -545,34 +696,17 @@ long tls_conn_take_output(tls_conn *tc, char **out)
     return n;
 }
 
-int tls_conn_peer_cn(const tls_conn *tc, char *out, size_t cap)
+const tls_peer *tls_conn_peer(const tls_conn *tc)
 {
-    X509 *peer = SSL_get0_peer_certificate(tc->ssl);
-    if (!peer || SSL_get_verify_result(tc->ssl) != X509_V_OK)
-        return CMS_EPERM;
-    X509_NAME *name = X509_get_subject_name(peer);
-    int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
-    if (idx < 0 || X509_NAME_get_index_by_NID(name, NID_commonName, idx) >= 0)
-        return CMS_EPROTO;
-    const ASN1_STRING *s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
-    const unsigned char *p = ASN1_STRING_get0_data(s);
-    int len = ASN1_STRING_length(s);
-    if (len <= 0 || (size_t)len >= cap)
-        return CMS_EPROTO;
-    for (int i = 0; i < len; i++)
-        if (p[i] < 0x21 || p[i] > 0x7e)
-            return CMS_EPROTO;
-    memcpy(out, p, (size_t)len);
-    out[len] = '\0';
-    return CMS_OK;
+    return &tc->peer;
 }
 
-bool tls_conn_resumed(const tls_conn *tc)
+void tls_peer_fingerprint_hex(const tls_peer *p, char out[TLS_FINGERPRINT_HEX_SIZE])
 {
-    return SSL_session_reused(tc->ssl) == 1;
-}
-
-const char *tls_conn_version(const tls_conn *tc)
-{
-    return SSL_get_version(tc->ssl);
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < TLS_FINGERPRINT_SIZE; i++) {
+        out[2 * i] = hex[p->fingerprint[i] >> 4];
+        out[2 * i + 1] = hex[p->fingerprint[i] & 0xf];
+    }
+    out[2 * TLS_FINGERPRINT_SIZE] = '\0';
 }

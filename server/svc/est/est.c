@@ -40,7 +40,6 @@
 #include <openssl/conf.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 #include "cms_err.h"
@@ -73,7 +72,7 @@ typedef struct est_job {
     char token_hash[SVC_SHA256_PARAM_SIZE];
     char username[PKI_CN_MAX + 1];
     bool has_username;
-    char old_fp[PKI_SHA256_HEX_SIZE];
+    char old_fp[TLS_FINGERPRINT_HEX_SIZE];
     char *der_param;
 } est_job;
 
@@ -478,13 +477,13 @@ int est_simplereenroll(https_req *r)
 {
     svc_state *st = r->ctx->svc;
     est_job *j = NULL;
-    X509 *peer = SSL_get0_peer_certificate(net_conn_tls(r->conn)->ssl);
+    const tls_peer *peer = net_conn_peer_record(r->conn);
 
     if (!svc__est_ca(st)) {
         svc__reply_error(r, 503, "est_disabled", "EST is not configured on this server", NULL, 0);
         return CMS_OK;
     }
-    if (r->peer != HTTPS_PEER_DEVICE || !peer) {
+    if (r->peer != HTTPS_PEER_DEVICE || !peer->has_cert) {
         svc__reply_error(r, 401, "unauthenticated", "a device certificate is required", NULL, 0);
         return CMS_OK;
     }
@@ -500,10 +499,7 @@ int est_simplereenroll(https_req *r)
                "Content-Type must be application/pkcs10 (the base64 of a DER CSR)");
         goto fail;
     }
-    if (pki_cert_fingerprint_sha256(peer, j->old_fp) != CMS_OK) {
-        svc__reply_error(r, 500, "internal_error", "cannot hash the client certificate", NULL, 0);
-        goto fail;
-    }
+    tls_peer_fingerprint_hex(peer, j->old_fp); /* the certificate being replaced */
     if (!parse_csr(j, r->peer_cn))
         goto fail;
     if (strcmp(j->csr->cn, r->peer_cn) != 0) {

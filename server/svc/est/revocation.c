@@ -45,7 +45,6 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
-#include <openssl/ssl.h>
 
 #include "cms_err.h"
 #include "est_int.h"
@@ -305,16 +304,15 @@ static void close_serial(net_conn *c, void *arg)
     }
 }
 
-/* Whether c is a device's connection; fp gets its certificate's fingerprint or "". */
-static bool device_conn(net_conn *c, char fp[PKI_SHA256_HEX_SIZE])
+/* Whether c is a device's connection (a device CA certificate that reached the
+ * registry check: its identity is the serial); fp gets its certificate's fingerprint. */
+static bool device_conn(net_conn *c, char fp[TLS_FINGERPRINT_HEX_SIZE])
 {
-    const char *id = net_conn_identity(c);
+    const tls_peer *p = net_conn_peer_record(c);
     fp[0] = '\0';
-    if (!*id || strncmp(id, "operator:", 9) == 0)
+    if (!net_conn_identity(c)[0] || p->issuer != TLS_ISSUER_DEVICE_CA)
         return false;
-    X509 *x = net_conn_tls(c)->ssl ? SSL_get0_peer_certificate(net_conn_tls(c)->ssl) : NULL;
-    if (x && pki_cert_fingerprint_sha256(x, fp) != CMS_OK)
-        fp[0] = '\0';
+    tls_peer_fingerprint_hex(p, fp);
     return true;
 }
 
@@ -327,7 +325,7 @@ typedef struct recheck {
 static void collect(net_conn *c, void *arg)
 {
     recheck *rc = arg;
-    char fp[PKI_SHA256_HEX_SIZE];
+    char fp[TLS_FINGERPRINT_HEX_SIZE];
     if (!device_conn(c, fp) || rc->err)
         return;
     const char *sep = rc->n ? "\n" : "";
@@ -344,7 +342,7 @@ typedef struct refused {
 static void close_refused(net_conn *c, void *arg)
 {
     const refused *x = arg;
-    char fp[PKI_SHA256_HEX_SIZE];
+    char fp[TLS_FINGERPRINT_HEX_SIZE];
     if (!device_conn(c, fp) || strcmp(net_conn_identity(c), x->serial) != 0 ||
         strcmp(fp, x->fp) != 0)
         return;

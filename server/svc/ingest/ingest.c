@@ -8,14 +8,16 @@
 #include <time.h>
 
 #include <jansson.h>
-#include <openssl/x509v3.h>
 
 #include "cms_err.h"
 #include "ingest.h"
 #include "log.h"
 #include "mllp.h"
-#include "pki.h"
+#include "peer.h"
 #include "svc.h"
+
+/* peer.c finds the policy at the start of the listener's proto_ctx. */
+_Static_assert(offsetof(ingest_ctx, peer) == 0, "peer_policy must be ingest_ctx's first member");
 
 #define ACK_BUF 8192 /* escaping can triple a 199-char control id */
 
@@ -37,7 +39,7 @@ typedef struct pending {
 typedef struct session {
     mllp_decoder dec;
     int64_t device_id;
-    char serial[64];
+    const char *serial; /* the certificate's CN (borrowed from the peer record) */
     size_t nidents;
     char (*idents)[64]; /* owned: the device's other identifiers */
     pending *head, *tail;
@@ -352,89 +354,39 @@ static void on_store_drain(void *ctx)
 
 /* ---- connection callbacks ------------------------------------------------ */
 
-static void on_device(void *ctx, int status, const store_device *dev)
+/* The registry allowed the device (peer.c): the session starts. */
+static void on_device(net_conn *c, const store_device *dev)
 {
-    net_conn *c = ctx;
     session *s = net_conn_session(c);
     ingest_ctx *ix = net_conn_proto_ctx(c);
-    if (net_conn_state(c) != NET_AUTHORIZING)
-        goto done;
-    const char *why = NULL;
-    if (status == CMS_EPERM)
-        why = "device not registered";
-    else if (status != CMS_OK)
-        why = "device registry unavailable";
-    else if (strcmp(dev->status, "active") != 0)
-        why = dev->status; /* pending, revoked, decommissioned */
-    if (why) {
-        log_warn("device_refused", s->serial, net_conn_peer(c), "%s", why);
-        if (status != CMS_EUNAVAIL && status != CMS_ECLOSED)
-            audit(ix, "device_refused", c, json_pack("{s:s, s:s}", "listener", "mllp", "reason", why));
-        net_conn_close(c, NULL);
-        goto done;
-    }
+    const tls_peer *p = net_conn_peer_record(c);
     s->device_id = dev->id;
     if (dev->nidents) {
         s->idents = calloc(dev->nidents, sizeof(*s->idents));
         if (!s->idents) {
             net_conn_close(c, "out of memory");
-            goto done;
+            return;
         }
         memcpy(s->idents, dev->idents, dev->nidents * sizeof(*s->idents));
         s->nidents = dev->nidents;
     }
-    log_info("device_connected", s->serial, net_conn_peer(c), "%s%s",
-             tls_conn_version(net_conn_tls(c)),
-             tls_conn_resumed(net_conn_tls(c)) ? " resumed" : "");
+    log_info("device_connected", s->serial, net_conn_peer(c), "%s%s", p->version,
+             p->resumed ? " resumed" : "");
     if (ix->global_paused)
         net_conn_pause(c);
     net_conn_activate(c);
-done:
-    net_conn_unref(c);
 }
 
 static int on_handshake(net_conn *c)
 {
     session *s = net_conn_session(c);
     ingest_ctx *ix = net_conn_proto_ctx(c);
-    int rc = tls_conn_peer_cn(net_conn_tls(c), s->serial, sizeof(s->serial));
-    if (rc != CMS_OK) {
-        log_warn("tls_refused", NULL, net_conn_peer(c),
-                 "client certificate subject has no usable CN");
-        audit(ix, "tls_refused", c, json_pack("{s:s, s:s}", "listener", "mllp", "reason",
-                                              "certificate subject has no usable CN"));
-        return CMS_EPERM;
-    }
-    X509 *peer = SSL_get0_peer_certificate(net_conn_tls(c)->ssl);
-    if (ix->cfg.device_issuer && (!peer || X509_check_issued(ix->cfg.device_issuer, peer) != X509_V_OK)) {
-        log_warn("tls_refused", s->serial, net_conn_peer(c),
-                 "mllp: client certificate not issued by the device CA");
-        audit(ix, "tls_refused", c, json_pack("{s:s, s:s}", "listener", "mllp", "reason",
-                                              "certificate not issued by the device CA"));
-        return CMS_EPERM;
-    }
-    net_conn_set_identity(c, s->serial);
+    /* The CN is the serial whatever the verdict: refusals are logged under it. */
+    s->serial = net_conn_peer_record(c)->cn;
+    /* Before the verdict: a kept one activates c, and input is decoded, at once. */
     mllp_decoder_init(&s->dec, ix->cfg.max_frame_bytes, on_frame, c);
-    net_conn_ref(c);
-    char fp[PKI_SHA256_HEX_SIZE];
-    X509 *cert = SSL_get0_peer_certificate(net_conn_tls(c)->ssl);
-    if (!cert || pki_cert_fingerprint_sha256(cert, fp) != CMS_OK) {
-        net_conn_unref(c);
-        return CMS_EINTERNAL;
-    }
-    store_device dev;
-    if (store_device_cached(ix->store, s->serial, fp, net_conn_peer(c), &dev)) {
-        on_device(c, CMS_OK, &dev); /* activates c, drops the reference */
-        return CMS_EAGAIN;
-    }
-    rc = store_device_lookup_cert(ix->store, s->serial, fp, net_conn_peer(c), on_device, c);
-    if (rc != CMS_OK) {
-        net_conn_unref(c);
-        log_warn("device_refused", s->serial, net_conn_peer(c), "registry lookup: %s",
-                 cms_strerror(rc));
-        return rc;
-    }
-    return CMS_EAGAIN;
+    enum peer_verdict v;
+    return peer_authorize(c, &ix->peer, &v); /* CMS_EAGAIN for a device, else refused */
 }
 
 static int on_data(net_conn *c, const char *data, size_t len)
@@ -462,26 +414,21 @@ static void on_close(net_conn *c)
     flush_acks(c); /* frees what is done; the rest is freed by on_stored */
 }
 
-static void on_tls_refused(void *proto_ctx, const char *peer, const char *reason)
-{
-    ingest_ctx *ix = proto_ctx;
-    svc_audit(ix->store, "tls_refused", NULL, NULL, peer,
-              json_pack("{s:s, s:s}", "listener", "mllp", "reason", reason));
-}
-
 const net_proto ingest_mllp_proto = {
     .name = "mllp",
     .session_size = sizeof(session),
     .on_handshake = on_handshake,
     .on_data = on_data,
     .on_close = on_close,
-    .on_tls_refused = on_tls_refused,
+    .on_tls_refused = peer_on_tls_refused,
 };
 
 int ingest_ctx_init(ingest_ctx *ctx, store_t *store, net_server *server, const ingest_config *cfg,
                     unsigned worker_id)
 {
     memset(ctx, 0, offsetof(ingest_ctx, hl7));
+    /* Monitors only: a device CA certificate, registered and active. */
+    ctx->peer = (peer_policy){.store = store, .listener = "mllp", .on_device = on_device};
     ctx->store = store;
     ctx->server = server;
     ctx->cfg = *cfg;
