@@ -64,8 +64,7 @@ void net_server_foreach(net_server *s, void (*fn)(net_conn *c, void *arg), void 
     }
 }
 
-/* Parses "host:port" or "[v6]:port" into ss. */
-static int parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, size_t cap)
+int net__parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, size_t cap)
 {
     char host[128];
     const char *colon = strrchr(addr, ':');
@@ -120,7 +119,7 @@ static unsigned addr_port(const struct sockaddr_storage *ss)
 int net_listen_overlap(const char *a, const char *b, char *err, size_t cap)
 {
     struct sockaddr_storage x, y;
-    if (parse_addr(a, &x, err, cap) != CMS_OK || parse_addr(b, &y, err, cap) != CMS_OK)
+    if (net__parse_addr(a, &x, err, cap) != CMS_OK || net__parse_addr(b, &y, err, cap) != CMS_OK)
         return CMS_EINVAL;
     if (addr_port(&x) != addr_port(&y))
         return 0;
@@ -152,7 +151,7 @@ int net_listen(net_server *s, const char *addr, tls_ctx *tls, const net_proto *p
                void *proto_ctx, char *err, size_t cap)
 {
     struct sockaddr_storage ss;
-    if (parse_addr(addr, &ss, err, cap) != CMS_OK)
+    if (net__parse_addr(addr, &ss, err, cap) != CMS_OK)
         return CMS_EINVAL;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {

@@ -60,6 +60,9 @@ struct net_server {
 };
 
 void net__conn_accept(net_listener *l);
+/* Parses "host:port" or "[v6]:port" (numeric host) into ss. CMS_OK, or
+ * CMS_EINVAL with a reason in err (cap bytes). */
+int net__parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, size_t cap);
 void net__conn_deadline(net_conn *c); /* its deadline passed (conn.c) */
 
 void net__deadline_init(net_server *s);
