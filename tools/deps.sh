@@ -23,6 +23,8 @@ PACKAGES=(
 	python3 python3-pytest python3-hl7 python3-psycopg2
 	systemd    # systemd-analyze verify/security, systemd-sysusers (test_systemd_unit.py)
 	prometheus # promtool check metrics, and a real Prometheus scraping cmsd (test_metrics.py)
+	# scale-out and HA tests (issue 15): real engines on loopback
+	haproxy patroni etcd-server
 )
 
 if [[ ${1:-} == --list ]]; then

@@ -1,0 +1,333 @@
+"""Engines for the scale-out and HA tests: etcd + Patroni managing PostgreSQL
+on loopback, HAProxy in TCP mode, and a monitor that reconnects and resends.
+
+Everything runs under <build>/test-run/ha (or /var/tmp when the postgres
+account cannot reach the checkout), on ports picked at run time, and is
+stopped by the fixtures that start it. PostgreSQL (and so Patroni) runs as
+the postgres account; etcd and HAProxy as the caller.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+
+import helpers as h
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+PATRONI = shutil.which("patroni") or "/usr/bin/patroni"
+PATRONICTL = shutil.which("patronictl") or "/usr/bin/patronictl"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def ha_base_dir(name):
+    """A fresh directory the postgres account can reach."""
+    base = h.pg_base_dir().parent / ("ha-" + name) if h.pg_base_dir().name == "pg" \
+        else Path(str(h.pg_base_dir()) + "-ha-" + name)
+    if base.exists():
+        shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True, mode=0o755)
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    return base
+
+
+class Etcd:
+    """One etcd member with the v2 API (Patroni 3.0's python3-etcd client)."""
+
+    def __init__(self, base):
+        self.dir = Path(base) / "etcd"
+        self.client = h.free_port()
+        self.peer = h.free_port()
+        self.proc = None
+        self.log = Path(base) / "etcd.log"
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.client
+
+    def start(self):
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [ETCD, "--name", "e1", "--data-dir", str(self.dir),
+                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                 "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer,
+                 "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer,
+                 "--initial-cluster", "e1=http://127.0.0.1:%d" % self.peer,
+                 "--enable-v2=true"], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", self.client), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        h.wait_until(up, 30, 0.1, "etcd to listen")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+PATRONI_YML = """\
+scope: {scope}
+name: {name}
+log: {{level: WARNING}}
+restapi:
+  listen: 127.0.0.1:{rest}
+  connect_address: 127.0.0.1:{rest}
+etcd:
+  host: 127.0.0.1:{etcd}
+bootstrap:
+  dcs:
+    ttl: 6
+    loop_wait: 1
+    retry_timeout: 2
+    maximum_lag_on_failover: 1048576
+    # A commit returns only when the synchronous standby has the WAL too
+    # (synchronous_commit = on), and only a synchronous standby may be promoted:
+    # an ACK cmsd sent after COMMIT survives the loss of the primary. Strict: with
+    # no standby left, the primary stops committing instead of going on alone.
+    synchronous_mode: true
+    synchronous_mode_strict: true
+    postgresql:
+      use_pg_rewind: true
+      parameters:
+        synchronous_commit: "on"
+        wal_level: replica
+        hot_standby: "on"
+        wal_log_hints: "on"
+        max_wal_senders: 8
+        max_replication_slots: 8
+        max_connections: 100
+        fsync: "off"
+        full_page_writes: "on"
+  initdb:
+    - encoding: UTF8
+    - locale: C.UTF-8
+postgresql:
+  listen: 127.0.0.1:{pg}
+  connect_address: 127.0.0.1:{pg}
+  data_dir: {data}
+  bin_dir: {bindir}
+  pgpass: {base}/pgpass-{name}
+  authentication:
+    superuser: {{username: postgres, password: ha-test}}
+    replication: {{username: replicator, password: ha-test}}
+    rewind: {{username: rewinder, password: ha-test}}
+  pg_hba:
+    - local all all trust
+    - host all all 127.0.0.1/32 trust
+    - host replication replicator 127.0.0.1/32 trust
+  parameters:
+    unix_socket_directories: "{base}"
+"""
+
+
+class PatroniNode:
+    def __init__(self, cluster, name):
+        self.cluster = cluster
+        self.name = name
+        self.rest = h.free_port()
+        self.pg = h.free_port()
+        self.cfg = cluster.dir / ("%s.yml" % name)
+        self.data = cluster.dir / ("data-" + name)
+        self.log = cluster.dir / ("%s.log" % name)
+        self.proc = None
+
+    def write_config(self):
+        self.cfg.write_text(PATRONI_YML.format(
+            scope=self.cluster.scope, name=self.name, rest=self.rest, etcd=self.cluster.etcd.client,
+            pg=self.pg, data=self.data, bindir=h.pg_bindir(), base=self.cluster.dir))
+        if os.geteuid() == 0:
+            shutil.chown(self.cfg, "postgres", "postgres")
+
+    def start(self):
+        self.write_config()
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(h.as_postgres([PATRONI, self.cfg]), stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        log.close()
+
+    def postmaster_pid(self):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.data / "postmaster.pid").read_text().split("\n")[0])
+        return None
+
+    def crash(self):
+        """The machine dies: Patroni and PostgreSQL killed at once (-9)."""
+        pm = self.postmaster_pid()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if pm:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pm, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.crash()
+        pm = self.postmaster_pid()
+        if pm:  # a postmaster Patroni left behind (it was killed): stop it too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pm, signal.SIGQUIT)
+
+
+class PatroniCluster:
+    """etcd + n Patroni nodes (one primary, a synchronous standby, replicas)."""
+
+    def __init__(self, name, n=3):
+        self.dir = ha_base_dir(name)
+        self.scope = "cms-" + name
+        self.etcd = Etcd(self.dir)
+        self.nodes = [PatroniNode(self, "n%d" % (i + 1)) for i in range(n)]
+
+    def start(self):
+        self.etcd.start()
+        self.nodes[0].start()
+        h.wait_until(lambda: self.leader() is not None, 120, 0.5, "a Patroni leader")
+        for n in self.nodes[1:]:
+            n.start()
+        h.wait_until(lambda: self.sync_standby() is not None and
+                     all(m["state"] in ("running", "streaming") for m in self.members()) and
+                     len(self.members()) == len(self.nodes), 180, 0.5,
+                     "every Patroni member running, one synchronous standby")
+        return self
+
+    def members(self):
+        """[{name, role, state, host, port, ...}] from patronictl (any live node's config)."""
+        for n in self.nodes:
+            if n.proc and n.proc.poll() is None:
+                p = subprocess.run([PATRONICTL, "-c", str(n.cfg), "list", "-f", "json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   timeout=30)
+                if p.returncode == 0:
+                    with contextlib.suppress(ValueError):
+                        return [{k.lower(): v for k, v in m.items()}
+                                for m in json.loads(p.stdout)]
+        return []
+
+    def _by_role(self, role):
+        for m in self.members():
+            if m.get("role", "").lower().replace(" ", "_") == role and \
+                    m.get("state") in ("running", "streaming"):
+                return next(n for n in self.nodes if n.name == m["member"])
+        return None
+
+    def leader(self):
+        return self._by_role("leader")
+
+    def sync_standby(self):
+        return self._by_role("sync_standby")
+
+    def conninfo(self, dbname="postgres", user="postgres", attrs="read-write"):
+        """libpq multi-host conninfo over every node."""
+        hosts = ",".join("127.0.0.1" for _ in self.nodes)
+        ports = ",".join(str(n.pg) for n in self.nodes)
+        return ("host=%s port=%s dbname=%s user=%s target_session_attrs=%s connect_timeout=2"
+                % (hosts, ports, dbname, user, attrs))
+
+    # The interface helpers.Db expects of a cluster.
+    def dsn(self, dbname="postgres", user="postgres"):
+        return self.conninfo(dbname, user)
+
+    def connect(self, dbname="postgres", user="postgres"):
+        c = psycopg2.connect(self.conninfo(dbname, user))
+        c.autocommit = True
+        return c
+
+    def stop(self):
+        for n in self.nodes:
+            with contextlib.suppress(Exception):
+                n.stop()
+        self.etcd.stop()
+
+
+class ResilientMonitor(threading.Thread):
+    """A monitor as a real one behaves: sends its messages in order with a
+    window, and after a lost connection reconnects (with backoff) and resends
+    what was not acknowledged, with the same MSH-10. aa: control ids that got
+    AA; other: control id -> other codes; resends: count."""
+
+    def __init__(self, pki, port, device, msgs, window=8, host="127.0.0.1", deadline=240,
+                 pace=0.0):
+        super().__init__(daemon=True)
+        self.pki, self.port, self.device, self.host = pki, port, device, host
+        self.msgs = list(msgs)  # [(control_id, text)]
+        self.window = window
+        self.deadline = deadline
+        self.pace = pace
+        self.aa = set()
+        self.ack_at = {}  # control id -> monotonic time of its AA
+        self.other = {}
+        self.resends = 0
+        self.reconnects = 0
+        self.error = None
+
+    def run(self):
+        end = time.monotonic() + self.deadline
+        todo = [cid for cid, _ in self.msgs]
+        text = dict(self.msgs)
+        backoff = 0.1
+        while todo and time.monotonic() < end:
+            try:
+                c = h.device_client(self.pki, self.port, self.device, host=self.host, timeout=5)
+            except (OSError, ssl.SSLError):
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                self.reconnects += 1
+                continue
+            backoff = 0.1
+            inflight = []
+            try:
+                i = 0
+                while (i < len(todo) or inflight) and time.monotonic() < end:
+                    while i < len(todo) and len(inflight) < self.window:
+                        cid = todo[i]
+                        c.send(text[cid], timeout=5)
+                        inflight.append(cid)
+                        i += 1
+                        if self.pace:
+                            time.sleep(self.pace)
+                    a = c.recv_ack(timeout=40)
+                    if a.control_id in inflight:
+                        inflight.remove(a.control_id)
+                    if a.code == "AA":
+                        self.aa.add(a.control_id)
+                        self.ack_at.setdefault(a.control_id, time.monotonic())
+                    else:
+                        self.other.setdefault(a.control_id, []).append(a.code)
+                todo = [cid for cid in todo if cid not in self.aa]
+            except (OSError, ssl.SSLError, ConnectionError, ValueError) as e:
+                self.error = repr(e)
+                left = [cid for cid in todo if cid not in self.aa]
+                self.resends += sum(1 for cid in inflight if cid not in self.aa)
+                todo = left
+                self.reconnects += 1
+            finally:
+                c.close()
+            todo = [cid for cid in todo if cid not in self.aa]
+            if todo:
+                time.sleep(0.05)
