@@ -1,7 +1,8 @@
 /*
  * fuzz_mllp_hl7.c - libFuzzer target for everything a monitor's bytes reach
- * before the database: MLLP framing, HL7 parsing, PCD-01 extraction and the
- * ACK we send back.
+ * before the database: MLLP framing, HL7 parsing, PCD-01 extraction (numeric,
+ * text and waveform content: NA/MA rows and their facets), PCD-04 ORU^R40
+ * alarm extraction and the ACK we send back.
  *
  * The input is a byte stream as read from the socket. It is fed twice: in
  * one piece to decoder A, whose frame callback runs hl7_parse +
@@ -15,7 +16,13 @@
  *   - every ACK we encode parses back with 3 (AE/AR) or 2 (AA) segments,
  *     MSA-1 is the code and MSA-2 unescapes to the control id we echoed;
  *   - the frames and the final return code do not depend on read sizes;
- *   - hl7_fields_get (fields split once) returns exactly what hl7_get returns.
+ *   - hl7_fields_get (fields split once) returns exactly what hl7_get returns;
+ *   - pcd01_extract_full agrees with pcd01_extract on the vitals, its blocks
+ *     lie inside the sample arena, within the block limit, each with a
+ *     positive rate and a scale_exp in -1..9 whose integers fit 32 bits;
+ *     an AE is only ever asked for by waveform content;
+ *   - pcd04_extract: on success every alarm has an id, a known phase and a
+ *     type, facets point at their alarm; on error no alarm is left.
  *
  * Build: make build/fuzz/fuzz_mllp_hl7
  * Run:   build/fuzz/fuzz_mllp_hl7 -max_len=8192 tests/fuzz/corpus/mllp_hl7
@@ -30,6 +37,7 @@
 #include "hl7.h"
 #include "mllp.h"
 #include "pcd01.h"
+#include "pcd04.h"
 
 #define FUZZ_MAX_FRAME 2048
 #define FUZZ_MAX_FRAMES 256
@@ -37,6 +45,12 @@
 static hl7_msg msg; /* large: static, the target is single-threaded */
 static hl7_msg ack_msg;
 static pcd01_msg pcd;
+static pcd01_msg pcd_full;
+static pcd01_waves waves;
+static pcd04_msg r40;
+static int waves_ready;
+
+#define FUZZ_MAX_BLOCK 512
 
 typedef struct frames {
     size_t n;
@@ -114,6 +128,74 @@ static void check_ack(const hl7_ack *a, const char *ack, int n)
     }
 }
 
+/* The waveform-aware extraction of the same message. */
+static void check_full(const hl7_msg *m, int rc_plain)
+{
+    pcd01_verdict v;
+    int rc;
+
+    if (!waves_ready) {
+        pcd01_waves_init(&waves, FUZZ_MAX_BLOCK);
+        waves_ready = 1;
+    }
+    rc = pcd01_extract_full(m, &pcd_full, &waves, &v);
+    check(v.err_code != NULL, "pcd01_extract_full sets err_code");
+    check((rc == CMS_OK) == (v.ack == HL7_AA), "AA exactly on success");
+    if (rc_plain != CMS_OK && rc == CMS_OK)
+        check(0, "the full extraction accepts what the plain one refused");
+    if (rc != CMS_OK)
+        return;
+    check(pcd_full.nobs == pcd.nobs, "same vitals with and without waveforms");
+    for (size_t i = 0; i < pcd_full.nobs; i++)
+        check(strcmp(pcd_full.obs[i].code, pcd.obs[i].code) == 0, "same vital codes");
+    check(waves.nwaves <= PCD01_MAX_WAVES, "nwaves within limit");
+    check(waves.nfacets <= PCD01_MAX_FACETS, "nfacets within limit");
+    check(pcd_full.ntexts <= PCD01_MAX_TEXTS, "ntexts within limit");
+    for (size_t i = 0; i < waves.nwaves; i++) {
+        const pcd01_wave *b = &waves.waves[i];
+        check(b->nsamples > 0 && b->nsamples <= FUZZ_MAX_BLOCK, "block size within limit");
+        check(b->first + b->nsamples <= waves.nsamples, "block inside the arena");
+        check(b->rate_hz > 0 && b->rate_hz <= 1e6, "block has a rate");
+        check(b->resolution > 0, "block has a resolution");
+        check(b->scale_exp >= -1 && b->scale_exp <= 9, "scale_exp in range");
+        if (b->scale_exp >= 0) {
+            double f = 1;
+            for (int k = 0; k < b->scale_exp; k++)
+                f *= 10;
+            for (size_t j = 0; j < b->nsamples; j++) {
+                double s = waves.samples[b->first + j] * f;
+                check(s > -2147483648.5 && s < 2147483647.5, "scaled sample fits 32 bits");
+            }
+        }
+    }
+    for (size_t i = 0; i < waves.nfacets; i++)
+        check(waves.facets[i].owner < waves.nwaves, "facet belongs to a block");
+}
+
+static void check_r40(const hl7_msg *m)
+{
+    pcd01_msg *hdr = &pcd_full;
+    pcd01_verdict v;
+    int rc = pcd04_extract(m, hdr, &r40, &v);
+
+    check((rc == CMS_OK) == (v.ack == HL7_AA), "R40: AA exactly on success");
+    check(rc == CMS_OK || v.ack == HL7_AR, "R40: errors are AR");
+    if (rc != CMS_OK) {
+        check(r40.nalarms == 0, "R40: no alarm left on error");
+        return;
+    }
+    check(r40.nalarms > 0 && r40.nalarms <= PCD04_MAX_ALARMS, "R40: alarm count");
+    for (size_t i = 0; i < r40.nalarms; i++) {
+        const pcd04_alarm *al = &r40.alarms[i];
+        check(al->alarm_id[0] != '\0', "R40: alarm id");
+        check(al->phase[0] != '\0', "R40: phase");
+        check(al->event_code[0] || al->event_label[0], "R40: alarm type");
+        check(al->first_facet + al->nfacets <= r40.nfacets, "R40: facets inside");
+    }
+    for (size_t i = 0; i < r40.nfacets; i++)
+        check(r40.facets[i].owner < r40.nalarms, "R40: facet belongs to an alarm");
+}
+
 static void process(const char *payload, size_t len)
 {
     char reason[256], ack[2048];
@@ -160,6 +242,9 @@ static void process(const char *payload, size_t len)
         check(strlen(pcd.obs[i].value_text) > 0, "stored NM has a value");
         check(ts[0] == '\0' || strlen(ts) >= 26, "observed_at is empty or formatted");
     }
+
+    check_full(&msg, rc);
+    check_r40(&msg);
 
     a.code = rc == CMS_OK ? HL7_AA : (rc == CMS_EPROTO || rc == CMS_EINVAL ? HL7_AR : HL7_AE);
     a.their_app = pcd.sending_app[0];

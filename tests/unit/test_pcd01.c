@@ -177,7 +177,11 @@ static void test_skipped_rows(void **state)
                                  "OBX|4|NM|150456^SAT^MDC|||262688^P^MDC|||||X\r" OBX_SPO2("-0.5")),
                      CMS_OK);
     assert_int_equal(out.nobs, 1);
-    assert_int_equal(out.skipped_obx, 4);
+    /* the MDS row, the NA waveform (no pcd01_waves asked for) and the NM
+     * row without a value; the ST row is a text observation */
+    assert_int_equal(out.skipped_obx, 3);
+    assert_int_equal(out.ntexts, 1);
+    assert_string_equal(out.texts[0].text, "hello");
     assert_float_equal(out.obs[0].value, -0.5, 1e-12);
     assert_string_equal(out.patient_id, "");
 }
