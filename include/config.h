@@ -74,6 +74,10 @@
  *   hl7_app                [CMS]   our MSH-3 in ACKs
  *   hl7_facility           [CMS]   our MSH-4 in ACKs
  *   log_level              [info]  debug | info | warn | error
+ *   proxy_protocol         [off]   off | v2: every connection starts with a PROXY protocol v2
+ *                                  header (HAProxy send-proxy-v2) naming the monitor's address
+ *   proxy_allow            [""]    with proxy_protocol = v2 (then required): the proxies'
+ *                                  addresses/CIDR blocks; others are closed at accept
  *
  * Thread: load once at start-up; the struct is read-only afterwards.
  */
@@ -137,6 +141,8 @@ typedef struct cms_config {
     char hl7_app[64];
     char hl7_facility[64];
     char log_level[16];
+    char proxy_protocol[8];
+    char proxy_allow[CONFIG_STR];
 } cms_config;
 
 /* Fills c with the defaults listed above (required paths empty). */

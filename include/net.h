@@ -90,6 +90,23 @@ typedef struct net_proto {
 net_server *net_server_new(uv_loop_t *loop, const net_limits *limits);
 
 /*
+ * PROXY protocol v2 in front of TLS on every listener of s (a load balancer in
+ * TCP mode, e.g. HAProxy's send-proxy-v2): allow is the allowlist of proxy
+ * source addresses (proxy.h: addresses or CIDR blocks; borrowed, must outlive
+ * s), or NULL for none (the default: connections start with TLS).
+ *
+ * With an allowlist, a connection from an address not on it is closed at
+ * accept; the others must begin with a v2 header within handshake_timeout_ms,
+ * which net_conn_peer then reports ("ip:port" of the monitor; the proxy's own
+ * address for a LOCAL header, e.g. a health check). A v1 header, a malformed,
+ * truncated (closed or timed out) or over-long header, or none at all is
+ * refused: the connection is closed, a "proxy_refused" line logged and
+ * proto->on_tls_refused called with the reason (audited like a TLS refusal).
+ * Call before net_listen. CMS_OK, or CMS_EINVAL when allow is malformed.
+ */
+int net_server_set_proxy(net_server *s, const char *allow);
+
+/*
  * Listens on "host:port" ("[v6]:port" for IPv6) with SO_REUSEPORT (so several
  * loops may listen on the same address). tls and proto are borrowed and must
  * outlive the server; proto_ctx is handed to the protocol via

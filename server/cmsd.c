@@ -170,6 +170,9 @@ static int worker_listen(worker *w)
         log_error("startup_failed", NULL, NULL, "worker %u: connections: out of memory", w->id);
         return CMS_ENOMEM;
     }
+    if (strcmp(cfg->proxy_protocol, "v2") == 0 &&
+        net_server_set_proxy(w->net, cfg->proxy_allow) != CMS_OK)
+        return CMS_EINVAL; /* validated with the config: not reached */
     ingest_config ic = {
         .max_frame_bytes = cfg->max_frame_bytes,
         .max_pending_per_conn = cfg->max_pending_per_conn,

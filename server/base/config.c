@@ -15,6 +15,7 @@
 #include "cms_err.h"
 #include "config.h"
 #include "log.h"
+#include "proxy.h"
 
 enum opt_type { OPT_STR, OPT_UINT };
 
@@ -82,6 +83,8 @@ static const struct opt opts[] = {
     S(hl7_app),
     S(hl7_facility),
     S(log_level),
+    S(proxy_protocol),
+    S(proxy_allow),
 };
 
 void config_defaults(cms_config *c)
@@ -127,6 +130,7 @@ void config_defaults(cms_config *c)
     snprintf(c->hl7_app, sizeof(c->hl7_app), "CMS");
     snprintf(c->hl7_facility, sizeof(c->hl7_facility), "CMS");
     snprintf(c->log_level, sizeof(c->log_level), "info");
+    snprintf(c->proxy_protocol, sizeof(c->proxy_protocol), "off");
 }
 
 static char *trim(char *s)
@@ -227,6 +231,20 @@ static int validate(const cms_config *c, char *err, size_t cap)
     enum log_level lvl;
     if (log_level_parse(c->log_level, &lvl) != CMS_OK) {
         snprintf(err, cap, "log_level must be debug, info, warn or error");
+        return CMS_EINVAL;
+    }
+    if (strcmp(c->proxy_protocol, "off") != 0 && strcmp(c->proxy_protocol, "v2") != 0) {
+        snprintf(err, cap, "proxy_protocol must be off or v2");
+        return CMS_EINVAL;
+    }
+    const char *why = NULL;
+    if (strcmp(c->proxy_protocol, "v2") == 0 && !c->proxy_allow[0]) {
+        snprintf(err, cap, "proxy_allow is required with proxy_protocol = v2 (the addresses "
+                           "of the load balancers)");
+        return CMS_EINVAL;
+    }
+    if (proxy_allowlist_check(c->proxy_allow, &why) != CMS_OK) {
+        snprintf(err, cap, "proxy_allow \"%s\": %s", c->proxy_allow, why);
         return CMS_EINVAL;
     }
     if (c->db_reconnect_min_ms > c->db_reconnect_max_ms) {

@@ -23,6 +23,7 @@ static void conn_free_if_done(net_conn *c)
     if (c->handles_open > 0 || c->refs > 0)
         return;
     tls_conn_free(c->tls);
+    free(c->proxy_buf);
     free(c);
 }
 
@@ -242,6 +243,9 @@ void net__conn_deadline(net_conn *c)
     case NET_HANDSHAKE:
     case NET_AUTHORIZING:
         if (now >= c->accepted_at + lim->handshake_timeout_ms) {
+            if (c->proxy_wait)
+                log_warn("proxy_refused", NULL, c->peer, "%s: PROXY protocol: no complete "
+                         "header after %u ms", c->proto->name, lim->handshake_timeout_ms);
             log_warn("handshake_timeout", c->identity, c->peer, "%s: no authenticated session "
                      "after %u ms", c->proto->name, lim->handshake_timeout_ms);
             net_conn_close(c, NULL);
@@ -329,14 +333,30 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->state >= NET_DRAINING)
         return;
     if (nread < 0) {
-        if (nread == UV_EOF)
+        if (c->proxy_wait)
+            log_warn("proxy_refused", NULL, c->peer, "%s: PROXY protocol: connection closed "
+                     "before a complete header", c->proto->name);
+        else if (nread == UV_EOF)
             log_debug("peer_closed", c->identity, c->peer, NULL);
         net_conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
         conn_finish(c);
         return;
     }
     c->last_input = uv_now(c->srv->loop);
-    if (tls_conn_feed(c->tls, buf->base, (size_t)nread) != CMS_OK) {
+    const char *data = buf->base;
+    size_t len = (size_t)nread;
+    if (c->proxy_wait) {
+        ssize_t used = net__proxy_input(c, data, len);
+        if (used < 0) {
+            conn_finish(c);
+            return;
+        }
+        data += used;
+        len -= (size_t)used;
+        if (len == 0)
+            return;
+    }
+    if (tls_conn_feed(c->tls, data, len) != CMS_OK) {
         net_conn_close(c, "out of memory");
         conn_finish(c);
         return;
@@ -582,6 +602,14 @@ void net__conn_accept(net_listener *l)
         }
     }
     snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+    if (s->proxy_allow) {
+        if (!net__proxy_admit(c, &ss)) {
+            c->state = NET_CLOSED;
+            uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+            return;
+        }
+        c->proxy_wait = true;
+    }
     if (s->nconns >= s->lim.max_connections) {
         log_warn("conn_refused", NULL, c->peer, "%s: max_connections (%u) reached",
                  l->proto->name, s->lim.max_connections);

@@ -34,6 +34,9 @@ struct net_conn {
     uint64_t proto_deadline;         /* net_conn_set_deadline, 0 = none */
     const char *proto_deadline_why;
     size_t out_bytes; /* ciphertext handed to uv_write, not yet written */
+    unsigned char *proxy_buf; /* owned: a PROXY v2 header being received (proxy.c) */
+    size_t proxy_len;
+    bool proxy_wait;          /* the PROXY v2 header has not arrived yet */
     char peer[64];
     const char *identity; /* net_conn_set_identity: borrowed, "" until set */
     net_conn *prev, *next;
@@ -43,6 +46,7 @@ struct net_conn {
 struct net_server {
     uv_loop_t *loop;
     net_limits lim;
+    const char *proxy_allow; /* net_server_set_proxy: borrowed, NULL = no PROXY header */
     net_listener *listeners;
     net_conn *conns;
     size_t nconns;
@@ -60,6 +64,12 @@ struct net_server {
 };
 
 void net__conn_accept(net_listener *l);
+/* A PROXY v2 header is awaited on c: takes the bytes read (proxy.c). Returns the
+ * number of bytes of data that were header (the rest is TLS), or -1 when c was
+ * refused and is closing. */
+ssize_t net__proxy_input(net_conn *c, const char *data, size_t len);
+/* Whether the proxy allowlist admits the TCP peer ss (proxy.c); logs the refusal. */
+bool net__proxy_admit(net_conn *c, const struct sockaddr_storage *ss);
 /* Parses "host:port" or "[v6]:port" (numeric host) into ss. CMS_OK, or
  * CMS_EINVAL with a reason in err (cap bytes). */
 int net__parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, size_t cap);

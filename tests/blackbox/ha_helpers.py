@@ -23,6 +23,21 @@ import psycopg2
 
 import helpers as h
 
+PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v2(src, sport, dst="127.0.0.1", dport=2575, local=False, tlv=b""):
+    """A PROXY protocol v2 header as HAProxy's send-proxy-v2 writes it (IPv4 or IPv6)."""
+    import ipaddress
+    import struct
+    if local:
+        return PROXY_V2_SIG + b"\x20\x00" + struct.pack(">H", len(tlv)) + tlv
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    fam = b"\x11" if a.version == 4 else b"\x21"
+    body = a.packed + b.packed + struct.pack(">HH", sport, dport) + tlv
+    return PROXY_V2_SIG + b"\x21" + fam + struct.pack(">H", len(body)) + body
+
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 PATRONI = shutil.which("patroni") or "/usr/bin/patroni"
 PATRONICTL = shutil.which("patronictl") or "/usr/bin/patronictl"

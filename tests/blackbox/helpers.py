@@ -647,11 +647,16 @@ class MllpClient:
     """MLLP over TLS, as a monitor does it."""
 
     def __init__(self, port, ctx, host="127.0.0.1", sni="localhost", timeout=T_CONNECT,
-                 handshake=True, session=None):
+                 handshake=True, session=None, proxy_header=None, source=None):
+        """proxy_header: bytes sent before TLS (a PROXY protocol header, as a load
+        balancer would); source: the local address to connect from."""
         self.port = port
-        self.raw = socket.create_connection((host, port), timeout=timeout)
+        self.raw = socket.create_connection((host, port), timeout=timeout,
+                                            source_address=(source, 0) if source else None)
         self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.local_port = self.raw.getsockname()[1]
+        if proxy_header:
+            self.raw.sendall(proxy_header)
         self.sock = ctx.wrap_socket(self.raw, server_hostname=sni,
                                     do_handshake_on_connect=False, session=session)
         self.buf = b""
