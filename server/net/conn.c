@@ -333,10 +333,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->state >= NET_DRAINING)
         return;
     if (nread < 0) {
-        if (c->proxy_wait)
+        if (c->proxy_wait && c->proxy_len > 0)
             log_warn("proxy_refused", NULL, c->peer, "%s: PROXY protocol: connection closed "
                      "before a complete header", c->proto->name);
-        else if (nread == UV_EOF)
+        else if (nread == UV_EOF) /* also a port probe that sent nothing */
             log_debug("peer_closed", c->identity, c->peer, NULL);
         net_conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
         conn_finish(c);

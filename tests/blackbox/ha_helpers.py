@@ -309,7 +309,7 @@ class ResilientMonitor(threading.Thread):
         while todo and time.monotonic() < end:
             try:
                 c = h.device_client(self.pki, self.port, self.device, host=self.host, timeout=5)
-            except (OSError, ssl.SSLError):
+            except (OSError, ssl.SSLError, h.Closed):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 self.reconnects += 1
@@ -335,7 +335,7 @@ class ResilientMonitor(threading.Thread):
                     else:
                         self.other.setdefault(a.control_id, []).append(a.code)
                 todo = [cid for cid in todo if cid not in self.aa]
-            except (OSError, ssl.SSLError, ConnectionError, ValueError) as e:
+            except (OSError, ssl.SSLError, h.Closed, ValueError) as e:
                 self.error = repr(e)
                 left = [cid for cid in todo if cid not in self.aa]
                 self.resends += sum(1 for cid in inflight if cid not in self.aa)
@@ -346,3 +346,99 @@ class ResilientMonitor(threading.Thread):
             todo = [cid for cid in todo if cid not in self.aa]
             if todo:
                 time.sleep(0.05)
+
+
+HAPROXY_CFG = """\
+# HAProxy in front of {n} cmsd: TCP mode, TLS passed through (mTLS stays end to end
+# between monitor and cmsd), the monitor's address in a PROXY protocol v2 header,
+# health checks on cmsd's readiness endpoint over its HTTPS port.
+global
+    # Two descriptors per proxied connection; the per-process limit here is 20 000.
+    maxconn 9000
+    log stdout format raw local0 warning
+
+defaults
+    mode tcp
+    log global
+    option tcplog
+    timeout connect 2s
+    timeout client 10m
+    timeout server 10m
+    timeout check 2s
+    retries 3
+    option redispatch
+
+frontend mllp
+    bind 127.0.0.1:{mllp}
+    default_backend cmsd_mllp
+
+frontend https
+    bind 127.0.0.1:{https}
+    default_backend cmsd_https
+
+backend cmsd_mllp
+    balance leastconn
+    option httpchk
+    http-check send meth GET uri {check}
+    http-check expect status 200
+{mllp_servers}
+
+backend cmsd_https
+    balance roundrobin
+    option httpchk
+    http-check send meth GET uri {check}
+    http-check expect status 200
+{https_servers}
+"""
+
+
+class HAProxy:
+    """HAProxy 2.6 in the foreground (-db) with the config above."""
+
+    def __init__(self, base, backends, check="/readyz"):
+        self.dir = Path(base)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.mllp = h.free_port()
+        self.https = h.free_port()
+        self.cfg = self.dir / "haproxy.cfg"
+        self.log = self.dir / "haproxy.log"
+        self.backends = backends  # [(name, mllp_port, https_port)]
+        self.check = check
+        self.proc = None
+
+    def write(self):
+        opts = ("check inter 500ms fall 1 rise 2 check-ssl verify none check-send-proxy "
+                "send-proxy-v2")
+        ms = "\n".join("    server %s 127.0.0.1:%d %s port %d" % (n, m, opts, hp)
+                       for n, m, hp in self.backends)
+        hs = "\n".join("    server %s 127.0.0.1:%d %s" % (n, hp, opts)
+                       for n, m, hp in self.backends)
+        self.cfg.write_text(HAPROXY_CFG.format(n=len(self.backends), mllp=self.mllp,
+                                               https=self.https, check=self.check,
+                                               mllp_servers=ms, https_servers=hs))
+
+    def start(self):
+        self.write()
+        subprocess.run([HAPROXY, "-c", "-f", str(self.cfg)], check=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(self.cfg)], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", self.mllp), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        h.wait_until(up, 30, 0.1, "haproxy to listen")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
