@@ -14,7 +14,11 @@
  *                      "version": "X.Y.Z" (what it runs now), "sha256": hex (optional),
  *                      "reason": text (optional, <= 256 bytes)}
  *   recorded by cms.fw_report (rollout state, registry firmware_version,
- *   installed security counter; audited fw_report). 200 {"recorded": true}.
+ *   installed security counter; audited fw_report). 200 {"recorded": true,
+ *   "release_id": id or null, "flagged": false}. A report naming a release
+ *   neither approved for nor offered to the device is kept as its reported
+ *   version only, flagged and audited fw_report_unapproved (sql/012):
+ *   {"recorded": true, "release_id": null, "flagged": true}.
  *
  * Thread: the worker loop's thread.
  */
@@ -139,11 +143,19 @@ static void report_done(void *ctx, int status, const store_rows *res)
     const char *rid = store_rows_count(res) == 1 && !store_rows_null(res, 0, 0)
                           ? store_rows_text(res, 0, 0)
                           : NULL;
-    log_info("fw_report", r->peer_cn, r->peer_addr, "report recorded (release %s)",
-             rid ? rid : "none");
+    /* 'flagged': a release not approved for (nor offered to) this device (sql/012). */
+    bool flagged = store_rows_count(res) == 1 && strcmp(store_rows_text(res, 0, 1), "flagged") == 0;
+    if (flagged)
+        log_warn("fw_report_unapproved", r->peer_cn, r->peer_addr,
+                 "report of a release not approved for this device: recorded as its reported "
+                 "version, flagged, not counted");
+    else
+        log_info("fw_report", r->peer_cn, r->peer_addr, "report recorded (release %s)",
+                 rid ? rid : "none");
     https_reply_json(r, 200,
-                     json_pack("{s:b, s:o}", "recorded", 1, "release_id",
-                               rid ? json_integer(strtoll(rid, NULL, 10)) : json_null()));
+                     json_pack("{s:b, s:o, s:b}", "recorded", 1, "release_id",
+                               rid ? json_integer(strtoll(rid, NULL, 10)) : json_null(),
+                               "flagged", flagged));
 }
 
 int fw_report(https_req *r)
