@@ -6,8 +6,8 @@ The monitor's own address (not HAProxy's) is what cmsd logs. Revoking a device
 through the API (via HAProxy) drops its live sessions on every instance within
 1 s (the NOTIFY reaches each one)."""
 
-import contextlib
 import re
+import subprocess
 import time
 import types
 
@@ -119,3 +119,13 @@ def test_revocation_drops_sessions_on_every_instance(farm, hdb, pki):
         assert took < CLOSE_WITHIN, "instance %d closed it %.3f s after the request" % (i, took)
     for cl in live:
         cl.close()
+
+
+def test_example_config_is_valid():
+    """docker/haproxy.cfg, the example docs/scale-out.md points to, passes haproxy -c."""
+    p = subprocess.run([ha.HAPROXY, "-c", "-f", str(h.ROOT / "docker" / "haproxy.cfg")],
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, timeout=60)
+    out = p.stdout.decode(errors="replace")
+    assert p.returncode == 0 and "Configuration file is valid" in out, out
+    assert "send-proxy-v2" in (h.ROOT / "docker" / "haproxy.cfg").read_text()
