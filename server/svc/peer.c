@@ -45,8 +45,8 @@ peer_decision peer_decide(const peer_policy *pol, const tls_peer *p, const peer_
         d.audit = false; /* the database is away: its audit row would be lost too */
     } else if (!reg->device_status || strcmp(reg->device_status, "active") != 0) {
         /* pending, revoked, decommissioned */
-        d.reason = reg->device_status && reg->device_status[0] ? reg->device_status
-                                                                : "device not active";
+        d.reason =
+            reg->device_status && reg->device_status[0] ? reg->device_status : "device not active";
     } else {
         return (peer_decision){.verdict = PEER_DEVICE};
     }
@@ -55,8 +55,8 @@ peer_decision peer_decide(const peer_policy *pol, const tls_peer *p, const peer_
 
 /* Logs and audits a refusal in the one vocabulary (peer.h). detail: the store's
  * error for an unavailable registry, or NULL. */
-static void refused(net_conn *c, const peer_policy *pol, const tls_peer *p,
-                    const peer_decision *d, const char *detail)
+static void refused(net_conn *c, const peer_policy *pol, const tls_peer *p, const peer_decision *d,
+                    const char *detail)
 {
     bool tls = d->verdict == PEER_TLS_REFUSED;
     const char *event = tls ? "tls_refused" : "device_refused";

@@ -136,8 +136,7 @@ static void test_each_inactive_status(void **state)
     }
     /* A status the registry left empty is no status to show: still refused. */
     peer_registry empty = {.status = CMS_OK, .device_status = ""};
-    assert_refused(peer_decide(&mllp, &p, &empty), PEER_DEVICE_REFUSED, "device not active",
-                   true);
+    assert_refused(peer_decide(&mllp, &p, &empty), PEER_DEVICE_REFUSED, "device not active", true);
 }
 
 static void test_registry_unavailable(void **state)
