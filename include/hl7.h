@@ -12,7 +12,14 @@
  * hl7_field(msg, msh, 10); for other segments field 1 is the first after the
  * segment name. Repetitions, components and subcomponents are 1-based.
  *
- * Thread: any; no global state.
+ * Files (server/proto/): hl7.c parsing and field access, hl7_escape.c
+ * escapes, hl7_time.c DTM times, hl7_ack.c ACK encoding; hl7_int.h is
+ * what they share.
+ *
+ * Nothing here allocates: every hl7_str points into the buffer given to
+ * hl7_parse() (borrowed; valid as long as that buffer), and every output
+ * goes to a caller buffer. Thread: any; no global state (an hl7_msg is used
+ * by one thread at a time).
  */
 #ifndef CMS_HL7_H
 #define CMS_HL7_H
@@ -41,7 +48,9 @@ typedef struct hl7_msg {
 } hl7_msg;
 
 /*
- * Parses buf (len bytes; need not be NUL-terminated). Returns CMS_OK,
+ * Parses buf (len bytes; need not be NUL-terminated; borrowed and recorded
+ * in m: it must outlive m and every slice taken from it) into m (caller
+ * storage, about 16 KiB: not for small stacks). Returns CMS_OK,
  * CMS_EPROTO (no MSH first, bad delimiters, empty, control characters, ...)
  * or CMS_ELIMIT (more than HL7_MAX_SEGMENTS). On error, reason (cap bytes)
  * receives a short human-readable explanation and m->nseg is 0.
@@ -53,9 +62,10 @@ typedef struct hl7_msg {
  */
 int hl7_parse(hl7_msg *m, const char *buf, size_t len, char *reason, size_t cap);
 
-/* Index of the first segment named name ("PID") at or after from, or -1. */
+/* Index of the first segment named name ("PID", exactly 3 bytes) at or after
+ * from, or -1 (also when m or name is NULL). */
 int hl7_find_segment(const hl7_msg *m, const char *name, size_t from);
-/* The segment name (first three bytes), as a slice. */
+/* The segment name (first three bytes), as a slice; empty when seg >= m->nseg. */
 hl7_str hl7_segment_name(const hl7_msg *m, size_t seg);
 
 /*
@@ -64,7 +74,7 @@ hl7_str hl7_segment_name(const hl7_msg *m, size_t seg);
  * element yields an empty slice (p may be NULL, len 0). A 0 above a level
  * that is asked for means the first element (r = 0, c = 2 is the second
  * component of the first repetition). f = 0 is the segment name; MSH-1 and
- * MSH-2 are never split.
+ * MSH-2 are never split. m NULL or seg >= m->nseg yields an empty slice.
  */
 hl7_str hl7_get(const hl7_msg *m, size_t seg, unsigned f, unsigned r, unsigned c, unsigned s);
 /* Shorthand for hl7_get(m, seg, f, 0, 0, 0). */
@@ -75,7 +85,8 @@ hl7_str hl7_field(const hl7_msg *m, size_t seg, unsigned f);
  * that read many fields of one segment (hl7_get scans from the segment's
  * start on every call). hl7_fields_get(fs, f, r, c, s) returns exactly what
  * hl7_get(m, seg, f, r, c, s) returns, for any f (beyond the split ones, and
- * for MSH, it calls hl7_get).
+ * for MSH, it calls hl7_get). out is caller storage; it borrows m, which
+ * must outlive it.
  */
 #define HL7_SPLIT_FIELDS 24
 typedef struct hl7_fields {
@@ -88,9 +99,12 @@ void hl7_split(const hl7_msg *m, size_t seg, hl7_fields *out);
 hl7_str hl7_fields_get(const hl7_fields *fs, unsigned f, unsigned r, unsigned c, unsigned s);
 
 /*
- * Unescapes src into out (cap bytes, always NUL-terminated when cap > 0).
+ * Unescapes src into out (cap bytes, always NUL-terminated when cap > 0)
+ * with m's delimiters (m NULL: |^~\&). Formatting escapes (\H\ \N\ \.br\
+ * ...) are dropped; \X00\ (a NUL byte) is refused.
  * Returns the unescaped length, or CMS_ELIMIT if it does not fit, or
- * CMS_EPROTO for a malformed escape sequence.
+ * CMS_EPROTO for a malformed escape sequence (out then holds what was
+ * decoded before it).
  */
 int hl7_unescape(const hl7_msg *m, hl7_str src, char *out, size_t cap);
 /* hl7_get + hl7_unescape into out. Same returns as hl7_unescape. */
