@@ -18,8 +18,8 @@ typedef struct svc_state {
     store_t *store;        /* borrowed: this worker's store */
     net_server *server;    /* borrowed: this worker's connections */
     unsigned worker_id;
-    void *est;             /* enrollment service state (est.c), or NULL */
-    void *fw;              /* firmware service state (firmware.c), or NULL */
+    void *est;             /* enrollment service state (svc_est_init), or NULL */
+    void *fw;              /* firmware service state (fw_worker, firmware.h), or NULL */
     rl_table *est_limit;   /* borrowed, shared by the workers: simpleenroll requests
                             * per source address; NULL = no limit */
     long long anchor_id;   /* svc_audit_anchor: the chain head last logged (0 = none) */
@@ -28,6 +28,7 @@ typedef struct svc_state {
 /*
  * Appends an audit row (store_audit) whose detail is the JSON object detail
  * (stolen; NULL allowed, e.g. when json_pack failed). Strings are copied.
+ * (server/svc/audit.c, like the two below.) Thread: the store's loop.
  */
 void svc_audit(store_t *store, const char *event, const char *actor, const char *device,
                const char *peer, json_t *detail);
@@ -53,12 +54,15 @@ bool svc_audit_anchor_parse(const char *s, long long *id, char hex[65]);
 /* The route table: every HTTPS resource, its handler, who may call it. */
 extern const https_route svc_routes[];
 
-/* GET /healthz: 200 {"status":"ok"} when the database is reachable, else 503. */
+/* GET /healthz: 200 {"status":"ok"} when the database is reachable, else 503
+ * (server/svc/routes.c). */
 int svc_health(https_req *r);
 
 /*
- * Handlers (each returns CMS_OK after answering or CMS_EAGAIN, see https.h).
- * est.c / enroll.c: EST (RFC 7030), enrollment tokens, revocation, CRL.
+ * Handlers (each returns CMS_OK after answering or CMS_EAGAIN, see https.h;
+ * r borrowed; thread: the loop of the worker that owns r's connection).
+ * server/svc/est/: EST (RFC 7030) in est.c, enrollment tokens in enroll.c,
+ * revocation and the CRL in revocation.c.
  */
 int est_cacerts(https_req *r);        /* GET  /.well-known/est/cacerts        anyone */
 int est_csrattrs(https_req *r);       /* GET  /.well-known/est/csrattrs       anyone */
@@ -71,7 +75,7 @@ int enroll_token_revoke(https_req *r);/* POST /api/v1/enroll/tokens/:id/revoke o
 int device_revoke(https_req *r);      /* POST /api/v1/devices/:serial/revoke   admin */
 int device_decommission(https_req *r);/* POST /api/v1/devices/:serial/decommission admin */
 int cert_revoke(https_req *r);        /* POST /api/v1/certs/:fingerprint/revoke admin */
-/* admin.c: read side of the registry, groups, audit. */
+/* server/svc/admin/: read side of the registry and groups (admin.c), audit (admin_audit.c). */
 int admin_device_list(https_req *r);  /* GET  /api/v1/devices                  viewer */
 int admin_device_show(https_req *r);  /* GET  /api/v1/devices/:serial          viewer */
 int admin_device_certs(https_req *r); /* GET  /api/v1/devices/:serial/certs    viewer */
@@ -82,7 +86,7 @@ int admin_audit_verify(https_req *r); /* GET  /api/v1/audit/verify             v
 int admin_whoami(https_req *r);       /* GET  /api/v1/whoami                   viewer */
 
 /*
- * Revocation fan-out (enroll.c): subscribes this worker to the
+ * Revocation fan-out (server/svc/est/revocation.c): subscribes this worker to the
  * "cms_revocation" NOTIFY channel; on a notification naming a serial, every
  * connection of that device on this worker (MLLP and HTTPS) is closed at
  * once. Returns CMS_OK.
@@ -90,11 +94,13 @@ int admin_whoami(https_req *r);       /* GET  /api/v1/whoami                   v
 int svc_revocation_init(svc_state *st);
 
 /*
- * Enrollment state (enroll.c): loads est_ca_cert/key/chain when configured.
- * Returns CMS_OK (st->est set, or NULL when EST is off) or CMS_EINVAL with
- * a reason in err.
+ * Enrollment state (server/svc/est/est.c): loads est_ca_cert/key/chain when
+ * configured. Returns CMS_OK (st->est set, or NULL when EST is off) or
+ * CMS_EINVAL with a reason in err. Thread: start-up, before the worker's
+ * loop runs (blocking file reads).
  */
 int svc_est_init(svc_state *st, char *err, size_t cap);
+/* Frees st->est (NULL is a no-op) and sets it to NULL. Thread: after the loop ended. */
 void svc_est_free(svc_state *st);
 
 #endif
