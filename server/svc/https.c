@@ -10,6 +10,7 @@
 #include "log.h"
 #include "peer.h"
 #include "svc.h"
+#include "svc_int.h"
 
 /* peer.c finds the policy at the start of the listener's proto_ctx. */
 _Static_assert(offsetof(https_ctx, peer) == 0, "peer_policy must be https_ctx's first member");
@@ -181,22 +182,10 @@ static void on_drain(net_conn *c)
         s->on_writable(&s->req, s->stream_ctx);
 }
 
-/* The audit actor of a peer: "operator:<cn>", "device:<cn>" or "anonymous". */
-static const char *actor_of(enum https_peer_kind peer, const char *cn, char *buf, size_t cap)
-{
-    if (peer == HTTPS_PEER_OPERATOR)
-        snprintf(buf, cap, "operator:%s", cn);
-    else if (peer == HTTPS_PEER_DEVICE)
-        snprintf(buf, cap, "device:%s", cn);
-    else
-        snprintf(buf, cap, "anonymous");
-    return buf;
-}
-
 void https_audit(https_req *r, const char *event, const char *device, json_t *detail)
 {
     char actor[96];
-    svc_audit(r->ctx->store, event, actor_of(r->peer, r->peer_cn, actor, sizeof(actor)), device,
+    svc_audit(r->ctx->store, event, svc__actor(r->peer, r->peer_cn, actor, sizeof(actor)), device,
               r->peer_addr, detail);
 }
 
@@ -222,7 +211,7 @@ static void audit_refusal(net_conn *c, const https_route *rt, const http_request
         json_object_set_new(d, "method", json_string(req->method_name));
         json_object_set_new(d, "path", json_stringn(req->path, req->path_len));
     }
-    svc_audit(ctx->store, event, actor_of(s->peer, s->cn, actor, sizeof(actor)),
+    svc_audit(ctx->store, event, svc__actor(s->peer, s->cn, actor, sizeof(actor)),
               s->peer == HTTPS_PEER_DEVICE ? s->cn : NULL, net_conn_peer(c), d);
 }
 

@@ -78,10 +78,10 @@ static json_t *j_list(const store_rows *res, int row, int c)
 int admin_whoami(https_req *r)
 {
     static const char *const allowed[] = {NULL};
-    if (!admin__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     char actor[96];
-    snprintf(actor, sizeof(actor), "operator:%s", r->peer_cn);
+    svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
     unsigned role = (unsigned)r->role < 4 ? (unsigned)r->role : 0;
     https_reply_json(r, 200,
                      json_pack("{s:s, s:s, s:s, s:s}", "cn", r->peer_cn, "role", role_names[role],
@@ -112,25 +112,25 @@ int admin_whoami(https_req *r)
 static json_t *device_json(const store_rows *res, int row)
 {
     json_t *o = json_object();
-    admin__set_text(o, "serial", res, row, "serial");
-    admin__set_text(o, "model", res, row, "model");
-    admin__set_text(o, "status", res, row, "status");
-    admin__set_text(o, "status_changed_at", res, row, "status_changed_at");
-    admin__set_text(o, "status_reason", res, row, "status_reason");
-    admin__set_text(o, "location", res, row, "location");
-    json_object_set_new(o, "groups", j_list(res, row, admin__col(res, "groups")));
-    admin__set_text(o, "created_at", res, row, "created_at");
-    admin__set_text(o, "last_seen_at", res, row, "last_seen_at");
-    admin__set_text(o, "last_peer", res, row, "last_peer");
-    admin__set_text(o, "firmware_version", res, row, "firmware_version");
-    int cs = admin__col(res, "cert_sha256");
+    svc__set_text(o, "serial", res, row, "serial");
+    svc__set_text(o, "model", res, row, "model");
+    svc__set_text(o, "status", res, row, "status");
+    svc__set_text(o, "status_changed_at", res, row, "status_changed_at");
+    svc__set_text(o, "status_reason", res, row, "status_reason");
+    svc__set_text(o, "location", res, row, "location");
+    json_object_set_new(o, "groups", j_list(res, row, store_rows_col(res, "groups")));
+    svc__set_text(o, "created_at", res, row, "created_at");
+    svc__set_text(o, "last_seen_at", res, row, "last_seen_at");
+    svc__set_text(o, "last_peer", res, row, "last_peer");
+    svc__set_text(o, "firmware_version", res, row, "firmware_version");
+    int cs = store_rows_col(res, "cert_sha256");
     if (cs >= 0 && !store_rows_null(res, row, cs)) {
         json_t *c = json_object();
-        admin__set_text(c, "serial_hex", res, row, "cert_serial_hex");
-        admin__set_text(c, "sha256", res, row, "cert_sha256");
-        admin__set_text(c, "key", res, row, "cert_key");
-        admin__set_text(c, "not_before", res, row, "cert_not_before");
-        admin__set_text(c, "not_after", res, row, "cert_not_after");
+        svc__set_text(c, "serial_hex", res, row, "cert_serial_hex");
+        svc__set_text(c, "sha256", res, row, "cert_sha256");
+        svc__set_text(c, "key", res, row, "cert_key");
+        svc__set_text(c, "not_before", res, row, "cert_not_before");
+        svc__set_text(c, "not_after", res, row, "cert_not_after");
         json_object_set_new(o, "certificate", c);
     } else {
         json_object_set_new(o, "certificate", json_null());
@@ -142,7 +142,7 @@ static void on_device_list(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
-        admin__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, admin__sqlstates);
         return;
     }
     long long limit = (long long)(intptr_t)r->user;
@@ -165,7 +165,7 @@ int admin_device_list(https_req *r)
     char st[32], group[NAME_MAX_LEN + 2], after[SERIAL_MAX + 2], lim[24];
     long long limit = DEVICES_DEFAULT;
     int has_st, has_group, has_after;
-    if (!admin__query_ok(r, allowed) ||
+    if (!svc__query_ok(r, allowed) ||
         (has_st = admin__query_param(r, "status", st, sizeof(st))) < 0 ||
         (has_group = admin__query_param(r, "group", group, sizeof(group))) < 0 ||
         (has_after = admin__query_param(r, "after", after, sizeof(after))) < 0 ||
@@ -189,7 +189,7 @@ int admin_device_list(https_req *r)
     const char *p[4] = {has_st ? st : NULL, has_group ? group : NULL, has_after ? after : NULL,
                         lim};
     /* clang-format off */
-    return admin__submit(r,
+    return svc__submit(r,
                   "SELECT " DEVICE_COLS " FROM cms.device_overview d "
                   "WHERE ($1::text IS NULL OR d.status = $1) "
                   "AND ($2::text IS NULL OR $2 = ANY (d.groups)) "
@@ -203,7 +203,7 @@ static void on_device_show(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
-        admin__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, admin__sqlstates);
         return;
     }
     if (store_rows_count(res) == 0) {
@@ -212,12 +212,12 @@ static void on_device_show(void *ctx, int status, const store_rows *res)
     }
     json_t *o = device_json(res, 0);
     json_t *ids = json_array();
-    int ci = admin__col(res, "identifier"), ck = admin__col(res, "ident_kind");
+    int ci = store_rows_col(res, "identifier"), ck = store_rows_col(res, "ident_kind");
     for (int i = 0; i < store_rows_count(res); i++) {
         if (ci < 0 || store_rows_null(res, i, ci))
             continue;
-        json_array_append_new(ids, json_pack("{s:o, s:o}", "identifier", admin__j_text(res, i, ci),
-                                             "kind", admin__j_text(res, i, ck)));
+        json_array_append_new(ids, json_pack("{s:o, s:o}", "identifier", svc__json_text(res, i, ci),
+                                             "kind", svc__json_text(res, i, ck)));
     }
     json_object_set_new(o, "identifiers", ids);
     https_reply_json(r, 200, o);
@@ -226,7 +226,7 @@ static void on_device_show(void *ctx, int status, const store_rows *res)
 int admin_device_show(https_req *r)
 {
     static const char *const allowed[] = {NULL};
-    if (!admin__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     if (!admin__plain_text(r->params[0], SERIAL_MAX)) {
         https_reply_error(r, 404, "not_found", "no such device");
@@ -235,7 +235,7 @@ int admin_device_show(https_req *r)
     const char *p[1] = {r->params[0]};
     /* One row per identifier (or one row with NULLs). */
     /* clang-format off */
-    return admin__submit(r,
+    return svc__submit(r,
                   "SELECT " DEVICE_COLS ", i.identifier, i.kind AS ident_kind "
                   "FROM cms.device_overview d "
                   "LEFT JOIN cms.device_identifiers i ON i.device_id = d.id "
@@ -251,7 +251,7 @@ static void on_device_certs(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
-        admin__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, admin__sqlstates);
         return;
     }
     if (store_rows_count(res) == 0) {
@@ -259,36 +259,37 @@ static void on_device_certs(void *ctx, int status, const store_rows *res)
         return;
     }
     json_t *list = json_array();
-    int cf = admin__col(res, "sha256");
+    int cf = store_rows_col(res, "sha256");
     for (int i = 0; i < store_rows_count(res); i++) {
         if (cf < 0 || store_rows_null(res, i, cf))
             continue;
         json_t *o = json_object();
-        admin__set_text(o, "serial_hex", res, i, "serial_hex");
-        admin__set_text(o, "sha256", res, i, "sha256");
-        admin__set_text(o, "state", res, i, "state");
-        admin__set_text(o, "key", res, i, "key_desc");
-        admin__set_text(o, "subject_cn", res, i, "subject_cn");
-        admin__set_text(o, "not_before", res, i, "not_before");
-        admin__set_text(o, "not_after", res, i, "not_after");
-        admin__set_text(o, "issued_at", res, i, "issued_at");
-        admin__set_text(o, "issued_via", res, i, "issued_via");
-        admin__set_text(o, "superseded_at", res, i, "superseded_at");
-        admin__set_text(o, "revoked_at", res, i, "revoked_at");
-        admin__set_text(o, "revocation_reason", res, i, "revocation_reason");
+        svc__set_text(o, "serial_hex", res, i, "serial_hex");
+        svc__set_text(o, "sha256", res, i, "sha256");
+        svc__set_text(o, "state", res, i, "state");
+        svc__set_text(o, "key", res, i, "key_desc");
+        svc__set_text(o, "subject_cn", res, i, "subject_cn");
+        svc__set_text(o, "not_before", res, i, "not_before");
+        svc__set_text(o, "not_after", res, i, "not_after");
+        svc__set_text(o, "issued_at", res, i, "issued_at");
+        svc__set_text(o, "issued_via", res, i, "issued_via");
+        svc__set_text(o, "superseded_at", res, i, "superseded_at");
+        svc__set_text(o, "revoked_at", res, i, "revoked_at");
+        svc__set_text(o, "revocation_reason", res, i, "revocation_reason");
         json_array_append_new(list, o);
     }
     admin__fit_output(r, list);
     https_reply_json(r, 200,
                      json_pack("{s:o, s:o, s:o}", "serial",
-                               admin__j_text(res, 0, admin__col(res, "serial")), "status",
-                               admin__j_text(res, 0, admin__col(res, "status")), "certs", list));
+                               svc__json_text(res, 0, store_rows_col(res, "serial")), "status",
+                               svc__json_text(res, 0, store_rows_col(res, "status")), "certs",
+                               list));
 }
 
 int admin_device_certs(https_req *r)
 {
     static const char *const allowed[] = {NULL};
-    if (!admin__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     if (!admin__plain_text(r->params[0], SERIAL_MAX)) {
         https_reply_error(r, 404, "not_found", "no such device");
@@ -297,7 +298,7 @@ int admin_device_certs(https_req *r)
     const char *p[1] = {r->params[0]};
     /* state: the certificate's standing now (revoked > superseded > expired > current). */
     /* clang-format off */
-    return admin__submit(r,
+    return svc__submit(r,
                   "SELECT d.serial, d.status, c.serial_hex, c.fingerprint_sha256 AS sha256, "
                   "c.subject_cn, c.key_desc, c.issued_via, c.revocation_reason, "
                   ISO("c.not_before") " AS not_before, " ISO("c.not_after") " AS not_after, "
@@ -321,17 +322,17 @@ static void on_group_list(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
-        admin__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, admin__sqlstates);
         return;
     }
     json_t *list = json_array();
     for (int i = 0; i < store_rows_count(res); i++) {
         json_t *o = json_object();
-        admin__set_text(o, "name", res, i, "name");
-        admin__set_text(o, "description", res, i, "description");
-        admin__set_int(o, "devices", res, i, "devices");
-        admin__set_text(o, "created_at", res, i, "created_at");
-        admin__set_text(o, "created_by", res, i, "created_by");
+        svc__set_text(o, "name", res, i, "name");
+        svc__set_text(o, "description", res, i, "description");
+        svc__set_int(o, "devices", res, i, "devices");
+        svc__set_text(o, "created_at", res, i, "created_at");
+        svc__set_text(o, "created_by", res, i, "created_by");
         json_array_append_new(list, o);
     }
     bool truncated = admin__fit_output(r, list) > 0 || store_rows_count(res) > GROUPS_MAX;
@@ -341,13 +342,13 @@ static void on_group_list(void *ctx, int status, const store_rows *res)
 int admin_group_list(https_req *r)
 {
     static const char *const allowed[] = {NULL};
-    if (!admin__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", GROUPS_MAX + 1);
     const char *p[1] = {lim};
     /* clang-format off */
-    return admin__submit(r,
+    return svc__submit(r,
                   "SELECT g.name, g.description, " ISO("g.created_at") " AS created_at, "
                   "g.created_by, count(m.device_id) AS devices "
                   "FROM cms.device_groups g "
@@ -368,12 +369,14 @@ static void on_group_set(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
-        int code = admin__db_error_status(status, res);
-        if (code < 500) {
-            const char *msg = store_rows_error(res);
-            audit_group_refused(r, r->params[0], code, msg ? msg : "refused by the database");
-        }
-        admin__reply_db_error(r, status, res);
+        int code;
+        const char *error;
+        char detail[512];
+        svc__db_error(r, status, res, admin__sqlstates, &code, &error, detail, sizeof(detail));
+        if (code < 500)
+            audit_group_refused(r, r->params[0], code,
+                                detail[0] ? detail : "refused by the database");
+        https_reply_error(r, code, error, detail);
         return;
     }
     static const char *const outcomes[] = {"added", "already_member", "removed", "not_member"};
@@ -383,12 +386,12 @@ static void on_group_set(void *ctx, int status, const store_rows *res)
         lists[k] = json_array();
         json_object_set_new(body, outcomes[k], lists[k]);
     }
-    int cs = admin__col(res, "serial"), co = admin__col(res, "outcome");
+    int cs = store_rows_col(res, "serial"), co = store_rows_col(res, "outcome");
     for (int i = 0; i < store_rows_count(res); i++) {
         const char *o = co >= 0 ? store_rows_text(res, i, co) : "";
         for (size_t k = 0; k < 4; k++)
             if (strcmp(o, outcomes[k]) == 0)
-                json_array_append_new(lists[k], admin__j_text(res, i, cs));
+                json_array_append_new(lists[k], svc__json_text(res, i, cs));
     }
     log_info("group_update", NULL, r->peer_addr, "operator:%s group %s: %zu added, %zu removed",
              r->peer_cn, r->params[0], json_array_size(lists[0]), json_array_size(lists[2]));
@@ -417,7 +420,7 @@ static const char *serial_list_error(const json_t *a, size_t *total)
 int admin_group_set(https_req *r)
 {
     static const char *const allowed[] = {NULL};
-    if (!admin__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     const char *group = r->params[0];
     const char *why = NULL;
@@ -473,9 +476,9 @@ int admin_group_set(https_req *r)
         https_reply_error(r, 500, "internal_error", "out of memory");
         goto cleanup;
     }
-    snprintf(actor, sizeof(actor), "operator:%s", r->peer_cn);
+    svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
     const char *p[5] = {group, add, rem, actor, r->peer_addr};
-    rc = admin__submit(
+    rc = svc__submit(
         r, "SELECT serial, outcome FROM cms.group_update($1, $2::jsonb, $3::jsonb, $4, $5)", 5, p,
         on_group_set);
     goto cleanup;

@@ -22,7 +22,7 @@ static void on_audit_list(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
-        admin__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, admin__sqlstates);
         return;
     }
     long long limit = (long long)(intptr_t)r->user;
@@ -30,21 +30,21 @@ static void on_audit_list(void *ctx, int status, const store_rows *res)
     bool more = n > limit;
     if (more)
         n = (int)limit;
-    int cd = admin__col(res, "detail");
+    int cd = store_rows_col(res, "detail");
     json_t *list = json_array();
     for (int i = 0; i < n; i++) {
         json_t *o = json_object();
-        admin__set_int(o, "id", res, i, "id");
-        admin__set_text(o, "at", res, i, "at");
-        admin__set_text(o, "event", res, i, "event");
-        admin__set_text(o, "actor", res, i, "actor");
-        admin__set_text(o, "device", res, i, "device");
-        admin__set_text(o, "peer", res, i, "peer");
+        svc__set_int(o, "id", res, i, "id");
+        svc__set_text(o, "at", res, i, "at");
+        svc__set_text(o, "event", res, i, "event");
+        svc__set_text(o, "actor", res, i, "actor");
+        svc__set_text(o, "device", res, i, "device");
+        svc__set_text(o, "peer", res, i, "peer");
         json_t *d = NULL;
         if (cd >= 0 && !store_rows_null(res, i, cd))
             d = json_loads(store_rows_text(res, i, cd), JSON_DECODE_ANY, NULL);
         json_object_set_new(o, "detail", d ? d : json_null());
-        admin__set_text(o, "row_hash", res, i, "row_hash");
+        svc__set_text(o, "row_hash", res, i, "row_hash");
         json_array_append_new(list, o);
     }
     more = admin__fit_output(r, list) > 0 || more;
@@ -59,7 +59,7 @@ int admin_audit_list(https_req *r)
     char since[64], device[SERIAL_MAX + 2], event[NAME_MAX_LEN + 2], lim[24], before[24];
     long long limit = AUDIT_DEFAULT, before_id = 0;
     int has_since, has_dev, has_ev, has_before;
-    if (!admin__query_ok(r, allowed) ||
+    if (!svc__query_ok(r, allowed) ||
         (has_since = admin__query_param(r, "since", since, sizeof(since))) < 0 ||
         (has_dev = admin__query_param(r, "device", device, sizeof(device))) < 0 ||
         (has_ev = admin__query_param(r, "event", event, sizeof(event))) < 0 ||
@@ -79,7 +79,7 @@ int admin_audit_list(https_req *r)
                         has_before ? before : NULL, lim};
     /* Newest first: ids follow the chain, which follows time (001). */
     /* clang-format off */
-    return admin__submit(r,
+    return svc__submit(r,
                   "SELECT e.id, " ISO("e.at") " AS at, e.event, e.actor, e.device, e.peer, "
                   "e.detail::text AS detail, encode(e.row_hash, 'hex') AS row_hash "
                   "FROM cms.audit_events e "
@@ -155,14 +155,14 @@ static int verify_next(https_req *r);
 
 static long long col_ll(const store_rows *res, const char *name)
 {
-    int c = admin__col(res, name);
+    int c = store_rows_col(res, name);
     return c >= 0 && !store_rows_null(res, 0, c) ? strtoll(store_rows_text(res, 0, c), NULL, 10)
                                                  : 0;
 }
 
 static bool col_true(const store_rows *res, const char *name)
 {
-    int c = admin__col(res, name);
+    int c = store_rows_col(res, name);
     return c >= 0 && !store_rows_null(res, 0, c) && store_rows_text(res, 0, c)[0] == 't';
 }
 
@@ -207,7 +207,7 @@ static void on_audit_verify(void *ctx, int status, const store_rows *res)
         if (status == CMS_OK)
             https_reply_error(r, 500, "internal_error", "unexpected answer from the database");
         else
-            admin__reply_db_error(r, status, res);
+            svc__reply_db_error(r, status, res, admin__sqlstates);
         return;
     }
     long long n = col_ll(res, "n");
@@ -222,7 +222,7 @@ static void on_audit_verify(void *ctx, int status, const store_rows *res)
     }
     if (n > 0) {
         v->after = v->last_id = col_ll(res, "last");
-        int ch = admin__col(res, "last_hash");
+        int ch = store_rows_col(res, "last_hash");
         snprintf(v->last_hash, sizeof(v->last_hash), "%s",
                  ch >= 0 && !store_rows_null(res, 0, ch) ? store_rows_text(res, 0, ch) : "");
     }
@@ -257,7 +257,7 @@ static int verify_next(https_req *r)
     snprintf(after, sizeof(after), "%lld", v->after);
     snprintf(chunk, sizeof(chunk), "%d", VERIFY_CHUNK);
     const char *p[2] = {after, chunk};
-    int rc = admin__submit(r, verify_sql, 2, p, on_audit_verify);
+    int rc = svc__submit(r, verify_sql, 2, p, on_audit_verify);
     if (rc != CMS_EAGAIN) {
         free(v);
         r->user = NULL;
@@ -272,7 +272,7 @@ static void on_anchor_row(void *ctx, int status, const store_rows *res)
     if (status != CMS_OK) {
         free(v);
         r->user = NULL;
-        admin__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, admin__sqlstates);
         return;
     }
     if (store_rows_count(res) != 1)
@@ -287,7 +287,7 @@ int admin_audit_verify(https_req *r)
     static const char *const allowed[] = {"anchor", NULL};
     char anchor[96];
     int has_anchor;
-    if (!admin__query_ok(r, allowed) ||
+    if (!svc__query_ok(r, allowed) ||
         (has_anchor = admin__query_param(r, "anchor", anchor, sizeof(anchor))) < 0)
         return CMS_OK;
     verify_run *v = calloc(1, sizeof(*v));
@@ -307,10 +307,10 @@ int admin_audit_verify(https_req *r)
     char id[24];
     snprintf(id, sizeof(id), "%lld", v->anchor_id);
     const char *p[1] = {id};
-    int rc = admin__submit(r,
-                           "SELECT encode(row_hash, 'hex') FROM cms.audit_events "
-                           "WHERE id = $1::bigint",
-                           1, p, on_anchor_row);
+    int rc = svc__submit(r,
+                         "SELECT encode(row_hash, 'hex') FROM cms.audit_events "
+                         "WHERE id = $1::bigint",
+                         1, p, on_anchor_row);
     if (rc != CMS_EAGAIN) {
         free(v);
         r->user = NULL;

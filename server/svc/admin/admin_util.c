@@ -1,7 +1,6 @@
 /*
- * admin_util.c - helpers of the operator API handlers (admin_int.h):
- * statements through the store, database errors as HTTP answers, query
- * parameters, result columns as JSON, output size.
+ * admin_util.c - helpers of the operator API handlers (admin_int.h): the
+ * room's SQLSTATE answers, query parameters, output size.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -13,91 +12,14 @@
 #include "log.h"
 #include "svc.h"
 
-static svc_state *svc_of(https_req *r)
-{
-    return r->ctx->svc;
-}
-
-/* Runs sql with params; the answer comes from cb. Returns what the handler returns. */
-int admin__submit(https_req *r, const char *sql, int n, const char *const *params,
-                  store_query_cb cb)
-{
-    int rc = store_query(svc_of(r)->store, sql, n, params, cb, r);
-    if (rc == CMS_OK)
-        return CMS_EAGAIN;
-    if (rc == CMS_ELIMIT)
-        https_reply_error(r, 503, "busy", "too many database statements queued; retry");
-    else if (rc == CMS_ECLOSED)
-        https_reply_error(r, 503, "shutting_down", "the server is shutting down");
-    else
-        https_reply_error(r, 500, "internal_error", cms_strerror(rc));
-    return CMS_OK;
-}
-
-/*
- * Answers a failed statement. status: the store's; res: its error result
- * (CMS_EPROTO only). Our SQL functions raise 22023 for bad arguments and
- * P0002 for unknown names, with a message meant for the operator.
- */
-int admin__db_error_status(int status, const store_rows *res)
-{
-    if (status == CMS_EUNAVAIL || status == CMS_ECLOSED)
-        return 503;
-    const char *state = res ? store_rows_sqlstate(res) : NULL;
-    if (!state)
-        return 500;
-    if (strncmp(state, "22", 2) == 0) /* data exception: a value the peer sent */
-        return 400;
-    if (strcmp(state, "P0002") == 0)
-        return 404;
-    if (strncmp(state, "23", 2) == 0)
-        return 409;
-    return 500;
-}
-
-void admin__reply_db_error(https_req *r, int status, const store_rows *res)
-{
-    int code = admin__db_error_status(status, res);
-    const char *state = res ? store_rows_sqlstate(res) : NULL;
-    const char *msg = res ? store_rows_error(res) : NULL;
-    switch (code) {
-    case 503:
-        https_reply_error(r, 503, "database_unavailable",
-                          status == CMS_ECLOSED ? "the server is shutting down"
-                                                : "the database is unavailable or timed out");
-        break;
-    case 400:
-        https_reply_error(r, 400, "bad_request", msg);
-        break;
-    case 404:
-        https_reply_error(r, 404, "not_found", msg);
-        break;
-    case 409:
-        https_reply_error(r, 409, "conflict", msg);
-        break;
-    default:
-        log_error("db_error", NULL, r->peer_addr, "%s %s: SQLSTATE %s: %s", r->http->method_name,
-                  r->http->path, state ? state : "-", msg ? msg : "-");
-        https_reply_error(r, 500, "internal_error", "database error (see the server log)");
-    }
-}
-
-/*
- * Refuses a query string with parameters outside allowed (or repeated, or
- * malformed) with 400. Returns true when the request may go on.
- */
-bool admin__query_ok(https_req *r, const char *const *allowed)
-{
-    if (http_query_check(r->http->query, r->http->query_len, allowed) == CMS_OK)
-        return true;
-    char detail[200];
-    size_t n = (size_t)snprintf(detail, sizeof(detail),
-                                "unknown, repeated or malformed query parameter; allowed:");
-    for (size_t i = 0; allowed[i] && n < sizeof(detail); i++)
-        n += (size_t)snprintf(detail + n, sizeof(detail) - n, " %s", allowed[i]);
-    https_reply_error(r, 400, "bad_request", detail);
-    return false;
-}
+/* 400 for a value the peer sent (class 22: our functions raise 22023), 404
+ * for an unknown name (P0002), 409 for a constraint (class 23). */
+const svc__sqlstate admin__sqlstates[] = {
+    {"22", 400, "bad_request"},
+    {"P0002", 404, "not_found"},
+    {"23", 409, "conflict"},
+    {NULL, 0, NULL},
+};
 
 /*
  * Gets query parameter name into out. Returns 1 (present, non-empty), 0
@@ -153,40 +75,6 @@ int admin__query_uint(https_req *r, const char *name, long long max, long long *
     }
     *v = x;
     return 1;
-}
-
-/* Column by name, -1 when absent. */
-int admin__col(const store_rows *res, const char *name)
-{
-    return store_rows_col(res, name);
-}
-
-/* A text column as a JSON string, or null. */
-json_t *admin__j_text(const store_rows *res, int row, int c)
-{
-    if (c < 0 || store_rows_null(res, row, c))
-        return json_null();
-    json_t *s = json_string(store_rows_text(res, row, c));
-    return s ? s : json_string("?"); /* not UTF-8: cannot happen with a UTF8 database */
-}
-
-/* An integer column as a JSON integer, or null. */
-json_t *admin__j_int(const store_rows *res, int row, int c)
-{
-    if (c < 0 || store_rows_null(res, row, c))
-        return json_null();
-    return json_integer((json_int_t)strtoll(store_rows_text(res, row, c), NULL, 10));
-}
-
-/* Sets key of o from column name of row: text (or null). */
-void admin__set_text(json_t *o, const char *key, const store_rows *res, int row, const char *name)
-{
-    json_object_set_new(o, key, admin__j_text(res, row, admin__col(res, name)));
-}
-
-void admin__set_int(json_t *o, const char *key, const store_rows *res, int row, const char *name)
-{
-    json_object_set_new(o, key, admin__j_int(res, row, admin__col(res, name)));
 }
 
 /*

@@ -79,16 +79,6 @@ void svc__reply_error(https_req *r, int status, const char *error, const char *d
     free(body);
 }
 
-void svc__actor(const https_req *r, char *out, size_t cap)
-{
-    if (r->peer == HTTPS_PEER_OPERATOR)
-        snprintf(out, cap, "operator:%s", r->peer_cn);
-    else if (r->peer == HTTPS_PEER_DEVICE)
-        snprintf(out, cap, "device:%s", r->peer_cn);
-    else
-        snprintf(out, cap, "anonymous");
-}
-
 char *svc__bytea_param(const unsigned char *data, size_t len)
 {
     size_t cap = 2 + 2 * len + 1, n = 0;
@@ -120,11 +110,7 @@ int svc__sha256_param(const char *text, char out[SVC_SHA256_PARAM_SIZE])
 }
 
 /* The custom SQLSTATEs of sql/002_enrollment.sql. */
-static const struct {
-    const char *state;
-    int http;
-    const char *error;
-} sql_errors[] = {
+const svc__sqlstate svc__est_sqlstates[] = {
     {"CE001", 401, "token_unknown"},
     {"CE002", 409, "token_used"},
     {"CE003", 403, "token_expired"},
@@ -137,43 +123,8 @@ static const struct {
     {"CN001", 404, "not_found"},
     {"CN002", 409, "conflict"},
     {"CV001", 400, "bad_request"},
+    {NULL, 0, NULL},
 };
-
-void svc__db_error(int status, const store_rows *res, int *http_status, const char **error,
-                   char *detail, size_t cap)
-{
-    if (status == CMS_EPROTO && res) {
-        const char *st = store_rows_sqlstate(res);
-        const char *msg = store_rows_error(res);
-        for (size_t i = 0; st && i < sizeof(sql_errors) / sizeof(sql_errors[0]); i++) {
-            if (strcmp(st, sql_errors[i].state) == 0) {
-                *http_status = sql_errors[i].http;
-                *error = sql_errors[i].error;
-                snprintf(detail, cap, "%s", msg ? msg : "");
-                return;
-            }
-        }
-        log_error("db_error", NULL, NULL, "sqlstate=%s: %s", st ? st : "?", msg ? msg : "?");
-        *http_status = 500;
-        *error = "internal_error";
-        snprintf(detail, cap, "the database refused the operation (SQLSTATE %s)",
-                 st ? st : "?");
-        return;
-    }
-    if (status == CMS_EUNAVAIL || status == CMS_ELIMIT) {
-        *http_status = 503;
-        *error = "database_unavailable";
-        snprintf(detail, cap, "the registry is unavailable: retry later");
-    } else if (status == CMS_ECLOSED) {
-        *http_status = 503;
-        *error = "shutting_down";
-        snprintf(detail, cap, "the server is shutting down");
-    } else {
-        *http_status = 500;
-        *error = "internal_error";
-        snprintf(detail, cap, "unexpected answer from the registry (%s)", cms_strerror(status));
-    }
-}
 
 /* ---- jobs --------------------------------------------------------------------- */
 
@@ -198,7 +149,7 @@ static void tok_db_refuse(tok_job *j, int status, const store_rows *res)
     int http;
     const char *error;
     char detail[256];
-    svc__db_error(status, res, &http, &error, detail, sizeof(detail));
+    svc__db_error(j->r, status, res, svc__est_sqlstates, &http, &error, detail, sizeof(detail));
     if (http < 500) {
         char ev[64];
         snprintf(ev, sizeof(ev), "%s_refused", j->action);
@@ -239,7 +190,7 @@ static void on_token_created(void *ctx, int status, const store_rows *res)
         goto done;
     }
     char actor[96];
-    svc__actor(r, actor, sizeof(actor));
+    svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
     log_info("enroll_token_created", store_rows_text(res, 0, 1), r->peer_addr,
              "token %s by %s, expires %s", store_rows_text(res, 0, 0), actor,
              store_rows_text(res, 0, 3));
@@ -310,7 +261,7 @@ int enroll_token_create(https_req *r)
         goto done;
     }
     snprintf(ttl, sizeof(ttl), "%lld", (long long)t);
-    svc__actor(r, actor, sizeof(actor));
+    svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
     const char *params[6] = {json_string_value(serial),
                              json_is_string(model) ? json_string_value(model) : NULL,
                              ttl,
@@ -442,7 +393,7 @@ int enroll_token_revoke(https_req *r)
     }
     j->r = r;
     snprintf(j->action, sizeof(j->action), "enroll_token_revoke");
-    svc__actor(r, actor, sizeof(actor));
+    svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
     const char *params[3] = {id, actor, r->peer_addr};
     if (store_query(st->store, revoke_sql, 3, params, on_token_revoked, j) != CMS_OK) {
         svc__reply_error(r, 503, "busy", "the registry is busy: retry later", NULL, 0);

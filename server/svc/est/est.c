@@ -127,7 +127,7 @@ static void db_refuse(est_job *j, int status, const store_rows *res)
     int http;
     const char *error;
     char detail[256];
-    svc__db_error(status, res, &http, &error, detail, sizeof(detail));
+    svc__db_error(j->r, status, res, svc__est_sqlstates, &http, &error, detail, sizeof(detail));
     if (http >= 500)
         svc__reply_error(j->r, http, error, detail, NULL, 0);
     else

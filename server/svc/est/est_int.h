@@ -14,6 +14,7 @@
 #include "https.h"
 #include "pki.h"
 #include "svc.h"
+#include "../svc_int.h"
 
 /* svc_state.est when EST is configured (est_ca_cert set). */
 typedef struct est_state {
@@ -37,23 +38,17 @@ void svc__reply_error(https_req *r, int status, const char *error, const char *d
                       const http_field *extra, size_t n_extra);
 
 /*
- * Maps a store_query failure to an HTTP answer: the custom SQLSTATEs of
- * sql/002_enrollment.sql (CE0xx, CN0xx, CV001) become 4xx with the
- * function's message as detail; anything else a logged 500/503.
- *   status  the store_query_cb status (not CMS_OK); res may be NULL.
- * Fills *http_status, *error (static string) and detail (cap bytes).
+ * The custom SQLSTATEs of sql/002_enrollment.sql (CE0xx, CN0xx, CV001) as
+ * 4xx answers, for svc__db_error (svc_int.h): the function's message is the
+ * detail; anything else is a logged 500 or a 503.
  */
-void svc__db_error(int status, const store_rows *res, int *http_status, const char **error,
-                   char *detail, size_t cap);
+extern const svc__sqlstate svc__est_sqlstates[];
 
 /*
  * The request body as a JSON object (an empty body is {}). On error answers
  * r with 400 and returns NULL. The caller owns the result (json_decref).
  */
 json_t *svc__json_body(https_req *r);
-
-/* "operator:<CN>", "device:<CN>" or "anonymous" into out. */
-void svc__actor(const https_req *r, char *out, size_t cap);
 
 /*
  * Hex for a bytea parameter: "\\x" followed by 2*len hex digits, malloc'd

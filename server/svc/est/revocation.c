@@ -242,8 +242,8 @@ static void on_crl_current(void *ctx, int status, const store_rows *res)
         int http;
         const char *error;
         char detail[256];
-        svc__db_error(status == CMS_OK ? CMS_EINTERNAL : status, res, &http, &error, detail,
-                      sizeof(detail));
+        svc__db_error(j->r, status == CMS_OK ? CMS_EINTERNAL : status, res, svc__est_sqlstates,
+                      &http, &error, detail, sizeof(detail));
         svc__reply_error(j->r, http, error, detail, NULL, 0);
         crl_get_free(j);
         return;
@@ -454,7 +454,7 @@ static void on_revoked(void *ctx, int status, const store_rows *res)
         int http;
         const char *error;
         char detail[256], ev[64];
-        svc__db_error(status, res, &http, &error, detail, sizeof(detail));
+        svc__db_error(r, status, res, svc__est_sqlstates, &http, &error, detail, sizeof(detail));
         if (http < 500) {
             snprintf(ev, sizeof(ev), "%s_refused", rev_action[j->kind]);
             https_audit(r, ev, j->kind == REV_CERT ? NULL : j->subject,
@@ -523,7 +523,7 @@ static int revoke_start(https_req *r, enum rev_kind kind, const char *subject, b
     j->st = st;
     j->kind = kind;
     snprintf(j->subject, sizeof(j->subject), "%s", subject);
-    svc__actor(r, actor, sizeof(actor));
+    svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
     int rc;
     if (kind == REV_DECOMMISSION) {
         const char *params[3] = {subject, actor, r->peer_addr};

@@ -40,62 +40,18 @@
 
 /* ---- helpers shared by the firmware handlers ------------------------------------------ */
 
-int fw__submit(https_req *r, const char *sql, int n, const char *const *params, store_query_cb cb)
-{
-    int rc = store_query(fw__store(r), sql, n, params, cb, r);
-    if (rc == CMS_OK)
-        return CMS_EAGAIN;
-    if (rc == CMS_ELIMIT)
-        https_reply_error(r, 503, "busy", "too many database statements queued; retry");
-    else if (rc == CMS_ECLOSED)
-        https_reply_error(r, 503, "shutting_down", "the server is shutting down");
-    else
-        https_reply_error(r, 500, "internal_error", cms_strerror(rc));
-    return CMS_OK;
-}
-
-void fw__reply_db_error(https_req *r, int status, const store_rows *res)
-{
-    if (status == CMS_EUNAVAIL || status == CMS_ECLOSED) {
-        https_reply_error(r, 503, "database_unavailable",
-                          status == CMS_ECLOSED ? "the server is shutting down"
-                                                : "the database is unavailable or timed out");
-        return;
-    }
-    const char *state = res ? store_rows_sqlstate(res) : NULL;
-    const char *msg = res ? store_rows_error(res) : NULL;
-    state = state ? state : "";
-    msg = msg ? msg : "";
-    if (strncmp(state, "22", 2) == 0)
-        https_reply_error(r, 400, "bad_request", msg);
-    else if (strcmp(state, "P0002") == 0)
-        https_reply_error(r, 404, "not_found", msg);
-    else if (strcmp(state, "CF001") == 0)
-        https_reply_error(r, 403, "two_person_rule", msg);
-    else if (strcmp(state, "CF002") == 0 || strncmp(state, "23", 2) == 0)
-        https_reply_error(r, 409, "conflict", msg);
-    else if (strcmp(state, "42501") == 0)
-        https_reply_error(r, 403, "forbidden", msg);
-    else {
-        log_error("db_error", NULL, r->peer_addr, "%s %s: SQLSTATE %s: %s", r->http->method_name,
-                  r->http->path, state, msg);
-        https_reply_error(r, 500, "internal_error", "database error (see the server log)");
-    }
-}
-
-bool fw__query_ok(https_req *r, const char *const *allowed)
-{
-    if (http_query_check(r->http->query, r->http->query_len, allowed) == CMS_OK)
-        return true;
-    https_reply_error(r, 400, "bad_request", "unknown, repeated or malformed query parameter");
-    return false;
-}
-
-const char *fw__actor(https_req *r, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%s:%s", r->peer == HTTPS_PEER_OPERATOR ? "operator" : "device", r->peer_cn);
-    return buf;
-}
+/* 400 for a value the operator sent (class 22), 404 for an unknown release
+ * (P0002), 403 for the two-person rule (CF001) and a missing privilege
+ * (42501), 409 for a state conflict (CF002, class 23). */
+const svc__sqlstate fw__sqlstates[] = {
+    {"22", 400, "bad_request"},
+    {"P0002", 404, "not_found"},
+    {"CF001", 403, "two_person_rule"},
+    {"CF002", 409, "conflict"},
+    {"23", 409, "conflict"},
+    {"42501", 403, "forbidden"},
+    {NULL, 0, NULL},
+};
 
 bool fw__parse_id(const char *s, int64_t *out)
 {
@@ -126,27 +82,6 @@ int fw__unhex_alloc(const char *hex, unsigned char **out, size_t *out_len)
     }
     *out_len = n / 2;
     return CMS_OK;
-}
-
-static const char *col(const store_rows *res, int row, const char *name)
-{
-    int c = store_rows_col(res, name);
-    if (c < 0 || store_rows_null(res, row, c))
-        return NULL;
-    return store_rows_text(res, row, c);
-}
-
-/* Adds name (text, integer or null) from the result row to o. */
-static void put_text(json_t *o, const store_rows *res, int row, const char *name)
-{
-    const char *v = col(res, row, name);
-    json_object_set_new(o, name, v ? json_string(v) : json_null());
-}
-
-static void put_int(json_t *o, const store_rows *res, int row, const char *name)
-{
-    const char *v = col(res, row, name);
-    json_object_set_new(o, name, v ? json_integer(strtoll(v, NULL, 10)) : json_null());
 }
 
 /* ---- import --------------------------------------------------------------------------- */
@@ -200,23 +135,24 @@ static void import_done(void *ctx, int status, const store_rows *res)
     import_job *j = ctx;
     https_req *r = j->r;
     if (status != CMS_OK) {
-        const char *state = res ? store_rows_sqlstate(res) : NULL;
-        const char *msg = res ? store_rows_error(res) : NULL;
+        const char *state = store_rows_sqlstate(res);
+        const char *msg = store_rows_error(res);
         if (state && (strcmp(state, "CF002") == 0 || strcmp(state, "CF003") == 0)) {
             import_refuse(j, 409, "conflict", msg);
             return;
         }
-        fw__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, fw__sqlstates);
         import_free(j);
         return;
     }
-    bool created = strcmp(col(res, 0, "outcome"), "imported") == 0;
-    json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:I, s:s, s:I, s:s, s:s}", "id",
-                          (json_int_t)strtoll(col(res, 0, "id"), NULL, 10), "outcome",
-                          col(res, 0, "outcome"), "model", j->d.model, "version", j->d.version,
-                          "security_counter", (json_int_t)j->d.security_counter, "sha256",
-                          j->d.sha256_hex, "length", (json_int_t)j->d.length, "publisher_keyid",
-                          j->keyid, "imported_by", col(res, 0, "imported_by"));
+    bool created = strcmp(store_rows_get(res, 0, "outcome"), "imported") == 0;
+    json_t *o =
+        json_pack("{s:I, s:s, s:s, s:s, s:I, s:s, s:I, s:s, s:s}", "id",
+                  (json_int_t)strtoll(store_rows_get(res, 0, "id"), NULL, 10), "outcome",
+                  store_rows_get(res, 0, "outcome"), "model", j->d.model, "version", j->d.version,
+                  "security_counter", (json_int_t)j->d.security_counter, "sha256", j->d.sha256_hex,
+                  "length", (json_int_t)j->d.length, "publisher_keyid", j->keyid, "imported_by",
+                  store_rows_get(res, 0, "imported_by"));
     log_info("fw_imported", NULL, r->peer_addr, "release %s %s (%s, %llu bytes) %s by %s",
              j->d.model, j->d.version, j->d.sha256_hex, (unsigned long long)j->d.length,
              created ? "imported" : "already present", j->actor);
@@ -264,7 +200,7 @@ static void import_chunk_done(void *ctx, int status, const store_rows *res)
 {
     import_job *j = ctx;
     if (status != CMS_OK) {
-        fw__reply_db_error(j->r, status, res);
+        svc__reply_db_error(j->r, status, res, fw__sqlstates);
         import_free(j);
         return;
     }
@@ -303,12 +239,12 @@ static void import_begun(void *ctx, int status, const store_rows *res)
 {
     import_job *j = ctx;
     if (status != CMS_OK) {
-        const char *state = res ? store_rows_sqlstate(res) : NULL;
+        const char *state = store_rows_sqlstate(res);
         if (state && strcmp(state, "CF003") == 0) {
             import_refuse(j, 409, "conflict", store_rows_error(res));
             return;
         }
-        fw__reply_db_error(j->r, status, res);
+        svc__reply_db_error(j->r, status, res, fw__sqlstates);
         import_free(j);
         return;
     }
@@ -375,7 +311,7 @@ int fw_import(https_req *r)
     j->r = r;
     j->body = (const unsigned char *)r->http->body;
     j->body_len = r->http->body_len;
-    fw__actor(r, j->actor, sizeof(j->actor));
+    svc__actor(r->peer, r->peer_cn, j->actor, sizeof(j->actor));
     const char *dh = http_request_header(r->http, "fw-descriptor");
     const char *sh = http_request_header(r->http, "fw-signature");
     if (!dh || !sh || http_request_header_count(r->http, "fw-descriptor") != 1 ||
@@ -443,17 +379,17 @@ int fw_import(https_req *r)
 static json_t *release_json(const store_rows *res, int i)
 {
     json_t *o = json_object();
-    put_int(o, res, i, "id");
-    put_text(o, res, i, "model");
-    put_text(o, res, i, "version");
-    put_int(o, res, i, "security_counter");
-    put_text(o, res, i, "sha256");
-    put_int(o, res, i, "length");
-    put_text(o, res, i, "publisher_keyid");
-    put_text(o, res, i, "imported_by");
-    put_text(o, res, i, "imported_at");
-    put_int(o, res, i, "active_approvals");
-    put_int(o, res, i, "installed_devices");
+    svc__set_int(o, "id", res, i, "id");
+    svc__set_text(o, "model", res, i, "model");
+    svc__set_text(o, "version", res, i, "version");
+    svc__set_int(o, "security_counter", res, i, "security_counter");
+    svc__set_text(o, "sha256", res, i, "sha256");
+    svc__set_int(o, "length", res, i, "length");
+    svc__set_text(o, "publisher_keyid", res, i, "publisher_keyid");
+    svc__set_text(o, "imported_by", res, i, "imported_by");
+    svc__set_text(o, "imported_at", res, i, "imported_at");
+    svc__set_int(o, "active_approvals", res, i, "active_approvals");
+    svc__set_int(o, "installed_devices", res, i, "installed_devices");
     return o;
 }
 
@@ -465,7 +401,7 @@ static void list_done(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
-        fw__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, fw__sqlstates);
         return;
     }
     json_t *a = json_array();
@@ -478,7 +414,7 @@ int fw_list(https_req *r)
 {
     static const char *const allowed[] = {"model", NULL};
     char model[FW_MODEL_MAX + 1];
-    if (!fw__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     int has =
         http_query_get(r->http->query, r->http->query_len, "model", model, sizeof(model), NULL);
@@ -487,10 +423,10 @@ int fw_list(https_req *r)
         return CMS_OK;
     }
     const char *p[] = {has == 1 ? model : NULL};
-    return fw__submit(r,
-                      "SELECT " RELEASE_COLS " FROM cms.fw_release_list "
-                      "WHERE $1::text IS NULL OR model = $1 ORDER BY id DESC LIMIT 1000",
-                      1, p, list_done);
+    return svc__submit(r,
+                       "SELECT " RELEASE_COLS " FROM cms.fw_release_list "
+                       "WHERE $1::text IS NULL OR model = $1 ORDER BY id DESC LIMIT 1000",
+                       1, p, list_done);
 }
 
 /* ---- status ----------------------------------------------------------------------------- */
@@ -503,7 +439,7 @@ typedef struct status_job {
 
 static void status_fail(status_job *j, int status, const store_rows *res)
 {
-    fw__reply_db_error(j->r, status, res);
+    svc__reply_db_error(j->r, status, res, fw__sqlstates);
     json_decref(j->out);
     free(j);
 }
@@ -519,17 +455,17 @@ static void status_devices(void *ctx, int status, const store_rows *res)
     json_t *counts = json_object();
     for (int i = 0; i < store_rows_count(res); i++) {
         json_t *o = json_object();
-        put_text(o, res, i, "serial");
-        put_text(o, res, i, "model");
-        put_text(o, res, i, "device_status");
-        put_text(o, res, i, "firmware_version");
-        put_text(o, res, i, "via");
-        put_text(o, res, i, "state");
-        put_text(o, res, i, "reason");
-        put_int(o, res, i, "manifest_counter");
-        put_text(o, res, i, "updated_at");
+        svc__set_text(o, "serial", res, i, "serial");
+        svc__set_text(o, "model", res, i, "model");
+        svc__set_text(o, "device_status", res, i, "device_status");
+        svc__set_text(o, "firmware_version", res, i, "firmware_version");
+        svc__set_text(o, "via", res, i, "via");
+        svc__set_text(o, "state", res, i, "state");
+        svc__set_text(o, "reason", res, i, "reason");
+        svc__set_int(o, "manifest_counter", res, i, "manifest_counter");
+        svc__set_text(o, "updated_at", res, i, "updated_at");
         json_array_append_new(a, o);
-        const char *st = col(res, i, "state");
+        const char *st = store_rows_get(res, i, "state");
         if (st) {
             json_t *c = json_object_get(counts, st);
             json_object_set_new(counts, st, json_integer(c ? json_integer_value(c) + 1 : 1));
@@ -551,13 +487,13 @@ static void status_approvals(void *ctx, int status, const store_rows *res)
     json_t *a = json_array();
     for (int i = 0; i < store_rows_count(res); i++) {
         json_t *o = json_object();
-        put_int(o, res, i, "id");
-        put_text(o, res, i, "device");
-        put_text(o, res, i, "group");
-        put_text(o, res, i, "approved_by");
-        put_text(o, res, i, "approved_at");
-        put_text(o, res, i, "withdrawn_by");
-        put_text(o, res, i, "withdrawn_at");
+        svc__set_int(o, "id", res, i, "id");
+        svc__set_text(o, "device", res, i, "device");
+        svc__set_text(o, "group", res, i, "group");
+        svc__set_text(o, "approved_by", res, i, "approved_by");
+        svc__set_text(o, "approved_at", res, i, "approved_at");
+        svc__set_text(o, "withdrawn_by", res, i, "withdrawn_by");
+        svc__set_text(o, "withdrawn_at", res, i, "withdrawn_at");
         json_array_append_new(a, o);
     }
     json_object_set_new(j->out, "approvals", a);
@@ -632,7 +568,7 @@ int fw_status(https_req *r)
 {
     static const char *const allowed[] = {NULL};
     int64_t id;
-    if (!fw__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     if (!fw__parse_id(r->params[0], &id)) {
         https_reply_error(r, 404, "not_found", "release ids are positive integers");
@@ -677,8 +613,8 @@ static void change_done(void *ctx, int status, const store_rows *res)
     change_job *j = ctx;
     https_req *r = j->r;
     if (status != CMS_OK) {
-        const char *state = res ? store_rows_sqlstate(res) : NULL;
-        const char *msg = res ? store_rows_error(res) : NULL;
+        const char *state = store_rows_sqlstate(res);
+        const char *msg = store_rows_error(res);
         if (status == CMS_EPROTO) { /* a refusal: audited (the transaction rolled back) */
             json_t *d = json_pack("{s:s, s:s, s:s, s:s}", "release_id", j->id, "sqlstate",
                                   state ? state : "", "reason", msg ? msg : "", "action",
@@ -691,7 +627,7 @@ static void change_done(void *ctx, int status, const store_rows *res)
                      "release %s: %s", j->id, msg ? msg : "");
             https_audit(r, j->approve ? "fw_approve_refused" : "fw_withdraw_refused", NULL, d);
         }
-        fw__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, fw__sqlstates);
         change_free(j);
         return;
     }
@@ -737,7 +673,7 @@ static int change(https_req *r, bool approve)
     int64_t id;
     char why[200], actor[96];
     json_error_t jerr;
-    if (!fw__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     if (!fw__parse_id(r->params[0], &id)) {
         https_reply_error(r, 404, "not_found", "release ids are positive integers");
@@ -779,8 +715,8 @@ static int change(https_req *r, bool approve)
         return CMS_OK;
     }
     json_decref(body);
-    const char *p[] = {j->id, j->devices, j->groups, fw__actor(r, actor, sizeof(actor)),
-                       r->peer_addr};
+    svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
+    const char *p[] = {j->id, j->devices, j->groups, actor, r->peer_addr};
     int rc = store_query(fw__store(r),
                          approve ? "SELECT kind, name, outcome FROM cms.fw_approve($1::bigint, "
                                    "$2::jsonb, $3::jsonb, $4, $5)"

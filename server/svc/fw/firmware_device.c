@@ -43,7 +43,7 @@ static void manifest_done(void *ctx, int status, const store_rows *res)
     char *doc = NULL;
     size_t doc_len = 0;
     if (status != CMS_OK) {
-        fw__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, fw__sqlstates);
         return;
     }
     if (store_rows_count(res) == 0) {
@@ -96,7 +96,7 @@ int fw_manifest_get(https_req *r)
         https_reply_error(r, 503, "not_configured", "no fw_distribution_key configured");
         return CMS_OK;
     }
-    if (!fw__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     int has = http_query_get(r->http->query, r->http->query_len, "installed", installed,
                              sizeof(installed), NULL);
@@ -124,11 +124,11 @@ int fw_manifest_get(https_req *r)
     snprintf(dev, sizeof(dev), "%lld", (long long)r->device_id);
     snprintf(num, sizeof(num), "%llu", (unsigned long long)inum);
     const char *p[] = {dev, installed, num, has == 1 ? ctr : NULL, r->peer_addr};
-    return fw__submit(r,
-                      "SELECT release_id, serial, model, version, security_counter, sha256, "
-                      "length, descriptor, publisher_sig, publisher_keyid, manifest_counter "
-                      "FROM cms.fw_manifest_next($1::bigint, $2, $3::bigint, $4::bigint, $5)",
-                      5, p, manifest_done);
+    return svc__submit(r,
+                       "SELECT release_id, serial, model, version, security_counter, sha256, "
+                       "length, descriptor, publisher_sig, publisher_keyid, manifest_counter "
+                       "FROM cms.fw_manifest_next($1::bigint, $2, $3::bigint, $4::bigint, $5)",
+                       5, p, manifest_done);
 }
 
 /* ---- report ---------------------------------------------------------------------------- */
@@ -137,7 +137,7 @@ static void report_done(void *ctx, int status, const store_rows *res)
 {
     https_req *r = ctx;
     if (status != CMS_OK) {
-        fw__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, fw__sqlstates);
         return;
     }
     const char *rid = store_rows_count(res) == 1 && !store_rows_null(res, 0, 0)
@@ -207,10 +207,10 @@ int fw_report(https_req *r)
     }
     snprintf(dev, sizeof(dev), "%lld", (long long)r->device_id);
     const char *p[] = {dev, status, version, hex ? sha : NULL, reason, r->peer_addr};
-    int rc = fw__submit(r,
-                        "SELECT release_id, state FROM cms.fw_report($1::bigint, $2, $3, "
-                        "$4::bytea, $5, $6)",
-                        6, p, report_done);
+    int rc = svc__submit(r,
+                         "SELECT release_id, state FROM cms.fw_report($1::bigint, $2, $3, "
+                         "$4::bytea, $5, $6)",
+                         6, p, report_done);
     json_decref(b); /* params were copied by store_query */
     return rc;
 }

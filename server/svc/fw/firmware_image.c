@@ -842,7 +842,7 @@ static void on_authorized(void *ctx, int status, const store_rows *res)
     https_req *r = d->r;
     d->fs_busy = false;
     if (status != CMS_OK) {
-        fw__reply_db_error(r, status, res);
+        svc__reply_db_error(r, status, res, fw__sqlstates);
         d->ended = true;
         dl_release(d);
         return;
@@ -915,7 +915,7 @@ int fw_image_get(https_req *r)
         https_reply_error(r, 503, "not_configured", "no fw_distribution_key configured");
         return CMS_OK;
     }
-    if (!fw__query_ok(r, allowed))
+    if (!svc__query_ok(r, allowed))
         return CMS_OK;
     fw_dl *d = calloc(1, sizeof(*d));
     if (!d) {

@@ -15,6 +15,7 @@
 #include "https.h"
 #include "store.h"
 #include "svc.h"
+#include "../svc_int.h"
 
 /* A cache file whose SHA-256 a worker verified: its identity, the store
  * generation it was checked against, and when. */
@@ -63,14 +64,9 @@ static inline store_t *fw__store(https_req *r)
     return ((svc_state *)r->ctx->svc)->store;
 }
 
-/* Runs sql on the control connection with r as ctx; returns what the handler returns. */
-int fw__submit(https_req *r, const char *sql, int n, const char *const *params, store_query_cb cb);
-/* Answers a failed statement (status/res from the store callback). */
-void fw__reply_db_error(https_req *r, int status, const store_rows *res);
-/* Refuses a query string outside allowed with 400; true when it is fine. */
-bool fw__query_ok(https_req *r, const char *const *allowed);
-/* "operator:<CN>" / "device:<CN>" into buf. */
-const char *fw__actor(https_req *r, char *buf, size_t cap);
+/* The room's answers to SQLSTATEs (svc__db_error): 400 class 22, 404 P0002,
+ * 403 CF001 (two-person rule) and 42501, 409 CF002 and class 23. */
+extern const svc__sqlstate fw__sqlstates[];
 /* Parses a positive decimal id (release ids). */
 bool fw__parse_id(const char *s, int64_t *out);
 /* Decodes hex text (from encode(x,'hex')) into a new buffer (free()). */
