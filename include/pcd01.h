@@ -2,20 +2,22 @@
  * pcd01.h - IHE PCD-01 (HL7 v2.6 ORU^R01) content extraction.
  *
  * Turns a parsed hl7_msg into a flat, self-contained pcd01_msg (all text is
- * unescaped and copied, so the frame buffer may be released). Validation that
+ * unescaped and copied, so the frame buffer may be released), whose vitals
+ * member is the record the store consumes (vitals.h). Validation that
  * is about the message alone happens here; identity (is this device allowed
  * to say this?) is the ingest service's job.
  *
  * Mapping:
  *   MSH-3 (all components, e.g. "MON-0002^MON-0002^L" or "X^0012..^EUI-64")
  *         -> sending_app[] (component 1..3 unescaped)
- *   MSH-4 -> sending_facility, MSH-7 -> msg_time, MSH-9 -> msg_type/trigger,
- *   MSH-10 -> control_id (required), MSH-12 -> version (2.x required),
- *   PID-3 first repetition: component 1 -> patient_id, 4.1 -> patient_authority,
- *   PV1-3 -> location ("CCU^^BED-07" becomes "CCU^^BED-07"-style joined text:
+ *   MSH-4 -> sending_facility, MSH-7 -> vitals.msg_time, MSH-9 -> msg_type/trigger,
+ *   MSH-10 -> vitals.control_id (required), MSH-12 -> version (2.x required),
+ *   PID-3 first repetition: component 1 -> vitals.patient_id, 4.1 ->
+ *         vitals.patient_authority,
+ *   PV1-3 -> vitals.location ("CCU^^BED-07" becomes "CCU^^BED-07"-style joined text:
  *           components joined with '^', trailing empties trimmed),
  *   OBR-7 -> obr_time,
- *   OBX with value type NM -> one observation each (obs[]):
+ *   OBX with value type NM -> one observation each (vitals.obs[]):
  *     OBX-1 set id, OBX-3.1 code, OBX-3.2 label, OBX-3.3 coding system,
  *     OBX-4 sub id, OBX-5 value (must parse as a finite decimal number),
  *     OBX-6.1/6.2/6.3 unit code/label/system, OBX-11 status,
@@ -71,30 +73,16 @@
 
 #include <stddef.h>
 #include "hl7.h"
+#include "vitals.h"
 
-#define PCD01_MAX_OBS 128
-#define PCD01_ID_LEN 64      /* identifiers: control id, device ids, codes */
-#define PCD01_TEXT_LEN 128   /* labels, locations */
-#define PCD01_TIME_LEN 40    /* hl7_time_format output */
+#define PCD01_MAX_OBS VITALS_MAX_OBS
+#define PCD01_ID_LEN VITALS_ID_LEN     /* identifiers: device ids, codes */
+#define PCD01_TEXT_LEN VITALS_TEXT_LEN /* labels, locations */
+#define PCD01_TIME_LEN VITALS_TIME_LEN /* hl7_time_format output */
 #define PCD01_MAX_TEXTS 64   /* ST/CWE/CE observations per message */
 #define PCD01_VALUE_LEN 256  /* an ST value, a facet value */
 #define PCD01_MAX_WAVES 32   /* waveform blocks per message (MA: one per channel) */
 #define PCD01_MAX_FACETS 64  /* kept (unmapped) facet rows per message */
-
-typedef struct pcd01_obs {
-    unsigned set_id;
-    char code[PCD01_ID_LEN];          /* OBX-3.1, e.g. "150456" */
-    char label[PCD01_TEXT_LEN];       /* OBX-3.2, e.g. "MDC_PULS_OXIM_SAT_O2" */
-    char coding_system[PCD01_ID_LEN]; /* OBX-3.3, e.g. "MDC" */
-    char sub_id[PCD01_ID_LEN];        /* OBX-4, e.g. "1.22.1.1" */
-    double value;                     /* OBX-5 */
-    char value_text[PCD01_ID_LEN];    /* OBX-5 as sent (exact decimal text) */
-    char unit_code[PCD01_ID_LEN];     /* OBX-6.1, e.g. "262688" (may be "") */
-    char unit_label[PCD01_TEXT_LEN];  /* OBX-6.2, e.g. "MDC_DIM_PERCENT" */
-    char status[8];                   /* OBX-11, e.g. "R", "F" */
-    char observed_at[PCD01_TIME_LEN]; /* hl7_time_format of OBX-14/OBR-7/MSH-7 */
-    char equipment_id[PCD01_ID_LEN];  /* OBX-18.1 of the first repetition, or "" */
-} pcd01_obs;
 
 /* An ST, CWE or CE observation. */
 typedef struct pcd01_text {
@@ -113,22 +101,23 @@ typedef struct pcd01_text {
     char equipment_id[PCD01_ID_LEN];  /* OBX-18.1 or "" */
 } pcd01_text;
 
+/*
+ * A message: the MSH fields an ACK echoes and the identity check reads, the
+ * text observations, and (vitals) the record the store consumes: MSH-10
+ * control id, MSH-7, PID-3, PV1-3 and the NM observations (vitals.h).
+ * vitals is filled in place; a caller may clear the struct only up to
+ * vitals.obs (offsetof) before each message.
+ */
 typedef struct pcd01_msg {
-    char control_id[PCD01_ID_LEN + 136]; /* MSH-10, up to 199 chars in v2.6 */
     char sending_app[3][PCD01_ID_LEN];   /* MSH-3 components 1..3 */
     char sending_facility[PCD01_ID_LEN]; /* MSH-4.1 */
     char msg_type[8];                    /* MSH-9.1, "ORU" */
     char trigger[8];                     /* MSH-9.2, "R01" */
     char version[16];                    /* MSH-12.1, "2.6" */
-    char msg_time[PCD01_TIME_LEN];       /* MSH-7 formatted, "" if absent */
-    char patient_id[PCD01_ID_LEN];       /* PID-3.1, "" if no PID */
-    char patient_authority[PCD01_ID_LEN];/* PID-3.4.1 */
-    char location[PCD01_TEXT_LEN];       /* PV1-3 */
     char obr_time[PCD01_TIME_LEN];       /* OBR-7 formatted */
-    size_t nobs;
-    pcd01_obs obs[PCD01_MAX_OBS];
     size_t skipped_obx;                  /* OBX rows not stored (see above) */
     size_t ntexts;
+    vitals_msg vitals;                   /* its obs[] last, then texts[] */
     pcd01_text texts[PCD01_MAX_TEXTS];   /* ST/CWE/CE observations */
 } pcd01_msg;
 

@@ -36,7 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
-#include "pcd01.h"
+#include "vitals.h"
 
 typedef struct store store_t;
 
@@ -90,8 +90,8 @@ typedef void (*store_ingest_cb)(void *ctx, int status, bool duplicate);
  * already queued, CMS_ENOMEM, or CMS_ECLOSED after store_close (cb is not
  * called on error).
  */
-int store_ingest(store_t *s, int64_t device_id, const pcd01_msg *msg,
-                 store_ingest_cb cb, void *ctx);
+int store_ingest(store_t *s, int64_t device_id, const vitals_msg *msg, store_ingest_cb cb,
+                 void *ctx);
 
 /* Messages queued or in flight (for backpressure decisions). */
 size_t store_backlog(const store_t *s);

@@ -75,7 +75,7 @@ static int pcd01__obx(pcd__ctx *x, size_t seg, pcd01_msg *out, pcd__wavestate *w
                       const char *fallback_time)
 {
     char vtype[8];
-    pcd01_obs *o;
+    vitals_obs *o;
     hl7_str value;
     hl7_fields fs;
     int rc;
@@ -111,10 +111,10 @@ static int pcd01__obx(pcd__ctx *x, size_t seg, pcd01_msg *out, pcd__wavestate *w
         out->skipped_obx++;
         return CMS_OK;
     }
-    if (out->nobs >= PCD01_MAX_OBS)
+    if (out->vitals.nobs >= PCD01_MAX_OBS)
         return pcd__fail(x, CMS_ELIMIT, "207", "more than %d numeric observations", PCD01_MAX_OBS);
 
-    o = &out->obs[out->nobs];
+    o = &out->vitals.obs[out->vitals.nobs];
     memset(o, 0, sizeof(*o));
     if (pcd__uint(hl7_fields_get(&fs, 1, 0, 0, 0), &o->set_id) < 0)
         return pcd__fail(x, CMS_EPROTO, "102", "segment %zu: OBX-1 is not a set id", seg + 1);
@@ -138,7 +138,7 @@ static int pcd01__obx(pcd__ctx *x, size_t seg, pcd01_msg *out, pcd__wavestate *w
                          "segment %zu: OBX-5 of an NM observation is not a finite number", seg + 1);
     if (o->observed_at[0] == '\0')
         memcpy(o->observed_at, fallback_time, strlen(fallback_time) + 1);
-    out->nobs++;
+    out->vitals.nobs++;
     return CMS_OK;
 }
 
@@ -176,7 +176,7 @@ static int pcd01__run(const hl7_msg *m, pcd01_msg *out, pcd01_waves *waves, pcd_
                 memcpy(out->obr_time, cur_obr_time, sizeof(cur_obr_time));
             seen_obr = 1;
         } else if (memcmp(name.p, "OBX", 3) == 0) {
-            obr_time = cur_obr_time[0] ? cur_obr_time : out->msg_time;
+            obr_time = cur_obr_time[0] ? cur_obr_time : out->vitals.msg_time;
             rc = pcd01__obx(x, i, out, &ws, obr_time);
         }
         if (rc < 0)

@@ -365,7 +365,7 @@ static int close_alarm(r40 *r)
                              seg + 1);
     }
     if (a->event_at[0] == '\0') {
-        const char *t = r->obr_time[0] ? r->obr_time : r->hdr->msg_time;
+        const char *t = r->obr_time[0] ? r->obr_time : r->hdr->vitals.msg_time;
         memcpy(a->event_at, t, strlen(t) + 1);
     }
     r->out->nalarms++;

@@ -90,13 +90,13 @@ int pcd__header(pcd__ctx *x, pcd01_msg *out);
 /*
  * The checks every PCD message passes after pcd__header: MSH-10 present,
  * MSH-9 is type^trigger (else CMS_EINVAL, 200), version 2.x (CMS_EINVAL,
- * 203), MSH-7 a valid time (into out->msg_time).
+ * 203), MSH-7 a valid time (into out->vitals.msg_time).
  */
 int pcd__check_header(pcd__ctx *x, pcd01_msg *out, const char *type, const char *trigger);
 
 /* PID (first): PID-3.1 and 3.4.1 into out. */
 int pcd__pid(pcd__ctx *x, size_t seg, pcd01_msg *out);
-/* PV1 (first): PV1-3 into out->location. */
+/* PV1 (first): PV1-3 into out->vitals.location. */
 int pcd__pv1(pcd__ctx *x, size_t seg, pcd01_msg *out);
 
 /* OBX-18: component 1 of the first repetition that has one ("" if none). */

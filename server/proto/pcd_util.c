@@ -257,19 +257,19 @@ int pcd__header(pcd__ctx *x, pcd01_msg *out)
 {
     int rc;
 
-    out->control_id[0] = '\0';
+    out->vitals.control_id[0] = '\0';
     for (size_t i = 0; i < 3; i++)
         out->sending_app[i][0] = '\0';
     out->sending_facility[0] = '\0';
     out->msg_type[0] = '\0';
     out->trigger[0] = '\0';
     out->version[0] = '\0';
-    out->msg_time[0] = '\0';
-    out->patient_id[0] = '\0';
-    out->patient_authority[0] = '\0';
-    out->location[0] = '\0';
+    out->vitals.msg_time[0] = '\0';
+    out->vitals.patient_id[0] = '\0';
+    out->vitals.patient_authority[0] = '\0';
+    out->vitals.location[0] = '\0';
     out->obr_time[0] = '\0';
-    out->nobs = 0;
+    out->vitals.nobs = 0;
     out->skipped_obx = 0;
     out->ntexts = 0;
 
@@ -278,7 +278,8 @@ int pcd__header(pcd__ctx *x, pcd01_msg *out)
 
     /* Best effort: every field is tried so that an AR can echo what could
      * be read; the first failure is returned. */
-    rc = pcd__get(x, 0, 10, 0, 0, 0, out->control_id, sizeof(out->control_id), "MSH-10");
+    rc = pcd__get(x, 0, 10, 0, 0, 0, out->vitals.control_id, sizeof(out->vitals.control_id),
+                  "MSH-10");
     for (unsigned c = 1; c <= 3; c++)
         pcd__keep(&rc, pcd__get(x, 0, 3, 1, c, 0, out->sending_app[c - 1],
                                 sizeof(out->sending_app[0]), "MSH-3"));
@@ -292,30 +293,31 @@ int pcd__header(pcd__ctx *x, pcd01_msg *out)
 
 int pcd__check_header(pcd__ctx *x, pcd01_msg *out, const char *type, const char *trigger)
 {
-    if (out->control_id[0] == '\0')
+    if (out->vitals.control_id[0] == '\0')
         return pcd__fail(x, CMS_EPROTO, "101", "MSH-10 (message control id) is missing");
     if (strcmp(out->msg_type, type) != 0 || strcmp(out->trigger, trigger) != 0)
         return pcd__fail(x, CMS_EINVAL, "200", "only ORU^R01 and ORU^R40 are accepted");
     if (strncmp(out->version, "2.", 2) != 0 || out->version[2] < '0' || out->version[2] > '9')
         return pcd__fail(x, CMS_EINVAL, "203", "unsupported HL7 version (2.x required)");
-    return pcd__time(x, hl7_get(x->m, 0, 7, 1, 1, 0), out->msg_time, sizeof(out->msg_time), 0,
-                     "MSH-7");
+    return pcd__time(x, hl7_get(x->m, 0, 7, 1, 1, 0), out->vitals.msg_time,
+                     sizeof(out->vitals.msg_time), 0, "MSH-7");
 }
 
 int pcd__pid(pcd__ctx *x, size_t seg, pcd01_msg *out)
 {
-    int rc = pcd__get(x, seg, 3, 1, 1, 0, out->patient_id, sizeof(out->patient_id), "PID-3.1");
+    int rc = pcd__get(x, seg, 3, 1, 1, 0, out->vitals.patient_id, sizeof(out->vitals.patient_id),
+                      "PID-3.1");
 
     if (rc == CMS_OK)
-        rc = pcd__get(x, seg, 3, 1, 4, 1, out->patient_authority, sizeof(out->patient_authority),
-                      "PID-3.4");
+        rc = pcd__get(x, seg, 3, 1, 4, 1, out->vitals.patient_authority,
+                      sizeof(out->vitals.patient_authority), "PID-3.4");
     return rc;
 }
 
 int pcd__pv1(pcd__ctx *x, size_t seg, pcd01_msg *out)
 {
-    return pcd__joined(x, seg, hl7_get(x->m, seg, 3, 0, 0, 0), out->location, sizeof(out->location),
-                       "PV1-3", NULL);
+    return pcd__joined(x, seg, hl7_get(x->m, seg, 3, 0, 0, 0), out->vitals.location,
+                       sizeof(out->vitals.location), "PV1-3", NULL);
 }
 
 int pcd__equipment(pcd__ctx *x, const hl7_fields *fs, char *out, size_t cap)

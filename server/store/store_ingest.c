@@ -149,13 +149,13 @@ static void now_text(char out[40])
     snprintf(out + n, 40 - n, ".%06d+00:00", (int)(ts.tv_nsec / 1000 % 1000000));
 }
 
-static ingest_item *item_new(int64_t device_id, const pcd01_msg *m)
+static ingest_item *item_new(int64_t device_id, const vitals_msg *m)
 {
-    size_t nobs = m->nobs > PCD01_MAX_OBS ? PCD01_MAX_OBS : m->nobs;
+    size_t nobs = m->nobs > VITALS_MAX_OBS ? VITALS_MAX_OBS : m->nobs;
     size_t strs = slen(m->control_id) + slen(m->patient_authority) + slen(m->patient_id) +
                   slen(m->location) + slen(m->msg_time);
     for (size_t i = 0; i < nobs; i++) {
-        const pcd01_obs *o = &m->obs[i];
+        const vitals_obs *o = &m->obs[i];
         strs += slen(o->code) + slen(o->label) + slen(o->coding_system) + slen(o->sub_id) +
                 slen(o->value_text) + slen(o->unit_code) + slen(o->unit_label) + slen(o->status) +
                 slen(o->observed_at) + slen(o->equipment_id);
@@ -175,7 +175,7 @@ static ingest_item *item_new(int64_t device_id, const pcd01_msg *m)
     now_text(it->received_at);
     it->nobs = nobs;
     for (size_t i = 0; i < nobs; i++) {
-        const pcd01_obs *o = &m->obs[i];
+        const vitals_obs *o = &m->obs[i];
         ingest_obs *d = &it->obs[i];
         d->set_id = o->set_id;
         d->value = o->value;
@@ -307,7 +307,8 @@ void store__ingest_kick(store_t *s)
     store__conn_send(&s->ingest, "ingest_batch", ingest_sql, STORE_NARRAYS, vals);
 }
 
-int store_ingest(store_t *s, int64_t device_id, const pcd01_msg *msg, store_ingest_cb cb, void *ctx)
+int store_ingest(store_t *s, int64_t device_id, const vitals_msg *msg, store_ingest_cb cb,
+                 void *ctx)
 {
     if (s->closing)
         return CMS_ECLOSED;

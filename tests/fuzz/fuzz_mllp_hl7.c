@@ -145,9 +145,9 @@ static void check_full(const hl7_msg *m, int rc_plain)
         check(0, "the full extraction accepts what the plain one refused");
     if (rc != CMS_OK)
         return;
-    check(pcd_full.nobs == pcd.nobs, "same vitals with and without waveforms");
-    for (size_t i = 0; i < pcd_full.nobs; i++)
-        check(strcmp(pcd_full.obs[i].code, pcd.obs[i].code) == 0, "same vital codes");
+    check(pcd_full.vitals.nobs == pcd.vitals.nobs, "same vitals with and without waveforms");
+    for (size_t i = 0; i < pcd_full.vitals.nobs; i++)
+        check(strcmp(pcd_full.vitals.obs[i].code, pcd.vitals.obs[i].code) == 0, "same vital codes");
     check(waves.nwaves <= PCD01_MAX_WAVES, "nwaves within limit");
     check(waves.nfacets <= PCD01_MAX_FACETS, "nfacets within limit");
     check(pcd_full.ntexts <= PCD01_MAX_TEXTS, "ntexts within limit");
@@ -236,10 +236,10 @@ static void process(const char *payload, size_t len)
 
     rc = pcd01_extract(&msg, &pcd, &err_code, reason, sizeof(reason));
     check(err_code != NULL, "pcd01_extract sets err_code");
-    check(pcd.nobs <= PCD01_MAX_OBS, "nobs within limit");
-    for (size_t i = 0; i < pcd.nobs && rc == CMS_OK; i++) {
-        const char *ts = pcd.obs[i].observed_at;
-        check(strlen(pcd.obs[i].value_text) > 0, "stored NM has a value");
+    check(pcd.vitals.nobs <= PCD01_MAX_OBS, "nobs within limit");
+    for (size_t i = 0; i < pcd.vitals.nobs && rc == CMS_OK; i++) {
+        const char *ts = pcd.vitals.obs[i].observed_at;
+        check(strlen(pcd.vitals.obs[i].value_text) > 0, "stored NM has a value");
         check(ts[0] == '\0' || strlen(ts) >= 26, "observed_at is empty or formatted");
     }
 
@@ -249,7 +249,7 @@ static void process(const char *payload, size_t len)
     a.code = rc == CMS_OK ? HL7_AA : (rc == CMS_EPROTO || rc == CMS_EINVAL ? HL7_AR : HL7_AE);
     a.their_app = pcd.sending_app[0];
     a.their_facility = pcd.sending_facility;
-    a.control_id = pcd.control_id;
+    a.control_id = pcd.vitals.control_id;
     a.version = pcd.version;
     a.trigger = pcd.trigger;
     a.reason = rc == CMS_OK ? NULL : reason;

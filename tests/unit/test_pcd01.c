@@ -61,7 +61,7 @@ static void test_sample_fully_extracted(void **state)
     (void)state;
     assert_int_equal(extract_n(sample, sizeof(sample) - 1), CMS_OK);
     assert_string_equal(code, "0");
-    assert_string_equal(out.control_id, "MON-0002-000417");
+    assert_string_equal(out.vitals.control_id, "MON-0002-000417");
     assert_string_equal(out.sending_app[0], "MON-0002");
     assert_string_equal(out.sending_app[1], "MON-0002");
     assert_string_equal(out.sending_app[2], "L");
@@ -69,12 +69,12 @@ static void test_sample_fully_extracted(void **state)
     assert_string_equal(out.msg_type, "ORU");
     assert_string_equal(out.trigger, "R01");
     assert_string_equal(out.version, "2.6");
-    assert_string_equal(out.msg_time, "2026-11-15 08:30:00.250000+01:00");
-    assert_string_equal(out.patient_id, "MRN-448812");
-    assert_string_equal(out.patient_authority, "GENERAL HOSPITAL");
-    assert_string_equal(out.location, "CCU^^BED-07");
+    assert_string_equal(out.vitals.msg_time, "2026-11-15 08:30:00.250000+01:00");
+    assert_string_equal(out.vitals.patient_id, "MRN-448812");
+    assert_string_equal(out.vitals.patient_authority, "GENERAL HOSPITAL");
+    assert_string_equal(out.vitals.location, "CCU^^BED-07");
     assert_string_equal(out.obr_time, "2026-11-15 08:30:00.000000+01:00");
-    assert_int_equal(out.nobs, 8);
+    assert_int_equal(out.vitals.nobs, 8);
     assert_int_equal(out.skipped_obx, 4);
 
     static const struct {
@@ -101,7 +101,7 @@ static void test_sample_fully_extracted(void **state)
          "2026-11-15 08:30:00.000000+01:00"},
     };
     for (size_t i = 0; i < 8; i++) {
-        const pcd01_obs *o = &out.obs[i];
+        const vitals_obs *o = &out.vitals.obs[i];
         assert_int_equal(o->set_id, want[i].set_id);
         assert_string_equal(o->code, want[i].code);
         assert_string_equal(o->label, want[i].label);
@@ -125,21 +125,21 @@ static void test_observed_time_fallbacks(void **state)
         extract(MSH "OBX|1|NM|1^A^MDC||1|||||||||20261115082000+0100\r" OBX_SPO2(
             "97") "OBR|1||||||20261115081000+0100\r" OBX_SPO2("98") "OBR|2\r" OBX_SPO2("99")),
         CMS_OK);
-    assert_int_equal(out.nobs, 4);
-    assert_string_equal(out.obs[0].observed_at, "2026-11-15 08:20:00.000000+01:00");
-    assert_string_equal(out.obs[1].observed_at, "2026-11-15 08:30:00.000000+01:00");
-    assert_string_equal(out.obs[2].observed_at, "2026-11-15 08:10:00.000000+01:00");
-    assert_string_equal(out.obs[3].observed_at, "2026-11-15 08:30:00.000000+01:00");
+    assert_int_equal(out.vitals.nobs, 4);
+    assert_string_equal(out.vitals.obs[0].observed_at, "2026-11-15 08:20:00.000000+01:00");
+    assert_string_equal(out.vitals.obs[1].observed_at, "2026-11-15 08:30:00.000000+01:00");
+    assert_string_equal(out.vitals.obs[2].observed_at, "2026-11-15 08:10:00.000000+01:00");
+    assert_string_equal(out.vitals.obs[3].observed_at, "2026-11-15 08:30:00.000000+01:00");
     assert_string_equal(out.obr_time, "2026-11-15 08:10:00.000000+01:00");
 
     /* no time anywhere: "" (the caller uses the receive time) */
     assert_int_equal(extract("MSH|^~\\&|M|F|||||ORU^R01|C|P|2.6\r" OBX_SPO2("97")), CMS_OK);
-    assert_string_equal(out.msg_time, "");
-    assert_string_equal(out.obs[0].observed_at, "");
+    assert_string_equal(out.vitals.msg_time, "");
+    assert_string_equal(out.vitals.obs[0].observed_at, "");
 
     /* v2.4-style TS with a degree of precision component */
     assert_int_equal(extract(MSH "OBX|1|NM|1^A^MDC||1|||||||||20261115082000^S\r"), CMS_OK);
-    assert_string_equal(out.obs[0].observed_at, "2026-11-15 08:20:00.000000");
+    assert_string_equal(out.vitals.obs[0].observed_at, "2026-11-15 08:20:00.000000");
 }
 
 static void test_custom_delimiters_and_escapes(void **state)
@@ -152,20 +152,20 @@ static void test_custom_delimiters_and_escapes(void **state)
                 "OBX!1!NM!150456@SpO2 $F$ pleth@MDC!1.22.1.1! +97.5 !262688@@MDC!!!!!R!!!!!!!"
                 "#0012345678ABCDEF@EUI-64#FFFF\r"),
         CMS_OK);
-    assert_string_equal(out.control_id, "C@1"); /* \S\ is the message's component char */
+    assert_string_equal(out.vitals.control_id, "C@1"); /* \S\ is the message's component char */
     assert_string_equal(out.sending_app[0], "MON-9");
     assert_string_equal(out.sending_app[1], "X!Y");
     assert_string_equal(out.version, "2.5.1");
-    assert_string_equal(out.patient_id, "P1");
-    assert_string_equal(out.patient_authority, "AUTH");
-    assert_string_equal(out.location, "ICU^%^B1");
-    assert_int_equal(out.nobs, 1);
-    assert_string_equal(out.obs[0].label, "SpO2 ! pleth");
-    assert_string_equal(out.obs[0].value_text, "+97.5"); /* as sent, trimmed */
-    assert_float_equal(out.obs[0].value, 97.5, 1e-9);
-    assert_string_equal(out.obs[0].unit_code, "262688");
-    assert_string_equal(out.obs[0].unit_label, "");
-    assert_string_equal(out.obs[0].equipment_id, "0012345678ABCDEF");
+    assert_string_equal(out.vitals.patient_id, "P1");
+    assert_string_equal(out.vitals.patient_authority, "AUTH");
+    assert_string_equal(out.vitals.location, "ICU^%^B1");
+    assert_int_equal(out.vitals.nobs, 1);
+    assert_string_equal(out.vitals.obs[0].label, "SpO2 ! pleth");
+    assert_string_equal(out.vitals.obs[0].value_text, "+97.5"); /* as sent, trimmed */
+    assert_float_equal(out.vitals.obs[0].value, 97.5, 1e-9);
+    assert_string_equal(out.vitals.obs[0].unit_code, "262688");
+    assert_string_equal(out.vitals.obs[0].unit_label, "");
+    assert_string_equal(out.vitals.obs[0].equipment_id, "0012345678ABCDEF");
 }
 
 static void test_skipped_rows(void **state)
@@ -176,14 +176,14 @@ static void test_skipped_rows(void **state)
                                  "OBX|3|NA|1^WAVE^MDC||1^2^3\r"
                                  "OBX|4|NM|150456^SAT^MDC|||262688^P^MDC|||||X\r" OBX_SPO2("-0.5")),
                      CMS_OK);
-    assert_int_equal(out.nobs, 1);
+    assert_int_equal(out.vitals.nobs, 1);
     /* the MDS row, the NA waveform (no pcd01_waves asked for) and the NM
      * row without a value; the ST row is a text observation */
     assert_int_equal(out.skipped_obx, 3);
     assert_int_equal(out.ntexts, 1);
     assert_string_equal(out.texts[0].text, "hello");
-    assert_float_equal(out.obs[0].value, -0.5, 1e-12);
-    assert_string_equal(out.patient_id, "");
+    assert_float_equal(out.vitals.obs[0].value, -0.5, 1e-12);
+    assert_string_equal(out.vitals.patient_id, "");
 }
 
 static void test_wrong_message_type(void **state)
@@ -193,7 +193,7 @@ static void test_wrong_message_type(void **state)
     assert_string_equal(code, "200");
     assert_true(strlen(reason) > 0);
     /* the header is still there for the AR */
-    assert_string_equal(out.control_id, "C-9");
+    assert_string_equal(out.vitals.control_id, "C-9");
     assert_string_equal(out.msg_type, "ADT");
     assert_int_equal(extract("MSH|^~\\&|M|F|||20261115||ORU^R40|C-9|P|2.6\r"), CMS_EINVAL);
     assert_string_equal(code, "200");
@@ -246,8 +246,8 @@ static void test_bad_numbers(void **state)
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         snprintf(msg, sizeof(msg), MSH OBX_SPO2("%s"), good[i]);
         assert_int_equal(extract(msg), CMS_OK);
-        assert_string_equal(out.obs[0].value_text, good[i]);
-        assert_float_equal(out.obs[0].value, val[i], 1e-12);
+        assert_string_equal(out.vitals.obs[0].value_text, good[i]);
+        assert_float_equal(out.vitals.obs[0].value, val[i], 1e-12);
     }
 }
 
@@ -285,11 +285,11 @@ static void test_other_errors(void **state)
 
     snprintf(msg, sizeof(msg), MSH "PID|||%s\r", big);
     assert_int_equal(extract(msg), CMS_ELIMIT);
-    assert_string_equal(out.patient_id, "");
+    assert_string_equal(out.vitals.patient_id, "");
     snprintf(msg, sizeof(msg), "MSH|^~\\&|M|F|||||ORU^R01|%s%s|P|2.6\r", big, big);
     assert_int_equal(extract(msg), CMS_ELIMIT);
     assert_int_equal(pcd01_read_header(&m, &out), CMS_EPROTO);
-    assert_string_equal(out.control_id, "");
+    assert_string_equal(out.vitals.control_id, "");
     assert_string_equal(out.msg_type, "ORU"); /* the rest is still read */
 }
 
@@ -304,7 +304,7 @@ static void test_too_many_observations(void **state)
     for (size_t i = 0; i < PCD01_MAX_OBS; i++, p += per)
         memcpy(p, OBX_SPO2("97"), per);
     assert_int_equal(extract_n(msg, (size_t)(p - msg)), CMS_OK);
-    assert_int_equal(out.nobs, PCD01_MAX_OBS);
+    assert_int_equal(out.vitals.nobs, PCD01_MAX_OBS);
     memcpy(p, OBX_SPO2("97"), per);
     p += per;
     assert_int_equal(extract_n(msg, (size_t)(p - msg)), CMS_ELIMIT);
@@ -317,7 +317,7 @@ static void test_read_header_for_ar(void **state)
     assert_int_equal(
         hl7_parse(&m, "MSH|^~\\&|APP^X|FAC||||||CTL|P|3.1\r", 33, reason, sizeof(reason)), CMS_OK);
     assert_int_equal(pcd01_read_header(&m, &out), CMS_OK);
-    assert_string_equal(out.control_id, "CTL");
+    assert_string_equal(out.vitals.control_id, "CTL");
     assert_string_equal(out.sending_app[0], "APP");
     assert_string_equal(out.sending_app[1], "X");
     assert_string_equal(out.sending_facility, "FAC");

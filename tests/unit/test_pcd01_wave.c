@@ -75,8 +75,8 @@ static void test_vendor_ecg_and_pleth(void **state)
     assert_int_equal(v.ack, HL7_AA);
 
     /* the SpO2 numeric after the waveforms is a vital; no facet row is */
-    assert_int_equal(out.nobs, 1);
-    assert_string_equal(out.obs[0].code, "150456");
+    assert_int_equal(out.vitals.nobs, 1);
+    assert_string_equal(out.vitals.obs[0].code, "150456");
     assert_int_equal(out.skipped_obx, 3); /* MDS, VMD, VMD rows */
 
     assert_int_equal(w.nwaves, 2);
@@ -116,7 +116,7 @@ static void test_vendor_ecg_and_pleth(void **state)
 
     /* without a pcd01_waves: the same vitals, the waveform rows skipped */
     assert_int_equal(pcd01_extract(&m, &out, NULL, NULL, 0), CMS_OK);
-    assert_int_equal(out.nobs, 1);
+    assert_int_equal(out.vitals.nobs, 1);
     assert_int_equal(out.skipped_obx, 3 + 2 + 4);
     free(msg);
 }
@@ -248,8 +248,8 @@ static void test_unknown_facets_kept(void **state)
     assert_string_equal(w.facets[0].value, "monitoring");
     assert_string_equal(w.facets[1].code, "2464");
     assert_float_equal(w.waves[0].rate_hz, 500, 0);
-    assert_int_equal(out.nobs, 1);
-    assert_string_equal(out.obs[0].code, "150456");
+    assert_int_equal(out.vitals.nobs, 1);
+    assert_string_equal(out.vitals.obs[0].code, "150456");
     /* a bare numeric code is enough when no name is given */
     assert_int_equal(extract(MSH "OBX|1|NA|1^W^MDC|1.5.1.1|1^2\r"
                                  "OBX|2|NM|68000|1.5.1.1.1|250\r"),
@@ -259,7 +259,7 @@ static void test_unknown_facets_kept(void **state)
     assert_int_equal(extract(MSH "OBX|1|NA|1^W^MDC|1.5.1.1||||||X\r" RATE("1.5.1.1.1", "500")),
                      CMS_OK);
     assert_int_equal(w.nwaves, 0);
-    assert_int_equal(out.nobs, 0);
+    assert_int_equal(out.vitals.nobs, 0);
     assert_int_equal(out.skipped_obx, 1);
 }
 

@@ -60,15 +60,15 @@ static void test_desat_start(void **state)
     assert_int_equal(v.ack, HL7_AA);
     assert_string_equal(v.err_code, "0");
     /* the header as for ORU^R01 */
-    assert_string_equal(hdr.control_id, "MON-0001-A-000101");
+    assert_string_equal(hdr.vitals.control_id, "MON-0001-A-000101");
     assert_string_equal(hdr.sending_app[0], "MON-0001");
     assert_string_equal(hdr.sending_app[1], "0012A1FFFE000001");
     assert_string_equal(hdr.trigger, "R40");
-    assert_string_equal(hdr.patient_id, "MRN-448812");
-    assert_string_equal(hdr.patient_authority, "GENERAL HOSPITAL");
-    assert_string_equal(hdr.location, "CCU^^BED-07");
-    assert_string_equal(hdr.msg_time, "2026-11-15 08:30:12.500000+01:00");
-    assert_int_equal(hdr.nobs, 0);
+    assert_string_equal(hdr.vitals.patient_id, "MRN-448812");
+    assert_string_equal(hdr.vitals.patient_authority, "GENERAL HOSPITAL");
+    assert_string_equal(hdr.vitals.location, "CCU^^BED-07");
+    assert_string_equal(hdr.vitals.msg_time, "2026-11-15 08:30:12.500000+01:00");
+    assert_int_equal(hdr.vitals.nobs, 0);
 
     assert_int_equal(out.nalarms, 1);
     const pcd04_alarm *a = &out.alarms[0];
@@ -252,7 +252,7 @@ static void test_refusals(void **state)
     /* not R40, not 2.x; the header is still read for the AR */
     assert_int_equal(extract("MSH|^~\\&|M|F|||20261115||ORU^R01|C-9|P|2.6\r"), CMS_EINVAL);
     assert_string_equal(v.err_code, "200");
-    assert_string_equal(hdr.control_id, "C-9");
+    assert_string_equal(hdr.vitals.control_id, "C-9");
     assert_int_equal(extract("MSH|^~\\&|M|F|||20261115||ORU^R40|C-9|P|3.0\r" OBR), CMS_EINVAL);
     assert_string_equal(v.err_code, "203");
     assert_int_equal(out.nalarms, 0);

@@ -36,7 +36,7 @@ static const char *dsn;
 static PGconn *side;     /* blocking connection of the test itself */
 static int64_t dev_id;   /* a device created for this run */
 static char run_tag[64]; /* unique per run, prefixes control ids */
-static pcd01_msg tmpl;
+static vitals_msg tmpl;
 static unsigned n_msgs = 10000;
 static unsigned batch_msgs = 256; /* CMS_TEST_STORE_BATCH */
 
@@ -89,16 +89,13 @@ static void make_template(void)
         {"150033", "MDC_PRESS_BLD_ART_SYS", "266016", "MDC_DIM_MMHG", 118},
     };
     memset(&tmpl, 0, sizeof tmpl);
-    snprintf(tmpl.msg_type, sizeof tmpl.msg_type, "ORU");
-    snprintf(tmpl.trigger, sizeof tmpl.trigger, "R01");
-    snprintf(tmpl.version, sizeof tmpl.version, "2.6");
     snprintf(tmpl.patient_id, sizeof tmpl.patient_id, "PAT-\"q\\1");
     snprintf(tmpl.patient_authority, sizeof tmpl.patient_authority, "HOSP");
     snprintf(tmpl.location, sizeof tmpl.location, "CCU^^BED-07");
     snprintf(tmpl.msg_time, sizeof tmpl.msg_time, "2026-11-15 08:30:00.310000+01:00");
     tmpl.nobs = 10;
     for (int i = 0; i < 10; i++) {
-        pcd01_obs *x = &tmpl.obs[i];
+        vitals_obs *x = &tmpl.obs[i];
         x->set_id = (unsigned)i + 1;
         snprintf(x->code, sizeof x->code, "%s", o[i].code);
         snprintf(x->label, sizeof x->label, "%s", o[i].label);
@@ -200,7 +197,7 @@ static void close_store(run *r)
         uv_run(r->loop, UV_RUN_ONCE);
 }
 
-static void set_control_id(pcd01_msg *m, const char *kind, unsigned i)
+static void set_control_id(vitals_msg *m, const char *kind, unsigned i)
 {
     snprintf(m->control_id, sizeof m->control_id, "%s-%s-%u", run_tag, kind, i);
 }
@@ -208,7 +205,7 @@ static void set_control_id(pcd01_msg *m, const char *kind, unsigned i)
 /* Queues n messages kind-0..n-1 (waiting when the backlog is full). */
 static double push_all(run *r, const char *kind, unsigned n, msg_ctx *ctxs)
 {
-    static pcd01_msg m;
+    static vitals_msg m;
     m = tmpl;
     double t0 = now_s();
     for (unsigned i = 0; i < n; i++) {
@@ -302,7 +299,7 @@ static void test_throughput_and_duplicates(void **state)
     assert_int_equal(count_obs("tp"), (long)n_msgs * 10);
 
     /* Duplicates inside one batch: the first is new, the second not. */
-    static pcd01_msg m;
+    static vitals_msg m;
     m = tmpl;
     set_control_id(&m, "inbatch", 1);
     memset(&r.ok, 0, sizeof r - offsetof(run, ok));
@@ -396,7 +393,7 @@ static void test_blocked_batch_retried(void **state)
     double t0 = now_s();
     while (!store_ready(r.s) && now_s() - t0 < 10)
         uv_run(&loop, UV_RUN_ONCE);
-    static pcd01_msg m;
+    static vitals_msg m;
     m = tmpl;
     set_control_id(&m, "locked", 0);
     char dev[32];
@@ -431,7 +428,7 @@ static void test_split_on_data_error(void **state)
     store_config cfg;
     run r = {.loop = &loop};
     r.s = open_store(&loop, dsn, &cfg);
-    static pcd01_msg m;
+    static vitals_msg m;
     msg_ctx ctxs[50];
     for (unsigned i = 0; i < 50; i++) {
         m = tmpl;
@@ -909,7 +906,7 @@ static void test_unavailable_timeout_backlog_close(void **state)
     r.s = store_new(&loop, &cfg);
     assert_non_null(r.s);
     store_on_drain(r.s, on_drain, &r);
-    static pcd01_msg m;
+    static vitals_msg m;
     m = tmpl;
     msg_ctx ctxs[101];
     for (unsigned i = 0; i < 100; i++) {

@@ -27,7 +27,7 @@ typedef struct pending {
     net_conn *conn; /* referenced while the entry exists */
     bool done;
     enum hl7_ack_code code;
-    char control_id[sizeof(((pcd01_msg *)0)->control_id)];
+    char control_id[sizeof(((vitals_msg *)0)->control_id)];
     char their_app[PCD01_ID_LEN];
     char their_facility[PCD01_ID_LEN];
     char version[16];
@@ -179,7 +179,7 @@ static pending *pending_new(net_conn *c, const pcd01_msg *m)
         return NULL;
     p->conn = c;
     net_conn_ref(c);
-    copy_field(p->control_id, sizeof(p->control_id), m->control_id);
+    copy_field(p->control_id, sizeof(p->control_id), m->vitals.control_id);
     copy_field(p->their_app, sizeof(p->their_app), m->sending_app[0]);
     copy_field(p->their_facility, sizeof(p->their_facility), m->sending_facility);
     copy_field(p->version, sizeof(p->version), m->version[0] ? m->version : "2.6");
@@ -227,9 +227,10 @@ static const char *foreign_sender(const session *s, const pcd01_msg *m)
     const char *sender = m->sending_app[1][0] ? m->sending_app[1] : m->sending_app[0];
     if (sender[0] && !names_this_device(s, sender))
         return sender;
-    for (size_t i = 0; i < m->nobs; i++)
-        if (m->obs[i].equipment_id[0] && !names_this_device(s, m->obs[i].equipment_id))
-            return m->obs[i].equipment_id;
+    for (size_t i = 0; i < m->vitals.nobs; i++)
+        if (m->vitals.obs[i].equipment_id[0] &&
+            !names_this_device(s, m->vitals.obs[i].equipment_id))
+            return m->vitals.obs[i].equipment_id;
     return NULL;
 }
 
@@ -279,7 +280,7 @@ static int on_frame(void *ctx, const char *payload, size_t len)
 
     if (net_conn_state(c) != NET_ACTIVE)
         return CMS_ECLOSED;
-    memset(m, 0, offsetof(pcd01_msg, obs));
+    memset(m, 0, offsetof(pcd01_msg, vitals.obs));
     if (hl7_parse(&ix->hl7, payload, len, reason, sizeof(reason)) != CMS_OK) {
         if (!(p = pending_new(c, m)))
             return CMS_ENOMEM;
@@ -294,7 +295,7 @@ static int on_frame(void *ctx, const char *payload, size_t len)
     if (rc != CMS_OK) {
         pending_fail(p, HL7_AR, err_code ? err_code : "100", reason);
         log_warn("hl7_rejected", s->serial, net_conn_peer(c), "control_id=%s: %s",
-                 m->control_id, reason);
+                 m->vitals.control_id, reason);
         goto out;
     }
     const char *claimed = foreign_sender(s, m);
@@ -304,18 +305,18 @@ static int on_frame(void *ctx, const char *payload, size_t len)
                  s->serial);
         pending_fail(p, HL7_AR, "204", reason); /* 0357: unknown key identifier */
         log_warn("impersonation", s->serial, net_conn_peer(c), "control_id=%s claims %s",
-                 m->control_id, claimed);
+                 m->vitals.control_id, claimed);
         audit(ix, "impersonation", c,
-              json_pack("{s:s, s:s}", "claimed", claimed, "control_id", m->control_id));
+              json_pack("{s:s, s:s}", "claimed", claimed, "control_id", m->vitals.control_id));
         goto out;
     }
-    rc = store_ingest(ix->store, s->device_id, m, on_stored, p);
+    rc = store_ingest(ix->store, s->device_id, &m->vitals, on_stored, p);
     if (rc != CMS_OK) {
         pending_fail(p, HL7_AE, "207",
                      rc == CMS_ELIMIT ? "server busy, message not stored: resend later"
                                       : "server shutting down, message not stored");
         log_warn("ingest_refused", s->serial, net_conn_peer(c), "control_id=%s: %s",
-                 m->control_id, cms_strerror(rc));
+                 m->vitals.control_id, cms_strerror(rc));
     }
 out:
     if (s->npending >= ix->cfg.max_pending_per_conn && !s->paused_local) {
