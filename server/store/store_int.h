@@ -6,8 +6,11 @@
  *                  reconnect with backoff
  *   store_ingest.c ingest queue, group commit, resend, split-and-retry
  *   store_rows.c   the result view store_query callbacks get (store_rows)
- *   store.c        store_new/close, control queue (lookups, audit,
- *                  maintenance)
+ *   store_ctl.c    the control connection's queue (statements, audit rows,
+ *                  LISTEN, maintenance)
+ *   store_lookup.c device checks in batches, "last seen" in batches
+ *   store_devcache.c "active" verdicts kept in memory
+ *   store.c        store_new/close, the timers
  *
  * Thread: the loop's thread only.
  */
@@ -158,7 +161,7 @@ typedef struct ingest_fifo {
 } ingest_fifo;
 
 /* ------------------------------------------------------------------------ */
-/* store.c: the control queue                                               */
+/* store_ctl.c: the control queue                                           */
 /* ------------------------------------------------------------------------ */
 
 typedef struct store__dc_entry store__dc_entry;
@@ -167,6 +170,7 @@ enum ctl_kind { CTL_LOOKUP, CTL_AUDIT, CTL_MAINT_PARTITIONS, CTL_MAINT_RETENTION
                 CTL_LISTEN, CTL_SEEN };
 
 #define STORE_QUERY_MAX_PARAMS 16
+#define STORE_LOOKUP_BATCH_MAX 64 /* device checks sent as one statement */
 #define STORE_MAX_CHANNELS 8
 
 typedef struct ctl_item {
@@ -247,7 +251,44 @@ struct store {
 /* store.c */
 /* A handle of s finished closing; frees s after the last one once closed. */
 void store__release(store_t *s);
+/* While closing: ends the store once nothing is in flight any more. */
 void store__maybe_finish_close(store_t *s);
+
+/* store_ctl.c */
+/* An item with copies of params (NULL = SQL NULL); NULL on allocation failure. */
+ctl_item *store__ctl_new(enum ctl_kind kind, int nparams, const char *const *params);
+void store__ctl_free(ctl_item *it);
+void store__ctl_push(store_t *s, ctl_item *it); /* at the tail */
+ctl_item *store__ctl_pop(store_t *s);           /* the head, or NULL */
+/* Sends the head of the queue when the connection is idle. */
+void store__ctl_kick(store_t *s);
+/* The control connection's callbacks (store__conn). */
+void store__ctl_on_up(store__conn *c);
+void store__ctl_on_result(store__conn *c, PGresult *res);
+void store__ctl_on_down(store__conn *c, bool query_lost);
+void store__ctl_on_notify(store__conn *c, const char *channel, const char *payload);
+/* Queues the maintenance statements and kicks (hourly timer). */
+void store__ctl_maintenance(store_t *s);
+/* Ends queued lookups and statements whose deadline passed (CMS_EUNAVAIL). */
+void store__ctl_expire(store_t *s, uint64_t now);
+/* Ends every item, in flight or queued, with status (cb called). */
+void store__ctl_fail_all(store_t *s, int status);
+/* store_close: ends queued lookups and statements (CMS_ECLOSED), keeps the
+ * audit rows and "last seen" batches to drain. */
+void store__ctl_close_queue(store_t *s);
+
+/* store_lookup.c */
+extern const char store__seen_sql[]; /* CTL_SEEN's statement */
+/* Sends first and the lookups queued right behind it as one statement. */
+void store__lookup_send(store_t *s, ctl_item *first);
+/* Answers every lookup of the batch headed by first from res; frees them. */
+void store__lookup_done(store_t *s, ctl_item *first, PGresult *res);
+/* Moves the devices seen into one queued CTL_SEEN item. */
+void store__seen_flush(store_t *s);
+/* Flushes when the last flush is SEEN_FLUSH_MS old (expiry tick). */
+void store__seen_tick(store_t *s, uint64_t now);
+/* Drops what was collected (closing). */
+void store__seen_free(store_t *s);
 
 /* store_devcache.c */
 void store__dc_init(store_t *s);
