@@ -27,6 +27,10 @@
  * The loop never blocks on a file: opens, reads, writes and renames go
  * through uv_fs_* and whole-file hashing through uv_queue_work.
  *
+ * This file: authorization (1), serving (5), the end of a request. The
+ * cache file (2 to 4) is firmware_cache.c's; the download job they share is
+ * in firmware_dl.h.
+ *
  * Slow or stalled peers: output that has not drained for write_timeout_ms
  * ends the transfer (the peer stopped reading), and fw_download_timeout_s
  * bounds a whole request. Either way the connection is closed, and the
@@ -45,57 +49,10 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "cms_err.h"
-#include "firmware_int.h"
+#include "firmware_dl.h"
 #include "log.h"
-
-enum dl_phase { DL_AUTH = 0, DL_OPEN, DL_VERIFY, DL_BUILD, DL_SERVE, DL_DONE };
-
-typedef struct fw_dl {
-    https_req *r;
-    fw_worker *w;
-    enum dl_phase phase;
-    uint8_t sha[32];
-    char hex[65];
-    char path[CONFIG_STR + 80];
-    char tmp_path[CONFIG_STR + 120];
-    int64_t release_id, store_gen;
-    uint64_t length;
-    unsigned nchunks;
-    http_range rng;
-    char etag[HTTP_ETAG_SIZE];
-    /* file being served / verified / written */
-    uv_file fd;
-    uv_fs_t fs;
-    bool fs_busy; /* a uv_fs request or the verify job is in flight */
-    uv_work_t work;
-    /* identity of the file we serve from (checked after every block read) */
-    uint64_t f_dev, f_ino, f_size;
-    int64_t f_mtime_ns, f_ctime_ns;
-    int verify_ok;
-    uint8_t verify_digest[32];
-    /* build from the database */
-    unsigned seq;
-    EVP_MD_CTX *md;
-    uint64_t built;
-    unsigned char *buf; /* FW_CHUNK_BYTES (build) or FW_BLOCK_BYTES (serve) */
-    size_t buf_len;
-    /* serving: [pos, end) is still to send; the block at rpos is read while
-     * the one before it drains to the peer */
-    uint64_t pos, end, sent, rpos;
-    unsigned char *sbuf[2];     /* FW_BLOCK_BYTES each: one read while one is sent */
-    unsigned rd;                /* sbuf index the read in flight fills */
-    bool ready;                 /* sbuf[ready_idx] holds [pos, pos + ready_len), checked */
-    unsigned ready_idx;
-    size_t ready_at, ready_len; /* offset in that buffer, length */
-    bool streaming, ended;
-    uv_timer_t timer;
-    bool timer_on;
-    uint64_t serve_started, last_progress; /* uv_now() */
-} fw_dl;
 
 /* A checked block goes to TLS in slices, each flushed to the socket before
  * the next is encrypted, so that the kernel starts sending early (16, 32,
@@ -104,130 +61,6 @@ typedef struct fw_dl {
 #define FW_SEND_SLICE (64 * 1024)
 
 static void dl_serve_next(fw_dl *d);
-static void dl_build_start(fw_dl *d);
-
-/* ---- cache records (shared by the workers) ----------------------------------------------- */
-
-fw_cache *fw__cache_new(void)
-{
-    fw_cache *c = calloc(1, sizeof(*c));
-    if (c && pthread_mutex_init(&c->lock, NULL) != 0) {
-        free(c);
-        return NULL;
-    }
-    return c;
-}
-
-void fw__cache_free(fw_cache *c)
-{
-    if (!c)
-        return;
-    for (fw_cache_entry *e = c->head, *n; e; e = n) {
-        n = e->next;
-        free(e);
-    }
-    pthread_mutex_destroy(&c->lock);
-    free(c);
-}
-
-/* The entry for sha, or NULL. Lock held. */
-static fw_cache_entry *find_locked(fw_cache *c, const uint8_t sha[32])
-{
-    for (fw_cache_entry *e = c->head; e; e = e->next)
-        if (memcmp(e->sha256, sha, 32) == 0)
-            return e;
-    return NULL;
-}
-
-/* Unlinks the entry for sha; returns it (caller frees) or NULL. Lock held. */
-static fw_cache_entry *unlink_locked(fw_cache *c, const uint8_t sha[32])
-{
-    for (fw_cache_entry **pp = &c->head; *pp; pp = &(*pp)->next) {
-        if (memcmp((*pp)->sha256, sha, 32) == 0) {
-            fw_cache_entry *e = *pp;
-            *pp = e->next;
-            c->n--;
-            return e;
-        }
-    }
-    return NULL;
-}
-
-static void cache_forget(fw_worker *w, const uint8_t sha[32])
-{
-    fw_cache *c = w->keys->cache;
-    pthread_mutex_lock(&c->lock);
-    fw_cache_entry *e = unlink_locked(c, sha);
-    pthread_mutex_unlock(&c->lock);
-    if (e)
-        free(e);
-}
-
-/* True (and *gen set) when some worker verified a cache file for sha. */
-static bool cache_gen(fw_worker *w, const uint8_t sha[32], int64_t *gen)
-{
-    fw_cache *c = w->keys->cache;
-    pthread_mutex_lock(&c->lock);
-    fw_cache_entry *e = find_locked(c, sha);
-    if (e)
-        *gen = e->store_gen;
-    pthread_mutex_unlock(&c->lock);
-    return e != NULL;
-}
-
-/* True when the file d opened (st) is the one verified for d's image and
- * store generation, unchanged since, less than FW_CACHE_REVERIFY_MS ago:
- * d's file identity is then set from the record. */
-static bool cache_match(fw_dl *d, const uv_stat_t *st)
-{
-    fw_cache *c = d->w->keys->cache;
-    int64_t mt = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
-    int64_t ct = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
-    uint64_t now = uv_hrtime() / 1000000;
-    pthread_mutex_lock(&c->lock);
-    fw_cache_entry *e = find_locked(c, d->sha);
-    bool ok = e && e->store_gen == d->store_gen && e->dev == st->st_dev &&
-              e->ino == st->st_ino && e->size == st->st_size && e->mtime_ns == mt &&
-              e->ctime_ns == ct && now - e->verified_at < FW_CACHE_REVERIFY_MS;
-    if (ok) {
-        d->f_dev = e->dev, d->f_ino = e->ino, d->f_size = e->size;
-        d->f_mtime_ns = e->mtime_ns, d->f_ctime_ns = e->ctime_ns;
-    }
-    pthread_mutex_unlock(&c->lock);
-    return ok;
-}
-
-/* Records the file d verified. */
-static void cache_remember(fw_dl *d)
-{
-    fw_cache *c = d->w->keys->cache;
-    fw_cache_entry *e = calloc(1, sizeof(*e)), *old, *drop = NULL;
-    if (!e)
-        return;
-    memcpy(e->sha256, d->sha, 32);
-    e->store_gen = d->store_gen;
-    e->length = d->length;
-    e->dev = d->f_dev, e->ino = d->f_ino, e->size = d->f_size;
-    e->mtime_ns = d->f_mtime_ns, e->ctime_ns = d->f_ctime_ns;
-    e->verified_at = uv_hrtime() / 1000000;
-    pthread_mutex_lock(&c->lock);
-    old = unlink_locked(c, d->sha);
-    e->next = c->head;
-    c->head = e;
-    if (++c->n > FW_CACHE_ENTRIES) { /* drop the oldest */
-        fw_cache_entry **pp = &c->head;
-        while ((*pp)->next)
-            pp = &(*pp)->next;
-        drop = *pp;
-        *pp = NULL;
-        c->n--;
-    }
-    pthread_mutex_unlock(&c->lock);
-    if (old)
-        free(old);
-    if (drop)
-        free(drop);
-}
 
 /* ---- end of a request --------------------------------------------------------------------- */
 
@@ -252,8 +85,7 @@ static void on_timer_closed(uv_handle_t *h)
     dl_free(h->data);
 }
 
-/* Releases d once nothing is in flight any more. */
-static void dl_release(fw_dl *d)
+void fw__dl_release(fw_dl *d)
 {
     if (d->fs_busy)
         return; /* the callback in flight calls us again */
@@ -265,24 +97,21 @@ static void dl_release(fw_dl *d)
     dl_free(d);
 }
 
-/* A thread-pool or file-system job of d came back: false when the download
- * ended meanwhile (d is then released and must not be touched). */
-static bool dl_fs_back(fw_dl *d)
+bool fw__dl_fs_back(fw_dl *d)
 {
     d->fs_busy = false;
     if (!d->ended)
         return true;
-    dl_release(d);
+    fw__dl_release(d);
     return false;
 }
 
-/* Answers with an error (before streaming began) and releases d. */
-static void dl_fail(fw_dl *d, int status, const char *error, const char *detail)
+void fw__dl_fail(fw_dl *d, int status, const char *error, const char *detail)
 {
     d->phase = DL_DONE;
     d->ended = true;
     https_reply_error(d->r, status, error, detail);
-    dl_release(d);
+    fw__dl_release(d);
 }
 
 /* Ends the streamed answer (ok = every byte sent) and releases d. */
@@ -308,17 +137,7 @@ static void dl_end(fw_dl *d, bool ok, const char *why)
                  (unsigned long long)d->sent, (unsigned long long)d->rng.first);
     }
     https_stream_end(d->r, ok);
-    dl_release(d);
-}
-
-static void tampered(fw_dl *d, const char *event, const char *where)
-{
-    log_error(event, d->r->peer_cn, d->r->peer_addr,
-              "image %s: %s does not match its SHA-256: refused", d->hex, where);
-    https_audit(d->r, event, d->r->peer_cn,
-                json_pack("{s:s, s:s, s:I}", "sha256", d->hex, "where", where, "release_id",
-                          (json_int_t)d->release_id));
-    cache_forget(d->w, d->sha);
+    fw__dl_release(d);
 }
 
 /* ---- serving -------------------------------------------------------------------------------- */
@@ -403,7 +222,7 @@ static void read_block_work(uv_work_t *wk)
 static bool block_read_done(fw_dl *d, bool ok)
 {
     if (!ok) {
-        tampered(d, "fw_cache_tampered", "the cache file, changed while serving");
+        fw__dl_tampered(d, "fw_cache_tampered", "the cache file, changed while serving");
         unlink(d->path);
         dl_end(d, false, "the cache file changed while serving");
         return false;
@@ -421,7 +240,7 @@ static bool block_read_done(fw_dl *d, bool ok)
 static void on_block_read(uv_work_t *wk, int status)
 {
     fw_dl *d = wk->data;
-    if (!dl_fs_back(d))
+    if (!fw__dl_fs_back(d))
         return;
     if (block_read_done(d, status == 0 && d->verify_ok))
         dl_serve_next(d);
@@ -503,7 +322,7 @@ static void dl_serve_next(fw_dl *d)
     }
 }
 
-static void dl_serve(fw_dl *d)
+void fw__dl_serve(fw_dl *d)
 {
     http_buf head;
     d->phase = DL_SERVE;
@@ -513,14 +332,14 @@ static void dl_serve(fw_dl *d)
     d->sbuf[0] = malloc(FW_BLOCK_BYTES);
     d->sbuf[1] = malloc(FW_BLOCK_BYTES);
     if (!d->sbuf[0] || !d->sbuf[1]) {
-        dl_fail(d, 500, "internal_error", "out of memory");
+        fw__dl_fail(d, 500, "internal_error", "out of memory");
         return;
     }
     http_buf_init(&head, 8192);
     if (http_range_response_start(&head, &d->rng, "application/octet-stream", d->etag,
                                   d->r->http->keep_alive ? HTTP_RESP_KEEP_ALIVE : 0) != CMS_OK) {
         http_buf_free(&head);
-        dl_fail(d, 500, "internal_error", "cannot build the answer");
+        fw__dl_fail(d, 500, "internal_error", "cannot build the answer");
         return;
     }
     d->pos = d->rpos = d->rng.first;
@@ -538,302 +357,6 @@ static void dl_serve(fw_dl *d)
     http_buf_free(&head);
 }
 
-/* ---- verifying an existing cache file (thread pool) --------------------------------------- */
-
-static void stat_of(const struct stat *st, fw_dl *d)
-{
-    d->f_dev = (uint64_t)st->st_dev;
-    d->f_ino = (uint64_t)st->st_ino;
-    d->f_size = (uint64_t)st->st_size;
-    d->f_mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
-    d->f_ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
-}
-
-static void verify_work(uv_work_t *wk)
-{
-    fw_dl *d = wk->data;
-    struct stat before, after;
-    unsigned char *buf = malloc(FW_BLOCK_BYTES);
-    EVP_MD_CTX *all = EVP_MD_CTX_new();
-    unsigned int hl;
-    d->verify_ok = 0;
-    if (!buf || !all || fstat(d->fd, &before) != 0 || (uint64_t)before.st_size != d->length ||
-        EVP_DigestInit_ex(all, EVP_sha256(), NULL) != 1)
-        goto out;
-    for (uint64_t off = 0; off < d->length; off += FW_BLOCK_BYTES) {
-        size_t want = (size_t)(d->length - off < FW_BLOCK_BYTES ? d->length - off : FW_BLOCK_BYTES);
-        size_t got = 0;
-        while (got < want) {
-            ssize_t n = pread(d->fd, buf + got, want - got, (off_t)(off + got));
-            if (n <= 0)
-                goto out;
-            got += (size_t)n;
-        }
-        if (EVP_DigestUpdate(all, buf, want) != 1)
-            goto out;
-    }
-    if (EVP_DigestFinal_ex(all, d->verify_digest, &hl) != 1 || fstat(d->fd, &after) != 0 ||
-        before.st_mtim.tv_nsec != after.st_mtim.tv_nsec ||
-        before.st_mtim.tv_sec != after.st_mtim.tv_sec ||
-        before.st_ctim.tv_sec != after.st_ctim.tv_sec ||
-        before.st_ctim.tv_nsec != after.st_ctim.tv_nsec)
-        goto out;
-    stat_of(&after, d);
-    d->verify_ok = CRYPTO_memcmp(d->verify_digest, d->sha, 32) == 0;
-out:
-    EVP_MD_CTX_free(all);
-    free(buf);
-}
-
-static void verify_done(uv_work_t *wk, int status)
-{
-    fw_dl *d = wk->data;
-    if (!dl_fs_back(d))
-        return;
-    if (status == 0 && d->verify_ok) {
-        cache_remember(d);
-        dl_serve(d);
-        return;
-    }
-    tampered(d, "fw_cache_tampered", "the local cache file");
-    uv_fs_t req;
-    uv_fs_close(NULL, &req, d->fd, NULL);
-    uv_fs_req_cleanup(&req);
-    d->fd = -1;
-    unlink(d->path);
-    dl_build_start(d); /* the database copy is the reference */
-}
-
-/* ---- building the cache file from the database chunks ------------------------------------- */
-
-static void build_fail(fw_dl *d, int status, const char *error, const char *detail)
-{
-    if (d->fd >= 0) {
-        uv_fs_t req;
-        uv_fs_close(NULL, &req, d->fd, NULL);
-        uv_fs_req_cleanup(&req);
-        d->fd = -1;
-    }
-    dl_fail(d, status, error, detail);
-}
-
-static void build_next(fw_dl *d);
-
-static void on_renamed(uv_fs_t *req)
-{
-    fw_dl *d = req->data;
-    int rc = (int)req->result;
-    uv_fs_req_cleanup(req);
-    if (!dl_fs_back(d))
-        return;
-    if (rc < 0) {
-        log_error("fw_cache", NULL, NULL, "rename %s: %s", d->tmp_path, uv_strerror(rc));
-        build_fail(d, 500, "internal_error", "cannot store the cache file");
-        return;
-    }
-    d->tmp_path[0] = '\0';
-    struct stat st;
-    if (fstat(d->fd, &st) != 0) { /* fstat on an open descriptor does not block */
-        build_fail(d, 500, "internal_error", "cannot stat the cache file");
-        return;
-    }
-    stat_of(&st, d);
-    cache_remember(d);
-    log_info("fw_cache", NULL, NULL, "image %s verified from the database (%llu bytes)", d->hex,
-             (unsigned long long)d->length);
-    dl_serve(d);
-}
-
-static void build_finish(fw_dl *d)
-{
-    uint8_t digest[32];
-    unsigned int hl = 0;
-    if (EVP_DigestFinal_ex(d->md, digest, &hl) != 1 || d->built != d->length ||
-        CRYPTO_memcmp(digest, d->sha, 32) != 0) {
-        tampered(d, "fw_image_tampered", "the image stored in the database");
-        build_fail(d, 500, "image_integrity",
-                   "the stored image does not match its SHA-256; it is not served");
-        return;
-    }
-    d->fs.data = d;
-    d->fs_busy = true;
-    if (uv_fs_rename(d->w->loop, &d->fs, d->tmp_path, d->path, on_renamed) != 0) {
-        d->fs_busy = false;
-        uv_fs_req_cleanup(&d->fs);
-        build_fail(d, 500, "internal_error", "cannot store the cache file");
-    }
-}
-
-static void on_chunk_written(uv_fs_t *req)
-{
-    fw_dl *d = req->data;
-    ssize_t n = req->result;
-    uv_fs_req_cleanup(req);
-    if (!dl_fs_back(d))
-        return;
-    if (n != (ssize_t)d->buf_len) {
-        log_error("fw_cache", NULL, NULL, "write %s: %s", d->tmp_path,
-                  n < 0 ? uv_strerror((int)n) : "short write");
-        build_fail(d, 500, "internal_error", "cannot write the cache file");
-        return;
-    }
-    d->seq++;
-    if (d->seq == d->nchunks)
-        build_finish(d);
-    else
-        build_next(d);
-}
-
-static void on_chunk(void *ctx, int status, const store_rows *res)
-{
-    fw_dl *d = ctx;
-    if (!dl_fs_back(d))
-        return;
-    if (status != CMS_OK) {
-        build_fail(d, 503, "database_unavailable", "cannot read the image from the database");
-        return;
-    }
-    uint64_t off = (uint64_t)d->seq * FW_CHUNK_BYTES;
-    size_t want = (size_t)(d->length - off < FW_CHUNK_BYTES ? d->length - off : FW_CHUNK_BYTES);
-    const char *hex = store_rows_count(res) == 1 ? store_rows_text(res, 0, 0) : "";
-    if (strlen(hex) != 2 * want || fw_unhex(hex, 2 * want, d->buf, want) != CMS_OK) {
-        tampered(d, "fw_image_tampered", "a database chunk (missing or of the wrong size)");
-        build_fail(d, 500, "image_integrity",
-                   "the stored image does not match its SHA-256; it is not served");
-        return;
-    }
-    EVP_DigestUpdate(d->md, d->buf, want);
-    d->built += want;
-    d->buf_len = want;
-    uv_buf_t b = uv_buf_init((char *)d->buf, (unsigned)want);
-    d->fs.data = d;
-    d->fs_busy = true;
-    if (uv_fs_write(d->w->loop, &d->fs, d->fd, &b, 1, (int64_t)off, on_chunk_written) != 0) {
-        d->fs_busy = false;
-        uv_fs_req_cleanup(&d->fs);
-        build_fail(d, 500, "internal_error", "cannot write the cache file");
-    }
-}
-
-static void build_next(fw_dl *d)
-{
-    char seq[16], sha[2 + 64 + 1];
-    snprintf(seq, sizeof(seq), "%u", d->seq);
-    memcpy(sha, "\\x", 2);
-    memcpy(sha + 2, d->hex, 65);
-    const char *p[] = {sha, seq};
-    d->fs_busy = true;
-    if (store_query(fw__store(d->r),
-                    "SELECT encode(data, 'hex') FROM cms.fw_image_chunks "
-                    "WHERE sha256 = $1::bytea AND seq = $2::integer",
-                    2, p, on_chunk, d) != CMS_OK) {
-        d->fs_busy = false;
-        build_fail(d, 503, "busy", "database queue full; retry");
-    }
-}
-
-static void on_tmp_open(uv_fs_t *req)
-{
-    fw_dl *d = req->data;
-    int fd = (int)req->result;
-    uv_fs_req_cleanup(req);
-    d->fs_busy = false;
-    if (fd >= 0)
-        d->fd = fd;
-    if (d->ended) {
-        dl_release(d);
-        return;
-    }
-    if (fd < 0) {
-        log_error("fw_cache", NULL, NULL, "open %s: %s", d->tmp_path, uv_strerror(fd));
-        d->tmp_path[0] = '\0';
-        dl_fail(d, 500, "internal_error", "cannot create the cache file");
-        return;
-    }
-    build_next(d);
-}
-
-static void dl_build_start(fw_dl *d)
-{
-    fw_worker *w = d->w;
-    d->phase = DL_BUILD;
-    d->seq = 0;
-    d->built = 0;
-    if (d->buf_len < FW_CHUNK_BYTES) {
-        free(d->buf);
-        d->buf = malloc(FW_CHUNK_BYTES);
-        d->buf_len = d->buf ? FW_CHUNK_BYTES : 0;
-    }
-    EVP_MD_CTX_free(d->md);
-    d->md = EVP_MD_CTX_new();
-    if (!d->buf || !d->md || EVP_DigestInit_ex(d->md, EVP_sha256(), NULL) != 1) {
-        dl_fail(d, 500, "internal_error", "out of memory");
-        return;
-    }
-    snprintf(d->tmp_path, sizeof(d->tmp_path), "%s/.%s.%d.%u.%llu.tmp", w->cfg->fw_cache_dir,
-             d->hex, (int)getpid(), w->worker_id, (unsigned long long)++w->tmp_seq);
-    d->fs.data = d;
-    d->fs_busy = true;
-    if (uv_fs_open(w->loop, &d->fs, d->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600,
-                   on_tmp_open) != 0) {
-        d->fs_busy = false;
-        uv_fs_req_cleanup(&d->fs);
-        d->tmp_path[0] = '\0';
-        dl_fail(d, 500, "internal_error", "cannot create the cache file");
-    }
-}
-
-/* ---- opening the cache file ------------------------------------------------------------------ */
-
-static void on_fstat(uv_fs_t *req)
-{
-    fw_dl *d = req->data;
-    int rc = (int)req->result;
-    uv_stat_t st = req->statbuf;
-    uv_fs_req_cleanup(req);
-    if (!dl_fs_back(d))
-        return;
-    if (rc == 0 && cache_match(d, &st)) { /* unchanged since verified */
-        dl_serve(d);
-        return;
-    }
-    /* Changed (or not verified for this store_gen): hash it again. */
-    d->phase = DL_VERIFY;
-    d->work.data = d;
-    d->fs_busy = true;
-    if (uv_queue_work(d->w->loop, &d->work, verify_work, verify_done) != 0) {
-        d->fs_busy = false;
-        dl_fail(d, 500, "internal_error", "cannot queue the verification");
-    }
-}
-
-static void on_open(uv_fs_t *req)
-{
-    fw_dl *d = req->data;
-    int fd = (int)req->result;
-    uv_fs_req_cleanup(req);
-    d->fs_busy = false;
-    if (fd >= 0)
-        d->fd = fd;
-    if (d->ended) {
-        dl_release(d);
-        return;
-    }
-    if (fd < 0) {
-        if (fd != UV_ENOENT)
-            log_warn("fw_cache", NULL, NULL, "open %s: %s", d->path, uv_strerror(fd));
-        dl_build_start(d);
-        return;
-    }
-    d->fs.data = d;
-    d->fs_busy = true;
-    if (uv_fs_fstat(d->w->loop, &d->fs, d->fd, on_fstat) != 0) {
-        d->fs_busy = false;
-        uv_fs_req_cleanup(&d->fs);
-        dl_fail(d, 500, "internal_error", "cannot stat the cache file");
-    }
-}
-
 /* ---- authorization --------------------------------------------------------------------------- */
 
 static void on_authorized(void *ctx, int status, const store_rows *res)
@@ -844,7 +367,7 @@ static void on_authorized(void *ctx, int status, const store_rows *res)
     if (status != CMS_OK) {
         svc__reply_db_error(r, status, res, fw__sqlstates);
         d->ended = true;
-        dl_release(d);
+        fw__dl_release(d);
         return;
     }
     if (store_rows_count(res) != 1) {
@@ -853,7 +376,7 @@ static void on_authorized(void *ctx, int status, const store_rows *res)
         https_audit(
             r, "fw_image_refused", r->peer_cn,
             json_pack("{s:s, s:s}", "sha256", d->hex, "reason", "not allowlisted for this device"));
-        dl_fail(d, 404, "not_found", "no image with this hash is allowlisted for this device");
+        fw__dl_fail(d, 404, "not_found", "no image with this hash is allowlisted for this device");
         return;
     }
     d->release_id = strtoll(store_rows_text(res, 0, 0), NULL, 10);
@@ -862,7 +385,7 @@ static void on_authorized(void *ctx, int status, const store_rows *res)
     d->store_gen = strtoll(store_rows_text(res, 0, 4), NULL, 10);
     if (strtol(store_rows_text(res, 0, 2), NULL, 10) != (long)FW_CHUNK_BYTES ||
         d->nchunks != (d->length + FW_CHUNK_BYTES - 1) / FW_CHUNK_BYTES) {
-        dl_fail(d, 500, "internal_error", "stored image has an unexpected chunk size");
+        fw__dl_fail(d, 500, "internal_error", "stored image has an unexpected chunk size");
         return;
     }
     http_etag_format(d->etag, d->sha);
@@ -873,7 +396,7 @@ static void on_authorized(void *ctx, int status, const store_rows *res)
         if (http_range_response_start(&head, &d->rng, "application/octet-stream", d->etag,
                                       r->http->keep_alive ? HTTP_RESP_KEEP_ALIVE : 0) != CMS_OK) {
             http_buf_free(&head);
-            dl_fail(d, 500, "internal_error", "cannot build the answer");
+            fw__dl_fail(d, 500, "internal_error", "cannot build the answer");
             return;
         }
         d->streaming = true;
@@ -881,29 +404,10 @@ static void on_authorized(void *ctx, int status, const store_rows *res)
         https_stream_begin(r, head.data, head.len, on_writable, d);
         http_buf_free(&head);
         https_stream_end(r, true);
-        dl_release(d);
+        fw__dl_release(d);
         return;
     }
-    int64_t gen;
-    bool known = cache_gen(d->w, d->sha, &gen);
-    if (!known || gen != d->store_gen) {
-        if (known)
-            log_warn("fw_cache", NULL, NULL,
-                     "image %s: stored chunks changed (store_gen %lld -> %lld): verifying "
-                     "them again",
-                     d->hex, (long long)gen, (long long)d->store_gen);
-        cache_forget(d->w, d->sha);
-        dl_build_start(d);
-        return;
-    }
-    d->phase = DL_OPEN;
-    d->fs.data = d;
-    d->fs_busy = true;
-    if (uv_fs_open(d->w->loop, &d->fs, d->path, O_RDONLY | O_CLOEXEC, 0, on_open) != 0) {
-        d->fs_busy = false;
-        uv_fs_req_cleanup(&d->fs);
-        dl_build_start(d);
-    }
+    fw__dl_open(d);
 }
 
 int fw_image_get(https_req *r)

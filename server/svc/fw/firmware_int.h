@@ -72,7 +72,7 @@ bool fw__parse_id(const char *s, int64_t *out);
 /* Decodes hex text (from encode(x,'hex')) into a new buffer (free()). */
 int fw__unhex_alloc(const char *hex, unsigned char **out, size_t *out_len);
 
-/* The shared cache record (firmware_image.c): NULL on allocation failure. */
+/* The shared cache record (firmware_cache.c): NULL on allocation failure. */
 fw_cache *fw__cache_new(void);
 void fw__cache_free(fw_cache *c);
 
