@@ -356,14 +356,24 @@ static void build_next(fw_dl *d)
     }
 }
 
+/* A uv_fs_open of a download came back: *fd is the descriptor (negative:
+ * the error), kept in d->fd when valid (dl_free closes it). False when the
+ * download ended meanwhile (then released: do not touch it). */
+static bool open_back(uv_fs_t *req, int *fd)
+{
+    fw_dl *d = req->data;
+    *fd = (int)req->result;
+    uv_fs_req_cleanup(req);
+    if (*fd >= 0)
+        d->fd = *fd;
+    return fw__dl_fs_back(d);
+}
+
 static void on_tmp_open(uv_fs_t *req)
 {
     fw_dl *d = req->data;
-    int fd = (int)req->result;
-    uv_fs_req_cleanup(req);
-    if (fd >= 0)
-        d->fd = fd; /* closed by dl_free, whatever happens next */
-    if (!fw__dl_fs_back(d))
+    int fd;
+    if (!open_back(req, &fd))
         return;
     if (fd < 0) {
         log_error("fw_cache", NULL, NULL, "open %s: %s", d->tmp_path, uv_strerror(fd));
@@ -431,11 +441,8 @@ static void on_fstat(uv_fs_t *req)
 static void on_open(uv_fs_t *req)
 {
     fw_dl *d = req->data;
-    int fd = (int)req->result;
-    uv_fs_req_cleanup(req);
-    if (fd >= 0)
-        d->fd = fd; /* closed by dl_free, whatever happens next */
-    if (!fw__dl_fs_back(d))
+    int fd;
+    if (!open_back(req, &fd))
         return;
     if (fd < 0) {
         if (fd != UV_ENOENT)
