@@ -23,6 +23,7 @@
 #include "log.h"
 #include "https.h"
 #include "net.h"
+#include "proxy.h"
 #include "ratelimit.h"
 #include "svc.h"
 #include "store.h"
@@ -649,6 +650,12 @@ int main(int argc, char **argv)
                           : err);
             goto cleanup;
         }
+    }
+    const char *why = NULL;
+    if (proxy_allowlist_check(cfg.proxy_allow, &why) != CMS_OK) {
+        fprintf(stderr, "cmsd: bad configuration: %s: proxy_allow \"%s\": %s\n", config_path,
+                cfg.proxy_allow, why);
+        goto cleanup;
     }
     enum log_level lvl = LOG_INFO;
     log_level_parse(cfg.log_level, &lvl);
