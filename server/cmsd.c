@@ -99,12 +99,15 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: cmsd --config FILE\n"
             "       cmsd --check-config FILE\n"
+            "       cmsd --config-keys\n"
             "       cmsd --help | --version\n\n"
             "The CMS server: accepts HL7 v2 (IHE PCD-01) over MLLP over mutual TLS from\n"
             "certificate-authenticated patient monitors and stores the vitals in PostgreSQL,\n"
             "acknowledging each message only after it is committed.\n\n"
             "  -c, --config FILE        run with this configuration (see README: every key)\n"
             "      --check-config FILE  validate the configuration and exit\n"
+            "      --config-keys        print every configuration key: type, default,\n"
+            "                           accepted values, meaning\n"
             "  -h, --help               this text\n"
             "  -V, --version            print the version\n");
 }
@@ -595,6 +598,7 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", required_argument, NULL, 'C'},
+        {"config-keys", no_argument, NULL, 'K'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -611,6 +615,9 @@ int main(int argc, char **argv)
             config_path = optarg;
             check_only = true;
             break;
+        case 'K':
+            config_keys_print(stdout);
+            return 0;
         case 'h':
             usage(stdout);
             return 0;
@@ -635,7 +642,8 @@ int main(int argc, char **argv)
     bool ran = false;
     int rc = 1;
     char err[1024];
-    config_defaults(&cfg);
+    if (config_defaults(&cfg) != CMS_OK)
+        goto cleanup;
     if (config_load(&cfg, config_path, err, sizeof(err)) != CMS_OK) {
         fprintf(stderr, "cmsd: bad configuration: %s\n", err);
         goto cleanup;

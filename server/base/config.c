@@ -1,135 +1,287 @@
 /*
- * config.c - "key = value" configuration file (see config.h for the keys).
+ * config.c - "key = value" configuration file.
  *
- * Table-driven: each key names its type, offset in cms_config and range, so
- * that adding a key is one line here and one in config.h's comment.
+ * One table (keys[] below) is the source of truth for every key: its type,
+ * field in cms_config, accepted values, default and a one-line doc. Parsing,
+ * config_defaults, the checks after parsing, the error messages and `cmsd
+ * --config-keys` read it; README's settings table is checked against it by
+ * tests/blackbox/test_config_keys.py. Adding a key is a field in cms_config,
+ * one row here and one in README's table.
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "cms_err.h"
 #include "config.h"
 #include "log.h"
 
-enum opt_type { OPT_STR, OPT_UINT };
+/* ---- the table ------------------------------------------------------------ */
 
-struct opt {
-    const char *key;
-    enum opt_type type;
+enum key_type {
+    T_STRING,  /* free text */
+    T_ADDR,    /* host:port, [v6]:port (parsed when cmsd listens) */
+    T_FILE,    /* a file cmsd opens for reading: checked when set */
+    T_KEYFILE, /* a private key file: checked when set (regular file, no group/other access) */
+    T_FILES,   /* comma-separated files (read and checked where they are loaded) */
+    T_DIR,     /* a directory (created where it is used) */
+    T_UINT,    /* an unsigned integer in [min, max] */
+    T_ENUM,    /* one of allowed (K_ICASE: in any case) */
+};
+
+static const char *const type_names[] = {
+    [T_STRING] = "string", [T_ADDR] = "host:port", [T_FILE] = "file", [T_KEYFILE] = "key-file",
+    [T_FILES] = "files",   [T_DIR] = "dir",        [T_UINT] = "uint", [T_ENUM] = "enum",
+};
+
+struct config_key {
+    const char *name;
+    enum key_type type;
     size_t off;
-    size_t size;       /* OPT_STR: buffer size */
-    unsigned min, max; /* OPT_UINT: accepted range */
+    size_t size;         /* string types: the field's size (longest value: size - 1) */
+    unsigned min, max;   /* T_UINT: accepted range */
+    const char *allowed; /* T_ENUM: the values, '|'-separated */
+    const char *def;     /* default, as it would be written in the file; NULL = required */
+    const char *with;    /* used (and checked) only when this other key is set */
+    const char *needs;   /* setting this key without that one is an error */
+    unsigned flags;      /* K_* */
+    const char *doc;     /* one line */
 };
 
-#define S(k) {#k, OPT_STR, offsetof(cms_config, k), sizeof(((cms_config *)0)->k), 0, 0}
-#define U(k, lo, hi) {#k, OPT_UINT, offsetof(cms_config, k), 0, lo, hi}
-
-static const struct opt opts[] = {
-    S(mllp_listen),
-    S(https_listen),
-    U(workers, 0, 64),
-    S(tls_cert),
-    S(tls_key),
-    S(tls_device_ca),
-    S(tls_operator_ca),
-    S(tls_crl),
-    U(tls_session_timeout_s, 0, 86400),
-    U(tls_session_cache_size, 16, 10000000),
-    S(db_conninfo),
-    S(db_timezone),
-    U(db_connect_timeout_s, 1, 3600),
-    U(max_connections, 1, 1000000),
-    U(max_frame_bytes, 1024, 64u << 20),
-    U(preauth_buffer_bytes, 1024, 1u << 20),
-    U(handshake_timeout_ms, 100, 600000),
-    U(idle_timeout_ms, 100, 86400000),
-    U(write_timeout_ms, 100, 600000),
-    U(max_pending_per_conn, 1, 100000),
-    U(max_output_bytes, 4096, 256u << 20),
-    U(batch_max_msgs, 1, 100000),
-    U(batch_max_delay_ms, 0, 10000),
-    U(max_queued_msgs, 1, 10000000),
-    U(db_query_timeout_ms, 100, 600000),
-    U(ingest_timeout_ms, 100, 3600000),
-    U(db_reconnect_min_ms, 10, 600000),
-    U(db_reconnect_max_ms, 10, 600000),
-    U(retention_days, 0, 36500),
-    U(partitions_ahead_days, 1, 365),
-    U(device_cache_ttl_s, 0, 3600),
-    S(est_ca_cert),
-    S(est_ca_key),
-    S(est_ca_chain),
-    U(est_cert_days, 1, 3650),
-    U(est_anon_per_min, 0, 1000000),
-    U(audit_anchor_interval_s, 0, 86400),
-    U(enroll_token_ttl_s, 60, 30 * 86400),
-    U(crl_next_update_hours, 1, 24 * 30),
-    U(http_max_header_bytes, 1024, 1u << 20),
-    U(http_max_body_bytes, 1024, 64u << 20),
-    U(http_request_timeout_ms, 100, 3600000),
-    S(fw_publisher_keys),
-    S(fw_distribution_key),
-    S(fw_distribution_key_next),
-    U(fw_manifest_ttl_s, 60, 86400),
-    S(fw_cache_dir),
-    U(fw_max_image_bytes, 1024, 1u << 30),
-    U(fw_download_timeout_s, 1, 86400),
-    S(hl7_app),
-    S(hl7_facility),
-    S(log_level),
-    S(proxy_protocol),
-    S(proxy_allow),
+enum {
+    K_NONEMPTY = 1 << 0,      /* has a default, and must not be set to "" */
+    K_REQUIRED_WITH = 1 << 1, /* must be set when .with is */
+    K_ICASE = 1 << 2,         /* T_ENUM: in any case */
 };
 
-void config_defaults(cms_config *c)
+#define FIELD(k) (((cms_config *)0)->k)
+/* Compile-time check inside an initializer: 0, or an error when cond is false. */
+#define CHECK0(cond) (0 * sizeof(char[(cond) ? 1 : -1]))
+/* A string-typed key: its field is a char array. Then optional designated
+ * initializers (.with, .needs). */
+#define KS(k, t, d, docline, ...)                                                                  \
+    {                                                                                              \
+        .name = #k, .type = t,                                                                     \
+        .off = offsetof(cms_config, k) +                                                           \
+               CHECK0(__builtin_types_compatible_p(__typeof__(FIELD(k)), char[sizeof(FIELD(k))])), \
+        .size = sizeof(FIELD(k)), .def = d, .doc = docline, __VA_ARGS__                            \
+    }
+/* An unsigned key in [lo, hi]: its field is an unsigned. */
+#define KU(k, lo, hi, d, docline)                                                                  \
+    {                                                                                              \
+        .name = #k, .type = T_UINT,                                                                \
+        .off = offsetof(cms_config, k) +                                                           \
+               CHECK0(__builtin_types_compatible_p(__typeof__(FIELD(k)), unsigned)),               \
+        .min = lo, .max = hi, .def = d, .doc = docline                                             \
+    }
+
+/* In the order of README's table (and of the checks after parsing). */
+static const struct config_key keys[] = {
+    /* listeners */
+    KS(mllp_listen, T_ADDR, "127.0.0.1:2575", "HL7 MLLP over TLS listener, host:port ([v6]:port)",
+       .flags = K_NONEMPTY),
+    KS(https_listen, T_ADDR, "127.0.0.1:8443",
+       "HTTPS listener (EST, firmware, admin, health); \"\" = off; not on mllp_listen's port"),
+    KU(workers, 0, 64, "0", "event loops (threads) sharing the listeners; 0 = one per online CPU"),
+    /* TLS */
+    KS(tls_cert, T_FILE, NULL, "server certificate, then its intermediate CAs (not the root), PEM"),
+    KS(tls_key, T_KEYFILE, NULL, "server private key, PEM"),
+    KS(tls_device_ca, T_FILE, NULL,
+       "CA bundle that issues device certificates, PEM; each one a trust anchor"),
+    KS(tls_operator_ca, T_FILE, "", "CA bundle for operator certificates (admin API), PEM"),
+    KS(tls_crl, T_FILE, "", "CRL file (PEM) checked for device certificates"),
+    KU(tls_session_timeout_s, 0, 86400, "300",
+       "TLS session lifetime for resumption; 0 = always a full handshake"),
+    KU(tls_session_cache_size, 16, 10000000, "20480",
+       "sessions kept for resumption per listener (the oldest go first)"),
+    /* database */
+    KS(db_conninfo, T_STRING, NULL, "libpq connection string"),
+    KS(db_timezone, T_STRING, "UTC", "zone for HL7 times that carry no UTC offset"),
+    KU(db_connect_timeout_s, 1, 3600, "60",
+       "at start, give up (exit 1) if the database stays unreachable this long"),
+    /* connections */
+    KU(max_connections, 1, 1000000, "20000",
+       "connections per worker; beyond, new ones are closed at accept"),
+    KU(max_frame_bytes, 1024, 64u << 20, "1048576",
+       "largest MLLP frame accepted; larger closes the connection"),
+    KU(preauth_buffer_bytes, 1024, 1u << 20, "16384",
+       "input buffered before a peer is authenticated"),
+    KU(handshake_timeout_ms, 100, 600000, "10000",
+       "TLS handshake + device check must finish within this"),
+    KU(idle_timeout_ms, 100, 86400000, "120000", "close a connection silent for this long"),
+    KU(write_timeout_ms, 100, 600000, "30000",
+       "close a connection whose output does not drain in this time"),
+    KU(max_pending_per_conn, 1, 100000, "64",
+       "frames awaiting commit/ACK per connection; then stop reading"),
+    KU(max_output_bytes, 4096, 256u << 20, "1048576",
+       "unsent output per connection; beyond, the connection closes"),
+    /* ingest */
+    KU(batch_max_msgs, 1, 100000, "256", "group commit: flush at this many messages"),
+    KU(batch_max_delay_ms, 0, 10000, "5",
+       "group commit: or this long after the first queued message"),
+    KU(max_queued_msgs, 1, 10000000, "20000",
+       "global ingest backlog; above it every connection stops reading"),
+    KU(db_query_timeout_ms, 100, 600000, "10000", "per SQL statement"),
+    KU(ingest_timeout_ms, 100, 3600000, "30000",
+       "a message waiting for the database this long gets AE"),
+    KU(db_reconnect_min_ms, 10, 600000, "100",
+       "reconnect backoff start (at most db_reconnect_max_ms)"),
+    KU(db_reconnect_max_ms, 10, 600000, "5000", "reconnect backoff cap"),
+    /* retention, registry cache, audit */
+    KU(retention_days, 0, 36500, "0", "drop observation partitions older than this; 0 = keep all"),
+    KU(partitions_ahead_days, 1, 365, "7", "daily observation partitions created ahead"),
+    KU(device_cache_ttl_s, 0, 3600, "60",
+       "keep a device's \"active\" check this long; 0 = query every connection"),
+    KU(audit_anchor_interval_s, 0, 86400, "300",
+       "log the audit chain's head (event=audit_anchor) this often while it moves; 0 = off"),
+    /* enrollment */
+    KS(est_ca_cert, T_FILE, "",
+       "device-issuing CA certificate (PEM) for EST and the CRL; \"\" = EST off"),
+    KS(est_ca_key, T_KEYFILE, "", "its private key, PEM", .with = "est_ca_cert",
+       .flags = K_REQUIRED_WITH),
+    KS(est_ca_chain, T_FILE, "",
+       "chain returned by /cacerts (device CA + root); \"\" = tls_device_ca",
+       .with = "est_ca_cert"),
+    KU(est_cert_days, 1, 3650, "365", "validity of device certificates issued by EST"),
+    KU(est_anon_per_min, 0, 1000000, "60",
+       "simpleenroll requests per source address per minute (429 beyond); 0 = no limit"),
+    KU(enroll_token_ttl_s, 60, 30 * 86400, "86400",
+       "default lifetime of an enrollment token (cmsctl may ask less)"),
+    KU(crl_next_update_hours, 1, 24 * 30, "24",
+       "nextUpdate of the published CRL (re-issued on revocation and at half of this)"),
+    /* HTTP */
+    KU(http_max_header_bytes, 1024, 1u << 20, "16384",
+       "HTTP request header section limit (431 beyond)"),
+    KU(http_max_body_bytes, 1024, 64u << 20, "65536", "HTTP request body limit (413 beyond)"),
+    KU(http_request_timeout_ms, 100, 3600000, "30000",
+       "a request must be complete this long after its first byte"),
+    /* firmware */
+    KS(fw_publisher_keys, T_FILES, "",
+       "publisher public keys (Ed25519, P-256; PEM), comma-separated, at most 8; \"\" = no import"),
+    KS(fw_distribution_key, T_KEYFILE, "",
+       "Ed25519 private key (PEM) that signs device manifests; \"\" = device firmware off"),
+    KS(fw_distribution_key_next, T_KEYFILE, "",
+       "second Ed25519 key for a rotation: manifests signed by both",
+       .needs = "fw_distribution_key"),
+    KU(fw_manifest_ttl_s, 60, 86400, "3600", "manifest validity (expires_at - issued_at)"),
+    KS(fw_cache_dir, T_DIR, "var/fw-cache",
+       "local cache of images (created mode 0700; re-verified before served)"),
+    KU(fw_max_image_bytes, 1024, 1u << 30, "268435456",
+       "largest firmware image accepted by import"),
+    KU(fw_download_timeout_s, 1, 86400, "900", "longest time one image request may take"),
+    /* HL7, logging */
+    KS(hl7_app, T_STRING, "CMS", "our MSH-3 in ACKs"),
+    KS(hl7_facility, T_STRING, "CMS", "our MSH-4 in ACKs"),
+    KS(log_level, T_ENUM, "info", "log lines of this level and above",
+       .allowed = "debug|info|warn|error", .flags = K_ICASE),
+    /* behind a load balancer */
+    KS(proxy_protocol, T_ENUM, "off",
+       "v2: every connection starts with a PROXY v2 header naming the peer",
+       .allowed = "off|v2"),
+    KS(proxy_allow, T_STRING, "",
+       "the load balancers' addresses or CIDR blocks, comma-separated; required with v2"),
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const struct config_key *key_find(const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+static const char *str_value(const cms_config *c, const struct config_key *k)
+{
+    return (const char *)c + k->off;
+}
+
+/* ---- parsing ----------------------------------------------------------- */
+
+/* "a, b, c or d" from "a|b|c|d" into out. */
+static void allowed_text(const char *allowed, char *out, size_t cap)
+{
+    size_t n = 0, total = strlen(allowed);
+    out[0] = '\0';
+    for (const char *p = allowed; *p;) {
+        size_t len = strcspn(p, "|");
+        const char *sep = p == allowed ? "" : p + len == allowed + total ? " or " : ", ";
+        int w = snprintf(out + n, cap - n, "%s%.*s", sep, (int)len, p);
+        if (w < 0 || (size_t)w >= cap - n)
+            return;
+        n += (size_t)w;
+        p += len + (p[len] == '|');
+    }
+}
+
+/* v is one of "a|b|c" (icase: in any case). */
+static bool allowed_has(const char *allowed, const char *v, bool icase)
+{
+    size_t vlen = strlen(v);
+    for (const char *p = allowed; *p;) {
+        size_t len = strcspn(p, "|");
+        if (len == vlen && (icase ? strncasecmp(p, v, len) : strncmp(p, v, len)) == 0)
+            return true;
+        p += len + (p[len] == '|');
+    }
+    return false;
+}
+
+static int set_value(cms_config *c, const struct config_key *k, const char *v, char *err,
+                     size_t cap)
+{
+    char *field = (char *)c + k->off;
+    if (k->type == T_UINT) {
+        char *end;
+        errno = 0;
+        unsigned long n = strtoul(v, &end, 10);
+        if (errno || end == v || *end != '\0' || *v == '-' || n < k->min || n > k->max) {
+            snprintf(err, cap, "%s must be an integer in [%u, %u], got \"%s\"", k->name, k->min,
+                     k->max, v);
+            return CMS_EINVAL;
+        }
+        *(unsigned *)(void *)field = (unsigned)n;
+        return CMS_OK;
+    }
+    if (k->type == T_ENUM && !allowed_has(k->allowed, v, k->flags & K_ICASE)) {
+        char list[256];
+        allowed_text(k->allowed, list, sizeof(list));
+        snprintf(err, cap, "%s must be %s", k->name, list);
+        return CMS_EINVAL;
+    }
+    size_t len = strlen(v);
+    if (len >= k->size) {
+        snprintf(err, cap, "value of %s is too long (max %zu bytes)", k->name, k->size - 1);
+        return CMS_EINVAL;
+    }
+    memcpy(field, v, len + 1);
+    return CMS_OK;
+}
+
+int config_defaults(cms_config *c)
 {
     memset(c, 0, sizeof(*c));
-    snprintf(c->mllp_listen, sizeof(c->mllp_listen), "127.0.0.1:2575");
-    snprintf(c->https_listen, sizeof(c->https_listen), "127.0.0.1:8443");
-    c->workers = 0; /* one per core */
-    c->tls_session_timeout_s = 300;
-    c->tls_session_cache_size = 20480;
-    snprintf(c->db_timezone, sizeof(c->db_timezone), "UTC");
-    c->db_connect_timeout_s = 60;
-    c->max_connections = 20000;
-    c->max_frame_bytes = 1u << 20;
-    c->preauth_buffer_bytes = 16384;
-    c->handshake_timeout_ms = 10000;
-    c->idle_timeout_ms = 120000;
-    c->write_timeout_ms = 30000;
-    c->max_pending_per_conn = 64;
-    c->max_output_bytes = 1u << 20;
-    c->batch_max_msgs = 256;
-    c->batch_max_delay_ms = 5;
-    c->max_queued_msgs = 20000;
-    c->db_query_timeout_ms = 10000;
-    c->ingest_timeout_ms = 30000;
-    c->db_reconnect_min_ms = 100;
-    c->db_reconnect_max_ms = 5000;
-    c->retention_days = 0;
-    c->partitions_ahead_days = 7;
-    c->device_cache_ttl_s = 60;
-    c->est_cert_days = 365;
-    c->est_anon_per_min = 60;
-    c->audit_anchor_interval_s = 300;
-    c->enroll_token_ttl_s = 86400;
-    c->crl_next_update_hours = 24;
-    c->http_max_header_bytes = 16384;
-    c->http_max_body_bytes = 65536;
-    c->http_request_timeout_ms = 30000;
-    c->fw_manifest_ttl_s = 3600;
-    snprintf(c->fw_cache_dir, sizeof(c->fw_cache_dir), "var/fw-cache");
-    c->fw_max_image_bytes = 256u << 20;
-    c->fw_download_timeout_s = 900;
-    snprintf(c->hl7_app, sizeof(c->hl7_app), "CMS");
-    snprintf(c->hl7_facility, sizeof(c->hl7_facility), "CMS");
-    snprintf(c->log_level, sizeof(c->log_level), "info");
-    snprintf(c->proxy_protocol, sizeof(c->proxy_protocol), "off");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct config_key *k = &keys[i];
+        char why[256];
+        if (k->def && set_value(c, k, k->def, why, sizeof(why)) != CMS_OK) {
+            log_error("config_table", NULL, NULL, "default of %s: %s", k->name, why);
+            return CMS_EINTERNAL;
+        }
+        if ((k->with && !key_find(k->with)) || (k->needs && !key_find(k->needs))) {
+            log_error("config_table", NULL, NULL, "%s refers to a key that does not exist",
+                      k->name);
+            return CMS_EINTERNAL;
+        }
+    }
+    return CMS_OK;
 }
 
 static char *trim(char *s)
@@ -159,29 +311,6 @@ static char *unquote(char *v)
     return v;
 }
 
-static int set_opt(cms_config *c, const struct opt *o, const char *v, char *err, size_t cap)
-{
-    char *field = (char *)c + o->off;
-    if (o->type == OPT_STR) {
-        if (strlen(v) >= o->size) {
-            snprintf(err, cap, "value of %s is too long (max %zu bytes)", o->key, o->size - 1);
-            return CMS_EINVAL;
-        }
-        memcpy(field, v, strlen(v) + 1);
-        return CMS_OK;
-    }
-    char *end;
-    errno = 0;
-    unsigned long n = strtoul(v, &end, 10);
-    if (errno || end == v || *end != '\0' || *v == '-' || n < o->min || n > o->max) {
-        snprintf(err, cap, "%s must be an integer in [%u, %u], got \"%s\"", o->key, o->min,
-                 o->max, v);
-        return CMS_EINVAL;
-    }
-    *(unsigned *)(void *)field = (unsigned)n;
-    return CMS_OK;
-}
-
 /* The private key must exist, be a regular file and not be readable by others. */
 static int check_key_file(const char *key, const char *path, char *err, size_t cap)
 {
@@ -195,8 +324,8 @@ static int check_key_file(const char *key, const char *path, char *err, size_t c
         return CMS_EINVAL;
     }
     if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-        snprintf(err, cap, "%s %s: mode %03o is accessible by group/others; chmod 600 it",
-                 key, path, (unsigned)(st.st_mode & 0777));
+        snprintf(err, cap, "%s %s: mode %03o is accessible by group/others; chmod 600 it", key,
+                 path, (unsigned)(st.st_mode & 0777));
         return CMS_EINVAL;
     }
     return CMS_OK;
@@ -213,27 +342,25 @@ static int check_readable(const char *key, const char *path, char *err, size_t c
     return CMS_OK;
 }
 
+/* The checks that need the whole file: required keys, relations, files. */
 static int validate(const cms_config *c, char *err, size_t cap)
 {
-    static const char *const required[] = {"tls_cert", "tls_key", "tls_device_ca", "db_conninfo"};
-    const char *vals[] = {c->tls_cert, c->tls_key, c->tls_device_ca, c->db_conninfo};
-    for (size_t i = 0; i < 4; i++) {
-        if (vals[i][0] == '\0') {
-            snprintf(err, cap, "%s is required", required[i]);
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct config_key *k = &keys[i];
+        if (k->type == T_UINT || str_value(c, k)[0])
+            continue;
+        if (!k->def) {
+            snprintf(err, cap, "%s is required", k->name);
+            return CMS_EINVAL;
+        }
+        if (k->flags & K_NONEMPTY) {
+            snprintf(err, cap, "%s must not be empty", k->name);
             return CMS_EINVAL;
         }
     }
-    if (c->mllp_listen[0] == '\0') {
-        snprintf(err, cap, "mllp_listen must not be empty");
-        return CMS_EINVAL;
-    }
-    enum log_level lvl;
-    if (log_level_parse(c->log_level, &lvl) != CMS_OK) {
-        snprintf(err, cap, "log_level must be debug, info, warn or error");
-        return CMS_EINVAL;
-    }
-    if (strcmp(c->proxy_protocol, "off") != 0 && strcmp(c->proxy_protocol, "v2") != 0) {
-        snprintf(err, cap, "proxy_protocol must be off or v2");
+    /* Rules the table's columns do not say. */
+    if (c->db_reconnect_min_ms > c->db_reconnect_max_ms) {
+        snprintf(err, cap, "db_reconnect_min_ms must not exceed db_reconnect_max_ms");
         return CMS_EINVAL;
     }
     /* The allowlist's syntax is checked by cmsd.c with proxy_allowlist_check (proto). */
@@ -242,42 +369,31 @@ static int validate(const cms_config *c, char *err, size_t cap)
                            "of the load balancers)");
         return CMS_EINVAL;
     }
-    if (c->db_reconnect_min_ms > c->db_reconnect_max_ms) {
-        snprintf(err, cap, "db_reconnect_min_ms must not exceed db_reconnect_max_ms");
-        return CMS_EINVAL;
-    }
-    int rc;
-    if ((rc = check_readable("tls_cert", c->tls_cert, err, cap)) != CMS_OK ||
-        (rc = check_key_file("tls_key", c->tls_key, err, cap)) != CMS_OK ||
-        (rc = check_readable("tls_device_ca", c->tls_device_ca, err, cap)) != CMS_OK)
-        return rc;
-    if (c->tls_operator_ca[0] &&
-        (rc = check_readable("tls_operator_ca", c->tls_operator_ca, err, cap)) != CMS_OK)
-        return rc;
-    if (c->tls_crl[0] && (rc = check_readable("tls_crl", c->tls_crl, err, cap)) != CMS_OK)
-        return rc;
-    if (c->est_ca_cert[0]) {
-        if (!c->est_ca_key[0]) {
-            snprintf(err, cap, "est_ca_key is required when est_ca_cert is set");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct config_key *k = &keys[i];
+        if (k->type == T_UINT)
+            continue;
+        const char *v = str_value(c, k);
+        if (k->with && !str_value(c, key_find(k->with))[0])
+            continue; /* not used */
+        if (!v[0]) {
+            if (k->flags & K_REQUIRED_WITH) {
+                snprintf(err, cap, "%s is required when %s is set", k->name, k->with);
+                return CMS_EINVAL;
+            }
+            continue;
+        }
+        int rc = CMS_OK;
+        if (k->type == T_FILE)
+            rc = check_readable(k->name, v, err, cap);
+        else if (k->type == T_KEYFILE)
+            rc = check_key_file(k->name, v, err, cap);
+        if (rc != CMS_OK)
+            return rc;
+        if (k->needs && !str_value(c, key_find(k->needs))[0]) {
+            snprintf(err, cap, "%s needs %s", k->name, k->needs);
             return CMS_EINVAL;
         }
-        if ((rc = check_readable("est_ca_cert", c->est_ca_cert, err, cap)) != CMS_OK ||
-            (rc = check_key_file("est_ca_key", c->est_ca_key, err, cap)) != CMS_OK)
-            return rc;
-        if (c->est_ca_chain[0] &&
-            (rc = check_readable("est_ca_chain", c->est_ca_chain, err, cap)) != CMS_OK)
-            return rc;
-    }
-    if (c->fw_distribution_key[0] &&
-        (rc = check_key_file("fw_distribution_key", c->fw_distribution_key, err, cap)) != CMS_OK)
-        return rc;
-    if (c->fw_distribution_key_next[0] &&
-        (rc = check_key_file("fw_distribution_key_next", c->fw_distribution_key_next, err,
-                             cap)) != CMS_OK)
-        return rc;
-    if (c->fw_distribution_key_next[0] && !c->fw_distribution_key[0]) {
-        snprintf(err, cap, "fw_distribution_key_next needs fw_distribution_key");
-        return CMS_EINVAL;
     }
     return CMS_OK;
 }
@@ -285,7 +401,7 @@ static int validate(const cms_config *c, char *err, size_t cap)
 int config_load(cms_config *c, const char *path, char *err, size_t cap)
 {
     char line[4096], where[600];
-    unsigned seen[sizeof(opts) / sizeof(opts[0])] = {0};
+    unsigned seen[NKEYS] = {0};
     int rc = CMS_OK;
     unsigned lineno = 0;
     FILE *f = fopen(path, "r");
@@ -323,22 +439,19 @@ int config_load(cms_config *c, const char *path, char *err, size_t cap)
             rc = CMS_EINVAL;
             goto cleanup;
         }
-        size_t i;
-        for (i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
-            if (strcmp(opts[i].key, key) == 0)
-                break;
-        if (i == sizeof(opts) / sizeof(opts[0])) {
+        const struct config_key *k = key_find(key);
+        if (!k) {
             snprintf(err, cap, "%s: unknown key \"%s\"", where, key);
             rc = CMS_EINVAL;
             goto cleanup;
         }
-        if (seen[i]++) {
+        if (seen[k - keys]++) {
             snprintf(err, cap, "%s: duplicate key \"%s\"", where, key);
             rc = CMS_EINVAL;
             goto cleanup;
         }
         char why[512];
-        if (set_opt(c, &opts[i], val, why, sizeof(why)) != CMS_OK) {
+        if (set_value(c, k, val, why, sizeof(why)) != CMS_OK) {
             snprintf(err, cap, "%s: %s", where, why);
             rc = CMS_EINVAL;
             goto cleanup;
@@ -357,4 +470,63 @@ int config_load(cms_config *c, const char *path, char *err, size_t cap)
 cleanup:
     fclose(f);
     return rc;
+}
+
+/* ---- the table, printed ------------------------------------------------------ */
+
+static void default_text(const struct config_key *k, char *out, size_t cap)
+{
+    if (!k->def)
+        snprintf(out, cap, "(required)");
+    else if (!k->def[0])
+        snprintf(out, cap, "\"\"");
+    else
+        snprintf(out, cap, "%s", k->def);
+}
+
+static void accepted_text(const struct config_key *k, char *out, size_t cap)
+{
+    if (k->type == T_UINT)
+        snprintf(out, cap, "%u..%u", k->min, k->max);
+    else if (k->type == T_ENUM)
+        snprintf(out, cap, "%s", k->allowed);
+    else
+        snprintf(out, cap, "-");
+}
+
+void config_keys_print(FILE *out)
+{
+    static const char *const head[] = {"key", "type", "default", "accepted"};
+    int w[4] = {0};
+    for (int j = 0; j < 4; j++)
+        w[j] = (int)strlen(head[j]);
+    for (size_t i = 0; i < NKEYS; i++) {
+        char d[CONFIG_STR], a[64];
+        default_text(&keys[i], d, sizeof(d));
+        accepted_text(&keys[i], a, sizeof(a));
+        const char *col[4] = {keys[i].name, type_names[keys[i].type], d, a};
+        for (int j = 0; j < 4; j++)
+            if ((int)strlen(col[j]) > w[j])
+                w[j] = (int)strlen(col[j]);
+    }
+    fprintf(out, "%-*s  %-*s  %-*s  %-*s  %s\n", w[0], head[0], w[1], head[1], w[2], head[2], w[3],
+            head[3], "meaning");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct config_key *k = &keys[i];
+        char d[CONFIG_STR], a[64];
+        default_text(k, d, sizeof(d));
+        accepted_text(k, a, sizeof(a));
+        fprintf(out, "%-*s  %-*s  %-*s  %-*s  %s", w[0], k->name, w[1], type_names[k->type], w[2],
+                d, w[3], a, k->doc);
+        if (k->flags & K_NONEMPTY)
+            fprintf(out, "; not \"\"");
+        if (k->with)
+            fprintf(out, "; used when %s is set%s", k->with,
+                    k->flags & K_REQUIRED_WITH ? ", then required" : "");
+        if (k->needs)
+            fprintf(out, "; needs %s", k->needs);
+        if (k->type == T_KEYFILE)
+            fprintf(out, "; no group/other access");
+        fputc('\n', out);
+    }
 }

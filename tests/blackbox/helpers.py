@@ -384,7 +384,7 @@ def device_add(db, serial, status=None, ident=None, model=None):
 # ---------------------------------------------------------------------------
 
 def base_config(pki, db, mllp_port, https_port):
-    """Every key cmsd needs for the tests (see include/config.h)."""
+    """Every key cmsd needs for the tests (every key: `cmsd --config-keys`)."""
     return {
         "mllp_listen": "127.0.0.1:%d" % mllp_port,
         "https_listen": "127.0.0.1:%d" % https_port,
