@@ -31,9 +31,8 @@ int svc_health(https_req *r)
 
 const https_route svc_routes[] = {
     {"GET", "/healthz", svc_health, ANY, "http_refused"},
-    /* Each service adds its lines here when its handlers land (see svc.h):
-     * EST + tokens + revocation + CRL (est.c, enroll.c), registry/audit (admin.c). */
-    /* admin.c: registry read side, groups, audit log */
+    /* Each service adds its lines here when its handlers land (see svc.h). */
+    /* admin/admin.c: registry read side, groups; admin/admin_audit.c: audit log */
     {"GET", "/api/v1/whoami", admin_whoami, OP(VIEWER), "http_refused"},
     {"GET", "/api/v1/devices", admin_device_list, OP(VIEWER), "http_refused"},
     {"GET", "/api/v1/devices/:serial", admin_device_show, OP(VIEWER), "http_refused"},
@@ -42,7 +41,7 @@ const https_route svc_routes[] = {
     {"POST", "/api/v1/groups/:name/devices", admin_group_set, OP(OPERATOR), "group_update_refused"},
     {"GET", "/api/v1/audit", admin_audit_list, OP(VIEWER), "http_refused"},
     {"GET", "/api/v1/audit/verify", admin_audit_verify, OP(VIEWER), "http_refused"},
-    /* est.c, enroll.c, revocation.c: EST, enrollment tokens, revocation, CRL */
+    /* est/est.c, est/enroll.c, est/revocation.c: EST, enrollment tokens, revocation, CRL */
     {"GET", "/.well-known/est/cacerts", est_cacerts, ANY, "est_refused"},
     {"GET", "/.well-known/est/csrattrs", est_csrattrs, ANY, "est_refused"},
     {"POST", "/.well-known/est/simpleenroll", est_simpleenroll, ANY, "est_refused"},

@@ -25,7 +25,8 @@
  *   POST /api/v1/enroll/tokens/:id/revoke              role operator
  *     200 {"id", "serial", "revoked_at"}; 404 unknown; 409 used or revoked.
  *
- * Times are UTC, "2026-11-28T06:14:54.123456Z" (as in admin.c); absent = null.
+ * Times are UTC, "2026-11-28T06:14:54.123456Z" (as in the operator API,
+ * admin/admin_int.h); absent = null.
  *
  * Every mutation is audited in the same transaction by the SQL function
  * (enroll_token_created / enroll_token_revoked, actor "operator:<CN>");
@@ -46,7 +47,7 @@
 #define LIST_DEFAULT 100
 #define LIST_MAX 1000
 
-/* Times in answers: UTC, "2026-11-28T06:14:54.123456Z" (as admin.c). */
+/* Times in answers: UTC, "2026-11-28T06:14:54.123456Z" (as admin/admin_int.h's ISO). */
 #define ISO(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 static const char create_sql[] =

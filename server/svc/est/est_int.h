@@ -1,6 +1,10 @@
 /*
- * est_int.h - shared between est.c (EST endpoints) and enroll.c (tokens,
- * revocation, CRL, service state). Private to server/svc.
+ * est_int.h - shared by the enrollment service's files, private to
+ * server/svc/est: est.c (EST endpoints and the service state: svc_est_init,
+ * svc__est_ca), enroll.c (enrollment tokens, and the helpers below for
+ * answers, JSON bodies, SQLSTATEs and bytea parameters) and revocation.c
+ * (revocation, its fan-out to the connections, the CRL). The helpers every
+ * room shares are in ../svc_int.h.
  *
  * Thread: everything runs on the worker's loop thread; est_state is built by
  * svc_est_init on that thread and read-only afterwards.
@@ -27,31 +31,31 @@ typedef struct est_state {
     uint64_t busy_refused;   /* 503s since then */
 } est_state;
 
-/* The CA when EST is on, else NULL. */
+/* The CA when EST is on, else NULL (est.c). */
 pki_ca *svc__est_ca(const svc_state *st);
 
 /*
- * Answers r with a JSON error {"error", "detail"}; extra headers may be
+ * enroll.c: answers r with a JSON error {"error", "detail"}; extra headers may be
  * NULL/0. Safe after the connection closed (then only releases r).
  */
 void svc__reply_error(https_req *r, int status, const char *error, const char *detail,
                       const http_field *extra, size_t n_extra);
 
 /*
- * The custom SQLSTATEs of sql/002_enrollment.sql (CE0xx, CN0xx, CV001) as
+ * enroll.c: the custom SQLSTATEs of sql/002_enrollment.sql (CE0xx, CN0xx, CV001) as
  * 4xx answers, for svc__db_error (svc_int.h): the function's message is the
  * detail; anything else is a logged 500 or a 503.
  */
 extern const svc__sqlstate svc__est_sqlstates[];
 
 /*
- * The request body as a JSON object (an empty body is {}). On error answers
+ * enroll.c: the request body as a JSON object (an empty body is {}). On error answers
  * r with 400 and returns NULL. The caller owns the result (json_decref).
  */
 json_t *svc__json_body(https_req *r);
 
 /*
- * Hex for a bytea parameter: "\\x" followed by 2*len hex digits, malloc'd
+ * enroll.c: hex for a bytea parameter: "\\x" followed by 2*len hex digits, malloc'd
  * (free()). Returns NULL on allocation failure.
  */
 char *svc__bytea_param(const unsigned char *data, size_t len);
@@ -60,13 +64,13 @@ char *svc__bytea_param(const unsigned char *data, size_t len);
 #define SVC_SHA256_PARAM_SIZE 67
 
 /*
- * SHA-256 of the NUL-terminated text (an enrollment token) as a bytea
+ * enroll.c: SHA-256 of the NUL-terminated text (an enrollment token) as a bytea
  * parameter into out. Returns CMS_OK or CMS_EINTERNAL.
  */
 int svc__sha256_param(const char *text, char out[SVC_SHA256_PARAM_SIZE]);
 
 /*
- * Regenerates the CRL: new number and revoked list from the database
+ * revocation.c: regenerates the CRL: new number and revoked list from the database
  * (cms.crl_prepare), signed with the CA, stored (cms.crl_publish). Then
  * cb(ctx, CMS_OK, crl, number), crl borrowed for the call; or cb(ctx, err,
  * NULL, 0) when a step failed (logged). Returns CMS_OK (cb will run once),
