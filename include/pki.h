@@ -332,6 +332,17 @@ int pki_cert_serial_hex(const X509 *cert, char out[PKI_SERIAL_HEX_SIZE]);
  */
 int pki_asn1_time_iso(const ASN1_TIME *t, char out[PKI_ISO_TIME_SIZE], time_t *epoch);
 
+/**
+ * The certificate's public key as the registry records it, the same text as
+ * pki_csr.key_desc ("EC P-256", "EC P-384", "Ed25519", "RSA 3072"), into out
+ * (cap bytes; 32 are enough). cert borrowed. Used where a certificate made
+ * outside EST is recorded (cmsctl db device-add --cert).
+ * Returns CMS_OK; CMS_EINVAL (NULL, or out too small); CMS_EPERM (no key, or
+ * a key the device policy of pki_csr_from_est_body() refuses: weak RSA,
+ * another curve; reason says which).
+ */
+int pki_cert_key_desc(const X509 *cert, char *out, size_t cap, char *reason, size_t reason_cap);
+
 /* ------------------------------------------------------------------------
  * Signing keys (firmware descriptors and manifests)
  *

@@ -488,3 +488,23 @@ int pki_asn1_time_iso(const ASN1_TIME *t, char out[PKI_ISO_TIME_SIZE], time_t *e
         *epoch = timegm(&tm);
     return CMS_OK;
 }
+
+int pki_cert_key_desc(const X509 *cert, char *out, size_t cap, char *reason, size_t reason_cap)
+{
+    char desc[32] = "";
+
+    if (out == NULL || cap == 0)
+        return CMS_EINVAL;
+    out[0] = '\0';
+    if (cert == NULL)
+        return CMS_EINVAL;
+    /* X509_get0_pubkey: borrowed, NULL when the key cannot be decoded */
+    if (!pki__key_allowed(X509_get0_pubkey(cert), desc, sizeof(desc), reason, reason_cap)) {
+        ERR_clear_error();
+        return CMS_EPERM;
+    }
+    if (strlen(desc) >= cap)
+        return CMS_EINVAL;
+    memcpy(out, desc, strlen(desc) + 1);
+    return CMS_OK;
+}

@@ -477,7 +477,8 @@ static void test_issue_p256_cert(void **state)
 
 static void test_issue_other_key_types_and_ca_types(void **state)
 {
-    static const char *const types[][2] = {{"EC", "P-384"}, {"ED25519", NULL}, {"RSA", "2048"}};
+    static const char *const types[][3] = {
+        {"EC", "P-384", "EC P-384"}, {"ED25519", NULL, "Ed25519"}, {"RSA", "2048", "RSA 2048"}};
     EVP_PKEY *ed_ca_key = keygen("ED25519", NULL);
     X509 *ed_ca = make_ca_cert(ed_ca_key, "Ed25519 Root", NULL, NULL, 100);
     pki_ca *edca = NULL;
@@ -495,6 +496,12 @@ static void test_issue_other_key_types_and_ca_types(void **state)
             pki_issue_device_cert(ca, csr, "MON-0002", 30, 0, &iss, reason, sizeof(reason)),
             CMS_OK);
         assert_int_equal(verify_with_chain(iss.cert, NULL, &err), 1);
+        /* what the registry records for a certificate made outside EST */
+        char desc[32];
+        assert_int_equal(pki_cert_key_desc(iss.cert, desc, sizeof(desc), reason, sizeof(reason)),
+                         CMS_OK);
+        assert_string_equal(desc, types[i][2]);
+        assert_int_equal(pki_cert_key_desc(iss.cert, desc, 4, reason, sizeof(reason)), CMS_EINVAL);
         /* keyAgreement only for EC keys */
         assert_int_equal(X509_get_key_usage(iss.cert) & KU_KEY_AGREEMENT,
                          EVP_PKEY_is_a(k, "EC") ? KU_KEY_AGREEMENT : 0);
@@ -1075,6 +1082,11 @@ static void test_cert_helpers(void **state)
     assert_string_equal(sn, "0a1b");
     /* no CN */
     assert_int_equal(pki_cert_cn(c, cn, sizeof(cn)), CMS_EPROTO);
+    /* no public key: refused with a reason */
+    char desc[32], why[PKI_REASON_MAX] = "";
+    assert_int_equal(pki_cert_key_desc(c, desc, sizeof(desc), why, sizeof(why)), CMS_EPERM);
+    assert_string_equal(desc, "");
+    assert_string_equal(why, "no public key");
     X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"A", -1, -1, 0);
     X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"B", -1, -1, 0);
     X509_set_subject_name(c, n);
