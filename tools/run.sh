@@ -6,7 +6,8 @@
 #   3. certs/mkpki.sh dev var/pki            dev PKI (reused when present)
 #   4. tools/pg.sh start var/pg PG_PORT      private PostgreSQL 15 (Unix socket only)
 #   5. cmsctl db migrate; pg.sh setup        schema, then GRANT cms_server TO cmsd
-#   6. cmsctl db device-add MON-0001..0003   demo monitors
+#   6. cmsctl db device-add MON-0001..0003   demo monitors, each with its certificate from
+#                                            var/pki/devices recorded in the registry (--cert)
 #   7. var/cmsd.conf                         written when missing (CMS_RECONFIG=1 rewrites it)
 #   8. exec build/cmsd --config var/cmsd.conf   Ctrl-C stops it cleanly
 #
@@ -14,7 +15,10 @@
 # cmsd stops: `tools/pg.sh stop var/pg 5433` stops it; `rm -rf var` starts over.
 #
 # Environment: PG_PORT (5433; the socket file's name, there is no TCP), MLLP_PORT (2575),
-# HTTPS_PORT (8443), BUILD (build), CMS_RECONFIG=1.
+# HTTPS_PORT (8443), BUILD (build), CMS_RECONFIG=1. For the documentation tests
+# (tests/blackbox/test_docs_examples.py), which run this script in a directory of their own:
+# CMS_RUN_NO_BUILD=1 (skip steps 1-2: the binaries in $BUILD are used as they are) and
+# CMS_RUN_PREPARE_ONLY=1 (stop before step 8; the caller starts cmsd).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,8 +36,10 @@ DEMO_DEVICES=(MON-0001 MON-0002 MON-0003)
 
 say() { echo "run.sh: $*"; }
 
-tools/deps.sh
-make -j"$(nproc)" BUILD="$BUILD"
+if [[ ${CMS_RUN_NO_BUILD:-0} != 1 ]]; then
+	tools/deps.sh
+	make -j"$(nproc)" BUILD="$BUILD"
+fi
 mkdir -p "$VAR"
 certs/mkpki.sh dev "$PKI"
 tools/pg.sh start "$PGDIR" "$PG_PORT"
@@ -42,8 +48,11 @@ DSN_ADMIN=$(tools/pg.sh dsn "$PGDIR" "$PG_PORT")
 DSN_CMSD=$(tools/pg.sh dsn "$PGDIR" "$PG_PORT" cmsd)
 "$BUILD/cmsctl" db migrate --dsn "$DSN_ADMIN" --sql-dir sql
 tools/pg.sh setup "$PGDIR" "$PG_PORT"
+# Each demo monitor's certificate is recorded (issued_via provisioned), as EST would have: it
+# shows in `cmsctl device certs` and can be revoked on its own (`cmsctl device cert-revoke`).
 for serial in "${DEMO_DEVICES[@]}"; do
-	"$BUILD/cmsctl" db device-add "$serial" --model "CMS Demo Monitor" --dsn "$DSN_ADMIN"
+	"$BUILD/cmsctl" db device-add "$serial" --model "CMS Demo Monitor" \
+		--cert "$PKI/devices/$serial.crt" --dsn "$DSN_ADMIN"
 done
 
 if [[ ! -s $CONF || ${CMS_RECONFIG:-0} == 1 ]]; then
@@ -89,6 +98,11 @@ key = $PKI/operators/$who.key
 cacert = $PKI/ca.pem
 EOF
 done
+
+if [[ ${CMS_RUN_PREPARE_ONLY:-0} == 1 ]]; then
+	say "prepared (CMS_RUN_PREPARE_ONLY=1): start cmsd with $BUILD/cmsd --config $CONF"
+	exit 0
+fi
 
 DEV=$PKI/devices/MON-0001
 cat <<EOF

@@ -4,7 +4,8 @@
  *
  *   cmsctl db migrate     apply sql/NNN_*.sql in order, one transaction each
  *   cmsctl db status      list applied and pending migrations
- *   cmsctl db device-add  register (or update) a device, audited
+ *   cmsctl db device-add  register (or update) a device, audited; --cert records a
+ *                         certificate made outside EST (the dev PKI's demo monitors)
  *
  * The database comes from --dsn or the environment variable CMS_DB_DSN, the
  * migrations directory from --sql-dir, CMS_SQL_DIR or ./sql.
@@ -18,8 +19,12 @@
 
 #include <libpq-fe.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
+#include "cms_err.h"
 #include "cmsctl.h"
+#include "pki.h"
 
 #define MIGRATE_LOCK_KEY "cms.schema_migrations"
 #define MAX_IDENTS 8  /* store_device.idents */
@@ -325,7 +330,16 @@ static int apply_one(PGconn *c, const mig_file *m)
 /* Option parsing shared by the subcommands                                 */
 /* ------------------------------------------------------------------------ */
 
-enum { OPT_DSN = 1000, OPT_SQL_DIR, OPT_MODEL, OPT_IDENT, OPT_STATUS, OPT_LOCATION, OPT_GROUP };
+enum {
+    OPT_DSN = 1000,
+    OPT_SQL_DIR,
+    OPT_MODEL,
+    OPT_IDENT,
+    OPT_STATUS,
+    OPT_LOCATION,
+    OPT_GROUP,
+    OPT_CERT
+};
 
 static void reset_getopt(void)
 {
@@ -541,7 +555,7 @@ static void device_add_usage(FILE *f)
 {
     fprintf(f,
             "usage: cmsctl db device-add SERIAL [--model M] [--ident ID]... [--status S]\n"
-            "                            [--location L] [--group G] [--dsn DSN]\n"
+            "                            [--location L] [--group G] [--cert FILE] [--dsn DSN]\n"
             "\n"
             "Registers device SERIAL (its certificate CN) directly in the database, for\n"
             "local bootstrap and tests. Idempotent: an existing device keeps the fields\n"
@@ -553,6 +567,12 @@ static void device_add_usage(FILE *f)
             "                (default for a new device: active)\n"
             "  --location L  location text\n"
             "  --group G     group text\n"
+            "  --cert FILE   record the device's certificate (PEM, CN = SERIAL), made\n"
+            "                outside EST, as its current one (issued_via provisioned):\n"
+            "                its other current certificates are superseded, and from then\n"
+            "                on only a recorded certificate is accepted for the device\n"
+            "                (docs/enrollment.md). The chain is not checked here (cmsd\n"
+            "                checks it at every handshake). Already recorded: no change\n"
             "  --dsn DSN     libpq connection string (default: $CMS_DB_DSN)\n",
             MAX_IDENTS);
 }
@@ -602,6 +622,118 @@ static int array_append(char *buf, size_t cap, size_t *len, const char *s)
     return 0;
 }
 
+/* A certificate to record with --cert: the columns of cms.device_certs. */
+typedef struct prov_cert {
+    unsigned char *der; /* owned (OPENSSL_free) */
+    int der_len;
+    char fingerprint[PKI_SHA256_HEX_SIZE];
+    char serial_hex[PKI_SERIAL_HEX_SIZE];
+    char not_before[PKI_ISO_TIME_SIZE];
+    char not_after[PKI_ISO_TIME_SIZE];
+    char key_desc[32];
+} prov_cert;
+
+/* Reads the PEM certificate at path for device serial into pc. Returns 0, or -1 with a message
+ * on stderr (unreadable, not a certificate, CN not serial, a key the device policy refuses). */
+static int prov_cert_load(const char *path, const char *serial, prov_cert *pc)
+{
+    int rc = -1;
+    X509 *x = NULL;
+    char cn[PKI_CN_MAX + 1], why[PKI_REASON_MAX] = "";
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "cmsctl: --cert %s: %s\n", path, strerror(errno));
+        goto cleanup;
+    }
+    x = PEM_read_X509(f, NULL, NULL, NULL);
+    if (!x) {
+        fprintf(stderr, "cmsctl: --cert %s: not a PEM certificate\n", path);
+        goto cleanup;
+    }
+    if (pki_cert_cn(x, cn, sizeof(cn)) != CMS_OK || strcmp(cn, serial) != 0) {
+        fprintf(stderr, "cmsctl: --cert %s: its subject CN is not %s\n", path, serial);
+        goto cleanup;
+    }
+    if (pki_cert_key_desc(x, pc->key_desc, sizeof(pc->key_desc), why, sizeof(why)) != CMS_OK) {
+        fprintf(stderr, "cmsctl: --cert %s: %s\n", path, why);
+        goto cleanup;
+    }
+    if (pki_cert_fingerprint_sha256(x, pc->fingerprint) != CMS_OK ||
+        pki_cert_serial_hex(x, pc->serial_hex) != CMS_OK || pc->serial_hex[0] == '-' ||
+        pki_asn1_time_iso(X509_get0_notBefore(x), pc->not_before, NULL) != CMS_OK ||
+        pki_asn1_time_iso(X509_get0_notAfter(x), pc->not_after, NULL) != CMS_OK) {
+        fprintf(stderr, "cmsctl: --cert %s: cannot read its serial number or validity\n", path);
+        goto cleanup;
+    }
+    pc->der_len = i2d_X509(x, &pc->der);
+    if (pc->der_len <= 0) {
+        pc->der = NULL;
+        fprintf(stderr, "cmsctl: --cert %s: cannot encode it\n", path);
+        goto cleanup;
+    }
+    rc = 0;
+cleanup:
+    X509_free(x);
+    if (f)
+        fclose(f);
+    return rc;
+}
+
+/* Records pc for device id (in the caller's transaction). Sets *recorded when the certificate
+ * is new (then the device's other current certificates are superseded). Returns 0 or -1. */
+static int prov_cert_record(PGconn *c, const char *id, const char *serial, const prov_cert *pc,
+                            int *recorded)
+{
+    int rc = -1;
+    *recorded = 0;
+    const char *p1[2] = {pc->fingerprint, pc->serial_hex};
+    PGresult *r = PQexecParams(c,
+                               "SELECT d.serial, c.fingerprint_sha256 = $1 "
+                               "FROM cms.device_certs c JOIN cms.devices d ON d.id = c.device_id "
+                               "WHERE c.fingerprint_sha256 = $1 OR c.serial_hex = $2",
+                               2, NULL, p1, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "cmsctl: looking up the certificate: %s", PQresultErrorMessage(r));
+        goto cleanup;
+    }
+    if (PQntuples(r) > 0) {
+        if (strcmp(PQgetvalue(r, 0, 0), serial) != 0 || strcmp(PQgetvalue(r, 0, 1), "t") != 0) {
+            fprintf(stderr,
+                    "cmsctl: a certificate with serial number %s is already recorded "
+                    "for device %s\n",
+                    pc->serial_hex, PQgetvalue(r, 0, 0));
+            goto cleanup;
+        }
+        rc = 0; /* this very certificate, already recorded: keep its state */
+        goto cleanup;
+    }
+    PQclear(r);
+    const char *p2[8] = {id,           pc->serial_hex, pc->fingerprint, serial,
+                         pc->key_desc, pc->not_before, pc->not_after,   (const char *)pc->der};
+    const int len[8] = {0, 0, 0, 0, 0, 0, 0, pc->der_len};
+    const int fmt[8] = {0, 0, 0, 0, 0, 0, 0, 1};
+    r = PQexecParams(c,
+                     "WITH ins AS ("
+                     "  INSERT INTO cms.device_certs (device_id, serial_hex, fingerprint_sha256,"
+                     "    subject_cn, key_desc, not_before, not_after, issued_via, der)"
+                     "  VALUES ($1::bigint, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz,"
+                     "    'provisioned', $8::bytea) RETURNING id) "
+                     "UPDATE cms.device_certs c SET superseded_at = now(),"
+                     "  superseded_by = (SELECT id FROM ins) "
+                     "WHERE c.device_id = $1::bigint AND c.superseded_at IS NULL"
+                     "  AND c.revoked_at IS NULL AND (SELECT id FROM ins) IS NOT NULL",
+                     8, NULL, p2, len, fmt, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        fprintf(stderr, "cmsctl: recording the certificate: %s", PQresultErrorMessage(r));
+        goto cleanup;
+    }
+    *recorded = 1;
+    rc = 0;
+cleanup:
+    PQclear(r);
+    return rc;
+}
+
 static int db_device_add(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -611,10 +743,12 @@ static int db_device_add(int argc, char **argv)
         {"status", required_argument, NULL, OPT_STATUS},
         {"location", required_argument, NULL, OPT_LOCATION},
         {"group", required_argument, NULL, OPT_GROUP},
+        {"cert", required_argument, NULL, OPT_CERT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *dsn = NULL, *model = NULL, *status = NULL, *location = NULL, *group = NULL;
+    const char *cert = NULL;
     const char *idents[MAX_IDENTS];
     size_t nidents = 0;
     int ch;
@@ -635,6 +769,9 @@ static int db_device_add(int argc, char **argv)
             break;
         case OPT_GROUP:
             group = optarg;
+            break;
+        case OPT_CERT:
+            cert = optarg;
             break;
         case OPT_IDENT:
             if (nidents == MAX_IDENTS) {
@@ -674,9 +811,15 @@ static int db_device_add(int argc, char **argv)
     ident_arr[alen++] = '}';
     ident_arr[alen] = '\0';
 
-    int rc = CMSCTL_EFAIL;
+    int rc = CMSCTL_EFAIL, cert_recorded = 0;
     PGresult *r = NULL;
-    PGconn *c = db_connect(dsn);
+    PGconn *c = NULL;
+    prov_cert pc = {0};
+    if (cert && prov_cert_load(cert, serial, &pc) != 0) {
+        rc = CMSCTL_EUSAGE;
+        goto cleanup;
+    }
+    c = db_connect(dsn);
     if (!c)
         goto cleanup;
     if (exec_ok(c, "BEGIN", "BEGIN") != 0)
@@ -726,14 +869,21 @@ static int db_device_add(int argc, char **argv)
         goto rollback;
     }
     PQclear(r);
+    r = NULL;
+    if (cert && prov_cert_record(c, id, serial, &pc, &cert_recorded) != 0)
+        goto rollback;
 
-    const char *p3[7] = {serial, created ? "t" : "f", model, status, location, group, ident_arr};
+    const char *p3[8] = {serial,    created ? "t" : "f",
+                         model,     status,
+                         location,  group,
+                         ident_arr, cert_recorded ? pc.fingerprint : NULL};
     r = PQexecParams(c,
                      "SELECT cms.audit_append('device_add', 'local:cmsctl', $1, NULL, "
                      "  jsonb_strip_nulls(jsonb_build_object('created', $2::boolean, "
                      "    'model', $3::text, 'status', $4::text, 'location', $5::text, "
-                     "    'group', $6::text, 'idents', $7::text[]))::text)",
-                     7, NULL, p3, NULL, NULL, 0);
+                     "    'group', $6::text, 'idents', $7::text[], "
+                     "    'cert_recorded', $8::text))::text)",
+                     8, NULL, p3, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         fprintf(stderr, "cmsctl: writing the audit row: %s", PQresultErrorMessage(r));
         goto rollback;
@@ -744,6 +894,9 @@ static int db_device_add(int argc, char **argv)
         goto cleanup;
     printf("device %s id=%s status=%s (%s)\n", serial, id, st,
            created ? "created" : "already registered");
+    if (cert)
+        printf("device %s certificate %s (serial %s) %s\n", serial, pc.fingerprint, pc.serial_hex,
+               cert_recorded ? "recorded" : "already recorded");
     rc = CMSCTL_OK;
     goto cleanup;
 rollback:
@@ -751,6 +904,7 @@ rollback:
 cleanup:
     PQclear(r);
     PQfinish(c);
+    OPENSSL_free(pc.der);
     return rc;
 }
 
