@@ -276,6 +276,10 @@ def test_only_admins_revoke(est, pki, db, work):
     since = eh.last_audit_id(db)
     st, body = eh.api(est, "POST", "/api/v1/devices/%s/revoke" % serial, data={"reason": "whim"})
     assert st == 400 and "reason" in body["detail"], body
+    # the refusal lists what is accepted: the RFC 5280 names and the words
+    for name in ("keyCompromise", "cessationOfOperation", "privilegeWithdrawn", "stolen",
+                 "retired"):
+        assert name in body["detail"], body
     eh.wait_audit(db, since, "device_revoke_refused", serial)
     st, body = eh.api(est, "POST", "/api/v1/devices/NO-SUCH-DEVICE/revoke")
     assert st == 404, body
@@ -283,6 +287,30 @@ def test_only_admins_revoke(est, pki, db, work):
     assert st == 200, body
     st, body = eh.api(est, "POST", "/api/v1/devices/%s/revoke" % serial, operator="admin2")
     assert st == 409, body
+
+
+@pytest.mark.parametrize("given,recorded", [("stolen", "keyCompromise"),
+                                            ("LOST", "keyCompromise"),
+                                            ("retired", "cessationOfOperation"),
+                                            ("keycompromise", "keyCompromise")])
+def test_reason_words(est, pki, db, work, given, recorded):
+    """The words people type for a reason are recorded as their RFC 5280
+    name: in the answer, the registry, the audit row and on the CRL."""
+    serial, chain, key, pem = eh.enrolled_device(est, db, work, pki)
+    since = eh.last_audit_id(db)
+    st, body = eh.api(est, "POST", "/api/v1/devices/%s/revoke" % serial, data={"reason": given})
+    assert st == 200 and body["reason"] == recorded, body
+    assert db.scalar("SELECT status_reason FROM cms.devices WHERE serial = %s",
+                     (serial,)) == recorded
+    row = eh.wait_audit(db, since, "device_revoked", serial)
+    assert row["detail"]["reason"] == recorded, row
+    crl = fetch_crl(est, work, "words")
+    text = eh.openssl("crl", "-in", crl, "-noout", "-text").stdout.decode()
+    cert_serial = eh.cert_field(pem, "-serial").split("=")[1].upper()
+    entry = text.split("Serial Number: " + cert_serial, 1)
+    assert len(entry) == 2, (cert_serial, text)
+    want = {"keyCompromise": "Key Compromise", "cessationOfOperation": "Cessation Of Operation"}
+    assert want[recorded] in entry[1].split("Serial Number:", 1)[0], entry[1][:400]
 
 
 def test_crl_reissued_when_half_its_life_passed(est, pki, db, work):

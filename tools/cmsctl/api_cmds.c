@@ -138,10 +138,13 @@ int cmsctl_whoami(int argc, char **argv)
 
 static void token_create_usage(FILE *f)
 {
-    fprintf(f, "usage: cmsctl enroll token create --serial SERIAL --model MODEL [--ttl SECONDS]\n\n"
+    fprintf(f, "usage: cmsctl enroll token create --serial SERIAL --model MODEL [--ttl SECONDS]\n"
+               "                                 [--token-only]\n\n"
                "Creates a one-time enrollment token for the monitor SERIAL (its certificate\n"
                "CN) of model MODEL, valid for SECONDS (server default when omitted). The\n"
-               "token is printed once and cannot be shown again. Needs role operator.\n");
+               "token is printed once and cannot be shown again. Needs role operator.\n\n"
+               "  --token-only  print the token alone, one line, nothing else\n"
+               "                (TOKEN=$(cmsctl enroll token create ... --token-only))\n");
     api_common_usage(f);
 }
 
@@ -157,12 +160,20 @@ static void token_create_show(const json_t *a)
                     "installer over a trusted channel\n");
 }
 
+static void token_only_show(const json_t *a)
+{
+    const char *t = json_string_value(json_object_get(a, "token"));
+    printf("%s\n", t ? t : "");
+}
+
 static int token_create(int argc, char **argv)
 {
     const char *serial = NULL, *model = NULL, *ttl = NULL;
+    bool token_only = false;
     const api_opt opts[] = {{"serial", &serial, NULL},
                             {"model", &model, NULL},
                             {"ttl", &ttl, NULL},
+                            {"token-only", NULL, &token_only},
                             {NULL, NULL, NULL}};
     api_args a;
     int rc = api_args_parse(argc, argv, opts, 0, 0, token_create_usage, &a);
@@ -186,7 +197,7 @@ static int token_create(int argc, char **argv)
     }
     api_path p;
     api_path_init(&p, "/api/v1/enroll/tokens");
-    rc = simple("POST", &p, body, token_create_show);
+    rc = simple("POST", &p, body, token_only ? token_only_show : token_create_show);
     json_decref(body);
     return rc;
 }
@@ -239,6 +250,16 @@ static void done_show(const json_t *a)
 {
     (void)a;
     printf("%s\n", g_done_msg);
+}
+
+/* done_show, then the reason the server recorded (it maps "stolen" to keyCompromise ...). */
+static void revoked_show(const json_t *a)
+{
+    const char *reason = json_string_value(json_object_get(a, "reason"));
+    if (reason)
+        printf("%s (reason %s)\n", g_done_msg, reason);
+    else
+        done_show(a);
 }
 
 static int token_revoke(int argc, char **argv)
@@ -423,7 +444,10 @@ static void device_revoke_usage(FILE *f)
                "connections closed, re-enrollment refused. Needs role admin.\n\n"
                "  --reason REASON  RFC 5280 reason: unspecified (default), keyCompromise,\n"
                "                   affiliationChanged, superseded, cessationOfOperation,\n"
-               "                   privilegeWithdrawn; recorded on the CRL and in the audit log\n");
+               "                   privilegeWithdrawn; or stolen, lost, compromised\n"
+               "                   (= keyCompromise), retired (= cessationOfOperation); any\n"
+               "                   case. The RFC 5280 name is recorded on the CRL and in the\n"
+               "                   audit log\n");
     api_common_usage(f);
 }
 
@@ -443,7 +467,7 @@ static int device_revoke(int argc, char **argv)
     char msg[256];
     snprintf(msg, sizeof(msg), "device %s revoked", a.pos[0]);
     g_done_msg = msg;
-    rc = simple("POST", &p, body, done_show);
+    rc = simple("POST", &p, body, revoked_show);
     json_decref(body);
     return rc;
 }
@@ -479,7 +503,7 @@ static void cert_revoke_usage(FILE *f)
                "'cmsctl device certs' shows it; colons allowed): it goes on the CRL and its\n"
                "connections are closed; the device keeps its status and may enroll again\n"
                "with a new token. Needs role admin.\n\n"
-               "  --reason REASON  RFC 5280 reason name (default unspecified)\n");
+               "  --reason REASON  as for 'cmsctl device revoke' (default unspecified)\n");
     api_common_usage(f);
 }
 
@@ -499,7 +523,7 @@ static int cert_revoke(int argc, char **argv)
     char msg[256];
     snprintf(msg, sizeof(msg), "certificate %s revoked", a.pos[0]);
     g_done_msg = msg;
-    rc = simple("POST", &p, body, done_show);
+    rc = simple("POST", &p, body, revoked_show);
     json_decref(body);
     return rc;
 }

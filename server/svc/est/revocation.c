@@ -6,15 +6,19 @@
  * API (JSON; errors {"error","detail"}):
  *   POST /api/v1/devices/:serial/revoke         role admin
  *     body {"reason": "keyCompromise"} (optional: unspecified, keyCompromise,
- *     affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn)
- *     200 {"serial", "status": "revoked", "previous_status", "certs_revoked",
- *          "tokens_revoked", "crl_number"}
- *     404 unknown device; 409 already revoked or decommissioned; 400 bad reason.
+ *     affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn;
+ *     the words stolen, lost, compromised (= keyCompromise) and retired
+ *     (= cessationOfOperation); any case. The RFC 5280 name is what is stored,
+ *     audited, put on the CRL and answered)
+ *     200 {"serial", "status": "revoked", "previous_status", "reason",
+ *          "certs_revoked", "tokens_revoked", "crl_number"}
+ *     404 unknown device; 409 already revoked or decommissioned; 400 bad reason
+ *     (the detail lists the accepted names; audited as <action>_refused).
  *   POST /api/v1/devices/:serial/decommission   role admin, no body
  *     200 as above with "status": "decommissioned" (also from revoked).
  *   POST /api/v1/certs/:fingerprint/revoke      role admin, body as revoke
  *     fingerprint: SHA-256 of the DER, 64 hex digits (colons allowed).
- *     200 {"fingerprint", "serial", "cert_serial", "revoked_at", "crl_number"}
+ *     200 {"fingerprint", "serial", "cert_serial", "reason", "revoked_at", "crl_number"}
  *     404 unknown certificate; 409 already revoked.
  *   GET /crl      the CRL of the device CA, DER (application/pkix-crl)
  *   GET /crl.pem  the same, PEM (application/x-pem-file)
@@ -43,6 +47,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/crypto.h>
 
@@ -422,10 +427,47 @@ typedef struct rev_job {
     svc_state *st;
     enum rev_kind kind;
     char subject[PKI_SHA256_HEX_SIZE + 64]; /* serial, or fingerprint */
+    const char *reason;                     /* RFC 5280 name (static), or NULL */
     json_t *answer;                         /* sent after the CRL step */
 } rev_job;
 
 static const char *const rev_action[] = {"device_revoke", "device_decommission", "cert_revoke"};
+
+/* Revocation reasons accepted by the API, any case: the RFC 5280 CRLReason names that the
+ * registry stores (cms.check_reason, sql/002_enrollment.sql), then the words operators type
+ * for them. A lost monitor's key is in unknown hands, as a stolen one's: keyCompromise. */
+static const struct {
+    const char *word, *rfc;
+} rev_reasons[] = {
+    {"unspecified", "unspecified"},
+    {"keyCompromise", "keyCompromise"},
+    {"affiliationChanged", "affiliationChanged"},
+    {"superseded", "superseded"},
+    {"cessationOfOperation", "cessationOfOperation"},
+    {"privilegeWithdrawn", "privilegeWithdrawn"},
+    {"stolen", "keyCompromise"},
+    {"lost", "keyCompromise"},
+    {"compromised", "keyCompromise"},
+    {"retired", "cessationOfOperation"},
+};
+#define REV_REASONS_ACCEPTED                                                                       \
+    "unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, "           \
+    "privilegeWithdrawn (RFC 5280), or stolen, lost, compromised (= keyCompromise), "              \
+    "retired (= cessationOfOperation)"
+
+/* The RFC 5280 name for what the operator wrote (NULL: none given -> unspecified), or NULL
+ * when it is not one of rev_reasons. */
+static const char *rev_reason_rfc(const char *given, bool *known)
+{
+    *known = true;
+    if (!given)
+        return "unspecified";
+    for (size_t i = 0; i < sizeof(rev_reasons) / sizeof(rev_reasons[0]); i++)
+        if (strcasecmp(given, rev_reasons[i].word) == 0)
+            return rev_reasons[i].rfc;
+    *known = false;
+    return NULL;
+}
 
 static void rev_job_free(rev_job *j)
 {
@@ -483,6 +525,8 @@ static void on_revoked(void *ctx, int status, const store_rows *res)
                               atoi(store_rows_text(res, 0, 1)), "tokens_revoked",
                               atoi(store_rows_text(res, 0, 2)));
     }
+    if (j->answer && j->reason)
+        json_object_set_new(j->answer, "reason", json_string(j->reason));
     /* This worker need not wait for its own NOTIFY. */
     if (j->st->server)
         net_server_foreach(j->st->server, close_serial, (void *)serial);
@@ -511,7 +555,22 @@ static int revoke_start(https_req *r, enum rev_kind kind, const char *subject, b
             json_decref(b);
             return CMS_OK;
         }
-        reason = json_is_string(jr) ? json_string_value(jr) : NULL;
+        bool known;
+        const char *given = json_is_string(jr) ? json_string_value(jr) : NULL;
+        reason = rev_reason_rfc(given, &known);
+        if (!known) {
+            char detail[400];
+            snprintf(detail, sizeof(detail),
+                     "unknown revocation reason \"%.40s\": use " REV_REASONS_ACCEPTED, given);
+            char ev[64];
+            snprintf(ev, sizeof(ev), "%s_refused", rev_action[kind]);
+            https_audit(r, ev, kind == REV_CERT ? NULL : subject,
+                        json_pack("{s:s, s:i, s:s, s:s}", "subject", subject, "status", 400,
+                                  "error", "bad_request", "reason", detail));
+            svc__reply_error(r, 400, "bad_request", detail, NULL, 0);
+            json_decref(b);
+            return CMS_OK;
+        }
     }
     rev_job *j = calloc(1, sizeof(*j));
     if (!j) {
@@ -522,6 +581,7 @@ static int revoke_start(https_req *r, enum rev_kind kind, const char *subject, b
     j->r = r;
     j->st = st;
     j->kind = kind;
+    j->reason = reason;
     snprintf(j->subject, sizeof(j->subject), "%s", subject);
     svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
     int rc;
