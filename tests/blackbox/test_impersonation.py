@@ -55,6 +55,9 @@ def test_impersonation_refused_and_audited(cmsd, pki, db, connect, case):
     with connect(cmsd.port, pki.device(cert)) as c:
         ack = c.request(msg)
     assert ack.code == "AR", "impersonation must be rejected (AR): %r" % ack
+    # HL7 table 0357: 204 "Unknown key identifier" (the sender named is not one this
+    # connection may write for); 207 "Application internal error" is for AE (README)
+    assert ack.err_code == "204", "ERR-3 should be 204: %r" % ack
     assert ack.control_id == cid, ack
     assert len(ack.reason()) >= 8, "AR without a human-readable reason: %r" % ack
 
