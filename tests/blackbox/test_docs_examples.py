@@ -50,8 +50,7 @@ class DocInstance:
         self.mllp = self.https = None
 
     def _pg(self, cmd, check=True):
-        return h.run([h.ROOT / "tools" / "pg.sh", cmd, self.root / "var" / "pg", PG_PORT],
-                     timeout=180, check=check)
+        return pg_sh(cmd, self.root / "var" / "pg", check)
 
     def _clean_previous(self):
         """What an earlier run (killed before its teardown) left: its cmsd,
@@ -66,7 +65,10 @@ class DocInstance:
             self._pg("stop", check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def prepare(self):
+    def prepare(self, template=None):
+        """tools/run.sh in the instance's directory. template: a var/ to start
+        from (a dev PKI and an initialised, stopped cluster, see var_template):
+        run.sh then takes them as `make run` takes a var/ it made before."""
         self._clean_previous()
         self.root.mkdir(parents=True)
         (self.base / "home").mkdir()
@@ -74,6 +76,9 @@ class DocInstance:
             if entry.name not in NOT_LINKED:
                 (self.root / entry.name).symlink_to(entry)
         (self.root / "build").symlink_to(h.BUILD)
+        if template is not None:
+            # cp -a: modes, owners (the cluster belongs to postgres when we are root), links
+            h.run(["cp", "-a", template, self.root / "var"], timeout=120)
         self.mllp, self.https = h.free_port(), h.free_port()
         env = de.blank_env(self.base / "home")
         env.update(CMS_RUN_NO_BUILD="1", CMS_RUN_PREPARE_ONLY="1", BUILD="build",
@@ -145,8 +150,38 @@ class DocInstance:
         return "\n".join(problems) or None
 
 
+def pg_sh(cmd, pgdir, check=True):
+    return h.run([h.ROOT / "tools" / "pg.sh", cmd, pgdir, PG_PORT], timeout=180, check=check)
+
+
+@pytest.fixture(scope="module")
+def var_template():
+    """What every instance's tools/run.sh would otherwise make first, made once:
+    the dev PKI (certs/mkpki.sh dev) and a PostgreSQL cluster after its first
+    start (tools/pg.sh: initdb, database cms, role cmsd), stopped. On a busy
+    2-core machine these take ~20 s per instance. The cluster is left out when
+    tools/pg.sh had to put it outside var/pg (DIR/cluster -> /var/tmp/...):
+    then every instance makes its own."""
+    base = DOCS_RUN / "template"
+    var = base / "var"
+    if (var / "pg").is_dir():
+        pg_sh("stop", var / "pg", check=False)
+    shutil.rmtree(base, ignore_errors=True)
+    var.mkdir(parents=True)
+    h.run(["bash", h.ROOT / "certs" / "mkpki.sh", "dev", var / "pki"], timeout=300)
+    env_fast = dict(os.environ, PG_FAST="1")
+    p = subprocess.run([str(h.ROOT / "tools" / "pg.sh"), "start", str(var / "pg"), str(PG_PORT)],
+                       env=env_fast, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=300)
+    assert p.returncode == 0, "tools/pg.sh start (template) failed:\n" + p.stdout
+    pg_sh("stop", var / "pg")
+    if (var / "pg" / "cluster").is_symlink():
+        shutil.rmtree(var / "pg")
+    return var
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(h.ROOT)) for d in DOCS])
-def test_doc_examples(doc):
+def test_doc_examples(doc, var_template):
     rel = str(doc.relative_to(h.ROOT))
     try:
         blocks, bad = de.parse(doc.read_text(), rel), None
@@ -158,7 +193,7 @@ def test_doc_examples(doc):
     if not todo:
         return  # nothing to run; the document follows the rules (parse above)
     inst = DocInstance(doc.stem)
-    inst.prepare()
+    inst.prepare(var_template)
     failure = None
     try:
         inst.start()
