@@ -95,6 +95,43 @@ static void on_send_timer(uv_timer_t *t)
     dev_pump(t->data);
 }
 
+void dev_next_ctrl(struct device *dev, char *out)
+{
+    dev->seq++;
+    snprintf(out, MON_CTRL_LEN, "%s%06" PRIu64, dev->ctrl_prefix, dev->seq);
+}
+
+int dev_send_new(struct device *dev, struct conn *c, char *frame, size_t len, const char *ctrl,
+                 enum msg_kind kind, unsigned nobs, unsigned nsamples)
+{
+    struct mon *m = dev->mon;
+    struct pmsg *p = &dev->pend[dev->npend];
+
+    p->frame = frame;
+    p->len = len;
+    p->nobs = nobs;
+    p->nsamples = nsamples;
+    p->kind = kind;
+    snprintf(p->ctrl, sizeof p->ctrl, "%s", ctrl);
+    p->sent_ns = uv_hrtime();
+    p->tx = 1;
+    dev->npend++;
+    m->pending++;
+    if (kind == MSG_ALARM)
+        m->st.alarms_sent++;
+    else if (kind == MSG_HEARTBEAT)
+        m->st.heartbeats_sent++;
+    else
+        m->st.sent++;
+    if (conn_write_frame(c, p->frame, p->len) < 0)
+        return -1;
+    if (conn_flush(c) < 0)
+        return -1;
+    if (!uv_is_active((uv_handle_t *)&c->timer))
+        conn_arm_ack_timer(c);
+    return 0;
+}
+
 void dev_pump(struct device *dev)
 {
     struct mon *m = dev->mon;
@@ -103,6 +140,9 @@ void dev_pump(struct device *dev)
     unsigned sent = 0;
 
     if (c == NULL || c->state != CONN_ACTIVE || m->phase != PHASE_RUN)
+        return;
+    /* Alarm events first: they are what a central station waits for. */
+    if ((dev->alarm.due_alarm || dev->alarm.due_hb) && alarm_pump(dev) < 0)
         return;
     double now = (double)uv_now(m->loop);
     while (dev->npend < o->window && (o->count == 0 || dev->generated < o->count)) {
@@ -118,15 +158,15 @@ void dev_pump(struct device *dev)
             dev->next_due_ms += period;
         }
         struct pmsg *p = &dev->pend[dev->npend];
-        dev->seq++;
-        snprintf(p->ctrl, sizeof p->ctrl, "%s%06" PRIu64, dev->ctrl_prefix, dev->seq);
-        int r = gen_message(&dev->gen, p->ctrl, &p->frame, &p->len, &p->nobs);
+        dev_next_ctrl(dev, p->ctrl);
+        int r = gen_message(&dev->gen, p->ctrl, &p->frame, &p->len, &p->nobs, &p->nsamples);
         if (r != CMS_OK) {
             log_error("generate_failed", dev->serial, NULL, "%s", cms_strerror(r));
             m->fatal = 1;
             mon_stop(m);
             return;
         }
+        p->kind = MSG_VITALS;
         p->sent_ns = uv_hrtime();
         p->tx = 1;
         dev->npend++;
@@ -212,6 +252,8 @@ int dev_on_frame(void *ctx, const char *payload, size_t len)
     uint64_t lat_us = (m->last_ack_ns - p->sent_ns) / 1000u;
     hist_add(&m->hist, lat_us);
     hist_add(&m->ihist, lat_us);
+    if (p->kind == MSG_ALARM)
+        hist_add(&m->ahist, lat_us);
     if (!dev->ever_up)
         m->devs_up++;
     dev->ever_up = 1;
@@ -219,8 +261,14 @@ int dev_on_frame(void *ctx, const char *payload, size_t len)
     dev->fail_streak = 0;
     dev->backoff_ms = 0;
     if (strcmp(code, "AA") == 0) {
-        m->st.aa++;
+        if (p->kind == MSG_ALARM)
+            m->st.alarms_aa++;
+        else if (p->kind == MSG_HEARTBEAT)
+            m->st.heartbeats_aa++;
+        else
+            m->st.aa++;
         m->st.obs_acked += p->nobs;
+        m->st.samples_acked += p->nsamples;
     } else {
         if (strcmp(code, "AR") == 0)
             m->st.ar++;
@@ -263,6 +311,9 @@ void dev_on_connected(struct conn *c)
     conn_arm_ack_timer(c);
     if (dev->next_due_ms < (double)uv_now(m->loop))
         dev->next_due_ms = (double)uv_now(m->loop);
+    if ((m->opts.alarm_every > 0 || m->opts.heartbeat > 0) && dev->alarm.next_ms == 0 &&
+        dev->alarm.next_hb_ms == 0)
+        alarm_sim_start(dev, uv_now(m->loop));
     dev_pump(dev);
     if (c->state == CONN_ACTIVE && dev->npend == 0 && m->phase != PHASE_RUN)
         dev_finish(dev);
@@ -343,6 +394,7 @@ void dev_finish(struct device *dev)
         return;
     uv_timer_stop(&dev->send_timer);
     uv_timer_stop(&dev->backoff_timer);
+    uv_timer_stop(&dev->alarm_timer);
     if (dev->conn)
         conn_close(dev->conn, "done", 1);
     dev_free_pending(dev);
@@ -356,8 +408,10 @@ int dev_init_handles(struct device *dev)
     struct mon *m = dev->mon;
     uv_timer_init(m->loop, &dev->send_timer);
     uv_timer_init(m->loop, &dev->backoff_timer);
+    uv_timer_init(m->loop, &dev->alarm_timer);
     dev->send_timer.data = dev;
     dev->backoff_timer.data = dev;
+    dev->alarm_timer.data = dev;
     return CMS_OK;
 }
 
@@ -365,4 +419,5 @@ void dev_close_handles(struct device *dev)
 {
     uv_close((uv_handle_t *)&dev->send_timer, NULL);
     uv_close((uv_handle_t *)&dev->backoff_timer, NULL);
+    uv_close((uv_handle_t *)&dev->alarm_timer, NULL);
 }

@@ -35,7 +35,8 @@ static void usage(FILE *f)
         f,
         "usage: cms-monitor [options]\n"
         "Patient monitor simulator and load generator for cmsd: sends IHE PCD-01 ORU^R01\n"
-        "messages over MLLP over mutual TLS and waits for the HL7 ACK of each.\n"
+        "messages (numerics, optionally waveforms) and IHE PCD-04 ORU^R40 alarms over MLLP\n"
+        "over mutual TLS and waits for the HL7 ACK of each.\n"
         "\n"
         "Server:\n"
         "  --host H              server name or address (default 127.0.0.1); the server\n"
@@ -77,6 +78,13 @@ static void usage(FILE *f)
         "                        after a dropped connection, resend unacknowledged messages\n"
         "                        with the same MSH-10 (default on)\n"
         "  --resume              reuse TLS sessions when reconnecting\n"
+        "  --waveforms LIST      waveform channels in every ORU^R01 (comma-separated: ecg1,\n"
+        "                        ecg2, v1 at 500 Hz, pleth at 125 Hz): one NA block each\n"
+        "                        covering 1/--rate s (1 s unpaced), with rate and resolution\n"
+        "  --alarms SEC          ORU^R40 alarms: one starts every SEC s on average per device\n"
+        "                        (SpO2 desat, HR high, ECG lead-off), continues every 10 s,\n"
+        "                        ends after 5-30 s (default 0 = none)\n"
+        "  --heartbeat SEC       ORU^R40 watchdog (priority PN) every SEC s (default 0 = none)\n"
         "Timing:\n"
         "  --ack-timeout MS      reconnect when an ACK takes longer (default 30000)\n"
         "  --handshake-timeout MS  TCP connect + TLS handshake limit (default 10000)\n"
@@ -95,7 +103,9 @@ static void usage(FILE *f)
         "\n"
         "Statistics: sent, acked AA/AE/AR, unacked, resent, reconnects, ACK latency\n"
         "p50/p90/p99/max (send to ACK receipt, log-bucket histogram, +-3%%), observations\n"
-        "acked, and the process's CPU time (getrusage).\n"
+        "and waveform samples acked, alarm events and heartbeats sent/acked with the alarms'\n"
+        "own ACK latency, and the process's CPU time (getrusage). Sent and AA count ORU^R01\n"
+        "messages; alarms and heartbeats are counted apart (AE/AR count all).\n"
         "Exit status: 0 every sent message acked AA (possibly after a resend); 2 some AE or\n"
         "AR; 3 some message never acknowledged (or none sent); 1 setup error (bad flags, "
         "unreadable\n"
@@ -138,6 +148,9 @@ enum {
     OPT_VERBOSE,
     OPT_REPORT,
     OPT_SEED,
+    OPT_WAVEFORMS,
+    OPT_ALARMS,
+    OPT_HEARTBEAT,
 };
 
 static const struct option longopts[] = {
@@ -175,6 +188,9 @@ static const struct option longopts[] = {
     {"verbose", no_argument, 0, OPT_VERBOSE},
     {"report-interval", required_argument, 0, OPT_REPORT},
     {"seed", required_argument, 0, OPT_SEED},
+    {"waveforms", required_argument, 0, OPT_WAVEFORMS},
+    {"alarms", required_argument, 0, OPT_ALARMS},
+    {"heartbeat", required_argument, 0, OPT_HEARTBEAT},
     {"help", no_argument, 0, 'h'},
     {0, 0, 0, 0},
 };
@@ -348,6 +364,18 @@ static int parse_opts(int argc, char **argv, struct mon_opts *o)
             break;
         case OPT_SEED:
             r = parse_u64(n, optarg, 0, UINT64_MAX, &o->seed);
+            break;
+        case OPT_WAVEFORMS: {
+            const struct wave_def *w[MON_MAX_WAVES];
+            o->waveforms = optarg;
+            r = gen_wave_list(optarg, w) < 0 ? -1 : 0;
+            break;
+        }
+        case OPT_ALARMS:
+            r = parse_double(n, optarg, 0, 86400, &o->alarm_every);
+            break;
+        case OPT_HEARTBEAT:
+            r = parse_double(n, optarg, 0, 86400, &o->heartbeat);
             break;
         case 'h':
             usage(stdout);
@@ -570,7 +598,9 @@ static int exit_status(const struct mon *m)
         return EXIT_SETUP;
     if (m->st.ae || m->st.ar)
         return EXIT_NACK;
-    if (m->st.aa < m->st.sent || m->st.lost || m->st.sent == 0)
+    if (m->st.aa < m->st.sent || m->st.alarms_aa < m->st.alarms_sent ||
+        m->st.heartbeats_aa < m->st.heartbeats_sent || m->st.lost ||
+        m->st.sent + m->st.alarms_sent + m->st.heartbeats_sent == 0)
         return EXIT_UNACKED;
     return EXIT_OK;
 }

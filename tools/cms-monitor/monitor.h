@@ -12,8 +12,9 @@
  *                  touches its device.
  *
  * Files: main.c (options, setup, run phases, exit status), conn.c (TCP, TLS,
- * MLLP, ACKs, reconnect), msg.c (PCD-01 message generator), stats.c
- * (latency histogram, progress and final report).
+ * MLLP, ACKs, reconnect), msg.c (PCD-01 message generator, with waveform
+ * blocks), alarm.c (PCD-04 ORU^R40 alarm and heartbeat generator and their
+ * schedule), stats.c (latency histogram, progress and final report).
  *
  * Thread: everything runs on the one loop thread.
  */
@@ -33,6 +34,7 @@
 #define MON_MAX_WINDOW 4096
 #define MON_MAX_OBS 1000
 #define MON_ACK_MAX_FRAME 65536
+#define MON_MAX_WAVES 8
 
 /* ---- options (main.c) ---- */
 
@@ -60,6 +62,9 @@ struct mon_opts {
     unsigned backoff_min_ms, backoff_max_ms;
     unsigned report_ms;
     uint64_t seed;
+    const char *waveforms; /* --waveforms: comma-separated channel names, or NULL */
+    double alarm_every;    /* --alarms: mean seconds between alarm starts, 0 = none */
+    double heartbeat;      /* --heartbeat: seconds between watchdog messages, 0 = none */
 };
 
 /* ---- message generator (msg.c) ---- */
@@ -69,8 +74,21 @@ struct vital {
     uint64_t measured_ms; /* for intermittent (NIBP) parameters */
 };
 
+/* A waveform channel the generator can send (msg.c). */
+struct wave_def {
+    const char *name; /* --waveforms name, e.g. "ecg2" */
+    const char *code, *label, *sub_id, *unit_code, *unit_label;
+    double hz, resolution;
+    int shape; /* 0 ECG, 1 pleth */
+    double amplitude;
+};
+
 struct gen {
     const struct mon_opts *opts;
+    unsigned nwaves;
+    const struct wave_def *waves[MON_MAX_WAVES];
+    uint64_t wave_epoch_ms;          /* time of sample 0 */
+    uint64_t wave_next[MON_MAX_WAVES]; /* index of the next sample of each channel */
     uint64_t rng;
     unsigned nobs;
     char msh3[3 * MON_SERIAL_LEN + 8]; /* escaped "serial^serial^L" */
@@ -89,10 +107,47 @@ void gen_free(struct gen *g);
 /*
  * Builds the next ORU^R01 with control id ctrl as a complete MLLP frame.
  * *out receives a malloc'd buffer (caller owns it), *len its length,
- * *nobs the number of NM observations. Advances the random walk.
- * Returns CMS_OK, CMS_ENOMEM or CMS_ELIMIT.
+ * *nobs the number of NM observations, *nsamples the waveform samples it
+ * carries (one block per --waveforms channel covering 1/--rate seconds, or
+ * one second unpaced, continuing where the previous block ended). Advances
+ * the random walk. Returns CMS_OK, CMS_ENOMEM or CMS_ELIMIT.
  */
-int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsigned *nobs);
+int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsigned *nobs,
+                unsigned *nsamples);
+/*
+ * Parses a --waveforms list ("ecg2,pleth") into defs (at most MON_MAX_WAVES).
+ * Returns the count, or -1 after a message on stderr.
+ */
+int gen_wave_list(const char *list, const struct wave_def **defs);
+/* The value (in the channel's counts) of sample i of channel d. */
+int gen_wave_sample(const struct wave_def *d, uint64_t i, double hr_bpm);
+
+/* ---- alarms (alarm.c) ---- */
+
+enum msg_kind { MSG_VITALS = 0, MSG_ALARM, MSG_HEARTBEAT };
+
+struct device;
+
+/* One device's alarm simulation: at most one alarm at a time. */
+struct alarm_sim {
+    int active;
+    unsigned type;        /* index in alarm.c's table */
+    unsigned n;           /* alarms started so far (for the id) */
+    char id[48];          /* OBR-3.1 of the current alarm */
+    uint64_t ends_ms;     /* when the current alarm ends */
+    uint64_t next_ms;     /* next alarm event (start, continue or end); 0 = off */
+    uint64_t next_hb_ms;  /* next heartbeat; 0 = off */
+    int due_alarm, due_hb; /* an event is due but the window was full */
+};
+
+/* Schedules the first events of dev's simulation from now (loop ms). */
+void alarm_sim_start(struct device *dev, uint64_t now_ms);
+/*
+ * Sends what is due (alarm event and/or heartbeat) while the window has
+ * room; arms the device's alarm timer for the next event. Returns 0, or -1
+ * when the connection closed.
+ */
+int alarm_pump(struct device *dev);
 /* Small fast PRNG (xorshift64*) shared by the modules. */
 uint64_t gen_rand(uint64_t *state);
 double gen_uniform(uint64_t *state); /* [0,1) */
@@ -120,6 +175,9 @@ struct mon_stats {
     uint64_t resent;              /* retransmissions after reconnect (same MSH-10) */
     uint64_t aa, ae, ar;          /* ACK codes received */
     uint64_t obs_acked;           /* NM observations in AA-acknowledged messages */
+    uint64_t samples_acked;       /* waveform samples in AA-acknowledged messages */
+    uint64_t alarms_sent, alarms_aa;         /* ORU^R40 alarm events (first sends, AA) */
+    uint64_t heartbeats_sent, heartbeats_aa; /* ORU^R40 watchdog messages */
     uint64_t unmatched;           /* ACKs whose MSA-2 matched nothing pending */
     uint64_t bad_acks;            /* frames that were not a parseable ACK */
     uint64_t ack_timeouts;        /* connections closed because an ACK was late */
@@ -152,6 +210,8 @@ struct pmsg {    /* a sent, unacknowledged message */
     size_t len;
     uint64_t sent_ns; /* uv_hrtime of the last transmission */
     unsigned nobs;
+    unsigned nsamples;  /* waveform samples it carries */
+    enum msg_kind kind; /* ORU^R01 vitals, or an ORU^R40 alarm / heartbeat */
     unsigned tx; /* transmissions so far */
     char ctrl[MON_CTRL_LEN];
 };
@@ -177,6 +237,8 @@ struct device {
     double next_due_ms;       /* pacing (loop time, ms) */
     uv_timer_t send_timer;    /* pacing timer */
     uv_timer_t backoff_timer; /* reconnect delay */
+    uv_timer_t alarm_timer;   /* next alarm event or heartbeat (--alarms, --heartbeat) */
+    struct alarm_sim alarm;
     unsigned backoff_ms;
     unsigned fail_streak; /* consecutive failed attempts */
     int ever_up;          /* has had an ACK on some connection */
@@ -235,6 +297,7 @@ struct mon {
     /* stats */
     struct mon_stats st;
     struct hist hist, ihist; /* whole run, current report interval */
+    struct hist ahist;       /* ORU^R40 alarm events only (not heartbeats), whole run */
     struct mon_stats prev;   /* at the previous report */
     uint64_t start_ns, prev_ns, end_ns;
     uint64_t last_ack_ns; /* when the last ACK arrived */
@@ -267,6 +330,14 @@ int conn_new_session_cb(SSL *ssl, SSL_SESSION *sess);
 void dev_enqueue(struct device *dev);
 /* Sends as many new messages as pacing and the window allow. */
 void dev_pump(struct device *dev);
+/*
+ * Puts one generated frame (owned, taken) of the given kind into dev's
+ * window and sends it on c. Returns 0, or -1 when the connection closed.
+ */
+int dev_send_new(struct device *dev, struct conn *c, char *frame, size_t len, const char *ctrl,
+                 enum msg_kind kind, unsigned nobs, unsigned nsamples);
+/* The next control id of dev into out (MON_CTRL_LEN). */
+void dev_next_ctrl(struct device *dev, char *out);
 /* Finishes dev: closes its connection, counts what was never acked. */
 void dev_finish(struct device *dev);
 /* Called by conn.c once the TLS handshake of dev's conn c completed. */

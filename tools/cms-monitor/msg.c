@@ -10,7 +10,16 @@
  * value; pulse rate follows heart rate, NIBP is measured every
  * NIBP_INTERVAL_MS and keeps its own OBX-14 time between measurements, mean
  * pressures are computed from systolic and diastolic.
+ *
+ * Waveforms (--waveforms): after the numerics, one NA block per channel
+ * (IHE PCD Waveform Content Module, as tests/unit/sample_wave.h): the
+ * samples, then its facet rows MDC_ATTR_SAMP_RATE (.1) and
+ * MDC_ATTR_NU_MSMT_RES (.2). A block covers 1/--rate seconds (one second
+ * unpaced) and starts where the previous one ended (OBX-14 with ms), so the
+ * stored blocks of a device tile time without gaps. Shapes: a PQRST complex
+ * at the device's heart rate (ECG, counts of 2.5 uV), a pulse wave (pleth).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +115,72 @@ static const struct vdef defs[] = {
      0, V_MEAN, 15, 16, 0, 17},
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
+
+static const struct wave_def wave_defs[] = {
+    {"ecg1", "131329", "MDC_ECG_ELEC_POTL_I", "1.5.1.131329", "266418", "MDC_DIM_MICRO_VOLT", 500,
+     2.5, 0, 0.6},
+    {"ecg2", "131330", "MDC_ECG_ELEC_POTL_II", "1.5.1.131330", "266418", "MDC_DIM_MICRO_VOLT", 500,
+     2.5, 0, 1.0},
+    {"v1", "131331", "MDC_ECG_ELEC_POTL_V1", "1.5.1.131331", "266418", "MDC_DIM_MICRO_VOLT", 500,
+     2.5, 0, -0.7},
+    {"pleth", "150452", "MDC_PULS_OXIM_PLETH", "1.22.1.150452", "262656", "MDC_DIM_DIMLESS", 125,
+     1.0, 1, 1.0},
+};
+#define NWAVEDEFS (sizeof wave_defs / sizeof wave_defs[0])
+
+int gen_wave_list(const char *list, const struct wave_def **out)
+{
+    int n = 0;
+    const char *p = list;
+
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        size_t k;
+        for (k = 0; k < NWAVEDEFS; k++)
+            if (strlen(wave_defs[k].name) == len && strncmp(p, wave_defs[k].name, len) == 0)
+                break;
+        if (k == NWAVEDEFS || len == 0) {
+            fprintf(stderr, "cms-monitor: --waveforms: unknown channel '%.*s' (ecg1, ecg2, v1, "
+                            "pleth)\n",
+                    (int)len, p);
+            return -1;
+        }
+        for (int j = 0; j < n; j++)
+            if (out[j] == &wave_defs[k]) {
+                fprintf(stderr, "cms-monitor: --waveforms: '%s' twice\n", wave_defs[k].name);
+                return -1;
+            }
+        if (n == MON_MAX_WAVES) {
+            fprintf(stderr, "cms-monitor: --waveforms: at most %d channels\n", MON_MAX_WAVES);
+            return -1;
+        }
+        out[n++] = &wave_defs[k];
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return n;
+}
+
+int gen_wave_sample(const struct wave_def *d, uint64_t i, double hr_bpm)
+{
+    double beat = 60.0 / (hr_bpm > 20 ? hr_bpm : 72.0);
+    double t = fmod((double)i / d->hz, beat) / beat * (60.0 / 72.0); /* one 72-bpm beat */
+    double v = 0;
+
+    if (d->shape == 0) {
+        v += 60 * exp(-pow((t - 0.16) / 0.025, 2));
+        v -= 40 * exp(-pow((t - 0.245) / 0.008, 2));
+        v += 480 * exp(-pow((t - 0.26) / 0.010, 2));
+        v -= 90 * exp(-pow((t - 0.275) / 0.009, 2));
+        v += 120 * exp(-pow((t - 0.50) / 0.050, 2));
+        v *= d->amplitude;
+    } else {
+        double u = t / (60.0 / 72.0);
+        v = 1200 + 1800 * exp(-pow((u - 0.25) / 0.12, 2)) + 500 * exp(-pow((u - 0.55) / 0.1, 2));
+    }
+    return (int)lround(v);
+}
 
 static const char *const family_names[] = {"SMITH",  "GARCIA",    "MUELLER",  "ROSSI",   "DUBOIS",
                                            "NOVAK",  "SILVA",     "KOWALSKI", "NGUYEN",  "OKAFOR",
@@ -231,6 +306,12 @@ int gen_init(struct gen *g, const struct mon_opts *o, const char *serial, uint64
     if (n < 0 || (size_t)n >= sizeof g->pv1)
         return CMS_EINVAL;
 
+    if (o->waveforms) {
+        int nw = gen_wave_list(o->waveforms, g->waves);
+        if (nw < 0)
+            return CMS_EINVAL;
+        g->nwaves = (unsigned)nw;
+    }
     g->v = calloc(g->nobs ? g->nobs : 1, sizeof *g->v);
     if (g->v == NULL)
         return CMS_ENOMEM;
@@ -382,7 +463,86 @@ static void sb_putfix(struct sb *b, double v, int decimals)
     }
 }
 
-int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsigned *nobs)
+/* HR of the device (first instance), for the ECG shape. */
+static double heart_rate(const struct gen *g)
+{
+    int s = slot_of(g, 0, 0);
+    return s >= 0 ? g->v[s].value : 72.0;
+}
+
+/* The waveform blocks of one message (see the top of the file). */
+static void put_waves(struct gen *g, struct sb *b, unsigned *set_id, uint64_t now_ms,
+                      unsigned *nsamples)
+{
+    double per_s = g->opts->rate > 0 ? 1.0 / g->opts->rate : 1.0;
+    double hr = heart_rate(g);
+
+    if (g->wave_epoch_ms == 0)
+        g->wave_epoch_ms = now_ms;
+    for (unsigned w = 0; w < g->nwaves; w++) {
+        const struct wave_def *d = g->waves[w];
+        uint64_t first = g->wave_next[w];
+        uint64_t n = (uint64_t)llround(d->hz * per_s);
+        uint64_t start_ms = g->wave_epoch_ms + (uint64_t)((double)first * 1000.0 / d->hz);
+        char t_s[16], ms3[4];
+
+        if (n == 0)
+            n = 1;
+        fmt_utc(start_ms, t_s);
+        ms3[0] = '.';
+        ms3[1] = (char)('0' + start_ms % 1000u / 100u);
+        ms3[2] = (char)('0' + start_ms % 100u / 10u);
+        ms3[3] = (char)('0' + start_ms % 10u);
+        sb_puts(b, "OBX|");
+        sb_putu(b, (*set_id)++);
+        sb_puts(b, "|NA|");
+        sb_puts(b, d->code);
+        sb_put(b, "^", 1);
+        sb_puts(b, d->label);
+        sb_puts(b, "^MDC|");
+        sb_puts(b, d->sub_id);
+        sb_put(b, "|", 1);
+        for (uint64_t i = 0; i < n; i++) {
+            int v = gen_wave_sample(d, first + i, hr);
+            if (i)
+                sb_put(b, "^", 1);
+            if (v < 0) {
+                sb_put(b, "-", 1);
+                v = -v;
+            }
+            sb_putu(b, (uint64_t)v);
+        }
+        sb_put(b, "|", 1);
+        sb_puts(b, d->unit_code);
+        sb_put(b, "^", 1);
+        sb_puts(b, d->unit_label);
+        sb_puts(b, "^MDC|||||F|||");
+        sb_puts(b, t_s);
+        sb_put(b, ms3, 4);
+        sb_puts(b, "+0000\rOBX|");
+        sb_putu(b, (*set_id)++);
+        sb_puts(b, "|NM|0^MDC_ATTR_SAMP_RATE^MDC|");
+        sb_puts(b, d->sub_id);
+        sb_puts(b, ".1|");
+        sb_putfix(b, d->hz, d->hz == floor(d->hz) ? 0 : 1);
+        sb_puts(b, "|264608^MDC_DIM_PER_SEC^MDC|||||F\rOBX|");
+        sb_putu(b, (*set_id)++);
+        sb_puts(b, "|NM|2327^MDC_ATTR_NU_MSMT_RES^MDC|");
+        sb_puts(b, d->sub_id);
+        sb_puts(b, ".2|");
+        sb_putfix(b, d->resolution, 1);
+        sb_put(b, "|", 1);
+        sb_puts(b, d->unit_code);
+        sb_put(b, "^", 1);
+        sb_puts(b, d->unit_label);
+        sb_puts(b, "^MDC|||||F\r");
+        g->wave_next[w] = first + n;
+        *nsamples += (unsigned)n;
+    }
+}
+
+int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsigned *nobs,
+                unsigned *nsamples)
 {
     static char *scratch;
     static size_t scratch_cap;
@@ -392,6 +552,9 @@ int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsign
     unsigned set_id = 1, count = 0;
     unsigned ninst = (g->nobs + (unsigned)NDEFS - 1) / (unsigned)NDEFS;
     size_t need = 2048 + (size_t)g->nobs * 200 + (size_t)ninst * 3 * 120;
+    for (unsigned w = 0; w < g->nwaves; w++)
+        need += 600 + (size_t)(g->waves[w]->hz * (g->opts->rate > 0 ? 1.0 / g->opts->rate : 1.0) +
+                               1.0) * 8;
     struct sb b;
 
     if (scratch_cap < need) {
@@ -494,6 +657,8 @@ int gen_message(struct gen *g, const char *ctrl, char **out, size_t *len, unsign
             count++;
         }
     }
+    *nsamples = 0;
+    put_waves(g, &b, &set_id, now_ms, nsamples);
     if (b.overflow)
         return CMS_ELIMIT;
 

@@ -138,7 +138,9 @@ void stats_report_final(struct mon *m, int status)
     double el = (double)(end - m->start_ns) / 1e9;
     double wall = (double)(now - m->start_ns) / 1e9;
     double u, sy;
-    uint64_t unacked = s->sent - (s->aa + s->ae + s->ar);
+    uint64_t all = s->sent + s->alarms_sent + s->heartbeats_sent;
+    uint64_t answered = s->aa + s->alarms_aa + s->heartbeats_aa + s->ae + s->ar;
+    uint64_t unacked = all > answered ? all - answered : 0;
 
     cpu_times(&u, &sy);
     double run_cpu = u + sy - m->cpu_start;
@@ -170,6 +172,21 @@ void stats_report_final(struct mon *m, int status)
         setu(o, "obs_acked", s->obs_acked);
         setf(o, "msgs_per_s", (double)s->aa / el);
         setf(o, "obs_per_s", (double)s->obs_acked / el);
+        setu(o, "samples_acked", s->samples_acked);
+        setf(o, "samples_per_s", (double)s->samples_acked / el);
+        setu(o, "alarms_sent", s->alarms_sent);
+        setu(o, "alarms_aa", s->alarms_aa);
+        setu(o, "heartbeats_sent", s->heartbeats_sent);
+        setu(o, "heartbeats_aa", s->heartbeats_aa);
+        {
+            json_t *al = json_object();
+            const struct hist *ah = &m->ahist;
+            setf(al, "p50", ms(hist_quantile(ah, 0.5)));
+            setf(al, "p99", ms(hist_quantile(ah, 0.99)));
+            setf(al, "max", ms(ah->max_us));
+            setu(al, "n", ah->n);
+            json_object_set_new(o, "alarm_latency_ms", al);
+        }
         setf(lat, "p50", ms(hist_quantile(h, 0.5)));
         setf(lat, "p90", ms(hist_quantile(h, 0.9)));
         setf(lat, "p99", ms(hist_quantile(h, 0.99)));
@@ -209,6 +226,15 @@ void stats_report_final(struct mon *m, int status)
                s->bad_acks);
     printf("  observations  %" PRIu64 " acked (%.1f obs/s)\n", s->obs_acked,
            (double)s->obs_acked / el);
+    if (s->samples_acked)
+        printf("  wave samples  %" PRIu64 " acked (%.1f samples/s)\n", s->samples_acked,
+               (double)s->samples_acked / el);
+    if (s->alarms_sent || s->heartbeats_sent)
+        printf("  alarms        %" PRIu64 " sent, %" PRIu64 " AA (ACK ms p50 %.2f p99 %.2f max "
+               "%.2f); heartbeats %" PRIu64 " sent, %" PRIu64 " AA\n",
+               s->alarms_sent, s->alarms_aa, ms(hist_quantile(&m->ahist, 0.5)),
+               ms(hist_quantile(&m->ahist, 0.99)), ms(m->ahist.max_us), s->heartbeats_sent,
+               s->heartbeats_aa);
     printf("  latency ms    p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (n=%" PRIu64 ")\n",
            ms(hist_quantile(h, 0.5)), ms(hist_quantile(h, 0.9)), ms(hist_quantile(h, 0.99)),
            ms(h->max_us), h->n);
