@@ -54,6 +54,8 @@ typedef struct cms_config {
     unsigned retention_days;
     unsigned partitions_ahead_days;
     unsigned device_cache_ttl_s;
+    unsigned waveform_retention_hours;
+    unsigned waveform_max_samples;
     char est_ca_cert[CONFIG_STR];
     char est_ca_key[CONFIG_STR];
     char est_ca_chain[CONFIG_STR];

@@ -7,14 +7,20 @@
  * chain to a root the bundle also holds); its CN is the device serial; the
  * device must be registered and active (peer.h: checked against the database
  * on every connection, resumed TLS sessions included) before any input is read.
- * Then each MLLP frame is parsed (hl7 + pcd01), checked against the
- * device's identity (MSH-3's universal ID, or its namespace ID when there is
- * no universal ID, and every OBX-18 must name this device: its serial or one
- * of its registered identifiers, compared case-insensitively; otherwise AR
- * and an "impersonation" audit row), and queued for group commit. ACKs go back
- * strictly in the order the frames arrived: AR at once (after the ones
- * before it), AA only after COMMIT, AE when the database refused the data or
- * stayed unavailable for ingest_timeout_ms.
+ * Then each MLLP frame is parsed (hl7, then pcd01 for an ORU^R01 with its
+ * text and waveform content, or pcd04 for an ORU^R40's alarms), checked
+ * against the device's identity (MSH-3's universal ID, or its namespace ID
+ * when there is no universal ID, every OBX-18, and for an alarm OBR-3's
+ * universal ID, or its namespace ID, must name this device: its serial or
+ * one of its registered identifiers, compared case-insensitively; otherwise
+ * AR and an "impersonation" audit row), and queued for group commit with
+ * all its content (store_ingest_full). ACKs go back strictly in the order
+ * the frames arrived, as ACK^<the message's trigger> (ACK^R01, ACK^R40): AR
+ * at once (after the ones before it) for a malformed or foreign message or
+ * a waveform block over waveform_max_samples, AE at once for bad waveform
+ * content (no sample rate, a non-numeric sample), AA only after COMMIT, AE
+ * when the database refused the data or stayed unavailable for
+ * ingest_timeout_ms. docs/clinical-data.md has the table.
  *
  * Backpressure: at max_pending_per_conn frames awaiting their ACK the
  * connection stops reading; when the store's backlog reaches 90 % of its
@@ -30,6 +36,7 @@
 #include "hl7.h"
 #include "net.h"
 #include "pcd01.h"
+#include "pcd04.h"
 #include "peer.h"
 #include "store.h"
 
@@ -39,6 +46,7 @@ typedef struct ingest_config {
     unsigned max_queued_msgs; /* the store's backlog limit (for the 90 % rule) */
     const char *hl7_app;      /* our MSH-3 (borrowed) */
     const char *hl7_facility; /* our MSH-4 (borrowed) */
+    unsigned waveform_max_samples; /* a waveform block with more samples gets AR (0 = no limit) */
 } ingest_config;
 
 typedef struct ingest_ctx {
@@ -54,6 +62,8 @@ typedef struct ingest_ctx {
     /* Scratch space (one loop thread): too big for each connection. */
     hl7_msg hl7;
     pcd01_msg msg;
+    pcd01_waves waves; /* ORU^R01 waveform blocks (owns its sample arena) */
+    pcd04_msg r40;     /* ORU^R40 alarms */
 } ingest_ctx;
 
 /* The protocol to pass to net_listen with an ingest_ctx as proto_ctx. */

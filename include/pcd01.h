@@ -73,6 +73,7 @@
 
 #include <stddef.h>
 #include "hl7.h"
+#include "clinical.h"
 #include "vitals.h"
 
 #define PCD01_MAX_OBS VITALS_MAX_OBS
@@ -80,26 +81,12 @@
 #define PCD01_TEXT_LEN VITALS_TEXT_LEN /* labels, locations */
 #define PCD01_TIME_LEN VITALS_TIME_LEN /* hl7_time_format output */
 #define PCD01_MAX_TEXTS 64   /* ST/CWE/CE observations per message */
-#define PCD01_VALUE_LEN 256  /* an ST value, a facet value */
+#define PCD01_VALUE_LEN CLINICAL_VALUE_LEN /* an ST value, a facet value */
 #define PCD01_MAX_WAVES 32   /* waveform blocks per message (MA: one per channel) */
 #define PCD01_MAX_FACETS 64  /* kept (unmapped) facet rows per message */
 
-/* An ST, CWE or CE observation. */
-typedef struct pcd01_text {
-    unsigned set_id;
-    char value_type[4];               /* OBX-2: "ST", "CWE" or "CE" */
-    char code[PCD01_ID_LEN];          /* OBX-3.1 */
-    char label[PCD01_TEXT_LEN];       /* OBX-3.2 */
-    char coding_system[PCD01_ID_LEN]; /* OBX-3.3 */
-    char sub_id[PCD01_ID_LEN];        /* OBX-4 */
-    char text[PCD01_VALUE_LEN];       /* ST: OBX-5; CWE/CE: OBX-5.2 */
-    int truncated;                    /* text was longer than its slot: cut (UTF-8 safe) */
-    char value_code[PCD01_ID_LEN];    /* CWE/CE: OBX-5.1 ("" for ST) */
-    char value_system[PCD01_ID_LEN];  /* CWE/CE: OBX-5.3 ("" for ST) */
-    char status[8];                   /* OBX-11 */
-    char observed_at[PCD01_TIME_LEN]; /* OBX-14, else OBR-7, else MSH-7 */
-    char equipment_id[PCD01_ID_LEN];  /* OBX-18.1 or "" */
-} pcd01_text;
+/* An ST, CWE or CE observation (the store's record, clinical.h). */
+typedef clinical_text pcd01_text;
 
 /*
  * A message: the MSH fields an ACK echoes and the identity check reads, the
@@ -121,42 +108,12 @@ typedef struct pcd01_msg {
     pcd01_text texts[PCD01_MAX_TEXTS];   /* ST/CWE/CE observations */
 } pcd01_msg;
 
-/*
- * A facet row kept as sent because no column holds it (an unknown waveform
- * attribute, an alarm attribute we do not map, ...): stored, not fatal.
- */
-typedef struct pcd01_facet {
-    unsigned owner;                  /* index of the wave (or alarm) it describes */
-    unsigned set_id;                 /* OBX-1 */
-    char value_type[4];              /* OBX-2 */
-    char code[PCD01_ID_LEN];         /* OBX-3.1 */
-    char label[PCD01_TEXT_LEN];      /* OBX-3.2 */
-    char sub_id[PCD01_ID_LEN];       /* OBX-4 */
-    char value[PCD01_VALUE_LEN];     /* OBX-5, components joined with '^' */
-    int truncated;                   /* value was longer than its slot: cut */
-    char unit_code[PCD01_ID_LEN];    /* OBX-6.1 */
-    char unit_label[PCD01_TEXT_LEN]; /* OBX-6.2 */
-} pcd01_facet;
+/* A facet row kept as sent because no column holds it (clinical.h). */
+typedef clinical_facet pcd01_facet;
 
-/* One waveform block (see "Waveforms" above). */
-typedef struct pcd01_wave {
-    unsigned set_id;                  /* OBX-1 of the NA/MA row */
-    unsigned obx_index;               /* its position among the message's OBX rows, 1-based */
-    unsigned channel;                 /* MA: 1..n; NA: 0 */
-    char code[PCD01_ID_LEN];          /* OBX-3.1, e.g. "131330" */
-    char label[PCD01_TEXT_LEN];       /* OBX-3.2, e.g. "MDC_ECG_ELEC_POTL_II" */
-    char coding_system[PCD01_ID_LEN]; /* OBX-3.3 */
-    char sub_id[PCD01_ID_LEN];        /* OBX-4 */
-    char unit_code[PCD01_ID_LEN];     /* OBX-6.1 */
-    char unit_label[PCD01_TEXT_LEN];  /* OBX-6.2 */
-    char status[8];                   /* OBX-11 */
-    char start_at[PCD01_TIME_LEN];    /* time of the first sample */
-    char equipment_id[PCD01_ID_LEN];  /* OBX-18.1 or "" */
-    double rate_hz;                   /* samples per second, > 0 */
-    double resolution;                /* physical = sample * resolution (1 if not sent) */
-    int scale_exp;                    /* 0..9: sample * 10^scale_exp is an int32; -1: not */
-    size_t first, nsamples;           /* waves->samples[first .. first + nsamples) */
-} pcd01_wave;
+/* One waveform block (see "Waveforms" above; the store's record, clinical.h):
+ * its samples are waves->samples[first .. first + nsamples). */
+typedef clinical_wave pcd01_wave;
 
 /* The waveform content of one message; owns its sample arena. */
 typedef struct pcd01_waves {

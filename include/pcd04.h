@@ -56,41 +56,18 @@
 
 #include <stddef.h>
 
+#include "clinical.h"
 #include "hl7.h"
 #include "pcd01.h"
 
 #define PCD04_MAX_ALARMS 16
 #define PCD04_MAX_FACETS 64
 #define PCD04_MAX_EQUIPMENT 8
-#define PCD04_ID_LEN 200 /* an EI entity identifier: up to 199 characters */
+#define PCD04_ID_LEN CLINICAL_ALARM_ID_LEN /* an EI entity identifier: up to 199 characters */
 
-typedef struct pcd04_alarm {
-    char alarm_id[PCD04_ID_LEN];       /* OBR-3.1 */
-    char alarm_ns[PCD01_ID_LEN];       /* OBR-3.2 namespace id */
-    char alarm_uid[PCD01_ID_LEN];      /* OBR-3.3 universal id (e.g. an EUI-64) */
-    char alarm_uid_type[16];           /* OBR-3.4 */
-    char parent_id[PCD04_ID_LEN];      /* OBR-29 filler (or placer) id, "" if none */
-    char event_code[PCD01_ID_LEN];     /* alarm type, e.g. "196674" */
-    char event_label[PCD01_TEXT_LEN];  /* e.g. "MDC_EVT_DESAT" */
-    char event_system[PCD01_ID_LEN];   /* e.g. "MDC" */
-    char alarm_text[PCD01_VALUE_LEN];  /* free text shown by the device, "" if none */
-    int text_truncated;                /* alarm_text was cut to fit (UTF-8 safe) */
-    char source_code[PCD01_ID_LEN];    /* e.g. "150456" */
-    char source_label[PCD01_TEXT_LEN]; /* e.g. "MDC_PULS_OXIM_SAT_O2" */
-    char source_sub_id[PCD01_ID_LEN];  /* OBX-4 of the source facet */
-    char value_text[PCD01_ID_LEN];     /* current value as sent, "" if none */
-    double value;                      /* valid when value_text[0] */
-    char unit_code[PCD01_ID_LEN];
-    char unit_label[PCD01_TEXT_LEN];
-    char limits[PCD01_ID_LEN];     /* OBX-7 of the source facet */
-    char phase[16];                /* normalised, never "" after success */
-    char state[16];                /* normalised or "" */
-    char inactivation[24];         /* normalised or "" */
-    char priority[4];              /* PH PM PL PN or "" */
-    char kind[16];                 /* physiological technical advisory or "" */
-    char event_at[PCD01_TIME_LEN]; /* type facet OBX-14, else OBR-7, else MSH-7 */
-    size_t first_facet, nfacets;   /* this alarm's rows in pcd04_msg.facets */
-} pcd04_alarm;
+/* One alarm (the store's record, clinical.h); its kept rows are
+ * pcd04_msg.facets[first_facet .. first_facet + nfacets). */
+typedef clinical_alarm pcd04_alarm;
 
 typedef struct pcd04_msg {
     size_t nalarms;

@@ -36,6 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+#include "clinical.h"
 #include "vitals.h"
 
 typedef struct store store_t;
@@ -52,6 +53,8 @@ typedef struct store_config {
     unsigned reconnect_max_ms;   /* backoff cap (default 5000) */
     unsigned retention_days;     /* drop observation partitions older (0 = keep) */
     unsigned partitions_ahead_days; /* create daily partitions ahead (default 7) */
+    unsigned waveform_retention_hours; /* drop waveform partitions older (0 = keep;
+                                          default 72) */
     unsigned device_cache_ttl_s; /* keep "active" device verdicts this long (0 = never;
                                     default 60; see store_device_cached) */
 } store_config;
@@ -92,6 +95,34 @@ typedef void (*store_ingest_cb)(void *ctx, int status, bool duplicate);
  */
 int store_ingest(store_t *s, int64_t device_id, const vitals_msg *msg, store_ingest_cb cb,
                  void *ctx);
+
+/* What a stored message turned out to be (store_ingest_full). */
+typedef struct store_ingest_result {
+    bool duplicate;          /* as for store_ingest_cb */
+    unsigned unknown_alarms; /* alarm events stored flagged unknown_alarm: a continue,
+                                update or end whose alarm was not open
+                                (docs/clinical-data.md) */
+} store_ingest_result;
+
+/* As store_ingest_cb; res is borrowed for the call, NULL unless status is CMS_OK. */
+typedef void (*store_ingest_full_cb)(void *ctx, int status, const store_ingest_result *res);
+
+/*
+ * store_ingest, with the message's other content (text observations,
+ * waveform blocks, alarms; more may be NULL): all of it is written in the
+ * statement that records the message, so the (device, control id) key
+ * keeps it exactly once too. msg and more (with everything they point to)
+ * are copied during the call. Heartbeat alarms (priority PN) only refresh
+ * the device's last heard. Same returns as store_ingest (CMS_EINVAL: cb or
+ * msg NULL); cb runs exactly once per CMS_OK, on the loop thread.
+ *
+ * The newest committed numeric value of each (device, code, sub id) is kept
+ * in memory and written to cms.latest_observations about once a second on
+ * the control connection (cms.latest_upsert; a lost write is made good by
+ * the next value).
+ */
+int store_ingest_full(store_t *s, int64_t device_id, const vitals_msg *msg,
+                      const clinical_content *more, store_ingest_full_cb cb, void *ctx);
 
 /* Messages queued or in flight (for backpressure decisions). */
 size_t store_backlog(const store_t *s);

@@ -84,6 +84,12 @@ int admin_group_set(https_req *r);    /* POST /api/v1/groups/:name/devices     o
 int admin_audit_list(https_req *r);   /* GET  /api/v1/audit                    viewer */
 int admin_audit_verify(https_req *r); /* GET  /api/v1/audit/verify             viewer */
 int admin_whoami(https_req *r);       /* GET  /api/v1/whoami                   viewer */
+/* admin_clinical.c: the clinical read side (docs/clinical-data.md, docs/operator-api.md) */
+int admin_vitals_latest(https_req *r);   /* GET /api/v1/vitals/latest              viewer */
+int admin_alarm_list(https_req *r);      /* GET /api/v1/alarms                     viewer */
+int admin_alarm_show(https_req *r);      /* GET /api/v1/alarms/:id                viewer */
+int admin_device_trend(https_req *r);    /* GET /api/v1/devices/:serial/trend      viewer */
+int admin_device_waveforms(https_req *r);/* GET /api/v1/devices/:serial/waveforms  viewer */
 
 /*
  * Revocation fan-out (server/svc/est/revocation.c): subscribes this worker to the

@@ -183,6 +183,7 @@ static int worker_listen(worker *w)
         .max_queued_msgs = cfg->max_queued_msgs,
         .hl7_app = cfg->hl7_app,
         .hl7_facility = cfg->hl7_facility,
+        .waveform_max_samples = cfg->waveform_max_samples,
     };
     ingest_ctx_init(&w->ingest, w->store, w->net, &ic, w->id);
     if (net_listen(w->net, cfg->mllp_listen, w->mllp_tls, &ingest_mllp_proto, &w->ingest, err,
@@ -282,6 +283,7 @@ static void *worker_main(void *arg)
     sc.reconnect_min_ms = cfg->db_reconnect_min_ms;
     sc.reconnect_max_ms = cfg->db_reconnect_max_ms;
     sc.retention_days = w->id == 0 ? cfg->retention_days : 0; /* one worker maintains */
+    sc.waveform_retention_hours = w->id == 0 ? cfg->waveform_retention_hours : 0;
     sc.partitions_ahead_days = cfg->partitions_ahead_days;
     sc.device_cache_ttl_s = cfg->device_cache_ttl_s;
 

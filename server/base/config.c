@@ -136,6 +136,10 @@ static const struct config_key keys[] = {
     /* retention, registry cache, audit */
     KU(retention_days, 0, 36500, "0", "drop observation partitions older than this; 0 = keep all"),
     KU(partitions_ahead_days, 1, 365, "7", "daily observation partitions created ahead"),
+    KU(waveform_retention_hours, 0, 24 * 3650, "72",
+       "drop waveform blocks (hourly partitions) older than this; 0 = keep all"),
+    KU(waveform_max_samples, 1, 1000000, "5000",
+       "a waveform block (one NA row, one MA channel) with more samples gets AR"),
     KU(device_cache_ttl_s, 0, 3600, "60",
        "keep a device's \"active\" check this long; 0 = query every connection"),
     KU(audit_anchor_interval_s, 0, 86400, "300",

@@ -30,6 +30,7 @@ void store_config_defaults(store_config *c)
     c->retention_days = 0;
     c->partitions_ahead_days = 7;
     c->device_cache_ttl_s = 60;
+    c->waveform_retention_hours = 72;
 }
 
 /* ---- timers ------------------------------------------------------------ */
@@ -52,6 +53,7 @@ static void expire_timer_cb(uv_timer_t *t)
     store__ctl_expire(s, now);
     store__dc_sweep(s, now);
     store__seen_tick(s, now);
+    store__latest_tick(s, now, false);
 }
 
 /* ---- lifecycle --------------------------------------------------------- */
@@ -134,6 +136,7 @@ void store__release(store_t *s)
     void (*cb)(void *) = s->close_cb;
     void *ctx = s->close_ctx;
     store__ingest_free_buffers(s);
+    store__latest_free(s);
     store__dc_free(s);
     free(s->conninfo);
     free(s->timezone);
@@ -214,6 +217,7 @@ void store_close(store_t *s, void (*cb)(void *ctx), void *ctx)
     /* Queued-but-unsent messages and lookups end now; audit rows may drain. */
     store__ingest_fail_queued(s, CMS_ECLOSED);
     store__seen_flush(s);
+    store__latest_tick(s, uv_now(s->loop), true);
     store__ctl_close_queue(s);
     uv_timer_start(&s->close_timer, close_timer_cb, s->cfg.query_timeout_ms, 0);
     store__maybe_finish_close(s);

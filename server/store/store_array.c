@@ -186,3 +186,44 @@ int store__arr_parse(const char *s, char (*out)[64], size_t max)
         return -1;
     }
 }
+
+/* ---- JSON text ----------------------------------------------------------- */
+
+void store__json_str(store__buf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    const char *run = s;
+
+    store__buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        store__buf_append(b, run, (size_t)(s - run));
+        if (ch == '"' || ch == '\\') {
+            char e[2] = {'\\', (char)ch};
+            store__buf_append(b, e, 2);
+        } else {
+            char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+            store__buf_append(b, e, 6);
+        }
+        run = s + 1;
+    }
+    store__buf_append(b, run, (size_t)(s - run));
+    store__buf_append(b, "\"", 1);
+}
+
+void store__json_num(store__buf *b, double v)
+{
+    if (!isfinite(v)) {
+        store__buf_append(b, "null", 4);
+        return;
+    }
+    char tmp[40];
+    int n;
+    if (v == trunc(v) && fabs(v) < 9007199254740992.0 && !(v == 0 && signbit(v)))
+        n = (int)fmt_ll(tmp, (long long)v);
+    else
+        n = snprintf(tmp, sizeof tmp, "%.17g", v); /* a valid JSON number, exact */
+    store__buf_append(b, tmp, (size_t)n);
+}

@@ -29,6 +29,7 @@
 static const char audit_sql[] = "SELECT cms.audit_append($1, $2, $3, $4, $5)";
 static const char partitions_sql[] = "SELECT cms.ensure_partitions($1::integer)";
 static const char retention_sql[] = "SELECT cms.drop_partitions_older_than($1::integer)";
+static const char wave_retention_sql[] = "SELECT cms.drop_waveforms_older_than($1::integer)";
 
 /* ---- the queue ----------------------------------------------------------- */
 
@@ -145,6 +146,14 @@ void store__ctl_kick(store_t *s)
         sql = store__seen_sql;
         what = "devices_seen";
         break;
+    case CTL_MAINT_WAVES:
+        sql = wave_retention_sql;
+        what = "waveform_retention";
+        break;
+    case CTL_LATEST:
+        sql = store__latest_sql;
+        what = "latest_upsert";
+        break;
     }
     s->ctl_inflight = it;
     /* Lookups carry the peer as a third, unsent parameter (for "seen"). */
@@ -165,7 +174,9 @@ static void ctl_abandon_chain(ctl_item *it, int status, const char *why)
 
 static void maint_done(ctl_item *it, PGresult *res)
 {
-    const char *what = it->kind == CTL_MAINT_PARTITIONS ? "ensure_partitions" : "retention";
+    const char *what = it->kind == CTL_MAINT_PARTITIONS ? "ensure_partitions"
+                       : it->kind == CTL_MAINT_WAVES    ? "waveform_retention"
+                                                        : "retention";
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         char msg[256];
@@ -192,6 +203,13 @@ void store__ctl_on_result(store__conn *c, PGresult *res)
         case CTL_LOOKUP:
             store__lookup_done(s, it, res); /* frees the batch */
             it = NULL;
+            break;
+        case CTL_LATEST:
+            if (PQresultStatus(res) != PGRES_TUPLES_OK)
+                log_warn("latest_upsert_failed", NULL, NULL, "%s",
+                         PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                             ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                             : "-");
             break;
         case CTL_SEEN:
             if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -244,8 +262,9 @@ void store__ctl_on_down(store__conn *c, bool query_lost)
     s->ctl_inflight = NULL;
     if (it) {
         if (it->kind == CTL_MAINT_PARTITIONS || it->kind == CTL_MAINT_RETENTION ||
-            it->kind == CTL_LISTEN || it->kind == CTL_SEEN)
-            store__ctl_free(it); /* runs again on reconnect */
+            it->kind == CTL_MAINT_WAVES || it->kind == CTL_LISTEN || it->kind == CTL_SEEN ||
+            it->kind == CTL_LATEST)
+            store__ctl_free(it); /* runs again on reconnect / made good by the next value */
         else if (it->kind == CTL_QUERY)
             ctl_abandon(it, CMS_EUNAVAIL, "connection lost"); /* outcome unknown */
         else if (it->kind == CTL_LOOKUP) {
@@ -274,6 +293,12 @@ static void queue_maintenance(store_t *s)
     if (s->cfg.retention_days > 0) {
         snprintf(days, sizeof days, "%u", s->cfg.retention_days);
         it = store__ctl_new(CTL_MAINT_RETENTION, 1, p);
+        if (it)
+            store__ctl_push(s, it);
+    }
+    if (s->cfg.waveform_retention_hours > 0) {
+        snprintf(days, sizeof days, "%u", s->cfg.waveform_retention_hours);
+        it = store__ctl_new(CTL_MAINT_WAVES, 1, p);
         if (it)
             store__ctl_push(s, it);
     }
@@ -446,7 +471,7 @@ void store__ctl_close_queue(store_t *s)
     ctl_item *keep_head = NULL, *keep_tail = NULL, *it;
     size_t kept = 0;
     while ((it = store__ctl_pop(s)) != NULL) {
-        if (it->kind == CTL_AUDIT || it->kind == CTL_SEEN) {
+        if (it->kind == CTL_AUDIT || it->kind == CTL_SEEN || it->kind == CTL_LATEST) {
             it->next = NULL;
             if (keep_tail)
                 keep_tail->next = it;

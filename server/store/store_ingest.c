@@ -31,12 +31,12 @@
 #include "store_int.h"
 
 static const char ingest_sql[] =
-    "SELECT idx, duplicate FROM cms.ingest_batch("
+    "SELECT idx, duplicate, unknown_alarms FROM cms.ingest_batch2("
     "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
     " $7::text[], $8::integer[],"
     " $9::integer[], $10::integer[], $11::text[], $12::text[], $13::text[], $14::text[],"
     " $15::double precision[], $16::text[], $17::text[], $18::text[], $19::text[],"
-    " $20::text[], $21::text[])";
+    " $20::text[], $21::text[], $22::jsonb, $23::jsonb, $24::text[], $25::jsonb)";
 
 /* ---- fifo -------------------------------------------------------------- */
 
@@ -193,13 +193,20 @@ static ingest_item *item_new(int64_t device_id, const vitals_msg *m)
     return it;
 }
 
-static void item_done(store_t *s, ingest_item *it, int status, bool dup)
+static void item_done(store_t *s, ingest_item *it, int status, bool dup, unsigned unknown)
 {
     s->results_due = true;
     store_ingest_cb cb = it->cb;
+    store_ingest_full_cb full_cb = it->full_cb;
     void *ctx = it->ctx;
+    free(it->more);
     free(it);
-    cb(ctx, status, dup);
+    if (full_cb) {
+        store_ingest_result r = {dup, unknown};
+        full_cb(ctx, status, status == CMS_OK ? &r : NULL);
+    } else {
+        cb(ctx, status, dup);
+    }
 }
 
 /* ---- batching ---------------------------------------------------------- */
@@ -226,12 +233,78 @@ void store__ingest_init(store_t *s)
 
 void store__ingest_free_buffers(store_t *s)
 {
-    for (int i = 0; i < STORE_NARRAYS; i++)
+    for (int i = 0; i < STORE_NPARAMS; i++)
         store__buf_free(&s->arr[i]);
+    store__buf_free(&s->more_buf);
 }
 
-/* Builds the 21 array parameters of s->inflight. Returns false on OOM. */
-static bool build_params(store_t *s, const char *vals[STORE_NARRAYS])
+/* Appends each NUL-terminated piece of a JSON array param as
+ * {"msg":idx[,"i":k],<piece>}. */
+static void json_pieces(store__buf *b, const char *p, unsigned n, long long idx, long long *k)
+{
+    char tmp[64];
+    for (unsigned j = 0; j < n; j++) {
+        size_t len = strlen(p);
+        int m = k ? snprintf(tmp, sizeof tmp, "%s{\"msg\":%lld,\"i\":%lld,", b->len > 1 ? "," : "",
+                             idx, ++*k)
+                  : snprintf(tmp, sizeof tmp, "%s{\"msg\":%lld,", b->len > 1 ? "," : "", idx);
+        store__buf_append(b, tmp, (size_t)m);
+        store__buf_append(b, p, len);
+        store__buf_append(b, "}", 1);
+        p += len + 1;
+    }
+}
+
+/* The 4 parameters for what the batch's messages carry beyond vitals;
+ * all NULL when none does. */
+static bool build_more(store_t *s, const char *vals[STORE_NPARAMS])
+{
+    store__buf *t = &s->arr[STORE_NARRAYS], *w = t + 1, *ws = t + 2, *a = t + 3;
+    bool any = false;
+    long long idx = 0, wi = 0, ai = 0;
+
+    for (ingest_item *it = s->inflight.head; it && !any; it = it->next)
+        any = it->more != NULL;
+    for (int i = STORE_NARRAYS; i < STORE_NPARAMS; i++)
+        vals[i] = NULL;
+    if (!any)
+        return true;
+    store__buf_reset(t);
+    store__buf_reset(w);
+    store__buf_reset(a);
+    store__buf_append(t, "[", 1);
+    store__buf_append(w, "[", 1);
+    store__buf_append(a, "[", 1);
+    store__arr_begin(ws);
+    for (ingest_item *it = s->inflight.head; it; it = it->next) {
+        idx++;
+        if (!it->more)
+            continue;
+        const ingest_more *m = it->more;
+        json_pieces(t, m->t, m->nt, idx, NULL);
+        json_pieces(w, m->w, m->nw, idx, &wi);
+        json_pieces(a, m->a, m->na, idx, &ai);
+        const char *p = m->samples;
+        for (unsigned j = 0; j < m->nw; j++) {
+            store__arr_text(ws, p);
+            p += strlen(p) + 1;
+        }
+    }
+    store__buf_append(t, "]", 2); /* with the NUL */
+    store__buf_append(w, "]", 2);
+    store__buf_append(a, "]", 2);
+    store__arr_end(ws);
+    if (t->oom || w->oom || a->oom || ws->oom)
+        return false;
+    vals[STORE_NARRAYS] = t->p;
+    vals[STORE_NARRAYS + 1] = w->p;
+    vals[STORE_NARRAYS + 2] = ws->p;
+    vals[STORE_NARRAYS + 3] = a->p;
+    return true;
+}
+
+/* Builds the parameters of s->inflight. Returns false on OOM. */
+static bool build_params(store_t *s, const char *vals[STORE_NPARAMS])
 {
     store__buf *a = s->arr;
     for (int i = 0; i < STORE_NARRAYS; i++)
@@ -270,7 +343,7 @@ static bool build_params(store_t *s, const char *vals[STORE_NARRAYS])
             return false;
         vals[i] = a[i].p;
     }
-    return true;
+    return build_more(s, vals);
 }
 
 void store__ingest_kick(store_t *s)
@@ -295,7 +368,7 @@ void store__ingest_kick(store_t *s)
     if (s->inflight_split)
         s->split_remaining--;
 
-    const char *vals[STORE_NARRAYS];
+    const char *vals[STORE_NPARAMS];
     if (!build_params(s, vals)) {
         log_error("store_batch_oom", NULL, NULL, "msgs=%zu", s->inflight.n);
         requeue_inflight(s);
@@ -304,15 +377,17 @@ void store__ingest_kick(store_t *s)
         return;
     }
     /* On failure the connection resets and on_down puts the batch back. */
-    store__conn_send(&s->ingest, "ingest_batch", ingest_sql, STORE_NARRAYS, vals);
+    store__conn_send(&s->ingest, "ingest_batch", ingest_sql, STORE_NPARAMS, vals);
 }
 
-int store_ingest(store_t *s, int64_t device_id, const vitals_msg *msg, store_ingest_cb cb,
-                 void *ctx)
+static int ingest(store_t *s, int64_t device_id, const vitals_msg *msg,
+                  const clinical_content *more, store_ingest_cb cb, store_ingest_full_cb full_cb,
+                  void *ctx)
 {
+    bool oom = false;
     if (s->closing)
         return CMS_ECLOSED;
-    if (!cb || !msg)
+    if ((!cb && !full_cb) || !msg)
         return CMS_EINVAL;
     if (store_backlog(s) >= s->cfg.max_queued_msgs) {
         s->refused = true;
@@ -321,7 +396,13 @@ int store_ingest(store_t *s, int64_t device_id, const vitals_msg *msg, store_ing
     ingest_item *it = item_new(device_id, msg);
     if (!it)
         return CMS_ENOMEM;
+    it->more = store__more_new(s, more, &oom);
+    if (oom) {
+        free(it);
+        return CMS_ENOMEM;
+    }
     it->cb = cb;
+    it->full_cb = full_cb;
     it->ctx = ctx;
     it->deadline = uv_now(s->loop) + s->cfg.ingest_timeout_ms;
     fifo_push(&s->queue, it);
@@ -330,6 +411,18 @@ int store_ingest(store_t *s, int64_t device_id, const vitals_msg *msg, store_ing
     else if (!s->batch_timer_on && s->inflight.n == 0)
         arm_batch_timer(s, s->cfg.batch_max_delay_ms);
     return CMS_OK;
+}
+
+int store_ingest(store_t *s, int64_t device_id, const vitals_msg *msg, store_ingest_cb cb,
+                 void *ctx)
+{
+    return ingest(s, device_id, msg, NULL, cb, NULL, ctx);
+}
+
+int store_ingest_full(store_t *s, int64_t device_id, const vitals_msg *msg,
+                      const clinical_content *more, store_ingest_full_cb cb, void *ctx)
+{
+    return ingest(s, device_id, msg, more, NULL, cb, ctx);
 }
 
 /* ---- results ----------------------------------------------------------- */
@@ -389,7 +482,7 @@ static void batch_failed(store_t *s, PGresult *res)
         log_warn("store_msg_refused", NULL, NULL,
                  "device_id=%lld control_id=%s sqlstate=%s error=\"%s\"", (long long)it->device_id,
                  it->control_id, state, msg);
-        item_done(s, it, CMS_EPROTO, false);
+        item_done(s, it, CMS_EPROTO, false, 0);
         return;
     }
     /* Transient or not ours to judge: retry the same batch after a delay. */
@@ -409,7 +502,7 @@ void store__ingest_on_result(store__conn *c, PGresult *res)
         goto next;
     }
     size_t n = s->inflight.n;
-    if ((size_t)PQntuples(res) != n || PQnfields(res) != 2) {
+    if ((size_t)PQntuples(res) != n || PQnfields(res) != 3) {
         log_error("store_batch_bad_result", NULL, NULL, "msgs=%zu rows=%d", n, PQntuples(res));
         requeue_inflight(s);
         s->hold_until = uv_now(s->loop) + s->retry_ms;
@@ -426,16 +519,20 @@ void store__ingest_on_result(store__conn *c, PGresult *res)
     ingest_item *it;
     while ((it = fifo_pop(&done)) != NULL) {
         bool dup = PQgetvalue(res, row, 1)[0] == 't';
+        unsigned unknown = (unsigned)strtoul(PQgetvalue(res, row, 2), NULL, 10);
         s->obs_ok += dup ? 0 : it->nobs;
         row++;
-        item_done(s, it, CMS_OK, dup);
+        if (!dup && it->nobs)
+            store__latest_put(s, it);
+        item_done(s, it, CMS_OK, dup, unknown);
     }
 next:
     results_round(s);
     check_drain(s);
-    if (s->closing)
+    if (s->closing) {
+        store__latest_tick(s, uv_now(s->loop), true); /* what the last batch committed */
         store__maybe_finish_close(s);
-    else
+    } else
         store__ingest_kick(s);
 }
 
@@ -449,7 +546,7 @@ void store__ingest_expire(store_t *s, uint64_t now)
         if (s->split_remaining > 0)
             s->split_remaining--;
         expired++;
-        item_done(s, it, CMS_EUNAVAIL, false);
+        item_done(s, it, CMS_EUNAVAIL, false, 0);
     }
     results_round(s);
     if (expired) {
@@ -464,7 +561,7 @@ void store__ingest_fail_queued(store_t *s, int status)
     ingest_item *it;
     s->split_remaining = 0;
     while ((it = fifo_pop(&s->queue)) != NULL)
-        item_done(s, it, status, false);
+        item_done(s, it, status, false, 0);
     results_round(s);
 }
 
@@ -472,6 +569,6 @@ void store__ingest_fail_inflight(store_t *s, int status)
 {
     ingest_item *it;
     while ((it = fifo_pop(&s->inflight)) != NULL)
-        item_done(s, it, status, false);
+        item_done(s, it, status, false, 0);
     results_round(s);
 }

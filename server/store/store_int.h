@@ -5,6 +5,10 @@
  *   store_conn.c   one async libpq connection: connect, query, timers, close,
  *                  reconnect with backoff
  *   store_ingest.c ingest queue, group commit, resend, split-and-retry
+ *   store_more.c   a message's text observations, waveform blocks and alarms
+ *                  as JSON pieces (copied at store_ingest_full)
+ *   store_latest.c the newest committed value per (device, code, sub id),
+ *                  written to cms.latest_observations once a second
  *   store_rows.c   the result view store_query callbacks get (store_rows)
  *   store_ctl.c    the control connection's queue (statements, audit rows,
  *                  LISTEN, maintenance)
@@ -52,6 +56,15 @@ void store__arr_text(store__buf *b, const char *s);
 void store__arr_int(store__buf *b, long long v);
 void store__arr_double(store__buf *b, double v);
 void store__arr_end(store__buf *b);
+
+/*
+ * JSON text helpers (for jsonb parameters): store__json_str appends s as a
+ * JSON string (quotes, backslash, control characters escaped; other bytes
+ * as they are: the database checks UTF-8); store__json_num a finite double
+ * (shortest exact form), non-finite as null.
+ */
+void store__json_str(store__buf *b, const char *s);
+void store__json_num(store__buf *b, double v);
 
 /*
  * Parses a one-dimensional text array as PostgreSQL outputs it
@@ -141,10 +154,23 @@ typedef struct ingest_obs {
 } ingest_obs;
 
 /* One queued message: a single allocation (obs and strings follow). */
+/*
+ * A message's content beyond its vitals, serialized when it is queued
+ * (store_more.c): JSON object members (no braces, no "msg"/"i": the batch
+ * adds them) one after the other, each NUL-terminated; samples: one array
+ * literal per block ("{1,2,3}"), NUL-terminated, in the order of w.
+ */
+typedef struct ingest_more {
+    unsigned nt, nw, na;
+    const char *t, *w, *a, *samples;
+} ingest_more;
+
 typedef struct ingest_item {
     struct ingest_item *next;
-    store_ingest_cb cb;
+    store_ingest_cb cb;           /* one of cb and full_cb */
+    store_ingest_full_cb full_cb;
     void *ctx;
+    ingest_more *more;            /* owned, NULL when the message had only vitals */
     uint64_t deadline; /* uv_now() ms after which it fails (queued only) */
     int64_t device_id;
     const char *control_id, *patient_authority, *patient_id, *location, *msg_time;
@@ -153,7 +179,8 @@ typedef struct ingest_item {
     ingest_obs *obs;
 } ingest_item;
 
-#define STORE_NARRAYS 21
+#define STORE_NARRAYS 21 /* the vitals' arrays; then t, w, w_samples, a */
+#define STORE_NPARAMS (STORE_NARRAYS + 4)
 
 typedef struct ingest_fifo {
     ingest_item *head, *tail;
@@ -167,7 +194,7 @@ typedef struct ingest_fifo {
 typedef struct store__dc_entry store__dc_entry;
 
 enum ctl_kind { CTL_LOOKUP, CTL_AUDIT, CTL_MAINT_PARTITIONS, CTL_MAINT_RETENTION, CTL_QUERY,
-                CTL_LISTEN, CTL_SEEN };
+                CTL_LISTEN, CTL_SEEN, CTL_MAINT_WAVES, CTL_LATEST };
 
 #define STORE_QUERY_MAX_PARAMS 16
 #define STORE_LOOKUP_BATCH_MAX 64 /* device checks sent as one statement */
@@ -216,7 +243,8 @@ struct store {
     bool batch_timer_on;
     uv_timer_t batch_timer;  /* batch_max_delay_ms / retry hold */
     uv_timer_t expire_timer; /* ingest_timeout / lookup deadlines (periodic) */
-    store__buf arr[STORE_NARRAYS];
+    store__buf arr[STORE_NPARAMS];
+    store__buf more_buf; /* store_more.c scratch */
     bool refused; /* store_ingest returned ELIMIT since last drain */
     void (*drain_cb)(void *ctx);
     void *drain_ctx;
@@ -244,9 +272,25 @@ struct store {
     bool dc_ready;         /* LISTEN cms_registry in place and sql/010 applied */
     bool dc_listen_failed; /* since the control connection came up */
     bool dc_warned;
+    /* the newest committed values, written once a second (store_latest.c) */
+    struct store__latest *latest;
+    uint64_t latest_flushed_at;
     uv_timer_t maint_timer; /* hourly maintenance */
     uv_timer_t close_timer; /* store_close deadline */
 };
+
+/* store_more.c */
+/* Serializes c (may be NULL or empty: returns NULL, no error) into one
+ * allocation. *oom is set when it could not. */
+ingest_more *store__more_new(store_t *s, const clinical_content *c, bool *oom);
+
+/* store_latest.c */
+/* Keeps the vitals of a committed, new (not duplicate) message. */
+void store__latest_put(store_t *s, const ingest_item *it);
+/* Queues the write of what was kept when a second has passed (or now: force). */
+void store__latest_tick(store_t *s, uint64_t now, bool force);
+extern const char store__latest_sql[]; /* CTL_LATEST's statement */
+void store__latest_free(store_t *s);
 
 /* store.c */
 /* A handle of s finished closing; frees s after the last one once closed. */

@@ -41,6 +41,13 @@ const https_route svc_routes[] = {
     {"POST", "/api/v1/groups/:name/devices", admin_group_set, OP(OPERATOR), "group_update_refused"},
     {"GET", "/api/v1/audit", admin_audit_list, OP(VIEWER), "http_refused"},
     {"GET", "/api/v1/audit/verify", admin_audit_verify, OP(VIEWER), "http_refused"},
+    /* admin_clinical.c: latest vitals, alarms, trends, waveforms */
+    {"GET", "/api/v1/vitals/latest", admin_vitals_latest, OP(VIEWER), "http_refused"},
+    {"GET", "/api/v1/alarms", admin_alarm_list, OP(VIEWER), "http_refused"},
+    {"GET", "/api/v1/alarms/:id", admin_alarm_show, OP(VIEWER), "http_refused"},
+    {"GET", "/api/v1/devices/:serial/trend", admin_device_trend, OP(VIEWER), "http_refused"},
+    {"GET", "/api/v1/devices/:serial/waveforms", admin_device_waveforms, OP(VIEWER),
+     "http_refused"},
     /* est/est.c, est/enroll.c, est/revocation.c: EST, enrollment tokens, revocation, CRL */
     {"GET", "/.well-known/est/cacerts", est_cacerts, ANY, "est_refused"},
     {"GET", "/.well-known/est/csrattrs", est_csrattrs, ANY, "est_refused"},

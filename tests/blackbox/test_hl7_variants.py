@@ -81,14 +81,26 @@ def test_message_without_patient(cmsd, db, connect):
     assert rows and all(r[0] is None for r in rows), rows
 
 
-def test_non_numeric_observations_skipped(cmsd, db, connect):
-    """ST/CWE/NA rows and NM rows without a value are not stored and do not
-    make the message fail."""
+def test_non_numeric_observations_kept_apart(cmsd, db, connect):
+    """ST/CWE rows, a waveform (NA with its sample rate) and NM rows without a
+    value do not make the message fail and do not enter cms.vitals: the text
+    rows are text observations, the NA row a waveform block
+    (docs/clinical-data.md), the empty NM row nothing."""
     cid, pt = h.unique("SKIP"), h.unique("PT-SKIP")
     extra = ["OBX|13|ST|0^MDC_ATTR_TEXT^MDC|1.0.0.1|lead off|||||||R",
              "OBX|14|CWE|68480^MDC_ATTR_ALERT_SOURCE^MDC|1.0.0.2|196674^MDC_EVT_LO^MDC|||||||R",
              "OBX|15|NA|131330^MDC_ECG_ELEC_POTL_II^MDC|1.5.2.1|1^2^3^4^5|"
              "266418^MDC_DIM_MILLI_VOLT^MDC|||||R",
-             "OBX|16|NM|151712^MDC_CONC_AWAY_CO2_ET^MDC|1.7.1.1||266016^MDC_DIM_MMHG^MDC|||||X"]
+             "OBX|16|NM|0^MDC_ATTR_SAMP_RATE^MDC|1.5.2.1.1|500|264608^MDC_DIM_PER_SEC^MDC|||||R",
+             "OBX|17|NM|151712^MDC_CONC_AWAY_CO2_ET^MDC|1.7.1.1||266016^MDC_DIM_MMHG^MDC|||||X"]
     send(cmsd, connect, h.pcd01(DEV, cid, patient=pt, extra_obx=extra), cid)
     stored_as_sample(db, pt)
+    texts = db.query("SELECT t.value_type, t.code, t.value_text, t.value_code FROM "
+                     "cms.text_observations t JOIN cms.messages m ON m.id = t.message_id "
+                     "WHERE m.control_id = %s ORDER BY t.set_id", (cid,))
+    assert [tuple(r) for r in texts] == [
+        ("ST", "0", "lead off", None), ("CWE", "68480", "MDC_EVT_LO", "196674")], texts
+    waves = db.query("SELECT w.mdc_code, w.sample_rate, w.samples FROM cms.waveforms w "
+                     "WHERE w.patient_id = %s", (pt,))
+    assert [tuple(r) for r in waves] == [
+        ("131330", 500.0, [1.0, 2.0, 3.0, 4.0, 5.0])], waves

@@ -5,6 +5,8 @@ here (the benchmarks measure that); only that counts match and nothing is lost.
 
   cms-monitor  P1 (as fast as the window allows) and P2 (paced): messages and
                observations it counts as ACKed (AA) are the rows in the database;
+               with --waveforms, --alarms and --heartbeat (the waveform and alarm
+               scenarios): samples, alarm events and heartbeats too;
   hsbench      P4: every handshake it counts reached cmsd's device check (one
                device_connected line each), resumed ones included, and "resume"
                mode resumes;
@@ -73,6 +75,35 @@ def test_monitor_counts_are_what_the_database_holds(cmsd, pki, db, bench_devices
     assert m["latency_ms"]["n"] == m["acked_aa"], m
     # What it counts as acknowledged is exactly what was committed, no more, no less.
     assert (msgs - msgs0, obs - obs0) == (m["acked_aa"], m["obs_acked"]), (scenario, m)
+
+
+def stored_clinical(db):
+    """(waveform blocks, samples, alarm events, messages) of this module's devices."""
+    return db.query(
+        "SELECT (SELECT count(*) FROM cms.waveform_blocks w WHERE w.device_id = ANY(ids)),"
+        " (SELECT coalesce(sum(nsamples), 0) FROM cms.waveform_blocks w"
+        "  WHERE w.device_id = ANY(ids)),"
+        " (SELECT count(*) FROM cms.alarm_events e WHERE e.device_id = ANY(ids)),"
+        " (SELECT count(*) FROM cms.messages m WHERE m.device_id = ANY(ids)) "
+        "FROM (SELECT array_agg(id) AS ids FROM cms.devices WHERE serial = ANY(%s)) d",
+        (DEVICES,))[0]
+
+
+def test_monitor_waveforms_and_alarms_counts(cmsd, pki, db, bench_devices):
+    blocks0, samples0, events0, msgs0 = stored_clinical(db)
+    m = monitor(cmsd, pki, "--rate", 4, "--window", 4, "--duration", 3, "--waveforms",
+                "ecg2,pleth", "--alarms", 1, "--heartbeat", 1)
+    blocks, samples, events, msgs = stored_clinical(db)
+    assert (m["ae"], m["ar"], m["unacked"], m["lost"]) == (0, 0, 0, 0), m
+    assert m["alarms_sent"] > 0 and m["alarms_aa"] == m["alarms_sent"], m
+    assert m["heartbeats_sent"] > 0 and m["heartbeats_aa"] == m["heartbeats_sent"], m
+    assert m["alarm_latency_ms"]["n"] == m["alarms_aa"], m
+    # a block per channel per message: 500 Hz / 4 + 125 Hz / 4 samples
+    assert m["samples_acked"] == m["acked_aa"] * (125 + 31), m
+    assert (blocks - blocks0, samples - samples0) == (2 * m["acked_aa"], m["samples_acked"]), m
+    # heartbeats are messages but not alarm events
+    assert events - events0 == m["alarms_aa"], m
+    assert msgs - msgs0 == m["acked_aa"] + m["alarms_aa"] + m["heartbeats_aa"], m
 
 
 def hsbench(cmsd, pki, mode, devices=4, procs=2):

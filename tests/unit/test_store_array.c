@@ -95,6 +95,31 @@ static void test_parse(void **state)
     assert_int_equal(store__arr_parse(NULL, out, 8), -1);
 }
 
+/* JSON text for the jsonb parameters of cms.ingest_batch2: what jsonb accepts, values exact. */
+static void test_json(void **state)
+{
+    store__buf b = {0};
+
+    (void)state;
+    store__buf_reset(&b);
+    store__json_str(&b, "a\"b\\c\x01\td/\xc3\xa9");
+    store__buf_append(&b, "", 1);
+    assert_string_equal(b.p, "\"a\\\"b\\\\c\\u0001\\u0009d/\xc3\xa9\"");
+    store__buf_reset(&b);
+    store__json_num(&b, 500);
+    store__buf_append(&b, ",", 1);
+    store__json_num(&b, 0.1);
+    store__buf_append(&b, ",", 1);
+    store__json_num(&b, -2.5e-7);
+    store__buf_append(&b, ",", 1);
+    store__json_num(&b, NAN);
+    store__buf_append(&b, ",", 1);
+    store__json_num(&b, -INFINITY);
+    store__buf_append(&b, "", 1);
+    assert_string_equal(b.p, "500,0.10000000000000001,-2.4999999999999999e-07,null,null");
+    store__buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -102,6 +127,7 @@ int main(void)
         cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_grows),
         cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

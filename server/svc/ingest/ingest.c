@@ -1,5 +1,6 @@
 /*
- * ingest.c - HL7 v2 / IHE PCD-01 over MLLP from authenticated monitors.
+ * ingest.c - HL7 v2 / IHE PCD-01 (ORU^R01) and PCD-04 (ORU^R40) over MLLP
+ * from authenticated monitors.
  * See ingest.h for the rules; this file is the per-connection session.
  */
 #include <stdlib.h>
@@ -214,23 +215,47 @@ static bool names_this_device(const session *s, const char *id)
     return false;
 }
 
+/* id when it is set and not this device, else NULL. */
+static const char *foreign(const session *s, const char *id)
+{
+    return id[0] && !names_this_device(s, id) ? id : NULL;
+}
+
 /*
  * Returns the first sender identifier in m that is not this device, or NULL.
  * MSH-3 is an HD: when its universal ID (component 2, e.g. an EUI-64 with
  * type "EUI-64") is present, that is the device identifier and component 1
  * is only the application's namespace name (IHE PCD puts a product name
  * there); otherwise component 1 names the device. Every OBX-18 equipment
- * identifier must name this device too.
+ * identifier must name this device too (numeric, text and waveform rows,
+ * and every row of an alarm), and so must the assigner of each alarm's
+ * identifier (OBR-3, an EI: its universal ID, else its namespace ID): a
+ * device may only raise alarms for itself. waves, r40: what the message
+ * carried beyond m (NULL when it is not that kind).
  */
-static const char *foreign_sender(const session *s, const pcd01_msg *m)
+static const char *foreign_sender(const session *s, const pcd01_msg *m, const pcd01_waves *waves,
+                                  const pcd04_msg *r40)
 {
-    const char *sender = m->sending_app[1][0] ? m->sending_app[1] : m->sending_app[0];
-    if (sender[0] && !names_this_device(s, sender))
-        return sender;
+    const char *id;
+    if ((id = foreign(s, m->sending_app[1][0] ? m->sending_app[1] : m->sending_app[0])))
+        return id;
     for (size_t i = 0; i < m->vitals.nobs; i++)
-        if (m->vitals.obs[i].equipment_id[0] &&
-            !names_this_device(s, m->vitals.obs[i].equipment_id))
-            return m->vitals.obs[i].equipment_id;
+        if ((id = foreign(s, m->vitals.obs[i].equipment_id)))
+            return id;
+    for (size_t i = 0; i < m->ntexts; i++)
+        if ((id = foreign(s, m->texts[i].equipment_id)))
+            return id;
+    for (size_t i = 0; waves && i < waves->nwaves; i++)
+        if ((id = foreign(s, waves->waves[i].equipment_id)))
+            return id;
+    for (size_t i = 0; r40 && i < r40->nequipment; i++)
+        if ((id = foreign(s, r40->equipment_ids[i])))
+            return id;
+    for (size_t i = 0; r40 && i < r40->nalarms; i++) {
+        const pcd04_alarm *a = &r40->alarms[i];
+        if ((id = foreign(s, a->alarm_uid[0] ? a->alarm_uid : a->alarm_ns)))
+            return id;
+    }
     return NULL;
 }
 
@@ -242,16 +267,21 @@ static void audit(ingest_ctx *ix, const char *event, net_conn *c, json_t *detail
 
 /* ---- frames -------------------------------------------------------------- */
 
-static void on_stored(void *ctx, int status, bool duplicate)
+static void on_stored(void *ctx, int status, const store_ingest_result *res)
 {
     pending *p = ctx;
     net_conn *c = p->conn;
     p->done = true;
     if (status == CMS_OK) {
         p->code = HL7_AA;
-        if (duplicate)
+        if (res->duplicate)
             log_debug("duplicate", net_conn_identity(c), net_conn_peer(c),
                       "control id %s already stored", p->control_id);
+        if (res->unknown_alarms)
+            log_warn("alarm_unknown", net_conn_identity(c), net_conn_peer(c),
+                     "control_id=%s: %u alarm event(s) for an alarm that was not open (stored, "
+                     "flagged unknown_alarm)",
+                     p->control_id, res->unknown_alarms);
     } else if (status == CMS_EPROTO) {
         pending_fail(p, HL7_AE, "207", "the database refused this message's data");
     } else if (status == CMS_EUNAVAIL) {
@@ -275,7 +305,6 @@ static int on_frame(void *ctx, const char *payload, size_t len)
     ingest_ctx *ix = net_conn_proto_ctx(c);
     pcd01_msg *m = &ix->msg;
     char reason[200] = "";
-    const char *err_code = "100";
     pending *p;
 
     if (net_conn_state(c) != NET_ACTIVE)
@@ -289,16 +318,20 @@ static int on_frame(void *ctx, const char *payload, size_t len)
         goto out;
     }
     (void)pcd01_read_header(&ix->hl7, m);
-    int rc = pcd01_extract(&ix->hl7, m, &err_code, reason, sizeof(reason));
+    bool r40 = strcmp(m->msg_type, "ORU") == 0 && strcmp(m->trigger, "R40") == 0;
+    pcd01_verdict v;
+    int rc = r40 ? pcd04_extract(&ix->hl7, m, &ix->r40, &v)
+                 : pcd01_extract_full(&ix->hl7, m, &ix->waves, &v);
     if (!(p = pending_new(c, m)))
         return CMS_ENOMEM;
     if (rc != CMS_OK) {
-        pending_fail(p, HL7_AR, err_code ? err_code : "100", reason);
-        log_warn("hl7_rejected", s->serial, net_conn_peer(c), "control_id=%s: %s",
-                 m->vitals.control_id, reason);
+        pending_fail(p, v.ack == HL7_AE ? HL7_AE : HL7_AR, v.err_code ? v.err_code : "100",
+                     v.reason);
+        log_warn("hl7_rejected", s->serial, net_conn_peer(c), "control_id=%s: %s %s",
+                 m->vitals.control_id, v.ack == HL7_AE ? "AE" : "AR", v.reason);
         goto out;
     }
-    const char *claimed = foreign_sender(s, m);
+    const char *claimed = foreign_sender(s, m, r40 ? NULL : &ix->waves, r40 ? &ix->r40 : NULL);
     if (claimed) {
         snprintf(reason, sizeof(reason),
                  "sender '%s' is not the authenticated device '%s': message refused", claimed,
@@ -307,10 +340,24 @@ static int on_frame(void *ctx, const char *payload, size_t len)
         log_warn("impersonation", s->serial, net_conn_peer(c), "control_id=%s claims %s",
                  m->vitals.control_id, claimed);
         audit(ix, "impersonation", c,
-              json_pack("{s:s, s:s}", "claimed", claimed, "control_id", m->vitals.control_id));
+              json_pack("{s:s, s:s, s:s}", "claimed", claimed, "control_id",
+                        m->vitals.control_id, "message", r40 ? "ORU^R40" : "ORU^R01"));
         goto out;
     }
-    rc = store_ingest(ix->store, s->device_id, &m->vitals, on_stored, p);
+    clinical_content more = {
+        .texts = m->texts,
+        .ntexts = m->ntexts,
+        .waves = r40 ? NULL : ix->waves.waves,
+        .nwaves = r40 ? 0 : ix->waves.nwaves,
+        .samples = ix->waves.samples,
+        .wave_facets = ix->waves.facets,
+        .nwave_facets = r40 ? 0 : ix->waves.nfacets,
+        .alarms = r40 ? ix->r40.alarms : NULL,
+        .nalarms = r40 ? ix->r40.nalarms : 0,
+        .alarm_facets = ix->r40.facets,
+        .nalarm_facets = r40 ? ix->r40.nfacets : 0,
+    };
+    rc = store_ingest_full(ix->store, s->device_id, &m->vitals, &more, on_stored, p);
     if (rc != CMS_OK) {
         pending_fail(p, HL7_AE, "207",
                      rc == CMS_ELIMIT ? "server busy, message not stored: resend later"
@@ -434,6 +481,7 @@ int ingest_ctx_init(ingest_ctx *ctx, store_t *store, net_server *server, const i
     ctx->server = server;
     ctx->cfg = *cfg;
     ctx->worker_id = worker_id;
+    pcd01_waves_init(&ctx->waves, cfg->waveform_max_samples);
     store_on_drain(store, on_store_drain, ctx);
     store_on_results(store, on_results, ctx);
     return CMS_OK;
@@ -445,4 +493,5 @@ void ingest_ctx_free(ingest_ctx *ctx)
     free(ctx->due);
     ctx->due = NULL;
     ctx->due_cap = 0;
+    pcd01_waves_free(&ctx->waves);
 }
