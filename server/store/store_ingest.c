@@ -3,9 +3,12 @@
  *
  * store_ingest() copies a message into one compact allocation and appends it
  * to s->queue. A batch (up to batch_max_msgs from the head) is sent as one
- * call of cms.ingest_batch() with 21 array parameters when the queue reaches
- * batch_max_msgs, when batch_max_delay_ms passed since the first queued one,
- * or right after the previous batch returned (group commit: whatever queued
+ * call of cms.ingest_batch2() (sql/013) with 21 array parameters for the
+ * vitals and four for what messages carry beyond them (store_more.c: JSON
+ * arrays of text observations, waveform blocks and alarms, a text[] of
+ * sample literals; all NULL when no message of the batch has any) when the
+ * queue reaches batch_max_msgs, when batch_max_delay_ms passed since the
+ * first queued one, or right after the previous batch returned (group commit: whatever queued
  * meanwhile goes next). One batch is in flight at a time.
  *
  * Outcomes of a batch:
