@@ -3,7 +3,7 @@
  *
  * store_ingest() copies a message into one compact allocation and appends it
  * to s->queue. A batch (up to batch_max_msgs from the head) is sent as one
- * call of cms.ingest_batch2() (sql/013) with 21 array parameters for the
+ * call of cms.ingest_batch2() (sql/015) with 21 array parameters for the
  * vitals and four for what messages carry beyond them (store_more.c: JSON
  * arrays of text observations, waveform blocks and alarms, a text[] of
  * sample literals; all NULL when no message of the batch has any) when the

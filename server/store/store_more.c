@@ -5,7 +5,7 @@
  * or alarm, a few bytes per sample), not the fixed-size records.
  *
  * Each record becomes the members of one JSON object for the t, w and a
- * parameters of cms.ingest_batch2 (sql/013), without braces: the batch adds
+ * parameters of cms.ingest_batch2 (sql/015), without braces: the batch adds
  * "msg" (the message's index in the batch) and "i" (the record's order),
  * which are known only then. Waveform samples become one PostgreSQL array
  * literal per block for w_samples: integers when every sample times

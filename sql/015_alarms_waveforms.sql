@@ -1,4 +1,4 @@
--- 013_alarms_waveforms.sql - alarms (IHE PCD-04 ORU^R40), waveforms (PCD-01 NA/MA
+-- 015_alarms_waveforms.sql - alarms (IHE PCD-04 ORU^R40), waveforms (PCD-01 NA/MA
 -- blocks), text and coded observations (ST/CWE/CE), and the read side for clinicians
 -- and EMRs: cms.latest_vitals, cms.alarms, cms.alarm_history, cms.waveforms,
 -- cms.device_last_heard and the trend function cms.vitals_trend (1-minute medians).
