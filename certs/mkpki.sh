@@ -40,6 +40,7 @@
 #                           .crt is the leaf alone, .chain.pem = leaf + device-ca.crt
 #   operators/operator.{key,crt}           CN=operator, OU=admin (OU names the role)
 #   operators/operator2.{key,crt}          CN=operator2, OU=operator (a second person)
+#   operators/scraper.{key,crt}            CN=scraper, OU=scraper (reads GET /metrics only)
 #   ca/NAME/                openssl ca state (index.txt, serial, crlnumber, ca.cnf)
 # Test only (mkpki.sh test):
 #   operators/{admin1,admin2,operator1,operator2,viewer1}.{key,crt}  OU=admin|operator|viewer
@@ -385,6 +386,8 @@ make_dev() {
 	operator operator admin
 	# A second person for the firmware two-person rule (importer != approver).
 	operator operator2 operator
+	# What a Prometheus presents to read GET /metrics (and nothing else).
+	operator scraper scraper
 	gencrl
 	genkey "$DIR/publisher.key" -algorithm ED25519
 	pubkey "$DIR/publisher.key" "$DIR/publisher.pub"

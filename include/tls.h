@@ -22,9 +22,16 @@
  * alerts, TLS 1.3 session tickets and KeyUpdate messages all appear there at
  * any time, not only after tls_conn_write.
  *
- * Thread: a tls_ctx is immutable after creation except for tls_ctx_set_crl
- * (OpenSSL's X509_STORE is locked internally) and may be shared by worker
- * threads; a tls_conn belongs to one thread.
+ * Reload: tls_ctx_replace() swaps in a context built afresh from the files
+ * (tls_ctx_new_server), atomically for new connections; a connection keeps
+ * the generation it started with (certificate, CAs, CRL) until it is freed,
+ * and the old generation goes with the last of them. Sessions kept for
+ * resumption belong to a generation: after a swap, the next handshake of
+ * each peer is a full one (checked against the new CAs and CRL).
+ *
+ * Thread: a tls_ctx may be shared by worker threads (its current generation
+ * is taken and swapped under a mutex; a generation is immutable); a tls_conn
+ * belongs to one thread.
  */
 #ifndef CMS_TLS_H
 #define CMS_TLS_H
@@ -60,6 +67,15 @@ typedef struct tls_server_config {
     const char *session_id_context; /* distinct per listener, e.g. "cms-mllp" */
 } tls_server_config;
 
+/* What a context's files say about their own lifetime, seconds since the
+ * epoch (0: not present). For the expiry metrics. */
+typedef struct tls_ctx_info {
+    int64_t cert_not_after;        /* the server certificate (the first of cert_file) */
+    int64_t device_ca_not_after;   /* the earliest notAfter in device_ca_file */
+    int64_t operator_ca_not_after; /* the earliest in operator_ca_file; 0 without one */
+    int64_t crl_next_update;       /* the earliest nextUpdate in crl_file; 0 without one */
+} tls_ctx_info;
+
 /*
  * Creates a server context: TLS 1.2 minimum (1.3 preferred), no
  * renegotiation, server cipher preference, verified client certificates
@@ -68,25 +84,35 @@ typedef struct tls_server_config {
  * by stateful session tickets (a session id; the session stays in a bounded
  * cache in this process) with the given lifetime. Keeps the device issuing
  * CA and the operator issuing CAs (tls_server_config) to classify peers
- * (tls_peer.issuer). Returns NULL and a reason in err (cap bytes) on any
- * error (unreadable file, a CA file without certificates, key/cert
- * mismatch). Never logs key material. Thread: any (at start-up).
+ * (tls_peer.issuer). Every CRL in crl_file from a CA of device_ca_file or
+ * operator_ca_file must be signed by that CA and not be past its
+ * nextUpdate, and one must
+ * be the device issuing CA's (a CRL from another CA would otherwise leave
+ * device certificates unchecked). Returns NULL and a reason in err (cap
+ * bytes) on any error (unreadable file, a CA file without certificates,
+ * key/cert mismatch, such a CRL). Never logs key material. Thread: any.
  */
 tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap);
 
-/* Frees ctx (connections hold their own references to the SSL_CTX). */
+/* Frees ctx (NULL allowed); connections keep the generation they use. */
 void tls_ctx_free(tls_ctx *ctx);
 
 /*
- * Replaces the CRL checked for new handshakes with the one in crl_file (PEM),
- * and drops every session kept for resumption (the next handshake is full).
- * Returns CMS_OK or CMS_EINVAL with a reason in err.
+ * Makes fresh's generation ctx's current one (for connections made from now
+ * on) and frees fresh (taken: the caller must not use it again). ctx's
+ * previous generation lives on while connections use it. Never fails, so a
+ * reload that built every new context first applies them all or none.
+ * Thread: any.
  */
-int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap);
+void tls_ctx_replace(tls_ctx *ctx, tls_ctx *fresh);
+
+/* The current generation's lifetimes into *out. Thread: any. */
+void tls_ctx_get_info(tls_ctx *ctx, tls_ctx_info *out);
 
 /*
- * A new server-side connection on ctx (borrowed: it must outlive the
- * connection). Returns NULL when out of memory. The tls_conn must not be
+ * A new server-side connection on ctx's current generation (ctx borrowed for
+ * the call; the connection references the generation). Returns NULL when out
+ * of memory. The tls_conn must not be
  * shared with another thread.
  */
 tls_conn *tls_conn_new_server(tls_ctx *ctx);
@@ -117,6 +143,20 @@ size_t tls_conn_pending_input(const tls_conn *tc);
  * closing. reason may be NULL. Once complete, further calls return CMS_OK.
  */
 int tls_conn_handshake(tls_conn *tc, char *reason, size_t cap);
+
+/* What a refused handshake (tls_conn_handshake: CMS_EPERM or CMS_EPROTO)
+ * failed on, for counting refusals by reason. */
+enum tls_failure {
+    TLS_FAIL_PROTOCOL = 0, /* no certificate question reached: version, cipher, alert, garbage */
+    TLS_FAIL_NO_CERT,      /* the listener requires a client certificate; none came */
+    TLS_FAIL_UNKNOWN_CA,   /* the chain ends at no CA we trust */
+    TLS_FAIL_EXPIRED,      /* a certificate of the chain is expired or not yet valid */
+    TLS_FAIL_REVOKED,      /* on the CRL */
+    TLS_FAIL_BAD_CERT      /* any other certificate problem (signature, purpose, CRL missing) */
+};
+
+/* The class of the last failed tls_conn_handshake (TLS_FAIL_PROTOCOL before one). */
+enum tls_failure tls_conn_failure(const tls_conn *tc);
 
 /*
  * Reads decrypted bytes. Returns the number of bytes (> 0), CMS_EAGAIN
@@ -166,8 +206,15 @@ enum tls_issuer {
 };
 
 /* The highest role named by the certificate subject's OU values ("admin",
- * "operator", "viewer", exact and case-sensitive; others are ignored). */
-enum tls_role { TLS_ROLE_NONE = 0, TLS_ROLE_VIEWER, TLS_ROLE_OPERATOR, TLS_ROLE_ADMIN };
+ * "operator", "viewer", "scraper", exact and case-sensitive; others are
+ * ignored). A scraper may read /metrics and nothing else. */
+enum tls_role {
+    TLS_ROLE_NONE = 0,
+    TLS_ROLE_SCRAPER,
+    TLS_ROLE_VIEWER,
+    TLS_ROLE_OPERATOR,
+    TLS_ROLE_ADMIN
+};
 
 typedef struct tls_peer {
     /* The subject CN when cn_ok, else "". cn_ok: the certificate verified and

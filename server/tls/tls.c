@@ -3,6 +3,7 @@
  * flow and the WANT_READ/WANT_WRITE rule.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,15 +18,29 @@
 #include "cms_err.h"
 #include "tls.h"
 
-struct tls_ctx {
+/*
+ * One generation of a context: what its files said when it was built. A
+ * reload (tls_ctx_replace) makes a new generation current; connections keep a
+ * reference to the one they started with (their SSL and the issuers that
+ * classify their peer), so the old one is freed with its last connection.
+ */
+typedef struct tls_gen {
     SSL_CTX *ssl_ctx;
     STACK_OF(X509_NAME) *crl_issuers; /* CAs whose CRL is loaded (owned) */
     X509 *device_issuer;              /* owned: first certificate of device_ca_file */
     STACK_OF(X509) *operator_issuers; /* owned: operator_ca_file's certificates, or NULL */
+    tls_ctx_info info;
+    _Atomic unsigned refs; /* the tls_ctx while current, + one per connection */
+} tls_gen;
+
+struct tls_ctx {
+    pthread_mutex_t mu; /* guards cur: taking a reference and swapping */
+    tls_gen *cur;
 };
 
 struct tls_conn {
     SSL *ssl;                /* owned; owns the transport BIO */
+    tls_gen *gen;            /* referenced: the generation ssl was made from */
     const unsigned char *in; /* fed, borrowed until tls_conn_keep_input */
     size_t in_len;
     unsigned char *kept; /* owned: input kept from earlier feeds, read first */
@@ -33,10 +48,11 @@ struct tls_conn {
     char *out; /* owned: ciphertext not yet taken */
     size_t out_len, out_cap;
     bool handshake_done;
+    enum tls_failure failure; /* of a refused handshake */
     tls_peer peer; /* filled when the handshake completes */
 };
 
-/* SSL_CTX ex_data slot pointing back at the tls_ctx, for the verify callback. */
+/* SSL_CTX ex_data slot pointing back at its tls_gen, for the verify callback. */
 static int tls_ctx_index = -1;
 
 /*
@@ -51,7 +67,7 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
     if (ok || X509_STORE_CTX_get_error(xs) != X509_V_ERR_UNABLE_TO_GET_CRL)
         return ok;
     SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
-    tls_ctx *ctx = ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tls_ctx_index) : NULL;
+    tls_gen *ctx = ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tls_ctx_index) : NULL;
     X509 *cur = X509_STORE_CTX_get_current_cert(xs);
     if (!ctx || !cur || !ctx->crl_issuers)
         return ok;
@@ -75,26 +91,111 @@ static void ssl_error_string(char *err, size_t cap, const char *what)
     ERR_clear_error();
 }
 
-static int load_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
+static int64_t asn1_time_epoch(const ASN1_TIME *t)
 {
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    return (int64_t)timegm(&tm);
+}
+
+/*
+ * Checks every CRL of crl_file before any is used: each whose issuer is a
+ * certificate of the device CA bundle (cas) or of the operator CA bundle
+ * (g->operator_issuers: operators' certificates are revocable too) must be
+ * signed by that certificate's key and not be past its nextUpdate (OpenSSL
+ * would then refuse every certificate it covers); CRLs of other CAs match no
+ * chain this context accepts and are passed over. One of them must be the
+ * device issuing CA's own (else device certificates would be checked against
+ * none). Records the issuers and the earliest nextUpdate.
+ */
+static int check_crls(tls_gen *g, const char *crl_file, STACK_OF(X509) *cas, char *err,
+                      size_t cap)
+{
+    BIO *b = BIO_new_file(crl_file, "r");
+    X509_CRL *crl = NULL;
+    int rc = CMS_EINVAL, n = 0;
+    bool device_ca_crl = false;
+    time_t now = time(NULL);
+    char name[256];
+    if (!b) {
+        snprintf(err, cap, "tls_crl: cannot read %s", crl_file);
+        goto out;
+    }
+    if (!g->crl_issuers && !(g->crl_issuers = sk_X509_NAME_new_null())) {
+        snprintf(err, cap, "out of memory");
+        goto out;
+    }
+    while ((crl = PEM_read_bio_X509_CRL(b, NULL, NULL, NULL)) != NULL) {
+        n++;
+        X509_NAME *issuer = X509_CRL_get_issuer(crl);
+        X509_NAME_oneline(issuer, name, sizeof(name));
+        X509 *ca = NULL;
+        for (int i = 0; i < sk_X509_num(cas) && !ca; i++)
+            if (X509_NAME_cmp(issuer, X509_get_subject_name(sk_X509_value(cas, i))) == 0)
+                ca = sk_X509_value(cas, i);
+        for (int i = 0; g->operator_issuers && i < sk_X509_num(g->operator_issuers) && !ca; i++)
+            if (X509_NAME_cmp(issuer, X509_get_subject_name(
+                                          sk_X509_value(g->operator_issuers, i))) == 0)
+                ca = sk_X509_value(g->operator_issuers, i);
+        if (!ca) { /* a CA this context does not trust: its CRL can match no chain here
+                    * (the MLLP context has no operator CAs) */
+            X509_CRL_free(crl);
+            crl = NULL;
+            continue;
+        }
+        EVP_PKEY *key = X509_get0_pubkey(ca);
+        if (!key || X509_CRL_verify(crl, key) != 1) {
+            snprintf(err, cap, "tls_crl: the CRL of %s is not signed by that CA's key", name);
+            goto out;
+        }
+        int64_t next = asn1_time_epoch(X509_CRL_get0_nextUpdate(crl));
+        if (next && next < (int64_t)now) {
+            snprintf(err, cap, "tls_crl: the CRL of %s expired (nextUpdate passed): every "
+                               "certificate it covers would be refused", name);
+            goto out;
+        }
+        if (next && (!g->info.crl_next_update || next < g->info.crl_next_update))
+            g->info.crl_next_update = next;
+        if (X509_cmp(ca, sk_X509_value(cas, 0)) == 0)
+            device_ca_crl = true;
+        X509_NAME *dup = X509_NAME_dup(issuer);
+        if (!dup || !sk_X509_NAME_push(g->crl_issuers, dup)) {
+            X509_NAME_free(dup);
+            snprintf(err, cap, "out of memory");
+            goto out;
+        }
+        X509_CRL_free(crl);
+        crl = NULL;
+    }
+    if (n == 0) {
+        snprintf(err, cap, "tls_crl: %s holds no CRL", crl_file);
+        goto out;
+    }
+    if (!device_ca_crl) {
+        snprintf(err, cap, "tls_crl: no CRL of the device CA (the first certificate of "
+                           "tls_device_ca)");
+        goto out;
+    }
+    rc = CMS_OK;
+out:
+    X509_CRL_free(crl);
+    BIO_free(b);
+    ERR_clear_error();
+    return rc;
+}
+
+static int load_crl(tls_gen *ctx, const char *crl_file, STACK_OF(X509) *cas, char *err,
+                    size_t cap)
+{
+    if (check_crls(ctx, crl_file, cas, err, cap) != CMS_OK)
+        return CMS_EINVAL;
     X509_STORE *store = SSL_CTX_get_cert_store(ctx->ssl_ctx);
     X509_LOOKUP *lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
     if (!lookup || X509_load_crl_file(lookup, crl_file, X509_FILETYPE_PEM) <= 0) {
         ssl_error_string(err, cap, "cannot load CRL");
         return CMS_EINVAL;
     }
-    /* Remember whose CRLs these are (see verify_cb). */
-    BIO *b = BIO_new_file(crl_file, "r");
-    X509_CRL *crl;
-    if (!ctx->crl_issuers)
-        ctx->crl_issuers = sk_X509_NAME_new_null();
-    while (b && ctx->crl_issuers && (crl = PEM_read_bio_X509_CRL(b, NULL, NULL, NULL)) != NULL) {
-        X509_NAME *n = X509_NAME_dup(X509_CRL_get_issuer(crl));
-        if (n && !sk_X509_NAME_push(ctx->crl_issuers, n))
-            X509_NAME_free(n);
-        X509_CRL_free(crl);
-    }
-    BIO_free(b);
     ERR_clear_error();
     X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
     return CMS_OK;
@@ -132,39 +233,68 @@ fail:
     return NULL;
 }
 
-/* The issuing CAs peers are classified by (tls_peer.issuer). */
-static int load_issuers(tls_ctx *ctx, const tls_server_config *cfg, char *err, size_t cap)
+/* The earliest notAfter of a bundle's certificates. */
+static int64_t earliest_not_after(STACK_OF(X509) *sk)
+{
+    int64_t min = 0;
+    for (int i = 0; sk && i < sk_X509_num(sk); i++) {
+        int64_t t = asn1_time_epoch(X509_get0_notAfter(sk_X509_value(sk, i)));
+        if (t && (!min || t < min))
+            min = t;
+    }
+    return min;
+}
+
+/* The issuing CAs peers are classified by (tls_peer.issuer); the device CA
+ * bundle itself (every certificate, for the CRL checks) goes to *dev_out. */
+static int load_issuers(tls_gen *ctx, const tls_server_config *cfg, STACK_OF(X509) **dev_out,
+                        char *err, size_t cap)
 {
     STACK_OF(X509) *dev = load_certs(cfg->device_ca_file, err, cap);
     if (!dev)
         return CMS_EINVAL;
-    ctx->device_issuer = sk_X509_shift(dev); /* the first: the issuing CA */
-    sk_X509_pop_free(dev, X509_free);
+    ctx->info.device_ca_not_after = earliest_not_after(dev);
+    ctx->device_issuer = sk_X509_value(dev, 0);
+    X509_up_ref(ctx->device_issuer); /* the first: the issuing CA */
+    *dev_out = dev;
     if (cfg->operator_ca_file && cfg->operator_ca_file[0]) {
         ctx->operator_issuers = load_certs(cfg->operator_ca_file, err, cap);
         if (!ctx->operator_issuers)
             return CMS_EINVAL;
+        ctx->info.operator_ca_not_after = earliest_not_after(ctx->operator_issuers);
     }
     return CMS_OK;
 }
 
-static void ctx_free_issuers(tls_ctx *ctx)
+static void gen_free(tls_gen *g)
 {
-    X509_free(ctx->device_issuer);
-    sk_X509_pop_free(ctx->operator_issuers, X509_free);
-    ctx->device_issuer = NULL;
-    ctx->operator_issuers = NULL;
+    if (!g)
+        return;
+    SSL_CTX_free(g->ssl_ctx);
+    sk_X509_NAME_pop_free(g->crl_issuers, X509_NAME_free);
+    X509_free(g->device_issuer);
+    sk_X509_pop_free(g->operator_issuers, X509_free);
+    free(g);
 }
 
-tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
+static void gen_unref(tls_gen *g)
 {
-    tls_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (g && atomic_fetch_sub(&g->refs, 1) == 1)
+        gen_free(g);
+}
+
+/* A generation built from cfg's files, one reference held; NULL with a reason. */
+static tls_gen *gen_new(const tls_server_config *cfg, char *err, size_t cap)
+{
+    tls_gen *ctx = calloc(1, sizeof(*ctx));
     SSL_CTX *c = NULL;
     STACK_OF(X509_NAME) *names = NULL;
+    STACK_OF(X509) *dev_cas = NULL;
     if (!ctx) {
         snprintf(err, cap, "out of memory");
         return NULL;
     }
+    atomic_init(&ctx->refs, 1);
     ERR_clear_error();
     c = SSL_CTX_new(TLS_server_method());
     if (!c) {
@@ -205,6 +335,7 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
         ssl_error_string(err, cap, "tls_key does not match tls_cert");
         goto fail;
     }
+    ctx->info.cert_not_after = asn1_time_epoch(X509_get0_notAfter(SSL_CTX_get0_certificate(c)));
     if (SSL_CTX_load_verify_locations(c, cfg->device_ca_file, NULL) != 1) {
         ssl_error_string(err, cap, "cannot load client CA file");
         goto fail;
@@ -223,7 +354,7 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
         }
     }
     SSL_CTX_set_client_CA_list(c, names); /* takes ownership */
-    if (load_issuers(ctx, cfg, err, cap) != CMS_OK)
+    if (load_issuers(ctx, cfg, &dev_cas, err, cap) != CMS_OK)
         goto fail;
     /* Every certificate in the client CA files is a trust anchor as it is: a chain
      * ends at the first of them it reaches (the device CA for a monitor), instead
@@ -241,7 +372,8 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
         tls_ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     SSL_CTX_set_ex_data(c, tls_ctx_index, ctx);
     SSL_CTX_set_verify(c, mode, verify_cb);
-    if (cfg->crl_file && cfg->crl_file[0] && load_crl(ctx, cfg->crl_file, err, cap) != CMS_OK)
+    if (cfg->crl_file && cfg->crl_file[0] &&
+        load_crl(ctx, cfg->crl_file, dev_cas, err, cap) != CMS_OK)
         goto fail;
 
     const char *sid = cfg->session_id_context ? cfg->session_id_context : "cms";
@@ -270,33 +402,65 @@ tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
         SSL_CTX_set_num_tickets(c, 1);
     }
     ctx->ssl_ctx = c;
+    sk_X509_pop_free(dev_cas, X509_free);
     return ctx;
 fail:
-    SSL_CTX_free(c);
-    sk_X509_NAME_pop_free(ctx->crl_issuers, X509_NAME_free);
-    ctx_free_issuers(ctx);
-    free(ctx);
+    sk_X509_pop_free(dev_cas, X509_free);
+    if (!ctx->ssl_ctx)
+        SSL_CTX_free(c);
+    gen_free(ctx);
     return NULL;
+}
+
+tls_ctx *tls_ctx_new_server(const tls_server_config *cfg, char *err, size_t cap)
+{
+    tls_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        snprintf(err, cap, "out of memory");
+        return NULL;
+    }
+    if (pthread_mutex_init(&ctx->mu, NULL) != 0) {
+        snprintf(err, cap, "out of memory");
+        free(ctx);
+        return NULL;
+    }
+    if (!(ctx->cur = gen_new(cfg, err, cap))) {
+        pthread_mutex_destroy(&ctx->mu);
+        free(ctx);
+        return NULL;
+    }
+    return ctx;
 }
 
 void tls_ctx_free(tls_ctx *ctx)
 {
     if (!ctx)
         return;
-    SSL_CTX_free(ctx->ssl_ctx);
-    sk_X509_NAME_pop_free(ctx->crl_issuers, X509_NAME_free);
-    ctx_free_issuers(ctx);
+    gen_unref(ctx->cur); /* connections keep theirs */
+    pthread_mutex_destroy(&ctx->mu);
     free(ctx);
 }
 
-int tls_ctx_set_crl(tls_ctx *ctx, const char *crl_file, char *err, size_t cap)
+void tls_ctx_replace(tls_ctx *ctx, tls_ctx *fresh)
 {
-    int rc = load_crl(ctx, crl_file, err, cap);
-    if (rc == CMS_OK) /* no session of a now revoked certificate may resume: every kept
-                       * session has expired by now + the context's session lifetime */
-        SSL_CTX_flush_sessions(ctx->ssl_ctx,
-                               (long)time(NULL) + SSL_CTX_get_timeout(ctx->ssl_ctx) + 1);
-    return rc;
+    pthread_mutex_lock(&fresh->mu);
+    tls_gen *g = fresh->cur;
+    fresh->cur = NULL;
+    pthread_mutex_unlock(&fresh->mu);
+    pthread_mutex_lock(&ctx->mu);
+    tls_gen *old = ctx->cur;
+    ctx->cur = g;
+    pthread_mutex_unlock(&ctx->mu);
+    gen_unref(old);
+    pthread_mutex_destroy(&fresh->mu);
+    free(fresh);
+}
+
+void tls_ctx_get_info(tls_ctx *ctx, tls_ctx_info *out)
+{
+    pthread_mutex_lock(&ctx->mu);
+    *out = ctx->cur->info;
+    pthread_mutex_unlock(&ctx->mu);
 }
 
 /* ---- the transport BIO ---------------------------------------------------------------
@@ -414,17 +578,27 @@ tls_conn *tls_conn_new_server(tls_ctx *ctx)
     pthread_once(&transport_once, transport_method_init);
     tls_conn *tc = calloc(1, sizeof(*tc));
     BIO *b = NULL;
-    if (!tc || !transport_method || !(b = BIO_new(transport_method)) ||
-        !(tc->ssl = SSL_new(ctx->ssl_ctx))) {
-        BIO_free(b);
-        free(tc);
-        return NULL;
-    }
+    if (!tc || !transport_method || !(b = BIO_new(transport_method)))
+        goto fail;
+    /* The current generation, referenced before the lock is let go: a reload
+     * swapping it meanwhile cannot free it under us. */
+    pthread_mutex_lock(&ctx->mu);
+    tc->gen = ctx->cur;
+    atomic_fetch_add(&tc->gen->refs, 1);
+    pthread_mutex_unlock(&ctx->mu);
+    if (!(tc->ssl = SSL_new(tc->gen->ssl_ctx)))
+        goto fail;
     tc->peer.version = "";
     BIO_set_data(b, tc);        /* tc does not move: it is on the heap */
     SSL_set_bio(tc->ssl, b, b); /* one reference, taken by ssl */
     SSL_set_accept_state(tc->ssl);
     return tc;
+fail:
+    BIO_free(b);
+    if (tc)
+        gen_unref(tc->gen);
+    free(tc);
+    return NULL;
 }
 
 void tls_conn_free(tls_conn *tc)
@@ -432,6 +606,7 @@ void tls_conn_free(tls_conn *tc)
     if (!tc)
         return;
     SSL_free(tc->ssl); /* frees the transport BIO */
+    gen_unref(tc->gen);
     free(tc->kept);
     free(tc->out);
     free(tc);
@@ -526,7 +701,9 @@ static enum tls_role peer_role(X509 *cert)
         const char *p = (const char *)ASN1_STRING_get0_data(v);
         int n = ASN1_STRING_length(v);
         enum tls_role r = TLS_ROLE_NONE;
-        if (n == 5 && memcmp(p, "admin", 5) == 0)
+        if (n == 7 && memcmp(p, "scraper", 7) == 0)
+            r = TLS_ROLE_SCRAPER;
+        else if (n == 5 && memcmp(p, "admin", 5) == 0)
             r = TLS_ROLE_ADMIN;
         else if (n == 8 && memcmp(p, "operator", 8) == 0)
             r = TLS_ROLE_OPERATOR;
@@ -541,7 +718,7 @@ static enum tls_role peer_role(X509 *cert)
 /* Which issuing CA of ctx signed cert directly (name, key identifier and key
  * usage match: X509_check_issued; the signature itself was verified by the
  * handshake's chain check). The device CA is asked first. */
-static enum tls_issuer peer_issuer(const tls_ctx *ctx, X509 *cert)
+static enum tls_issuer peer_issuer(const tls_gen *ctx, X509 *cert)
 {
     if (ctx->device_issuer && X509_check_issued(ctx->device_issuer, cert) == X509_V_OK)
         return TLS_ISSUER_DEVICE_CA;
@@ -578,8 +755,7 @@ static int peer_record(tls_conn *tc)
         return CMS_OK; /* not verified: no usable CN, no issuer */
     p->cn_ok = peer_cn(cert, p->cn);
     p->role = peer_role(cert);
-    const tls_ctx *ctx = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(tc->ssl), tls_ctx_index);
-    p->issuer = ctx ? peer_issuer(ctx, cert) : TLS_ISSUER_NONE;
+    p->issuer = peer_issuer(tc->gen, cert);
     return CMS_OK;
 }
 
@@ -604,6 +780,24 @@ int tls_conn_handshake(tls_conn *tc, char *reason, size_t cap)
         return CMS_EAGAIN;
     long vr = SSL_get_verify_result(tc->ssl);
     if (vr != X509_V_OK) {
+        switch (vr) {
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+        case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+        case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+        case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+            tc->failure = TLS_FAIL_UNKNOWN_CA;
+            break;
+        case X509_V_ERR_CERT_HAS_EXPIRED:
+        case X509_V_ERR_CERT_NOT_YET_VALID:
+            tc->failure = TLS_FAIL_EXPIRED;
+            break;
+        case X509_V_ERR_CERT_REVOKED:
+            tc->failure = TLS_FAIL_REVOKED;
+            break;
+        default:
+            tc->failure = TLS_FAIL_BAD_CERT;
+        }
         if (reason && cap)
             snprintf(reason, cap, "client certificate refused: %s",
                      X509_verify_cert_error_string(vr));
@@ -612,13 +806,20 @@ int tls_conn_handshake(tls_conn *tc, char *reason, size_t cap)
     }
     unsigned long err = ERR_peek_error();
     if (err && ERR_GET_REASON(err) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+        tc->failure = TLS_FAIL_NO_CERT;
         if (reason && cap)
             snprintf(reason, cap, "no client certificate presented");
         ERR_clear_error();
         return CMS_EPERM;
     }
+    tc->failure = TLS_FAIL_PROTOCOL;
     ssl_error_string(reason, cap, "handshake failed");
     return CMS_EPROTO;
+}
+
+enum tls_failure tls_conn_failure(const tls_conn *tc)
+{
+    return tc->failure;
 }
 
 int tls_conn_read(tls_conn *tc, void *buf, size_t cap)

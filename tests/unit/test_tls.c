@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -466,6 +467,192 @@ static void test_ca_file_without_certificates(void **state)
     assert_true(err[0] != '\0');
 }
 
+
+/* ---- reload: tls_ctx_replace, the CRL checks, the failure classes ------------------ */
+
+/* A CRL of issuer (signed by sign_key), nextUpdate next_days from now (negative: past). */
+static void write_crl(const char *path, X509 *issuer, EVP_PKEY *sign_key, int next_days)
+{
+    X509_CRL *crl = X509_CRL_new();
+    assert_non_null(crl);
+    X509_CRL_set_version(crl, 1);
+    X509_CRL_set_issuer_name(crl, X509_get_subject_name(issuer));
+    ASN1_TIME *t = ASN1_TIME_adj(NULL, time(NULL), next_days < 0 ? next_days - 1 : -1, 0);
+    X509_CRL_set1_lastUpdate(crl, t);
+    ASN1_TIME_adj(t, time(NULL), next_days, 0);
+    X509_CRL_set1_nextUpdate(crl, t);
+    ASN1_TIME_free(t);
+    assert_true(X509_CRL_sign(crl, sign_key, EVP_sha256()) > 0);
+    FILE *f = fopen(path, "a");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_X509_CRL(f, crl), 1);
+    fclose(f);
+    X509_CRL_free(crl);
+}
+
+static tls_ctx *ctx_with(const char *device_bundle, const char *crl, char *err, size_t cap)
+{
+    tls_server_config cfg = {
+        .cert_file = srv_cert,
+        .key_file = srv_key,
+        .device_ca_file = device_bundle,
+        .operator_ca_file = op_bundle,
+        .crl_file = crl,
+        .client_auth = TLS_CLIENT_CERT_REQUIRE,
+        .session_timeout_s = 300,
+        .session_id_context = "test",
+    };
+    return tls_ctx_new_server(&cfg, err, cap);
+}
+
+static void test_replace_is_for_new_connections(void **state)
+{
+    (void)state;
+    char bundle2[128], err[256] = "", reason[256] = "";
+    EVP_PKEY *ca2_key = keygen();
+    X509 *ca2 = make_cert(ca2_key, (const char *[]){"CN=Test Device CA 2", NULL}, root, root_key, 1);
+    snprintf(bundle2, sizeof(bundle2), "%s/device-ca-2.pem", tmpdir);
+    write_pem(bundle2, (X509 *[]){ca2, root}, 2, NULL);
+    X509 *dev1 = make_cert(leaf_key, (const char *[]){"CN=MON-0001", NULL}, dev_ca, dev_ca_key, 0);
+    X509 *dev2 = make_cert(leaf_key, (const char *[]){"CN=MON-0002", NULL}, ca2, ca2_key, 0);
+
+    tls_ctx *ctx = ctx_with(dev_bundle, NULL, err, sizeof(err));
+    assert_non_null(ctx);
+    SSL_SESSION *sess = NULL;
+    tls_conn *before = connect_with(ctx, dev1, NULL, &sess);
+    /* A handshake under way when the swap happens finishes on the old generation. */
+    client mid;
+    client_new(&mid, dev1, leaf_key, NULL);
+    tls_conn *during = tls_conn_new_server(ctx);
+    (void)SSL_do_handshake(mid.ssl);
+    to_server(&mid, during);
+
+    tls_ctx *fresh = ctx_with(bundle2, NULL, err, sizeof(err));
+    assert_non_null(fresh);
+    tls_ctx_replace(ctx, fresh); /* fresh is taken */
+
+    assert_int_equal(handshake(&mid, during, reason, sizeof(reason)), CMS_OK);
+    assert_int_equal(tls_conn_peer(during)->issuer, TLS_ISSUER_DEVICE_CA);
+    client_free(&mid);
+    /* New connections: the new CA only; the old session does not resume. */
+    tls_conn *after = connect_with(ctx, dev2, NULL, NULL);
+    assert_int_equal(tls_conn_peer(after)->issuer, TLS_ISSUER_DEVICE_CA);
+    tls_conn *again = connect_with(ctx, dev2, sess, NULL);
+    assert_false(tls_conn_peer(again)->resumed);
+    client cl;
+    client_new(&cl, dev1, leaf_key, NULL);
+    tls_conn *old_ca = tls_conn_new_server(ctx);
+    assert_int_equal(handshake(&cl, old_ca, reason, sizeof(reason)), CMS_EPERM);
+    assert_int_equal(tls_conn_failure(old_ca), TLS_FAIL_UNKNOWN_CA);
+    client_free(&cl);
+    /* The context may go before its connections: they hold their generation. */
+    tls_ctx_free(ctx);
+    assert_int_equal(tls_conn_peer(before)->issuer, TLS_ISSUER_DEVICE_CA);
+    assert_int_equal(tls_conn_write(before, "x", 1), CMS_OK);
+    tls_conn_free(before);
+    tls_conn_free(during);
+    tls_conn_free(after);
+    tls_conn_free(again);
+    tls_conn_free(old_ca);
+    SSL_SESSION_free(sess);
+    X509_free(dev1);
+    X509_free(dev2);
+    X509_free(ca2);
+    EVP_PKEY_free(ca2_key);
+}
+
+static void test_scraper_role(void **state)
+{
+    (void)state;
+    tls_ctx *ctx = server_ctx(TLS_CLIENT_CERT_OPTIONAL, true);
+    X509 *s1 = make_cert(leaf_key, (const char *[]){"OU=scraper", "CN=prom", NULL}, op_ca,
+                         op_ca_key, 0);
+    X509 *s2 = make_cert(leaf_key, (const char *[]){"OU=scraper", "OU=viewer", "CN=prom2", NULL},
+                         op_ca, op_ca_key, 0);
+    tls_conn *a = connect_with(ctx, s1, NULL, NULL);
+    tls_conn *b = connect_with(ctx, s2, NULL, NULL);
+    assert_int_equal(tls_conn_peer(a)->role, TLS_ROLE_SCRAPER);
+    assert_int_equal(tls_conn_peer(b)->role, TLS_ROLE_VIEWER); /* the highest */
+    tls_conn_free(a);
+    tls_conn_free(b);
+    X509_free(s1);
+    X509_free(s2);
+    tls_ctx_free(ctx);
+}
+
+static void test_crl_checks_and_info(void **state)
+{
+    (void)state;
+    char crl[128], err[256];
+    tls_ctx *ctx;
+    tls_ctx_info info;
+    EVP_PKEY *other = keygen();
+    snprintf(crl, sizeof(crl), "%s/crl.pem", tmpdir);
+
+    unlink(crl); /* the device CA's own CRL, and the operator CA's: accepted */
+    write_crl(crl, dev_ca, dev_ca_key, 7);
+    write_crl(crl, op_ca, op_ca_key, 3);
+    ctx = ctx_with(dev_bundle, crl, err, sizeof(err));
+    if (!ctx)
+        fail_msg("%s", err);
+    tls_ctx_get_info(ctx, &info);
+    assert_int_equal(info.cert_not_after, LEAF_NOT_AFTER);
+    assert_true(info.device_ca_not_after > time(NULL) + 3000L * 86400); /* the earliest CA */
+    assert_true(info.operator_ca_not_after > time(NULL));
+    assert_true(labs((long)(info.crl_next_update - (time(NULL) + 3 * 86400))) < 60);
+    tls_ctx_free(ctx);
+
+    unlink(crl); /* only another CA's: device certificates would go unchecked */
+    write_crl(crl, op_ca, op_ca_key, 7);
+    err[0] = '\0';
+    assert_null(ctx_with(dev_bundle, crl, err, sizeof(err)));
+    assert_non_null(strstr(err, "no CRL of the device CA"));
+
+    unlink(crl); /* our device CA's name, another key */
+    write_crl(crl, dev_ca, other, 7);
+    err[0] = '\0';
+    assert_null(ctx_with(dev_bundle, crl, err, sizeof(err)));
+    assert_non_null(strstr(err, "not signed by that CA's key"));
+
+    unlink(crl); /* past its nextUpdate */
+    write_crl(crl, dev_ca, dev_ca_key, -1);
+    err[0] = '\0';
+    assert_null(ctx_with(dev_bundle, crl, err, sizeof(err)));
+    assert_non_null(strstr(err, "expired"));
+
+    unlink(crl); /* no CRL in the file at all */
+    FILE *f = fopen(crl, "w");
+    fputs("nothing\n", f);
+    fclose(f);
+    err[0] = '\0';
+    assert_null(ctx_with(dev_bundle, crl, err, sizeof(err)));
+    assert_non_null(strstr(err, "holds no CRL"));
+    EVP_PKEY_free(other);
+}
+
+static void test_failure_classes(void **state)
+{
+    (void)state;
+    char reason[256];
+    tls_ctx *ctx = server_ctx(TLS_CLIENT_CERT_REQUIRE, false);
+    client cl;
+    /* No certificate. */
+    client_new(&cl, NULL, NULL, NULL);
+    tls_conn *srv = tls_conn_new_server(ctx);
+    assert_int_equal(handshake(&cl, srv, reason, sizeof(reason)), CMS_EPERM);
+    assert_int_equal(tls_conn_failure(srv), TLS_FAIL_NO_CERT);
+    client_free(&cl);
+    tls_conn_free(srv);
+    /* Garbage instead of a ClientHello. */
+    srv = tls_conn_new_server(ctx);
+    static const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(tls_conn_feed(srv, junk, sizeof(junk) - 1), CMS_OK);
+    assert_int_equal(tls_conn_handshake(srv, reason, sizeof(reason)), CMS_EPROTO);
+    assert_int_equal(tls_conn_failure(srv), TLS_FAIL_PROTOCOL);
+    tls_conn_free(srv);
+    tls_ctx_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -477,6 +664,10 @@ int main(void)
         cmocka_unit_test(test_no_certificate),
         cmocka_unit_test(test_operator_ca_unknown_to_mllp),
         cmocka_unit_test(test_ca_file_without_certificates),
+        cmocka_unit_test(test_replace_is_for_new_connections),
+        cmocka_unit_test(test_scraper_role),
+        cmocka_unit_test(test_crl_checks_and_info),
+        cmocka_unit_test(test_failure_classes),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
