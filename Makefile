@@ -24,12 +24,16 @@ override LDFLAGS += $(SANITIZE)
 ifdef WERROR
 override CFLAGS += -Werror
 endif
+# The newest migration (sql/NNN_name.sql) this build expects applied (GET /readyz).
+SQL_FILES := $(sort $(wildcard sql/[0-9]*_*.sql))
+SCHEMA_VERSION := $(shell ls sql | sed -n 's/^0*\([0-9][0-9]*\)_.*\.sql$$/\1/p' | sort -n | tail -1)
+override CFLAGS += -DCMS_SCHEMA_VERSION=$(SCHEMA_VERSION)
 LDLIBS   = $(PKG_LIBS) -lhttp_parser -lpthread -lm
 
 LIB_SRCS := $(sort $(wildcard server/base/*.c server/proto/*.c server/tls/*.c \
               server/store/*.c server/pki/*.c server/svc/*.c server/svc/*/*.c server/net/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
-CMSD_SRCS    := server/cmsd.c
+CMSD_SRCS    := server/cmsd.c server/cmsd_ops.c
 CMSCTL_SRCS  := $(sort $(wildcard tools/cmsctl/*.c))
 MONITOR_SRCS := $(sort $(wildcard tools/cms-monitor/*.c))
 FWVERIFY_SRCS := $(sort $(wildcard tools/cms-fwverify/*.c))
@@ -48,6 +52,9 @@ all: $(BINS)
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# A new migration changes what ops.c expects.
+$(BUILD)/obj/server/svc/ops.o build/fuzz/obj/server/svc/ops.o: $(SQL_FILES)
 
 $(BUILD)/libcms.a: $(LIB_OBJS)
 	@rm -f $@
@@ -79,7 +86,8 @@ unit: $(UNIT_BINS)
 
 FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
-FUZZ_CFLAGS = -std=gnu11 -g -O1 -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE -fsanitize=fuzzer-no-link,address,undefined
+FUZZ_CFLAGS = -std=gnu11 -g -O1 -Iinclude $(PKG_CFLAGS) -D_GNU_SOURCE -fsanitize=fuzzer-no-link,address,undefined \
+              -DCMS_SCHEMA_VERSION=$(SCHEMA_VERSION)
 build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -c $< -o $@

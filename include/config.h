@@ -17,6 +17,7 @@
 #ifndef CMS_CONFIG_H
 #define CMS_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -77,6 +78,10 @@ typedef struct cms_config {
     char hl7_app[64];
     char hl7_facility[64];
     char log_level[16];
+    char log_format[8];           /* text | json (reloadable) */
+    unsigned shutdown_timeout_s;  /* SIGTERM drain bound (reloadable) */
+    char metrics[8];              /* on | off */
+    char metrics_listen[CONFIG_STR]; /* loopback plaintext /metrics, "" = off */
     char proxy_protocol[8];
     char proxy_allow[CONFIG_STR];
 } cms_config;
@@ -104,5 +109,22 @@ int config_load(cms_config *c, const char *path, char *err, size_t cap);
  * in them, the meaning to the end of the line.
  */
 void config_keys_print(FILE *out);
+
+/*
+ * Reload (SIGHUP): the keys whose new value cmsd applies without a restart
+ * are tls_cert, tls_key, tls_device_ca, tls_operator_ca, tls_crl (and the
+ * files they name, re-read), log_level, log_format and shutdown_timeout_s.
+ * config_key_reloadable says whether key is one of them.
+ */
+bool config_key_reloadable(const char *key);
+
+/*
+ * The keys that differ between a and b, comma-separated into out (cap bytes,
+ * cut when it does not fit); returns how many. reloadable_keys: the ones a
+ * reload applies, else the ones that need a restart (a reload with any of
+ * those is refused whole: nothing applied).
+ */
+size_t config_diff(const cms_config *a, const cms_config *b, bool reloadable_keys, char *out,
+                   size_t cap);
 
 #endif

@@ -38,7 +38,16 @@
 #include "store.h"
 
 enum https_peer_kind { HTTPS_PEER_NONE = 0, HTTPS_PEER_DEVICE, HTTPS_PEER_OPERATOR };
-enum https_role { HTTPS_ROLE_NONE = 0, HTTPS_ROLE_VIEWER, HTTPS_ROLE_OPERATOR, HTTPS_ROLE_ADMIN };
+/* Ordered: a route's min_role admits every role at or above it. A scraper (OU
+ * "scraper") may read GET /metrics and nothing else (every other operator
+ * route needs viewer or more). */
+enum https_role {
+    HTTPS_ROLE_NONE = 0,
+    HTTPS_ROLE_SCRAPER,
+    HTTPS_ROLE_VIEWER,
+    HTTPS_ROLE_OPERATOR,
+    HTTPS_ROLE_ADMIN
+};
 
 typedef struct https_ctx https_ctx;
 typedef struct https_req https_req;

@@ -57,6 +57,10 @@ typedef struct ingest_ctx {
     uint64_t ack_seq;   /* for unique ACK control ids */
     unsigned worker_id;
     bool global_paused;
+    bool draining;      /* ingest_drain: no new session, no more reading */
+    size_t nsessions;   /* sessions past their handshake and not closed */
+    void (*drained)(void *arg);
+    void *drained_arg;
     net_conn **due; /* connections with ACKs to send at the end of the store's round */
     size_t ndue, due_cap;
     /* Scratch space (one loop thread): too big for each connection. */
@@ -75,6 +79,17 @@ extern const net_proto ingest_mllp_proto;
  */
 int ingest_ctx_init(ingest_ctx *ctx, store_t *store, net_server *server,
                     const ingest_config *cfg, unsigned worker_id);
+/*
+ * The drain (SIGTERM): no new session starts; every monitor's connection
+ * stops being read (what it sent after that is not taken: unacknowledged, the
+ * monitor resends it later); messages already taken are committed and
+ * acknowledged as usual; a connection is closed (TLS close_notify) as soon as
+ * it has nothing awaiting an ACK. When no session is left and the store has
+ * nothing in flight, drained(arg) runs once (possibly before this returns).
+ * Thread: the loop's.
+ */
+void ingest_drain(ingest_ctx *ctx, void (*drained)(void *arg), void *arg);
+
 /* Frees what ctx holds (after the loop ended). */
 void ingest_ctx_free(ingest_ctx *ctx);
 

@@ -54,6 +54,7 @@ typedef struct net_limits {
 
 typedef struct net_proto {
     const char *name;    /* "mllp", "https": for logs */
+    unsigned metrics_listener; /* the listener label of its metrics (cms_metrics.h cm_listener) */
     size_t session_size; /* bytes of zeroed protocol state allocated with each connection */
     /*
      * TLS handshake complete (peer certificate verified if one was required).
@@ -125,8 +126,23 @@ int net_listen(net_server *s, const char *addr, tls_ctx *tls, const net_proto *p
  */
 int net_listen_overlap(const char *a, const char *b, char *err, size_t cap);
 
+/*
+ * Stops accepting: closes the listening sockets (the kernel hands new
+ * connections to other sockets on the same address, or refuses them);
+ * connections already accepted go on. Idempotent.
+ */
+void net_server_stop_accepting(net_server *s);
+
 /* Stops accepting, closes every connection, then calls cb(ctx) and frees s. */
 void net_server_close(net_server *s, void (*cb)(void *ctx), void *ctx);
+
+/*
+ * The same without waiting for connections to flush their output or linger:
+ * every socket is closed now (the bound of a drain). On a server already
+ * closing (net_server_close), closes what is left of its connections now; cb
+ * and ctx are then ignored.
+ */
+void net_server_close_now(net_server *s, void (*cb)(void *ctx), void *ctx);
 
 /* Number of open connections. */
 size_t net_server_conn_count(const net_server *s);

@@ -216,6 +216,15 @@ void store_audit(store_t *s, const char *event, const char *actor,
  */
 void store_close(store_t *s, void (*cb)(void *ctx), void *ctx);
 
+/*
+ * store_close, waiting at most grace_ms (instead of query_timeout_ms) for the
+ * in-flight batch and the audit rows; what is left then is abandoned (an
+ * unfinished batch was acknowledged to nobody). On a store already closing,
+ * shortens what is left of its wait to grace_ms (cb and ctx are ignored: the
+ * first close's callback runs).
+ */
+void store_close_within(store_t *s, unsigned grace_ms, void (*cb)(void *ctx), void *ctx);
+
 
 /* ---- generic statements and notifications (HTTPS services) ---------------- */
 

@@ -1,6 +1,7 @@
 /*
  * cmsd.c - the CMS server: configuration, workers (one libuv loop per
  * thread, sharing the listeners with SO_REUSEPORT), start-up and shutdown.
+ * Reload, drain, systemd notify and the metrics listener: cmsd_ops.c.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -11,62 +12,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <uv.h>
 
+#include "cmsd_int.h"
 #include "cms_err.h"
-#include "config.h"
-#include "firmware.h"
-#include "ingest.h"
+#include "cms_metrics.h"
 #include "log.h"
-#include "https.h"
-#include "net.h"
+#include "metrics.h"
+#include "ops.h"
 #include "proxy.h"
-#include "ratelimit.h"
-#include "svc.h"
-#include "store.h"
-#include "tls.h"
-
-#define CMSD_VERSION "0.1.0"
-
-enum worker_status { W_STARTING = 0, W_RUNNING, W_FAILED, W_STOPPED };
-
-/* What every worker borrows, loaded once before the workers start and
- * read-only while they run; owned by main (shared_free). */
-typedef struct shared {
-    tls_ctx *mllp_tls;
-    tls_ctx *https_tls;  /* NULL when https_listen is "" */
-    fw_keys *fw_keys;    /* read-only once loaded */
-    rl_table *est_limit; /* locked inside, or NULL (est_anon_per_min = 0) */
-} shared;
-
-typedef struct worker {
-    unsigned id;
-    pthread_t thread;
-    const cms_config *cfg;
-    tls_ctx *mllp_tls;
-    tls_ctx *https_tls; /* NULL when https_listen is "" */
-    https_ctx https;
-    svc_state svc;
-    const fw_keys *fw_keys; /* shared, read-only */
-    rl_table *est_limit;    /* shared (locked inside), or NULL */
-    uv_loop_t loop;
-    uv_async_t stop_async;
-    uv_timer_t ready_timer;
-    uv_timer_t anchor_timer; /* worker 0, audit_anchor_interval_s > 0 */
-    bool anchor_on;
-    /* What worker_start set up, so that worker_free undoes exactly that. */
-    bool loop_ok, stop_async_ok, ready_timer_ok, thread_ok;
-    uint64_t started_at;
-    store_t *store;
-    net_server *net;
-    ingest_ctx ingest;
-    _Atomic int status;
-    uv_async_t *notify_main; /* borrowed: wakes the main loop on status changes */
-    unsigned pending_closes;
-} worker;
 
 #ifdef CMSD_FAULT_INJECTION
 /*
@@ -127,10 +85,47 @@ static void on_closed_part(void *ctx)
         uv_close((uv_handle_t *)&w->stop_async, NULL);
 }
 
-static void worker_shutdown(worker *w)
+static void close_if_open(uv_handle_t *h, bool inited)
 {
-    if (uv_is_closing((uv_handle_t *)&w->ready_timer) == 0)
-        uv_close((uv_handle_t *)&w->ready_timer, NULL);
+    if (inited && !uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_net_closed(void *ctx)
+{
+    worker *w = ctx;
+    w->closing_net = NULL;
+    on_closed_part(w);
+}
+
+static void on_store_closed(void *ctx)
+{
+    worker *w = ctx;
+    w->closing_store = NULL;
+    on_closed_part(w);
+}
+
+/*
+ * Closes the worker's listeners, connections and store, then its loop ends.
+ * now: the bound of a drain passed (or a second signal): sockets close without
+ * flushing or lingering, and the store abandons what is in flight (nothing of it
+ * was acknowledged). Called again while closing, with now, it hurries that close.
+ */
+static void worker_shutdown(worker *w, bool now)
+{
+    if (w->shut) {
+        if (now && w->closing_net)
+            net_server_close_now(w->closing_net, NULL, NULL);
+        if (now && w->closing_store)
+            store_close_within(w->closing_store, 0, NULL, NULL);
+        return;
+    }
+    w->shut = true;
+    close_if_open((uv_handle_t *)&w->ready_timer, true);
+    close_if_open((uv_handle_t *)&w->tick_timer, w->tick_on);
+    close_if_open((uv_handle_t *)&w->drain_async, true);
+    close_if_open((uv_handle_t *)&w->audit_async, true);
+    ops_worker_listening(w->id, false);
     if (w->anchor_on) {
         uv_close((uv_handle_t *)&w->anchor_timer, NULL);
         w->anchor_on = false;
@@ -138,14 +133,20 @@ static void worker_shutdown(worker *w)
     w->pending_closes = 1;
     if (w->net) {
         w->pending_closes++;
-        net_server_close(w->net, on_closed_part, w);
+        w->closing_net = w->net;
         w->net = NULL;
         w->svc.server = NULL; /* late notifications find no connections */
+        if (now)
+            net_server_close_now(w->closing_net, on_net_closed, w);
+        else
+            net_server_close(w->closing_net, on_net_closed, w);
     }
     if (w->store) {
         w->pending_closes++;
-        store_close(w->store, on_closed_part, w);
+        w->closing_store = w->store;
         w->store = NULL;
+        store_close_within(w->closing_store, now ? 0 : w->cfg->db_query_timeout_ms,
+                           on_store_closed, w);
     }
     on_closed_part(w);
 }
@@ -154,7 +155,46 @@ static void on_stop(uv_async_t *a)
 {
     worker *w = a->data;
     if (!uv_is_closing((uv_handle_t *)&w->stop_async))
-        worker_shutdown(w);
+        worker_shutdown(w, w->draining); /* while draining: its bound passed */
+}
+
+static void on_drain(uv_async_t *a)
+{
+    worker *w = a->data;
+    if (w->draining || uv_is_closing((uv_handle_t *)&w->stop_async))
+        return;
+    w->draining = true;
+    if (!w->net) { /* not listening yet (waiting for the database): nothing to drain */
+        worker_shutdown(w, false);
+        return;
+    }
+    cmsd__worker_drain(w);
+}
+
+static void on_audit(uv_async_t *a)
+{
+    cmsd__audit_flush(a->data);
+}
+
+void cmsd__worker_drained(worker *w)
+{
+    if (!uv_is_closing((uv_handle_t *)&w->stop_async))
+        worker_shutdown(w, false);
+}
+
+/* Every second: the watchdog's heartbeat, readiness and the worker's gauges;
+ * worker 0 asks the schema now and then (at once, then every 30 s; every 5 s
+ * while migrations are missing). */
+static void on_tick(uv_timer_t *t)
+{
+    worker *w = t->data;
+    atomic_store(&w->heartbeat_ms, uv_hrtime() / 1000000u);
+    bool up = w->store && store_ready(w->store);
+    ops_worker_db(w->id, up);
+    metrics_gauge_set(CM_DB_UP, 0, up ? 1 : 0);
+    metrics_gauge_set(CM_INGEST_QUEUED, 0, w->store ? (double)store_backlog(w->store) : 0);
+    if (w->id == 0 && w->net && w->store && up && w->ticks++ % (ops_schema_ok() ? 30 : 5) == 0)
+        ops_schema_check(w->store);
 }
 
 static int worker_listen(worker *w)
@@ -242,9 +282,10 @@ static void on_ready_check(uv_timer_t *t)
         uv_timer_stop(t);
         if (worker_listen(w) != CMS_OK) {
             worker_set_status(w, W_FAILED);
-            worker_shutdown(w);
+            worker_shutdown(w, false);
             return;
         }
+        ops_worker_listening(w->id, true);
         worker_set_status(w, W_RUNNING);
         /* One worker logs the audit chain's head: soon after the start, then
          * every audit_anchor_interval_s while it moves. */
@@ -263,7 +304,7 @@ static void on_ready_check(uv_timer_t *t)
                   "database not reachable within db_connect_timeout_s=%u: giving up",
                   w->cfg->db_connect_timeout_s);
         worker_set_status(w, W_FAILED);
-        worker_shutdown(w);
+        worker_shutdown(w, false);
     }
 }
 
@@ -287,17 +328,25 @@ static void *worker_main(void *arg)
     sc.partitions_ahead_days = cfg->partitions_ahead_days;
     sc.device_cache_ttl_s = cfg->device_cache_ttl_s;
 
+    metrics_bind_thread((int)w->id); /* this thread writes its own shard */
+    atomic_store(&w->heartbeat_ms, uv_hrtime() / 1000000u);
     w->started_at = uv_now(&w->loop);
     w->store = fail_at("store", w->id) ? NULL : store_new(&w->loop, &sc);
     if (!w->store) {
         log_error("startup_failed", NULL, NULL, "store: out of memory");
         worker_set_status(w, W_FAILED);
         uv_close((uv_handle_t *)&w->ready_timer, NULL);
+        uv_close((uv_handle_t *)&w->tick_timer, NULL);
+        uv_close((uv_handle_t *)&w->drain_async, NULL);
+        uv_close((uv_handle_t *)&w->audit_async, NULL);
         uv_close((uv_handle_t *)&w->stop_async, NULL);
     } else {
         uv_timer_start(&w->ready_timer, on_ready_check, 50, 100);
+        w->tick_on = true;
+        uv_timer_start(&w->tick_timer, on_tick, 0, 1000);
     }
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    metrics_bind_thread(-1);
     if (atomic_load(&w->status) != W_FAILED)
         worker_set_status(w, W_STOPPED);
     return NULL;
@@ -305,45 +354,24 @@ static void *worker_main(void *arg)
 
 /* ---- main ---------------------------------------------------------------- */
 
-/*
- * Start-up and shutdown have one cleanup path: main owns what the workers
- * share (shared) and the main loop's handles and the workers (cmsd), each
- * recorded as it is made; at main's cleanup label cmsd_free and shared_free
- * undo what was made, once, whichever step failed.
- */
-typedef struct cmsd {
-    uv_loop_t loop;
-    bool loop_ok, notify_ok, sigint_ok, sigterm_ok;
-    uv_signal_t sigint, sigterm;
-    uv_async_t notify;
-    worker *workers; /* cap entries, calloc'd */
-    unsigned cap;
-    unsigned nworkers; /* started: the threads that run */
-    bool stopping, announced;
-    int exit_code;
-} cmsd;
-
-static void stop_workers(cmsd *d)
+void cmsd__stop_workers(cmsd *d)
 {
     if (d->stopping)
         return;
     d->stopping = true;
     for (unsigned i = 0; i < d->nworkers; i++)
-        uv_async_send(&d->workers[i].stop_async);
+        if (atomic_load(&d->workers[i].status) < W_FAILED) /* its loop still turns */
+            uv_async_send(&d->workers[i].stop_async);
+}
+
+static void stop_workers(cmsd *d)
+{
+    cmsd__stop_workers(d);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
 {
-    cmsd *d = s->data;
-    log_info("shutdown", NULL, NULL, "signal %d: stopping (connections drained, batches committed)",
-             signum);
-    stop_workers(d);
-}
-
-static void close_if_open(uv_handle_t *h, bool inited)
-{
-    if (inited && !uv_is_closing(h))
-        uv_close(h, NULL);
+    cmsd__on_stop_signal(s->data, signum);
 }
 
 static void close_main_handles(cmsd *d)
@@ -351,6 +379,7 @@ static void close_main_handles(cmsd *d)
     close_if_open((uv_handle_t *)&d->sigint, d->sigint_ok);
     close_if_open((uv_handle_t *)&d->sigterm, d->sigterm_ok);
     close_if_open((uv_handle_t *)&d->notify, d->notify_ok);
+    cmsd__ops_close(d);
 }
 
 static void on_worker_notify(uv_async_t *a)
@@ -372,6 +401,7 @@ static void on_worker_notify(uv_async_t *a)
         d->announced = true;
         log_info("ready", NULL, NULL, "cmsd %s serving with %u worker(s)", CMSD_VERSION,
                  d->nworkers);
+        cmsd__announce_ready(d);
     }
     if (done == d->nworkers)
         close_main_handles(d);
@@ -395,10 +425,9 @@ static void raise_fd_limit(void)
  * returns CMS_EINVAL or CMS_ENOMEM; what was loaded stays in s either way
  * (shared_free).
  */
-static int shared_load(shared *s, const cms_config *cfg, bool check_only)
+void cmsd__tls_configs(const cms_config *cfg, tls_server_config *mc, tls_server_config *hc)
 {
-    char err[1024];
-    tls_server_config tc = {
+    *mc = (tls_server_config){
         .cert_file = cfg->tls_cert,
         .key_file = cfg->tls_key,
         .device_ca_file = cfg->tls_device_ca, /* its first certificate issues devices' */
@@ -408,16 +437,31 @@ static int shared_load(shared *s, const cms_config *cfg, bool check_only)
         .session_cache_size = cfg->tls_session_cache_size,
         .session_id_context = "cms-mllp",
     };
+    *hc = *mc;
+    hc->operator_ca_file = cfg->tls_operator_ca;
+    hc->client_auth = TLS_CLIENT_CERT_OPTIONAL;
+    hc->session_id_context = "cms-https";
+}
+
+void cmsd__resolve_workers(cms_config *cfg)
+{
+    if (cfg->workers == 0) { /* one loop per core: ingest runs one batch per worker at a time */
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->workers = n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;
+    }
+}
+
+static int shared_load(shared *s, const cms_config *cfg, bool check_only)
+{
+    char err[1024];
+    tls_server_config tc, hc;
+    cmsd__tls_configs(cfg, &tc, &hc);
     s->mllp_tls = tls_ctx_new_server(&tc, err, sizeof(err));
     if (!s->mllp_tls) {
         fprintf(stderr, "cmsd: TLS configuration: %s\n", err);
         return CMS_EINVAL;
     }
     if (cfg->https_listen[0]) {
-        tls_server_config hc = tc;
-        hc.operator_ca_file = cfg->tls_operator_ca;
-        hc.client_auth = TLS_CLIENT_CERT_OPTIONAL;
-        hc.session_id_context = "cms-https";
         s->https_tls = tls_ctx_new_server(&hc, err, sizeof(err));
         if (!s->https_tls) {
             fprintf(stderr, "cmsd: TLS configuration (https): %s\n", err);
@@ -470,6 +514,7 @@ static int worker_start(cmsd *d, unsigned i, const cms_config *cfg, const shared
     w->fw_keys = sh->fw_keys;
     w->est_limit = sh->est_limit;
     w->notify_main = &d->notify;
+    w->d = d;
     int rc = uv_loop_init(&w->loop);
     if (rc != 0)
         return rc;
@@ -478,10 +523,22 @@ static int worker_start(cmsd *d, unsigned i, const cms_config *cfg, const shared
         return rc;
     w->stop_async_ok = true;
     w->stop_async.data = w;
+    if ((rc = uv_async_init(&w->loop, &w->drain_async, on_drain)) != 0)
+        return rc;
+    w->drain_async_ok = true;
+    w->drain_async.data = w;
+    if ((rc = uv_async_init(&w->loop, &w->audit_async, on_audit)) != 0)
+        return rc;
+    w->audit_async_ok = true;
+    w->audit_async.data = w;
     if ((rc = uv_timer_init(&w->loop, &w->ready_timer)) != 0)
         return rc;
     w->ready_timer_ok = true;
     w->ready_timer.data = w;
+    if ((rc = uv_timer_init(&w->loop, &w->tick_timer)) != 0)
+        return rc;
+    w->tick_timer_ok = true;
+    w->tick_timer.data = w;
     if (fail_at("worker_thread", i))
         return UV_EAGAIN;
     if ((rc = pthread_create(&w->thread, NULL, worker_main, w)) != 0)
@@ -499,7 +556,10 @@ static void worker_free(worker *w)
 {
     if (w->loop_ok) {
         close_if_open((uv_handle_t *)&w->stop_async, w->stop_async_ok);
+        close_if_open((uv_handle_t *)&w->drain_async, w->drain_async_ok);
+        close_if_open((uv_handle_t *)&w->audit_async, w->audit_async_ok);
         close_if_open((uv_handle_t *)&w->ready_timer, w->ready_timer_ok);
+        close_if_open((uv_handle_t *)&w->tick_timer, w->tick_timer_ok);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         int rc = uv_loop_close(&w->loop);
         if (rc != 0)
@@ -557,6 +617,8 @@ static int cmsd_run(cmsd *d, const cms_config *cfg, const shared *sh)
         log_error("startup_failed", NULL, NULL, "main loop: %s", uv_strerror(rc));
         return 1;
     }
+    if (cmsd__ops_init(d) != 0) /* logged */
+        return 1;
     log_info("starting", NULL, NULL, "cmsd %s, %u worker(s), mllp %s, https %s", CMSD_VERSION,
              cfg->workers, cfg->mllp_listen, cfg->https_listen[0] ? cfg->https_listen : "off");
     for (unsigned i = 0; i < cfg->workers; i++) {
@@ -584,6 +646,11 @@ static void cmsd_free(cmsd *d)
 {
     for (unsigned i = 0; i < d->cap; i++)
         worker_free(&d->workers[i]);
+    for (unsigned i = 0; i < d->naudit; i++)
+        free(d->audit[i].detail); /* rows worker 0 did not take: logged when queued */
+    if (d->audit_mu_ok)
+        pthread_mutex_destroy(&d->audit_mu);
+    free(d->live);
     if (d->loop_ok) {
         close_main_handles(d);
         uv_run(&d->loop, UV_RUN_DEFAULT);
@@ -641,6 +708,7 @@ int main(int argc, char **argv)
     static cms_config cfg;
     cmsd d = {0};
     shared sh = {0};
+    metrics_registry *mreg = NULL;
     bool ran = false;
     int rc = 1;
     char err[1024];
@@ -649,6 +717,24 @@ int main(int argc, char **argv)
     if (config_load(&cfg, config_path, err, sizeof(err)) != CMS_OK) {
         fprintf(stderr, "cmsd: bad configuration: %s\n", err);
         goto cleanup;
+    }
+    if (cfg.metrics_listen[0]) {
+        int lo = net_plain_is_loopback(cfg.metrics_listen, err, sizeof(err));
+        int o1 = lo == 1 ? net_listen_overlap(cfg.metrics_listen, cfg.mllp_listen, err,
+                                              sizeof(err))
+                         : 0;
+        int o2 = lo == 1 && o1 == 0 && cfg.https_listen[0]
+                     ? net_listen_overlap(cfg.metrics_listen, cfg.https_listen, err, sizeof(err))
+                     : 0;
+        if (lo != 1 || o1 != 0 || o2 != 0) {
+            fprintf(stderr, "cmsd: bad configuration: %s: metrics_listen: %s\n", config_path,
+                    lo == 0 ? "a plaintext listener binds only a loopback address (127.0.0.0/8, "
+                              "[::1]); scrape /metrics on https_listen from elsewhere"
+                    : lo < 0 || o1 < 0 || o2 < 0 ? err
+                                                 : "must not share a port with mllp_listen or "
+                                                   "https_listen");
+            goto cleanup;
+        }
     }
     if (cfg.https_listen[0]) {
         int o = net_listen_overlap(cfg.mllp_listen, cfg.https_listen, err, sizeof(err));
@@ -670,10 +756,10 @@ int main(int argc, char **argv)
     enum log_level lvl = LOG_INFO;
     log_level_parse(cfg.log_level, &lvl);
     log_set_level(lvl);
-    if (cfg.workers == 0) { /* one loop per core: ingest runs one batch per worker at a time */
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        cfg.workers = n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;
-    }
+    enum log_format lf = LOG_FORMAT_TEXT;
+    log_format_parse(cfg.log_format, &lf);
+    log_set_format(lf);
+    cmsd__resolve_workers(&cfg);
     if (shared_load(&sh, &cfg, check_only) != CMS_OK)
         goto cleanup;
     if (check_only) {
@@ -683,12 +769,30 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
+    if (strcmp(cfg.metrics, "on") == 0 &&
+        !(mreg = cms_metrics_new(cfg.workers, CMSD_VERSION, err, sizeof(err)))) {
+        fprintf(stderr, "cmsd: metrics: %s\n", err);
+        goto cleanup;
+    }
+    ops_init(cfg.workers, mreg != NULL);
+    metrics_gauge_set(CM_RELOAD_TIME, 0, (double)time(NULL));
+    cmsd__tls_gauges(&sh);
+    if (!(d.live = malloc(sizeof(*d.live))) || pthread_mutex_init(&d.audit_mu, NULL) != 0) {
+        fprintf(stderr, "cmsd: out of memory\n");
+        goto cleanup;
+    }
+    d.audit_mu_ok = true;
+    *d.live = cfg;
+    d.cfg = &cfg;
+    d.sh = &sh;
+    d.config_path = config_path;
     ran = true;
     rc = cmsd_run(&d, &cfg, &sh);
 
 cleanup:
     cmsd_free(&d);
     shared_free(&sh);
+    metrics_free(mreg); /* the workers are joined: nothing updates it any more */
     if (ran)
         log_info("stopped", NULL, NULL, "exit code %d", rc);
     return rc;

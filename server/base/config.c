@@ -58,6 +58,7 @@ enum {
     K_NONEMPTY = 1 << 0,      /* has a default, and must not be set to "" */
     K_REQUIRED_WITH = 1 << 1, /* must be set when .with is */
     K_ICASE = 1 << 2,         /* T_ENUM: in any case */
+    K_RELOAD = 1 << 3,        /* applied by SIGHUP (config_diff); every other key needs a restart */
 };
 
 #define FIELD(k) (((cms_config *)0)->k)
@@ -72,13 +73,14 @@ enum {
                CHECK0(__builtin_types_compatible_p(__typeof__(FIELD(k)), char[sizeof(FIELD(k))])), \
         .size = sizeof(FIELD(k)), .def = d, .doc = docline, __VA_ARGS__                            \
     }
-/* An unsigned key in [lo, hi]: its field is an unsigned. */
-#define KU(k, lo, hi, d, docline)                                                                  \
+/* An unsigned key in [lo, hi]: its field is an unsigned. Then optional designated
+ * initializers (.flags). */
+#define KU(k, lo, hi, d, docline, ...)                                                             \
     {                                                                                              \
         .name = #k, .type = T_UINT,                                                                \
         .off = offsetof(cms_config, k) +                                                           \
                CHECK0(__builtin_types_compatible_p(__typeof__(FIELD(k)), unsigned)),               \
-        .min = lo, .max = hi, .def = d, .doc = docline                                             \
+        .min = lo, .max = hi, .def = d, .doc = docline, __VA_ARGS__                                \
     }
 
 /* In the order of README's table (and of the checks after parsing). */
@@ -90,12 +92,17 @@ static const struct config_key keys[] = {
        "HTTPS listener (EST, firmware, admin, health); \"\" = off; not on mllp_listen's port"),
     KU(workers, 0, 64, "0", "event loops (threads) sharing the listeners; 0 = one per online CPU"),
     /* TLS */
-    KS(tls_cert, T_FILE, NULL, "server certificate, then its intermediate CAs (not the root), PEM"),
-    KS(tls_key, T_KEYFILE, NULL, "server private key, PEM"),
+    KS(tls_cert, T_FILE, NULL, "server certificate, then its intermediate CAs (not the root), PEM",
+       .flags = K_RELOAD),
+    KS(tls_key, T_KEYFILE, NULL, "server private key, PEM", .flags = K_RELOAD),
     KS(tls_device_ca, T_FILE, NULL,
-       "CA bundle that issues device certificates, PEM; each one a trust anchor"),
-    KS(tls_operator_ca, T_FILE, "", "CA bundle for operator certificates (admin API), PEM"),
-    KS(tls_crl, T_FILE, "", "CRL file (PEM) checked for device certificates"),
+       "CA bundle that issues device certificates, PEM; each one a trust anchor",
+       .flags = K_RELOAD),
+    KS(tls_operator_ca, T_FILE, "", "CA bundle for operator certificates (admin API), PEM",
+       .flags = K_RELOAD),
+    KS(tls_crl, T_FILE, "",
+       "CRL file (PEM): the device CA's CRL, signed by it, not past nextUpdate",
+       .flags = K_RELOAD),
     KU(tls_session_timeout_s, 0, 86400, "300",
        "TLS session lifetime for resumption; 0 = always a full handshake"),
     KU(tls_session_cache_size, 16, 10000000, "20480",
@@ -183,7 +190,17 @@ static const struct config_key keys[] = {
     KS(hl7_app, T_STRING, "CMS", "our MSH-3 in ACKs"),
     KS(hl7_facility, T_STRING, "CMS", "our MSH-4 in ACKs"),
     KS(log_level, T_ENUM, "info", "log lines of this level and above",
-       .allowed = "debug|info|warn|error", .flags = K_ICASE),
+       .allowed = "debug|info|warn|error", .flags = K_ICASE | K_RELOAD),
+    KS(log_format, T_ENUM, "text", "one line per event: text (logfmt) or json (same fields)",
+       .allowed = "text|json", .flags = K_RELOAD),
+    /* operations (docs/operations.md) */
+    KU(shutdown_timeout_s, 1, 3600, "30",
+       "SIGTERM drain bound: what is still open then is closed unacknowledged",
+       .flags = K_RELOAD),
+    KS(metrics, T_ENUM, "on", "the metrics registry and GET /metrics (Prometheus); off: 404",
+       .allowed = "on|off"),
+    KS(metrics_listen, T_ADDR, "",
+       "loopback-only plaintext /metrics, /readyz, /healthz for a local scraper; \"\" = off"),
     /* behind a load balancer */
     KS(proxy_protocol, T_ENUM, "off",
        "v2: every connection starts with a PROXY v2 header naming the peer",
@@ -531,6 +548,38 @@ void config_keys_print(FILE *out)
             fprintf(out, "; needs %s", k->needs);
         if (k->type == T_KEYFILE)
             fprintf(out, "; no group/other access");
+        if (k->flags & K_RELOAD)
+            fprintf(out, "; reloadable (SIGHUP)");
         fputc('\n', out);
     }
+}
+
+/* ---- reload --------------------------------------------------------------- */
+
+bool config_key_reloadable(const char *key)
+{
+    const struct config_key *k = key_find(key);
+    return k && (k->flags & K_RELOAD);
+}
+
+size_t config_diff(const cms_config *a, const cms_config *b, bool reloadable_keys, char *out,
+                   size_t cap)
+{
+    size_t n = 0, pos = 0;
+    if (cap)
+        out[0] = '\0';
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct config_key *k = &keys[i];
+        bool same = k->type == T_UINT
+                        ? *(const unsigned *)((const char *)a + k->off) ==
+                              *(const unsigned *)((const char *)b + k->off)
+                        : strcmp(str_value(a, k), str_value(b, k)) == 0;
+        if (same || ((k->flags & K_RELOAD) != 0) != reloadable_keys)
+            continue;
+        n++;
+        int w = snprintf(out + pos, cap > pos ? cap - pos : 0, "%s%s", n > 1 ? ", " : "", k->name);
+        if (w > 0 && pos + (size_t)w < cap)
+            pos += (size_t)w;
+    }
+    return n;
 }

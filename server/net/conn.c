@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "log.h"
 #include "net_int.h"
 
@@ -248,6 +249,8 @@ void net__conn_deadline(net_conn *c)
                          "header after %u ms", c->proto->name, lim->handshake_timeout_ms);
             log_warn("handshake_timeout", c->identity, c->peer, "%s: no authenticated session "
                      "after %u ms", c->proto->name, lim->handshake_timeout_ms);
+            metrics_add(CM_CONN_REFUSED,
+                        cm_refused(c->proto->metrics_listener, CM_REFUSED_HANDSHAKE_TIMEOUT), 1);
             net_conn_close(c, NULL);
             conn_finish(c);
             return;
@@ -396,6 +399,8 @@ static void conn_handshake(net_conn *c)
         if (tls_conn_pending_input(c->tls) > c->srv->lim.preauth_buffer_bytes) {
             log_warn("tls_refused", NULL, c->peer, "handshake input over %u bytes",
                      c->srv->lim.preauth_buffer_bytes);
+            metrics_add(CM_CONN_REFUSED,
+                        cm_refused(c->proto->metrics_listener, CM_REFUSED_TLS_ALERT), 1);
             net_conn_close(c, NULL);
         }
         return;
@@ -405,6 +410,18 @@ static void conn_handshake(net_conn *c)
         return;
     }
     if (rc != CMS_OK) {
+        /* Every refusal in TLS itself passes here (peer.c audits it): counted by class. */
+        static const enum cm_refusal by_failure[] = {
+            [TLS_FAIL_PROTOCOL] = CM_REFUSED_TLS_ALERT,
+            [TLS_FAIL_NO_CERT] = CM_REFUSED_NO_CERTIFICATE,
+            [TLS_FAIL_UNKNOWN_CA] = CM_REFUSED_UNKNOWN_CA,
+            [TLS_FAIL_EXPIRED] = CM_REFUSED_EXPIRED,
+            [TLS_FAIL_REVOKED] = CM_REFUSED_REVOKED,
+            [TLS_FAIL_BAD_CERT] = CM_REFUSED_BAD_CERTIFICATE,
+        };
+        metrics_add(CM_CONN_REFUSED,
+                    cm_refused(c->proto->metrics_listener, by_failure[tls_conn_failure(c->tls)]),
+                    1);
         log_warn("tls_refused", NULL, c->peer, "%s: %s", c->proto->name, reason);
         if (c->proto->on_tls_refused)
             c->proto->on_tls_refused(c->proto_ctx, c->peer, reason);
@@ -413,6 +430,11 @@ static void conn_handshake(net_conn *c)
         return;
     }
     c->state = NET_AUTHORIZING;
+    metrics_add(CM_HANDSHAKES,
+                cm_handshake(c->proto->metrics_listener, tls_conn_peer(c->tls)->resumed
+                                                             ? CM_HANDSHAKE_RESUMED
+                                                             : CM_HANDSHAKE_FULL),
+                1);
     rc = c->proto->on_handshake(c);
     if (rc == CMS_OK)
         net_conn_activate(c);
@@ -549,6 +571,13 @@ static void conn_drained(net_conn *c)
     conn_arm_timer(c);
 }
 
+static void conn_finish(net_conn *c);
+
+void net__conn_abort(net_conn *c)
+{
+    conn_finish(c);
+}
+
 /* Closes the handles; memory goes when their callbacks ran and refs are 0. */
 static void conn_finish(net_conn *c)
 {
@@ -560,6 +589,8 @@ static void conn_finish(net_conn *c)
         return;
     c->state = NET_CLOSED;
     net__server_unlink(c->srv, c);
+    if (c->linked) /* counted open since net__conn_accept linked it */
+        metrics_gauge_add(CM_CONN_OPEN, c->proto->metrics_listener, -1);
     net__deadline_clear(c);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
@@ -588,6 +619,7 @@ void net__conn_accept(net_listener *l)
         uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
         return;
     }
+    metrics_add(CM_CONN_ACCEPTED, l->proto->metrics_listener, 1);
     struct sockaddr_storage ss;
     int sl = sizeof(ss);
     char ip[INET6_ADDRSTRLEN] = "?";
@@ -613,6 +645,8 @@ void net__conn_accept(net_listener *l)
     if (s->nconns >= s->lim.max_connections) {
         log_warn("conn_refused", NULL, c->peer, "%s: max_connections (%u) reached",
                  l->proto->name, s->lim.max_connections);
+        metrics_add(CM_CONN_REFUSED,
+                    cm_refused(l->proto->metrics_listener, CM_REFUSED_MAX_CONNECTIONS), 1);
         c->state = NET_CLOSED;
         uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
         return;
@@ -626,6 +660,8 @@ void net__conn_accept(net_listener *l)
     }
     /* TCP_NODELAY and keepalive come from the listening socket (listener.c). */
     net__server_link(s, c);
+    c->linked = true;
+    metrics_gauge_add(CM_CONN_OPEN, l->proto->metrics_listener, 1);
     c->accepted_at = uv_now(s->loop);
     conn_arm_timer(c);
     conn_read_start(c);

@@ -234,6 +234,16 @@ static void on_timer_closed(uv_handle_t *h)
     server_maybe_done(s);
 }
 
+void net_server_close_now(net_server *s, void (*cb)(void *ctx), void *ctx)
+{
+    if (!s->closing)
+        net_server_close(s, cb, ctx);
+    for (net_conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        net__conn_abort(c);
+    }
+}
+
 /* Connections still draining unlink themselves; check every 50 ms. */
 static void on_drain_timer(uv_timer_t *t)
 {
@@ -245,6 +255,18 @@ static void on_drain_timer(uv_timer_t *t)
     /* no connection left: nothing has a deadline any more */
     s->closing_handles++;
     uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+}
+
+void net_server_stop_accepting(net_server *s)
+{
+    for (net_conn *c = s->conns; c; c = c->next)
+        c->l = NULL; /* their listeners go now */
+    for (net_listener *l = s->listeners, *next; l; l = next) {
+        next = l->next;
+        s->closing_handles++;
+        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+    }
+    s->listeners = NULL;
 }
 
 void net_server_close(net_server *s, void (*cb)(void *ctx), void *ctx)

@@ -27,6 +27,7 @@ struct net_conn {
     unsigned handles_open; /* the tcp handle until its close callback ran */
     unsigned refs;         /* net_conn_ref holders */
     bool reading, paused, in_process, again, tls_failed;
+    bool linked;            /* in the server's list (and counted in cmsd_connections_open) */
     bool linger, lingering; /* see conn_drained() */
     bool peer_done;         /* the peer's close_notify arrived: it sends nothing more */
     bool corked;            /* net_conn_cork */
@@ -74,6 +75,8 @@ bool net__proxy_admit(net_conn *c, const struct sockaddr_storage *ss);
  * CMS_EINVAL with a reason in err (cap bytes). */
 int net__parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, size_t cap);
 void net__conn_deadline(net_conn *c); /* its deadline passed (conn.c) */
+/* Closes c's socket now: no flush, no close_notify wait, no linger (conn.c). */
+void net__conn_abort(net_conn *c);
 
 void net__deadline_init(net_server *s);
 void net__deadline_free(net_server *s);

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "log.h"
 #include "net_int.h"
 #include "net_plain.h"
@@ -90,6 +91,7 @@ static void conn_close(plain_conn *c)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     p->nconns--;
+    metrics_gauge_add(CM_CONN_OPEN, CM_LISTENER_METRICS, -1);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
@@ -280,10 +282,12 @@ static void on_connection(uv_stream_t *server, int status)
         p->conns->prev = c;
     p->conns = c;
     p->nconns++;
+    metrics_gauge_add(CM_CONN_OPEN, CM_LISTENER_METRICS, 1);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         conn_close(c);
         return;
     }
+    metrics_add(CM_CONN_ACCEPTED, CM_LISTENER_METRICS, 1);
     struct sockaddr_storage ss;
     int sl = sizeof(ss);
     char ip[INET6_ADDRSTRLEN] = "?";
@@ -301,6 +305,8 @@ static void on_connection(uv_stream_t *server, int status)
     if (p->nconns > NET_PLAIN_MAX_CONNS) {
         log_warn("conn_refused", NULL, c->peer, "metrics listener: %u connections open",
                  NET_PLAIN_MAX_CONNS);
+        metrics_add(CM_CONN_REFUSED,
+                    cm_refused(CM_LISTENER_METRICS, CM_REFUSED_MAX_CONNECTIONS), 1);
         conn_close(c);
         return;
     }

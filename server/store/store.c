@@ -203,8 +203,16 @@ static void close_timer_cb(uv_timer_t *t)
 
 void store_close(store_t *s, void (*cb)(void *ctx), void *ctx)
 {
-    if (s->closing)
+    store_close_within(s, s->cfg.query_timeout_ms, cb, ctx);
+}
+
+void store_close_within(store_t *s, unsigned grace_ms, void (*cb)(void *ctx), void *ctx)
+{
+    if (s->closing) { /* hurry a close under way: its callback stays the first one */
+        if (!s->closed_conns && uv_timer_get_due_in(&s->close_timer) > grace_ms)
+            uv_timer_start(&s->close_timer, close_timer_cb, grace_ms, 0);
         return;
+    }
     s->closing = true;
     s->close_cb = cb;
     s->close_ctx = ctx;
@@ -219,6 +227,6 @@ void store_close(store_t *s, void (*cb)(void *ctx), void *ctx)
     store__seen_flush(s);
     store__latest_tick(s, uv_now(s->loop), true);
     store__ctl_close_queue(s);
-    uv_timer_start(&s->close_timer, close_timer_cb, s->cfg.query_timeout_ms, 0);
+    uv_timer_start(&s->close_timer, close_timer_cb, grace_ms, 0);
     store__maybe_finish_close(s);
 }

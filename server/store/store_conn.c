@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "log.h"
 #include "store_int.h"
 
@@ -311,6 +312,7 @@ int store__conn_send(store__conn *c, const char *what, const char *sql, int npar
         return CMS_EUNAVAIL;
     }
     c->state = SC_BUSY;
+    c->sent_ns = uv_hrtime();
     timer_start(c, c->s->cfg.query_timeout_ms);
     int f = PQflush(c->pg);
     if (f < 0) {
@@ -332,6 +334,9 @@ static void query_complete(store__conn *c)
         setup_done(c, res);
     } else {
         c->state = SC_READY;
+        metrics_observe(CM_DB_ROUNDTRIP,
+                        c == &c->s->ingest ? CM_QUERY_INGEST : CM_QUERY_CONTROL,
+                        (double)(uv_hrtime() - c->sent_ns) / 1e9);
         if (c->on_result)
             c->on_result(c, res);
     }

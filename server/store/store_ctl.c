@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "log.h"
 #include "store_int.h"
 
@@ -95,6 +96,7 @@ static void audit_dropped(const ctl_item *it, const char *why)
     /* params: event, actor, device, peer, detail */
     log_error("audit_dropped", it->params[2], it->params[3], "event=%s actor=%s reason=%s",
               it->params[0] ? it->params[0] : "-", it->params[1] ? it->params[1] : "-", why);
+    metrics_add(CM_AUDIT_ROWS, CM_AUDIT_DROPPED, 1);
 }
 
 /* Ends an item without running it: lookups get status, audits are logged. */
@@ -238,6 +240,8 @@ void store__ctl_on_result(store__conn *c, PGresult *res)
             if (PQresultStatus(res) != PGRES_TUPLES_OK) {
                 const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
                 audit_dropped(it, st ? st : "query failed");
+            } else {
+                metrics_add(CM_AUDIT_ROWS, CM_AUDIT_WRITTEN, 1);
             }
             break;
         default:

@@ -30,6 +30,7 @@
 #include <time.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "log.h"
 #include "store_int.h"
 
@@ -518,12 +519,15 @@ void store__ingest_on_result(store__conn *c, PGresult *res)
     s->inflight.n = 0;
     s->batches_ok++;
     s->msgs_ok += n;
+    metrics_observe(CM_BATCH_MESSAGES, 0, (double)n);
     int row = 0;
     ingest_item *it;
     while ((it = fifo_pop(&done)) != NULL) {
         bool dup = PQgetvalue(res, row, 1)[0] == 't';
         unsigned unknown = (unsigned)strtoul(PQgetvalue(res, row, 2), NULL, 10);
         s->obs_ok += dup ? 0 : it->nobs;
+        if (!dup)
+            metrics_add(CM_OBSERVATIONS, 0, it->nobs);
         row++;
         if (!dup && it->nobs)
             store__latest_put(s, it);

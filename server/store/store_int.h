@@ -112,6 +112,7 @@ struct store__conn {
     unsigned failures; /* consecutive failed attempts (for logs) */
     PGresult *result;  /* result being collected */
     char what[32];     /* label of the query in flight (logs) */
+    uint64_t sent_ns;  /* uv_hrtime() when the query in flight was sent (metrics) */
     /* Owner callbacks (set once by the owner). */
     void (*on_up)(store__conn *c);
     /* The query finished; res is owned by the connection (cleared after). */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "https.h"
 #include "log.h"
 #include "peer.h"
@@ -37,6 +38,13 @@ typedef struct session {
 /* ---- replies --------------------------------------------------------------- */
 
 static int feed(net_conn *c, const char *data, size_t len);
+
+/* cmsd_http_responses_total by status class. */
+static void count_status(int status)
+{
+    if (status >= 200 && status < 600 && status / 100 != 1)
+        metrics_add(CM_HTTP_RESPONSES, (unsigned)(status / 100 - 2), 1);
+}
 
 /* Sends out (if the connection is open) and ends the request. */
 static void finish(https_req *r, http_buf *out)
@@ -100,6 +108,7 @@ void https_reply(https_req *r, int status, const char *content_type, const void 
         return;
     }
     http_buf out;
+    count_status(status);
     http_buf_init(&out, len + 4096);
     if (http_response_start(&out, status, NULL, content_type, len, resp_flags(r) | HTTP_RESP_NO_STORE,
                             extra, n_extra) == CMS_OK &&
@@ -121,7 +130,9 @@ void https_reply_json(https_req *r, int status, json_t *body)
         http_buf_reset(&out);
         http_json_error(&out, 500, "internal_error", "cannot encode the answer", resp_flags(r),
                         NULL, 0);
+        status = 500;
     }
+    count_status(status);
     json_decref(body);
     finish(r, &out);
 }
@@ -133,6 +144,7 @@ void https_reply_error(https_req *r, int status, const char *error, const char *
         return;
     }
     http_buf out;
+    count_status(status);
     http_buf_init(&out, 8192);
     log_info("http_error", net_conn_identity(r->conn), r->peer_addr, "%s %s -> %d %s: %s",
              r->http->method_name, r->http->path, status, error, detail ? detail : "");
@@ -147,6 +159,8 @@ void https_stream_begin(https_req *r, const char *head, size_t len, https_stream
     s->streaming = true;
     s->on_writable = on_writable;
     s->stream_ctx = ctx;
+    if (len > 12 && memcmp(head, "HTTP/1.", 7) == 0)
+        count_status(atoi(head + 9));
     if (net_conn_state(r->conn) == NET_ACTIVE)
         net_conn_write(r->conn, head, len);
     on_writable(r, ctx);
@@ -308,7 +322,8 @@ static int route(net_conn *c, const http_request *req)
             return CMS_OK;
         }
         if (s->role < match->min_role) {
-            static const char *const names[] = {"none", "viewer", "operator", "admin"};
+            static const char *const names[] = {"none", "scraper", "viewer", "operator",
+                                                "admin"};
             char why[128];
             snprintf(why, sizeof(why), "role '%s' may not do this (needs '%s')", names[s->role],
                      names[match->min_role]);
@@ -348,6 +363,7 @@ static int head_refuse(net_conn *c, const https_route *rt, const http_request *r
 {
     session *s = net_conn_session(c);
     http_buf out;
+    count_status(status);
     audit_refusal(c, rt, req, status, error, detail);
     http_buf_init(&out, 8192);
     http_json_error(&out, status, error, detail, 0, NULL, 0);
@@ -500,6 +516,8 @@ static enum https_role role_of(enum tls_role r)
         return HTTPS_ROLE_OPERATOR;
     case TLS_ROLE_VIEWER:
         return HTTPS_ROLE_VIEWER;
+    case TLS_ROLE_SCRAPER:
+        return HTTPS_ROLE_SCRAPER;
     default:
         return HTTPS_ROLE_NONE;
     }
@@ -550,6 +568,7 @@ static void on_close(net_conn *c)
 
 const net_proto https_proto = {
     .name = "https",
+    .metrics_listener = CM_LISTENER_HTTPS,
     .session_size = sizeof(session),
     .on_handshake = on_handshake,
     .on_data = on_data,

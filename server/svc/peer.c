@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "log.h"
 #include "peer.h"
 #include "svc.h"
@@ -60,6 +61,20 @@ static void refused(net_conn *c, const peer_policy *pol, const tls_peer *p, cons
 {
     bool tls = d->verdict == PEER_TLS_REFUSED;
     const char *event = tls ? "tls_refused" : "device_refused";
+    enum cm_refusal why = CM_REFUSED_BAD_CERTIFICATE;
+    if (tls && !p->has_cert)
+        why = CM_REFUSED_NO_CERTIFICATE;
+    else if (!tls && strcmp(d->reason, "device not registered") == 0)
+        why = CM_REFUSED_UNREGISTERED;
+    else if (!tls && !d->audit)
+        why = CM_REFUSED_REGISTRY_UNAVAILABLE;
+    else if (!tls)
+        why = strstr(d->reason, "revoked") ? CM_REFUSED_REVOKED : CM_REFUSED_INACTIVE;
+    metrics_add(CM_CONN_REFUSED,
+                cm_refused(strcmp(pol->listener, "https") == 0 ? CM_LISTENER_HTTPS
+                                                               : CM_LISTENER_MLLP,
+                           why),
+                1);
     const char *cn = p->cn_ok ? p->cn : NULL;
     log_warn(event, cn, net_conn_peer(c), "%s: %s%s%s%s", pol->listener, d->reason,
              detail ? " (" : "", detail ? detail : "", detail ? ")" : "");

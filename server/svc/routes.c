@@ -5,6 +5,7 @@
 #include "cms_err.h"
 #include "firmware.h"
 #include "https.h"
+#include "ops.h"
 #include "svc.h"
 
 int svc_health(https_req *r)
@@ -31,6 +32,9 @@ int svc_health(https_req *r)
 
 const https_route svc_routes[] = {
     {"GET", "/healthz", svc_health, ANY, "http_refused"},
+    /* ops.c: readiness for orchestrators, metrics for Prometheus (docs/operations.md) */
+    {"GET", "/readyz", ops_readyz, ANY, "http_refused"},
+    {"GET", "/metrics", ops_metrics, OP(SCRAPER), "http_refused"},
     /* Each service adds its lines here when its handlers land (see svc.h). */
     /* admin/admin.c: registry read side, groups; admin/admin_audit.c: audit log */
     {"GET", "/api/v1/whoami", admin_whoami, OP(VIEWER), "http_refused"},

@@ -30,8 +30,9 @@ from fw_helpers import https_port, start_fw_cmsd, stop_checked
 
 MAX_BODY = 4096      # http_max_body_bytes of this cmsd
 MAX_UPLOAD = 65536   # fw_max_image_bytes: the upload route's limit
-ROLES = ["NONE", "VIEWER", "OPERATOR", "ADMIN"]
-OPERATOR_OF_ROLE = {"VIEWER": "viewer1", "OPERATOR": "operator1", "ADMIN": "admin1"}
+ROLES = ["NONE", "SCRAPER", "VIEWER", "OPERATOR", "ADMIN"]
+OPERATOR_OF_ROLE = {"SCRAPER": "scraper", "VIEWER": "viewer1", "OPERATOR": "operator1",
+                    "ADMIN": "admin1"}
 DEVICE = "MON-0001"
 PARAMS = {"serial": "MON-9999", "name": "refusal-walk", "id": "999999",
           "fingerprint": "0" * 64, "sha256": "0" * 64}

@@ -26,3 +26,21 @@ def test_log_lines_are_logfmt(cmsd, connect):
         assert re.match(r"^[a-z][a-z0-9_]*$", f.get("event", "")), ln
     ours = [h.logfmt(ln) for ln in cmsd.peer_lines(local, since)]
     assert any(f.get("device") == "MON-0001" for f in ours), ours
+
+
+def test_json_lines(cmsd_factory, connect):
+    """log_format = json: every line cmsd writes is one JSON object with the same fields."""
+    import json
+    c = cmsd_factory("cmsd-json-log", log_format="json")
+    since = c.log_size()
+    with connect(c.port, "MON-0001") as cl:
+        assert cl.request(h.pcd01("MON-0001", h.unique("JSON"), patient=h.unique("PT"))).code \
+            == "AA"
+    c.wait_log(lambda ln: '"event":"device_connected"' in ln, since, 20, "device_connected")
+    lines = [ln for ln in c.log_lines() if ln.strip() and not ln.startswith("### test harness")]
+    assert lines
+    for ln in lines:
+        j = json.loads(ln)
+        assert TS.match(j["ts"]) and j["level"] in ("debug", "info", "warn", "error"), j
+        assert re.match(r"^[a-z][a-z0-9_]*$", j["event"]), j
+    assert any(json.loads(ln).get("device") == "MON-0001" for ln in lines)

@@ -28,7 +28,7 @@
 #define GROUPS_MAX 10000
 #define GROUP_UPDATE_MAX 1000 /* serials in one POST */
 
-static const char *const role_names[] = {"none", "viewer", "operator", "admin"};
+static const char *const role_names[] = {"none", "scraper", "viewer", "operator", "admin"};
 
 /* ---- helpers -------------------------------------------------------------------- */
 
@@ -82,7 +82,7 @@ int admin_whoami(https_req *r)
         return CMS_OK;
     char actor[96];
     svc__actor(r->peer, r->peer_cn, actor, sizeof(actor));
-    unsigned role = (unsigned)r->role < 4 ? (unsigned)r->role : 0;
+    unsigned role = (unsigned)r->role <= HTTPS_ROLE_ADMIN ? (unsigned)r->role : 0;
     https_reply_json(r, 200,
                      json_pack("{s:s, s:s, s:s, s:s}", "cn", r->peer_cn, "role", role_names[role],
                                "actor", actor, "peer", r->peer_addr ? r->peer_addr : ""));

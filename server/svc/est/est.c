@@ -43,6 +43,7 @@
 #include <openssl/x509v3.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "est_int.h"
 #include "log.h"
 
@@ -88,10 +89,20 @@ static void job_free(est_job *j)
 
 /* ---- answers ------------------------------------------------------------------ */
 
+/* cmsd_est_enrollments_total: endpoint "simpleenroll" or "simplereenroll". */
+static void count_enrollment(const char *endpoint, enum cm_est_result result)
+{
+    if (strcmp(endpoint, "simpleenroll") == 0)
+        metrics_add(CM_EST_ENROLLMENTS, cm_est(CM_EST_ENROLL, result), 1);
+    else if (strcmp(endpoint, "simplereenroll") == 0)
+        metrics_add(CM_EST_ENROLLMENTS, cm_est(CM_EST_REENROLL, result), 1);
+}
+
 /* Audit + log + JSON error for a refusal that the peer caused. */
 static void refuse(https_req *r, const char *endpoint, const char *device, int status,
                    const char *error, const char *detail)
 {
+    count_enrollment(endpoint, CM_EST_REFUSED);
     if (device && !*device)
         device = NULL;
     log_warn("est_refused", device, r->peer_addr, "%s: %d %s: %s", endpoint, status, error,
@@ -128,8 +139,10 @@ static void db_refuse(est_job *j, int status, const store_rows *res)
     const char *error;
     char detail[256];
     svc__db_error(j->r, status, res, svc__est_sqlstates, &http, &error, detail, sizeof(detail));
-    if (http >= 500)
+    if (http >= 500) {
+        count_enrollment(j->endpoint, CM_EST_REFUSED);
         svc__reply_error(j->r, http, error, detail, NULL, 0);
+    }
     else
         refuse(j->r, j->endpoint, j->csr ? j->csr->cn : NULL, http, error, detail);
 }
@@ -302,6 +315,7 @@ static void on_enrolled(void *ctx, int status, const store_rows *res)
              superseded ? ", earlier certificates superseded" : "");
     if (superseded > 0)
         svc__crl_regenerate(j->st, NULL, NULL);
+    count_enrollment(j->endpoint, CM_EST_ISSUED);
     reply_certs(r, j->issued.cert);
 done:
     job_free(j);
@@ -375,6 +389,8 @@ static bool admit(https_req *r, svc_state *st)
                      "last report",
                      st->cfg->est_anon_per_min, (unsigned long long)v.suppressed);
         const http_field retry[] = {{"Retry-After", ra}};
+        metrics_add(CM_CONN_REFUSED, cm_refused(CM_LISTENER_HTTPS, CM_REFUSED_RATE_LIMITED), 1);
+        count_enrollment("simpleenroll", CM_EST_REFUSED);
         svc__reply_error(r, 429, "rate_limited", detail, retry, 1);
         return false;
     }
@@ -389,6 +405,7 @@ static bool admit(https_req *r, svc_state *st)
             es->busy_refused = 0;
         }
         static const http_field retry[] = {{"Retry-After", "5"}};
+        count_enrollment("simpleenroll", CM_EST_REFUSED);
         svc__reply_error(r, 503, "busy", "the registry is busy: retry later", retry, 1);
         return false;
     }
@@ -468,6 +485,7 @@ static void on_reenrolled(void *ctx, int status, const store_rows *res)
              j->issued.serial_hex, j->csr->key_desc, j->issued.fingerprint, j->issued.not_after,
              j->old_fp);
     svc__crl_regenerate(j->st, NULL, NULL); /* the old certificate is listed as superseded */
+    count_enrollment(j->endpoint, CM_EST_ISSUED);
     reply_certs(j->r, j->issued.cert);
 done:
     job_free(j);

@@ -51,6 +51,7 @@
 #include <jansson.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "firmware_dl.h"
 #include "log.h"
 
@@ -121,6 +122,7 @@ static void dl_end(fw_dl *d, bool ok, const char *why)
         return;
     d->ended = true;
     d->phase = DL_DONE;
+    metrics_add(CM_FW_DOWNLOADS, ok ? CM_FW_COMPLETE : CM_FW_FAILED, 1);
     if (!ok) {
         char peer[64];
         snprintf(peer, sizeof(peer), "%s", d->r->peer_addr);
@@ -302,6 +304,7 @@ static void dl_serve_next(fw_dl *d)
             }
             d->pos += len;
             d->sent += len;
+            metrics_add(CM_FW_BYTES, 0, len);
             d->last_progress = uv_now(d->w->loop);
             sent = true;
         }

@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "ingest.h"
 #include "log.h"
 #include "mllp.h"
@@ -28,6 +29,8 @@ typedef struct pending {
     net_conn *conn; /* referenced while the entry exists */
     bool done;
     enum hl7_ack_code code;
+    unsigned char type;  /* cm_hl7_type, for the metrics */
+    uint64_t received;   /* uv_hrtime() when the frame was complete */
     char control_id[sizeof(((vitals_msg *)0)->control_id)];
     char their_app[PCD01_ID_LEN];
     char their_facility[PCD01_ID_LEN];
@@ -91,15 +94,29 @@ static void send_ack(net_conn *c, ingest_ctx *ix, const pending *p)
     size_t fl = mllp_encode(frame, sizeof(frame), body, (size_t)n);
     if (fl == 0 || net_conn_write(c, frame, fl) != CMS_OK)
         return; /* the connection is closing; the monitor resends what it misses */
+    static const enum cm_result results[] = {[HL7_AA] = CM_RESULT_AA, [HL7_AE] = CM_RESULT_AE,
+                                              [HL7_AR] = CM_RESULT_AR};
+    metrics_add(CM_HL7_MESSAGES, cm_hl7(p->type, results[p->code]), 1);
+    metrics_observe(CM_ACK_LATENCY, 0, (double)(uv_hrtime() - p->received) / 1e9);
 }
 
 static void maybe_resume(net_conn *c, session *s, ingest_ctx *ix)
 {
     if (s->paused_local && s->npending < ix->cfg.max_pending_per_conn) {
         s->paused_local = false;
-        if (!ix->global_paused)
+        if (!ix->global_paused && !ix->draining)
             net_conn_resume(c);
     }
+}
+
+/* Draining: the last session gone and nothing in flight in the store. */
+static void drain_check(ingest_ctx *ix)
+{
+    if (!ix->draining || !ix->drained || ix->nsessions > 0 || store_backlog(ix->store) > 0)
+        return;
+    void (*cb)(void *) = ix->drained;
+    ix->drained = NULL;
+    cb(ix->drained_arg);
 }
 
 /* Sends (or, once closed, drops) every ACK that is ready, in order. */
@@ -121,8 +138,11 @@ static void flush_acks(net_conn *c)
         net_conn_unref(c);
     }
     net_conn_uncork(c);
-    if (net_conn_state(c) == NET_ACTIVE)
+    if (net_conn_state(c) == NET_ACTIVE) {
         maybe_resume(c, s, ix);
+        if (ix->draining && s->npending == 0) /* every ACK it was owed is out */
+            net_conn_close(c, NULL);
+    }
     net_conn_unref(c);
 }
 
@@ -161,6 +181,7 @@ static void on_results(void *ctx)
         flush_acks(c);
         net_conn_unref(c);
     }
+    drain_check(ix);
 }
 
 /* src into dst (cap bytes), cut to fit: a plain copy, as snprintf("%s") but
@@ -179,6 +200,12 @@ static pending *pending_new(net_conn *c, const pcd01_msg *m)
     if (!p)
         return NULL;
     p->conn = c;
+    p->received = uv_hrtime();
+    p->type = CM_HL7_OTHER;
+    if (strcmp(m->msg_type, "ORU") == 0 && strcmp(m->trigger, "R01") == 0)
+        p->type = CM_HL7_ORU_R01;
+    else if (strcmp(m->msg_type, "ORU") == 0 && strcmp(m->trigger, "R40") == 0)
+        p->type = CM_HL7_ORU_R40;
     net_conn_ref(c);
     copy_field(p->control_id, sizeof(p->control_id), m->vitals.control_id);
     copy_field(p->their_app, sizeof(p->their_app), m->sending_app[0]);
@@ -274,6 +301,7 @@ static void on_stored(void *ctx, int status, const store_ingest_result *res)
     p->done = true;
     if (status == CMS_OK) {
         p->code = HL7_AA;
+        metrics_observe(CM_COMMIT_LATENCY, 0, (double)(uv_hrtime() - p->received) / 1e9);
         if (res->duplicate)
             log_debug("duplicate", net_conn_identity(c), net_conn_peer(c),
                       "control id %s already stored", p->control_id);
@@ -386,7 +414,7 @@ static void resume_one(net_conn *c, void *arg)
 {
     (void)arg;
     session *s = net_conn_session(c);
-    if (net_conn_proto_ctx(c) && !s->paused_local)
+    if (net_conn_proto_ctx(c) && !s->paused_local && !((ingest_ctx *)arg)->draining)
         net_conn_resume(c);
 }
 
@@ -397,7 +425,7 @@ static void on_store_drain(void *ctx)
         return;
     ix->global_paused = false;
     log_info("backpressure", NULL, NULL, "ingest backlog drained: resuming monitors");
-    net_server_foreach(ix->server, resume_one, NULL);
+    net_server_foreach(ix->server, resume_one, ix);
 }
 
 /* ---- connection callbacks ------------------------------------------------ */
@@ -418,6 +446,10 @@ static void on_device(net_conn *c, const store_device *dev)
         memcpy(s->idents, dev->idents, dev->nidents * sizeof(*s->idents));
         s->nidents = dev->nidents;
     }
+    if (ix->draining) { /* the registry answered after the drain began */
+        net_conn_close(c, NULL);
+        return;
+    }
     log_info("device_connected", s->serial, net_conn_peer(c), "%s%s", p->version,
              p->resumed ? " resumed" : "");
     if (ix->global_paused)
@@ -431,6 +463,9 @@ static int on_handshake(net_conn *c)
     ingest_ctx *ix = net_conn_proto_ctx(c);
     /* The CN is the serial whatever the verdict: refusals are logged under it. */
     s->serial = net_conn_peer_record(c)->cn;
+    ix->nsessions++; /* on_close follows, whatever happens now */
+    if (ix->draining)
+        return CMS_ECLOSED;
     /* Before the verdict: a kept one activates c, and input is decoded, at once. */
     mllp_decoder_init(&s->dec, ix->cfg.max_frame_bytes, on_frame, c);
     enum peer_verdict v;
@@ -460,10 +495,34 @@ static void on_close(net_conn *c)
     s->idents = NULL;
     s->nidents = 0;
     flush_acks(c); /* frees what is done; the rest is freed by on_stored */
+    ingest_ctx *ix = net_conn_proto_ctx(c);
+    ix->nsessions--;
+    drain_check(ix);
+}
+
+static void drain_one(net_conn *c, void *arg)
+{
+    ingest_ctx *ix = arg;
+    if (net_conn_proto_ctx(c) != ix)
+        return; /* another listener's */
+    session *s = net_conn_session(c);
+    net_conn_pause(c);
+    if (net_conn_state(c) == NET_ACTIVE && s->npending == 0)
+        net_conn_close(c, NULL);
+}
+
+void ingest_drain(ingest_ctx *ix, void (*drained)(void *arg), void *arg)
+{
+    ix->draining = true;
+    ix->drained = drained;
+    ix->drained_arg = arg;
+    net_server_foreach(ix->server, drain_one, ix);
+    drain_check(ix);
 }
 
 const net_proto ingest_mllp_proto = {
     .name = "mllp",
+    .metrics_listener = CM_LISTENER_MLLP,
     .session_size = sizeof(session),
     .on_handshake = on_handshake,
     .on_data = on_data,
