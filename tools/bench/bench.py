@@ -11,7 +11,9 @@ mosquitto), fw/ (the P5 image), results.json, results.csv, profile-*.txt.
 Scenarios (docs/benchmarks.md has the method):
   P1  observations committed+ACKed/s, cms-monitor -> cmsd -> PostgreSQL, vs psql \\copy of
       the same rows into cms.observations in the same run
-  P2  ACK latency p50/p99 at 10 000 monitors x 1 msg/s x 10 obs (or the largest level held)
+  P2  ACK latency p50/p99 at 10 000 monitors x 1 msg/s x 10 obs (or the largest level held),
+      with GET /metrics scraped every second meanwhile (the loopback metrics listener)
+  P1M the cost of metrics: P1 with metrics = off and = on, runs alternating, side by side
   P3  RSS per held mTLS session, cmsd vs Mosquitto
   P4  full and resumed mTLS handshakes/s, cmsd vs nginx (same workers)
   P5  64 MiB firmware download over mTLS, cmsd (signed, approved release) vs nginx (a file)
@@ -311,11 +313,13 @@ class Cmsd(Server):
     def start(self):
         self.port = free_port()
         https = free_port()
+        self.metrics_port = free_port()
         conf = RUN / ("%s.conf" % self.tag)
         lines = [
             "# written by tools/bench/bench.py",
             "mllp_listen = 127.0.0.1:%d" % self.port,
             "https_listen = 127.0.0.1:%d" % https,
+            "metrics_listen = 127.0.0.1:%d" % self.metrics_port,
             'db_conninfo = "%s application_name=cmsd-bench%s"' % (
                 self.pg.dsn("cmsd"), os.environ.get("BENCH_DSN_EXTRA", "")),
         ] + ["%s = %s" % kv for kv in self.cfg.items()]
@@ -487,6 +491,52 @@ def p1_once(pg, i, overrides=None, with_copy=True):
     return r
 
 
+class Scraper:
+    """GET /metrics every second from cmsd's loopback metrics listener while a scenario runs,
+    as a Prometheus would: the answer's time and size, and that every scrape succeeded."""
+
+    def __init__(self, port, every=1.0):
+        self.port, self.every = port, every
+        self.ms, self.bytes, self.failures = [], [], 0
+        self.stop_ev = None
+
+    def _run(self):
+        import http.client
+        while not self.stop_ev.wait(self.every):
+            t0 = time.monotonic()
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                c.request("GET", "/metrics")
+                r = c.getresponse()
+                body = r.read()
+                c.close()
+                if r.status != 200 or b"cmsd_build_info" not in body:
+                    self.failures += 1
+                    continue
+                self.ms.append(1000 * (time.monotonic() - t0))
+                self.bytes.append(len(body))
+            except OSError:
+                self.failures += 1
+
+    def __enter__(self):
+        import threading
+        self.stop_ev = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop_ev.set()
+        self.t.join(10)
+
+    def summary(self):
+        ms = sorted(self.ms)
+        return {"scrapes": len(ms), "failures": self.failures,
+                "p50_ms": round(ms[len(ms) // 2], 2) if ms else None,
+                "max_ms": round(ms[-1], 2) if ms else None,
+                "bytes": max(self.bytes) if self.bytes else None}
+
+
 def p2_once(pg, i, devices):
     pg.clean_ingest()
     c = Cmsd(pg, tag="cmsd-p2")
@@ -495,9 +545,11 @@ def p2_once(pg, i, devices):
     try:
         meter.start()
         # Connect at P2_CONNECT_RATE (cmsd admits ~300-900 new sessions/s here: one registry
-        # lookup + commit at a time), then P2_SECONDS of steady load.
-        m = monitor(c.port, devices, 1, 4, int(devices / P2_CONNECT_RATE) + P2_SECONDS,
-                    ["--connect-rate", P2_CONNECT_RATE])
+        # lookup + commit at a time), then P2_SECONDS of steady load; /metrics is scraped
+        # every second all along.
+        with Scraper(c.metrics_port) as scr:
+            m = monitor(c.port, devices, 1, 4, int(devices / P2_CONNECT_RATE) + P2_SECONDS,
+                        ["--connect-rate", P2_CONNECT_RATE])
         cpu = meter.stop(extra_cpu=mon_cpu(m))
     finally:
         c.stop()
@@ -521,6 +573,7 @@ def p2_once(pg, i, devices):
          "steady_median_interval_p50_ms": statistics.median([float(g[5]) for g in steady])
          if steady else None,
          "held": held, "ae": m["ae"], "unacked": m["unacked"], "reconnects": m["reconnects"],
+         "scrape": scr.summary(),
          "monitor_cpu_share": m["cpu"]["share_of_one_core"], "cores": cpu,
          "stored_msgs": int(pg.psql("SELECT count(*) FROM cms.messages")), "acked": m["acked_aa"],
          # cms-monitor's 2-s progress lines: (t, connected, acked/s, p50 ms, p99 ms, sent/s);
@@ -530,11 +583,11 @@ def p2_once(pg, i, devices):
                         float(g[3])) for g in m["progress"]]}
     low = min(steady, key=lambda g: float(g[4])) if steady else None
     log("P2 run %d: %d devices: p50 %.1f ms p99 %.1f ms (steady worst-interval p99 %s), acked %.0f/s"
-        " of %.0f offered, held=%s%s; cores %s"
+        " of %.0f offered, held=%s%s; cores %s; /metrics %s"
         % (i, devices, r["p50_ms"], r["p99_ms"], r["steady_worst_interval_p99_ms"],
            r["acked_msgs_per_s_steady"], offered, held,
            "" if held or not low else " (lowest interval at %ss: acked %s/s, sent %s/s, p99 %s ms)"
-           % (low[0], low[4], low[3], low[6]), cpu))
+           % (low[0], low[4], low[3], low[6]), cpu, r["scrape"]))
     return r
 
 
@@ -758,7 +811,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "0")))
-    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P2,P3,P4,P5"))
+    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P1M,P2,P3,P4,P5"))
     ap.add_argument("--sweep", action="store_true", help="cmsd config variations under P1/P4")
     ap.add_argument("--profile", default=os.environ.get("BENCH_PROFILE", ""),
                     help="perf-record cmsd under these scenarios (P1,P2,P3,P4): "
@@ -819,6 +872,24 @@ def main():
                    "others_cores": stats([r["cores"]["others"] for r in rs]),
                    "lost": sum(max(0, r["obs_acked"] - r["obs_stored"]) for r in rs),
                    "raw": rs}
+    if "P1M" in only:
+        # The same P1, metrics = off then on, alternating run by run so that a noisy moment
+        # of the shared host falls on both; the ratio is per pair.
+        off, on = [], []
+        for i in range(runs):
+            off.append(p1_once(pg, i, overrides={"metrics": "off"}, with_copy=False))
+            on.append(p1_once(pg, i, overrides={"metrics": "on"}, with_copy=False))
+        S["P1M"] = {"params": {"devices": P1_DEVICES, "window": P1_WINDOW, "seconds": P1_SECONDS},
+                    "off_obs_per_s": stats([r["obs_per_s"] for r in off]),
+                    "on_obs_per_s": stats([r["obs_per_s"] for r in on]),
+                    "on_over_off": stats([b["obs_per_s"] / a["obs_per_s"]
+                                          for a, b in zip(off, on) if a["obs_per_s"]]),
+                    "off_obs_per_cpu_s": stats([r.get("obs_per_cpu_s") for r in off]),
+                    "on_obs_per_cpu_s": stats([r.get("obs_per_cpu_s") for r in on]),
+                    "raw": {"off": off, "on": on}}
+        log("P1M: metrics off %s obs/s, on %s obs/s, on/off per pair %s"
+            % (fmt(S["P1M"]["off_obs_per_s"]), fmt(S["P1M"]["on_obs_per_s"]),
+               fmt(S["P1M"]["on_over_off"], nd=3)))
     if "P2" in only:
         level, rs = int(os.environ.get("BENCH_P2_LEVEL", "10000")), []
         if "P1" in S and S["P1"]["obs_per_s"]["median"] / 10 < 10500 and \
@@ -854,6 +925,10 @@ def main():
                    "held": 2 * sum(r["held"] for r in rs) > len(rs),  # in most runs
                    "held_runs": "%d of %d" % (sum(r["held"] for r in rs), len(rs)),
                    "monitor_cpu_share": stats([r["monitor_cpu_share"] for r in rs]),
+                   "scrape_p50_ms": stats([r["scrape"]["p50_ms"] for r in rs]),
+                   "scrape_max_ms": stats([r["scrape"]["max_ms"] for r in rs]),
+                   "scrape_failures": sum(r["scrape"]["failures"] for r in rs),
+                   "scrapes": sum(r["scrape"]["scrapes"] for r in rs),
                    "attempts": attempts,  # runs of the levels tried before, not held
                    "raw": rs}
     if "P3" in only:
@@ -1055,6 +1130,16 @@ def table_rows(res):
                                                    p["others_cores"]["median"])
         add("P1", "ACK latency p99 under saturation (ms)", p["p99_ms"], nd=1)
         add("P1", "cms-monitor CPU (share of one core)", p["monitor_cpu_share"], nd=2)
+    if "P1M" in S:
+        p = S["P1M"]
+        add("P1M", "P1 obs/s with metrics = off", p["off_obs_per_s"])
+        add("P1M", "P1 obs/s with metrics = on", p["on_obs_per_s"])
+        r = p["on_over_off"]
+        add("P1M", "on / off, per alternating pair", r, ">= 0.98",
+            yes(r is not None and r["median"] >= 0.98), nd=3)
+        add("P1M", "  per server CPU-second: on / off",
+            stats([p["on_obs_per_cpu_s"]["median"] / p["off_obs_per_cpu_s"]["median"]])
+            if p.get("on_obs_per_cpu_s") and p.get("off_obs_per_cpu_s") else None, nd=3)
     if "P2" in S:
         p = S["P2"]
         lvl = p["params"]["devices"]
@@ -1071,6 +1156,10 @@ def table_rows(res):
         add("P2", "ACK latency p50 / p99 (ms), whole run incl. ramp", p["p99_ms"], nd=1)
         rows[-1]["text"] = "%.1f / %.1f" % (p["p50_ms"]["median"], p["p99_ms"]["median"])
         add("P2", "cms-monitor CPU (share of one core)", p["monitor_cpu_share"], nd=2)
+        if p.get("scrape_p50_ms"):
+            add("P2", "GET /metrics every 1 s meanwhile: answer p50 (ms), %d scrapes, %d failed"
+                % (p.get("scrapes", 0), p.get("scrape_failures", 0)), p["scrape_p50_ms"], nd=2)
+            add("P2", "GET /metrics answer, slowest (ms)", p["scrape_max_ms"], nd=1)
     if "P3" in S:
         p = S["P3"]
         add("P3", "cmsd KiB per held mTLS session (%d)" % p["params"]["sessions"],
