@@ -286,6 +286,8 @@ static void on_ready_check(uv_timer_t *t)
             return;
         }
         ops_worker_listening(w->id, true);
+        if (w->id == 0)
+            ops_schema_check(w->store); /* ready as soon as it answers, not a tick later */
         worker_set_status(w, W_RUNNING);
         /* One worker logs the audit chain's head: soon after the start, then
          * every audit_anchor_interval_s while it moves. */
