@@ -20,11 +20,11 @@
 enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON = 1 };
 
-/* Sets the minimum level written (default LOG_INFO). */
+/* Sets the minimum level written (default LOG_INFO). Any thread (a reload). */
 void log_set_level(enum log_level level);
 /* Parses "debug"/"info"/"warn"/"error"; returns 0 or CMS_EINVAL. */
 int log_level_parse(const char *s, enum log_level *out);
-/* Sets the line format (default LOG_FORMAT_TEXT). */
+/* Sets the line format (default LOG_FORMAT_TEXT). Any thread (a reload). */
 void log_set_format(enum log_format format);
 /* Parses "text"/"json"; returns 0 or CMS_EINVAL. */
 int log_format_parse(const char *s, enum log_format *out);

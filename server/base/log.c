@@ -3,6 +3,7 @@
  * lines from several threads never interleave.
  */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,14 +16,15 @@
 
 #define LOG_LINE_MAX 2048
 
-static volatile int log_min_level = LOG_INFO;
-static volatile int log_fmt = LOG_FORMAT_TEXT;
+/* Set at start and by a reload (main thread) while the workers log: atomics. */
+static _Atomic int log_min_level = LOG_INFO;
+static _Atomic int log_fmt = LOG_FORMAT_TEXT;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void log_set_level(enum log_level level)
 {
-    log_min_level = (int)level;
+    atomic_store_explicit(&log_min_level, (int)level, memory_order_relaxed);
 }
 
 int log_level_parse(const char *s, enum log_level *out)
@@ -38,7 +40,7 @@ int log_level_parse(const char *s, enum log_level *out)
 
 void log_set_format(enum log_format format)
 {
-    log_fmt = (int)format;
+    atomic_store_explicit(&log_fmt, (int)format, memory_order_relaxed);
 }
 
 int log_format_parse(const char *s, enum log_format *out)
@@ -170,7 +172,7 @@ static void append_kv(char *line, size_t *pos, const char *key, const char *val)
 void log_eventv(enum log_level level, const char *event, const char *device, const char *peer,
                 const char *fmt, va_list ap)
 {
-    if ((int)level < log_min_level)
+    if ((int)level < atomic_load_explicit(&log_min_level, memory_order_relaxed))
         return;
     char line[LOG_LINE_MAX + 2];
     char msg[1024];
@@ -181,7 +183,7 @@ void log_eventv(enum log_level level, const char *event, const char *device, con
     gmtime_r(&ts.tv_sec, &tm);
     size_t tl = strftime(ts_text, sizeof(ts_text), "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(ts_text + tl, sizeof(ts_text) - tl, ".%03ldZ", ts.tv_nsec / 1000000);
-    bool json = log_fmt == LOG_FORMAT_JSON;
+    bool json = atomic_load_explicit(&log_fmt, memory_order_relaxed) == LOG_FORMAT_JSON;
     if (fmt && *fmt)
         vsnprintf(msg, sizeof(msg), fmt, ap);
     size_t pos;
