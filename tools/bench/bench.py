@@ -459,6 +459,11 @@ def p1_once(pg, i, overrides=None, with_copy=True):
          "obs_stored": stored, "ae": m["ae"], "ar": m["ar"], "unacked": m["unacked"],
          "p50_ms": m["latency_ms"]["p50"], "p99_ms": m["latency_ms"]["p99"],
          "monitor_cpu_share": m["cpu"]["share_of_one_core"], "cores": cpu}
+    # Noise-robust view: rows per CPU-second spent by the servers (cmsd + PostgreSQL).
+    busy = cpu["cmsd"] + cpu["postgres"]
+    r["obs_per_cpu_s"] = r["obs_per_s"] / busy if busy else None
+    # cmsd's own CPU per observation (what metrics add to, if anything): microseconds
+    r["cmsd_us_per_obs"] = 1e6 * cpu["cmsd"] / r["obs_per_s"] if r["obs_per_s"] else None
     if with_copy:
         f = BENCH / "copy-p1.tsv"
         sh(["/usr/lib/postgresql/15/bin/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", pg.dsn(),
@@ -479,15 +484,13 @@ def p1_once(pg, i, overrides=None, with_copy=True):
         r["ratio_vs_copy"] = r["obs_per_s"] / r["copy_rows_per_s"]
         # Noise-robust view: rows per CPU-second spent by the servers (cmsd + PostgreSQL for
         # the ingest path, PostgreSQL alone for COPY).
-        busy = cpu["cmsd"] + cpu["postgres"]
-        r["obs_per_cpu_s"] = r["obs_per_s"] / busy if busy else None
         r["copy_rows_per_cpu_s"] = n / r["copy_pg_cpu_s"] if r["copy_pg_cpu_s"] else None
         if r["obs_per_cpu_s"] and r["copy_rows_per_cpu_s"]:
             r["ratio_per_cpu"] = r["obs_per_cpu_s"] / r["copy_rows_per_cpu_s"]
         f.unlink()
-    log("P1 run %d: %.0f obs/s (stored %d of %d acked), COPY %.0f rows/s, ratio %.2f; cores %s"
-        % (i, r["obs_per_s"], stored, m["obs_acked"], r.get("copy_rows_per_s", 0),
-           r.get("ratio_vs_copy", 0), cpu))
+    log("P1 run %d%s: %.0f obs/s (stored %d of %d acked), COPY %.0f rows/s, ratio %.2f; cores %s"
+        % (i, " (%s)" % overrides if overrides else "", r["obs_per_s"], stored, m["obs_acked"],
+           r.get("copy_rows_per_s", 0), r.get("ratio_vs_copy", 0), cpu))
     return r
 
 
@@ -886,6 +889,9 @@ def main():
                                           for a, b in zip(off, on) if a["obs_per_s"]]),
                     "off_obs_per_cpu_s": stats([r.get("obs_per_cpu_s") for r in off]),
                     "on_obs_per_cpu_s": stats([r.get("obs_per_cpu_s") for r in on]),
+                    # cmsd's CPU per observation: the cost metrics add is cmsd's alone
+                    "off_cmsd_us_per_obs": stats([r.get("cmsd_us_per_obs") for r in off]),
+                    "on_cmsd_us_per_obs": stats([r.get("cmsd_us_per_obs") for r in on]),
                     "raw": {"off": off, "on": on}}
         log("P1M: metrics off %s obs/s, on %s obs/s, on/off per pair %s"
             % (fmt(S["P1M"]["off_obs_per_s"]), fmt(S["P1M"]["on_obs_per_s"]),
@@ -1140,6 +1146,10 @@ def table_rows(res):
         add("P1M", "  per server CPU-second: on / off",
             stats([p["on_obs_per_cpu_s"]["median"] / p["off_obs_per_cpu_s"]["median"]])
             if p.get("on_obs_per_cpu_s") and p.get("off_obs_per_cpu_s") else None, nd=3)
+        add("P1M", "  cmsd CPU microseconds per observation, off", p.get("off_cmsd_us_per_obs"),
+            nd=3)
+        add("P1M", "  cmsd CPU microseconds per observation, on", p.get("on_cmsd_us_per_obs"),
+            nd=3)
     if "P2" in S:
         p = S["P2"]
         lvl = p["params"]["devices"]
