@@ -396,7 +396,7 @@ SELECT s.rollout_id, s.seq, s.percent, s.group_name,
        count(*) FILTER (WHERE x.state IN ('offered', 'downloading', 'downloaded')) AS in_progress,
        count(*) FILTER (WHERE x.state IN ('pending', 'withdrawn')) AS pending,
        count(*) FILTER (WHERE x.excluded_at IS NOT NULL) AS excluded,
-       coalesce(sum(x.retargets), 0) AS retargets
+       coalesce(sum(x.retargets), 0)::bigint AS retargets
 FROM cms.fw_rollout_stages s
 LEFT JOIN cms.fw_rollout_device_status x ON x.rollout_id = s.rollout_id AND x.stage = s.seq
 GROUP BY s.rollout_id, s.seq;
@@ -411,8 +411,8 @@ SELECT ro.id, ro.release_id, r.model, r.version, ro.state, ro.current_stage, ro.
            AS window_open,
        ro.max_retargets, ro.pause_reason, ro.created_by, ro.created_at, ro.started_at,
        ro.finished_at, ro.updated_at,
-       coalesce(t.devices, 0) AS devices, coalesce(t.installed, 0) AS installed,
-       coalesce(t.failed, 0) AS failed, coalesce(t.retargets, 0) AS retargets
+       coalesce(t.devices, 0)::bigint AS devices, coalesce(t.installed, 0)::bigint AS installed,
+       coalesce(t.failed, 0)::bigint AS failed, coalesce(t.retargets, 0)::bigint AS retargets
 FROM cms.fw_rollouts ro
 JOIN cms.fw_releases r ON r.id = ro.release_id
 LEFT JOIN LATERAL (SELECT sum(s.devices) AS devices, sum(s.installed) AS installed,
@@ -608,13 +608,15 @@ $fn$;
 -- PostgreSQL time zone name (NULL = 'UTC'). p_max_retargets 0..10 (NULL = 1).
 -- p_start: start at once (rollout_started after rollout_created), else the
 -- rollout waits in state 'created' for resume. Audited (rollout_created,
--- rollout_started). Returns the rollout id.
+-- rollout_started). Returns the rollout id and the transitions made, as
+-- audited (rollout_created, rollout_started, and what the first evaluation
+-- did: a stage whose devices all run the release already advances at once).
 CREATE FUNCTION cms.fw_rollout_create(p_release_id bigint, p_stages jsonb,
                                       p_success integer, p_failure integer,
                                       p_window_start text, p_window_end text,
                                       p_time_zone text, p_max_retargets integer,
                                       p_start boolean, p_actor text, p_peer text)
-RETURNS TABLE (id bigint)
+RETURNS TABLE (id bigint, events text[])
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, cms
@@ -638,6 +640,7 @@ DECLARE
     other   record;
     stages  jsonb := '[]';
     gid     bigint;
+    evs     text[] := ARRAY['rollout_created'];
 BEGIN
     IF p_success IS NULL OR p_success < 1 OR p_success > 100 THEN
         RAISE EXCEPTION 'success_threshold must be 1..100 (percent of a stage that installed)'
@@ -798,16 +801,17 @@ BEGIN
         PERFORM cms.audit_append('rollout_started', p_actor, NULL, p_peer,
             jsonb_build_object('rollout_id', rid, 'release_id', rel.id,
                                'version', rel.version)::text);
-        PERFORM cms.fw_rollout_evaluate(rid, 'create');
+        evs := evs || 'rollout_started'::text
+               || ARRAY(SELECT v.event FROM cms.fw_rollout_evaluate(rid, 'create') v);
     END IF;
-    RETURN QUERY SELECT rid;
+    RETURN QUERY SELECT rid, evs;
 END
 $fn$;
 
 -- Pauses a running (or created) rollout by hand. Audited rollout_paused
 -- (reason "manual", note = p_note). CF012 when finished or paused already.
 CREATE FUNCTION cms.fw_rollout_pause(p_id bigint, p_note text, p_actor text, p_peer text)
-RETURNS TABLE (id bigint, state text)
+RETURNS TABLE (id bigint, events text[])
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, cms
@@ -832,7 +836,7 @@ BEGIN
         jsonb_build_object('rollout_id', p_id, 'release_id', ro.release_id,
                            'version', ro.version, 'reason', 'manual', 'note', p_note,
                            'stage', ro.current_stage, 'was', ro.state)::text);
-    RETURN QUERY SELECT p_id, 'paused'::text;
+    RETURN QUERY SELECT p_id, ARRAY['rollout_paused'];
 END
 $fn$;
 
@@ -842,7 +846,7 @@ $fn$;
 -- again. Audited rollout_resumed (or rollout_started), then evaluated.
 -- CF012 when running or finished.
 CREATE FUNCTION cms.fw_rollout_resume(p_id bigint, p_actor text, p_peer text)
-RETURNS TABLE (id bigint, state text)
+RETURNS TABLE (id bigint, events text[])
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, cms
@@ -851,7 +855,7 @@ AS $fn$
 DECLARE
     ro     record;
     acked  jsonb;
-    now_st text;
+    evs    text[];
 BEGIN
     SELECT x.*, r.version INTO ro FROM cms.fw_rollouts x JOIN cms.fw_releases r ON r.id = x.release_id
     WHERE x.id = p_id FOR UPDATE OF x;
@@ -869,6 +873,7 @@ BEGIN
         PERFORM cms.audit_append('rollout_started', p_actor, NULL, p_peer,
             jsonb_build_object('rollout_id', p_id, 'release_id', ro.release_id,
                                'version', ro.version)::text);
+        evs := ARRAY['rollout_started'];
     ELSE
         UPDATE cms.fw_rollout_stages s SET failures_acked = x.failed
         FROM cms.fw_rollout_stage_status x
@@ -883,10 +888,10 @@ BEGIN
                                'version', ro.version, 'stage', ro.current_stage,
                                'paused_because', ro.pause_reason,
                                'failures_acknowledged', acked)::text);
+        evs := ARRAY['rollout_resumed'];
     END IF;
-    PERFORM cms.fw_rollout_evaluate(p_id, 'resume');
-    SELECT x.state INTO now_st FROM cms.fw_rollouts x WHERE x.id = p_id;
-    RETURN QUERY SELECT p_id, now_st;
+    evs := evs || ARRAY(SELECT v.event FROM cms.fw_rollout_evaluate(p_id, 'resume') v);
+    RETURN QUERY SELECT p_id, evs;
 END
 $fn$;
 
@@ -895,7 +900,7 @@ $fn$;
 -- (its rollout state 'withdrawn'; its downloads refused). Audited
 -- rollout_aborted. CF012 when completed or aborted already.
 CREATE FUNCTION cms.fw_rollout_abort(p_id bigint, p_note text, p_actor text, p_peer text)
-RETURNS TABLE (id bigint, state text, withdrawn integer)
+RETURNS TABLE (id bigint, events text[])
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, cms
@@ -936,8 +941,62 @@ BEGIN
         jsonb_build_object('rollout_id', p_id, 'release_id', ro.release_id,
                            'version', ro.version, 'was', ro.state, 'stage', ro.current_stage,
                            'note', p_note, 'offers_withdrawn', n, 'installed', ni)::text);
-    RETURN QUERY SELECT p_id, 'aborted'::text, n;
+    RETURN QUERY SELECT p_id, ARRAY['rollout_aborted'];
 END
+$fn$;
+
+------------------------------------------------------------------------------
+-- JSON for the operator API
+------------------------------------------------------------------------------
+
+-- One rollout as the API shows it: the rollout (cms.fw_rollout_list's
+-- columns, times as ISO 8601 UTC), "stages" (cms.fw_rollout_stage_status,
+-- by seq) and, with p_devices, "devices" (cms.fw_rollout_device_status, by
+-- stage and rank). NULL for an unknown id. VOLATILE: called in the same
+-- statement as a change, it sees that change.
+CREATE FUNCTION cms.fw_rollout_json(p_id bigint, p_devices boolean)
+RETURNS jsonb
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, cms
+AS $fn$
+    SELECT jsonb_build_object(
+        'id', l.id, 'release_id', l.release_id, 'model', l.model, 'version', l.version,
+        'state', l.state, 'current_stage', l.current_stage, 'stages_total', l.nstages,
+        'success_threshold', l.success_threshold, 'failure_threshold', l.failure_threshold,
+        'window', CASE WHEN l.window_start IS NULL THEN NULL
+                       ELSE l.window_start || '-' || l.window_end END,
+        'time_zone', l.time_zone, 'window_open', l.window_open,
+        'max_retargets', l.max_retargets, 'pause_reason', l.pause_reason,
+        'created_by', l.created_by,
+        'created_at', to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'started_at', to_char(l.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'finished_at', to_char(l.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'updated_at', to_char(l.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'devices', l.devices, 'installed', l.installed, 'failed', l.failed,
+        'retargets', l.retargets,
+        'stages', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'stage', s.seq, 'spec', s.spec, 'devices', s.devices,
+                       'installed', s.installed, 'failed', s.failed,
+                       'rolled_back', s.rolled_back, 'in_progress', s.in_progress,
+                       'pending', s.pending, 'excluded', s.excluded,
+                       'retargets', s.retargets, 'failures_acknowledged', s.failures_acked,
+                       'opened_at', to_char(s.opened_at AT TIME ZONE 'UTC',
+                                            'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                       'done_at', to_char(s.done_at AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                       ORDER BY s.seq), '[]')
+                   FROM cms.fw_rollout_stage_status s WHERE s.rollout_id = l.id))
+        || CASE WHEN p_devices THEN jsonb_build_object('device_list',
+               (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'serial', x.serial, 'stage', x.stage, 'state', x.state, 'reason', x.reason,
+                    'rollbacks', x.rollbacks, 'retargets', x.retargets,
+                    'excluded', x.excluded_at IS NOT NULL, 'excluded_reason', x.excluded_reason,
+                    'updated_at', to_char(x.updated_at AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                    ORDER BY x.stage, x.rank), '[]')
+                FROM cms.fw_rollout_device_status x WHERE x.rollout_id = l.id))
+           ELSE '{}'::jsonb END
+    FROM cms.fw_rollout_list l WHERE l.id = p_id
 $fn$;
 
 ------------------------------------------------------------------------------
@@ -971,5 +1030,6 @@ GRANT EXECUTE ON FUNCTION
                           text, text),
     cms.fw_rollout_pause(bigint, text, text, text),
     cms.fw_rollout_resume(bigint, text, text),
-    cms.fw_rollout_abort(bigint, text, text, text)
+    cms.fw_rollout_abort(bigint, text, text, text),
+    cms.fw_rollout_json(bigint, boolean)
 TO cms_server;
