@@ -40,6 +40,7 @@ enum cm_id {
     CM_EST_ENROLLMENTS,
     CM_FW_DOWNLOADS,
     CM_FW_BYTES,
+    CM_FW_ROLLOUT_TRANSITIONS,
     CM_AUDIT_ROWS,
     CM_RELOADS,
     CM_RELOAD_SUCCESS,
@@ -89,6 +90,20 @@ enum cm_est_result { CM_EST_ISSUED = 0, CM_EST_REFUSED, CM_EST_RESULT__COUNT };
 
 /* label result of cmsd_firmware_downloads_total */
 enum cm_fw_result { CM_FW_COMPLETE = 0, CM_FW_FAILED, CM_FW__COUNT };
+
+/* label event of cmsd_fw_rollout_transitions_total (the audit events of sql/016) */
+enum cm_rollout_event {
+    CM_ROLLOUT_CREATED = 0,
+    CM_ROLLOUT_STARTED,
+    CM_ROLLOUT_STAGE_ADVANCED,
+    CM_ROLLOUT_PAUSED,
+    CM_ROLLOUT_RESUMED,
+    CM_ROLLOUT_ABORTED,
+    CM_ROLLOUT_COMPLETED,
+    CM_ROLLOUT_DEVICE_RETARGETED,
+    CM_ROLLOUT_DEVICE_EXCLUDED,
+    CM_ROLLOUT__COUNT
+};
 
 /* label result of cmsd_audit_rows_total */
 enum cm_audit_result { CM_AUDIT_WRITTEN = 0, CM_AUDIT_DROPPED, CM_AUDIT__COUNT };

@@ -21,6 +21,7 @@
 #include "cmsd_int.h"
 #include "cms_err.h"
 #include "cms_metrics.h"
+#include "fw_rollout.h"
 #include "log.h"
 #include "metrics.h"
 #include "ops.h"
@@ -184,7 +185,8 @@ void cmsd__worker_drained(worker *w)
 
 /* Every second: the watchdog's heartbeat, readiness and the worker's gauges;
  * worker 0 asks the schema now and then (at once, then every 30 s; every 5 s
- * while migrations are missing). */
+ * while migrations are missing) and evaluates staged rollouts every
+ * CMSD_ROLLOUT_TICK_S seconds. */
 static void on_tick(uv_timer_t *t)
 {
     worker *w = t->data;
@@ -195,6 +197,10 @@ static void on_tick(uv_timer_t *t)
     metrics_gauge_set(CM_INGEST_QUEUED, 0, w->store ? (double)store_backlog(w->store) : 0);
     if (w->id == 0 && w->net && w->store && up && w->ticks++ % (ops_schema_ok() ? 30 : 5) == 0)
         ops_schema_check(w->store);
+    /* Staged rollouts are evaluated on reports; the tick catches what those missed (sql/016). */
+    if (w->id == 0 && w->net && w->store && up && ops_schema_ok() &&
+        ++w->rollout_ticks % CMSD_ROLLOUT_TICK_S == 0)
+        fw_rollout_tick(w->store);
 }
 
 static int worker_listen(worker *w)

@@ -62,6 +62,7 @@ typedef struct worker {
         thread_ok;
     uint64_t started_at;
     unsigned ticks;
+    unsigned rollout_ticks; /* on_tick: staged rollouts every CMSD_ROLLOUT_TICK_S */
     store_t *store;
     net_server *net;
     ingest_ctx ingest;
@@ -79,6 +80,8 @@ typedef struct cmsd_audit_row {
 } cmsd_audit_row;
 
 #define CMSD_AUDIT_QUEUE 16
+/* Seconds between two evaluations of every staged rollout by worker 0 (sql/016). */
+#define CMSD_ROLLOUT_TICK_S 5
 
 /*
  * Start-up and shutdown have one cleanup path: main owns what the workers

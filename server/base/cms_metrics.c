@@ -25,6 +25,10 @@ static const char *const http_classes[] = {"2xx", "3xx", "4xx", "5xx", NULL};
 static const char *const est_ops[] = {"enroll", "reenroll", NULL};
 static const char *const est_results[] = {"issued", "refused", NULL};
 static const char *const fw_results[] = {"complete", "failed", NULL};
+static const char *const rollout_events[] = {
+    "rollout_created",   "rollout_started",   "rollout_stage_advanced",
+    "rollout_paused",    "rollout_resumed",   "rollout_aborted",
+    "rollout_completed", "rollout_device_retargeted", "rollout_device_excluded", NULL};
 static const char *const audit_results[] = {"written", "dropped", NULL};
 static const char *const reload_results[] = {"applied", "refused", NULL};
 static const char *const certs[] = {"server", "device_ca", "operator_ca", NULL};
@@ -128,6 +132,12 @@ const metric_def cms_metric_defs[CM__COUNT] = {
     [CM_FW_BYTES] = {.name = "cmsd_firmware_bytes_sent_total",
                      .help = "Firmware image bytes handed to TLS.",
                      .type = METRIC_COUNTER},
+    [CM_FW_ROLLOUT_TRANSITIONS] = {.name = "cmsd_fw_rollout_transitions_total",
+                                   .help = "Staged rollout transitions this process made "
+                                           "(each is an audit row of the same name).",
+                                   .type = METRIC_COUNTER,
+                                   .label_names = {"event"},
+                                   .label_values = {rollout_events}},
     [CM_AUDIT_ROWS] = {.name = "cmsd_audit_rows_total",
                        .help = "Audit rows written, or dropped (the log line holds them).",
                        .type = METRIC_COUNTER,

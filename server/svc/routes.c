@@ -4,6 +4,7 @@
  */
 #include "cms_err.h"
 #include "firmware.h"
+#include "fw_rollout.h"
 #include "https.h"
 #include "ops.h"
 #include "svc.h"
@@ -76,6 +77,16 @@ const https_route svc_routes[] = {
      "fw_approve_refused"},
     {"POST", "/api/v1/firmware/releases/:id/withdraw", fw_withdraw, OP(OPERATOR),
      "fw_withdraw_refused"},
+    /* rollout_*.c: staged rollouts (docs/firmware.md, "Staged rollouts") */
+    {"POST", "/api/v1/firmware/rollouts", fw_rollout_create, OP(OPERATOR), "fw_rollout_refused"},
+    {"GET", "/api/v1/firmware/rollouts", fw_rollout_list, OP(VIEWER), "http_refused"},
+    {"GET", "/api/v1/firmware/rollouts/:id", fw_rollout_show, OP(VIEWER), "http_refused"},
+    {"POST", "/api/v1/firmware/rollouts/:id/pause", fw_rollout_pause, OP(OPERATOR),
+     "fw_rollout_refused"},
+    {"POST", "/api/v1/firmware/rollouts/:id/resume", fw_rollout_resume, OP(OPERATOR),
+     "fw_rollout_refused"},
+    {"POST", "/api/v1/firmware/rollouts/:id/abort", fw_rollout_abort, OP(OPERATOR),
+     "fw_rollout_refused"},
     {"GET", "/fw/v1/keys", fw_keys_get, ANY, "http_refused"},
     {"GET", "/fw/v1/manifest", fw_manifest_get, DEVICE, "http_refused"},
     {"GET", "/fw/v1/images/:sha256", fw_image_get, DEVICE, "fw_image_refused"},

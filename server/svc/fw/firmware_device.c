@@ -10,8 +10,10 @@
  *   then signed here with the distribution key(s): 200 application/json.
  *   204 when nothing applies. 503 when no distribution key is configured.
  *
- * POST /fw/v1/report  {"status": "downloading"|"downloaded"|"installed"|"failed",
- *                      "version": "X.Y.Z" (what it runs now), "sha256": hex (optional),
+ * POST /fw/v1/report  {"status": "downloading"|"downloaded"|"installed"|"failed"|
+ *                                "rolled_back",
+ *                      "version": "X.Y.Z" (what it runs now), "sha256": hex (optional;
+ *                      required for rolled_back: the image it went back from),
  *                      "reason": text (optional, <= 256 bytes)}
  *   recorded by cms.fw_report (rollout state, registry firmware_version,
  *   installed security counter; audited fw_report). 200 {"recorded": true,
@@ -19,6 +21,8 @@
  *   neither approved for nor offered to the device is kept as its reported
  *   version only, flagged and audited fw_report_unapproved (sql/012):
  *   {"recorded": true, "release_id": null, "flagged": true}.
+ *   An installed, failed or rolled_back report of a release then has its
+ *   staged rollouts evaluated (fw_rollout_after_report, after the answer).
  *
  * Thread: the worker loop's thread.
  */
@@ -31,6 +35,7 @@
 
 #include "cms_err.h"
 #include "firmware_int.h"
+#include "fw_rollout.h"
 #include "log.h"
 
 /* ---- manifest -------------------------------------------------------------------------- */
@@ -152,10 +157,18 @@ static void report_done(void *ctx, int status, const store_rows *res)
     else
         log_info("fw_report", r->peer_cn, r->peer_addr, "report recorded (release %s)",
                  rid ? rid : "none");
+    /* A report that can move a staged rollout: evaluate it once committed (sql/016). */
+    const char *st = store_rows_count(res) == 1 ? store_rows_text(res, 0, 1) : "";
+    bool moves = rid && !flagged &&
+                 (strcmp(st, "installed") == 0 || strcmp(st, "failed") == 0 ||
+                  strcmp(st, "rolled_back") == 0);
+    store_t *store = fw__store(r);
     https_reply_json(r, 200,
                      json_pack("{s:b, s:o, s:b}", "recorded", 1, "release_id",
                                rid ? json_integer(strtoll(rid, NULL, 10)) : json_null(),
                                "flagged", flagged));
+    if (moves)
+        fw_rollout_after_report(store, rid);
 }
 
 int fw_report(https_req *r)
@@ -196,6 +209,8 @@ int fw_report(https_req *r)
         why = "reason is limited to 256 bytes";
     if (!why && strcmp(status, "installed") == 0 && !version)
         why = "an installed report must name the version";
+    if (!why && strcmp(status, "rolled_back") == 0 && !hex)
+        why = "a rolled_back report must name the image it rolled back from (sha256)";
     if (why) {
         json_decref(b);
         https_reply_error(r, 400, "bad_request", why);
