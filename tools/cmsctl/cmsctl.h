@@ -50,6 +50,7 @@ int cmsctl_enroll(int argc, char **argv); /* enroll token create|list|revoke */
 int cmsctl_device(int argc, char **argv); /* device list|show|certs|revoke|decommission */
 int cmsctl_group(int argc, char **argv);  /* group list|add|remove */
 int cmsctl_audit(int argc, char **argv);  /* audit list|verify */
-int cmsctl_firmware(int argc, char **argv); /* firmware.c: import|list|approve|withdraw|status */
+int cmsctl_firmware(int argc, char **argv); /* firmware.c: import|list|approve|withdraw|status|rollout */
+int cmsctl_fw_rollout(int argc, char **argv); /* rollout.c: firmware rollout create|list|show|pause|resume|abort */
 
 #endif

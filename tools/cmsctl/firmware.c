@@ -7,6 +7,7 @@
  *   cmsctl firmware approve RELEASE [--device S1,S2...] [--group G1,G2...] [SERIAL...]
  *   cmsctl firmware withdraw RELEASE [--device ...] [--group ...] [SERIAL...]   (none: all)
  *   cmsctl firmware status RELEASE
+ *   cmsctl firmware rollout create|list|show|pause|resume|abort ...   (rollout.c)
  *
  * Devices are grouped with `cmsctl group add NAME SERIAL...`. Approving
  * takes a second operator: the importer of a release is refused (two-person
@@ -359,6 +360,7 @@ int cmsctl_firmware(int argc, char **argv)
         {"approve", fw_approve_cmd, "allowlist a release for devices/groups (second operator)"},
         {"withdraw", fw_withdraw_cmd, "withdraw approvals of a release"},
         {"status", fw_status_cmd, "a release's approvals and every device's state"},
+        {"rollout", cmsctl_fw_rollout, "staged rollouts (create, list, show, pause, resume, abort)"},
     };
     return cmsctl_dispatch("cmsctl firmware", cmds, NCMDS(cmds), argc - 1, argv + 1);
 }

@@ -19,7 +19,7 @@ static const cmsctl_cmd commands[] = {
     {"device", cmsctl_device, "devices (list, show, certs, revoke, decommission)"},
     {"group", cmsctl_group, "device groups (list, add, remove)"},
     {"audit", cmsctl_audit, "the audit log (list, verify)"},
-    {"firmware", cmsctl_firmware, "signed firmware (import, list, approve, withdraw, status)"},
+    {"firmware", cmsctl_firmware, "signed firmware (import, list, approve, withdraw, status, rollout)"},
 };
 
 int cmsctl_is_help(const char *s)
