@@ -25,8 +25,8 @@ static void test_stage_percent(void **state)
     assert_int_equal(s.percent, 1);
     assert_int_equal(fw_rollout_parse_stage("100%", &s), CMS_OK);
     assert_int_equal(s.percent, 100);
-    const char *bad[] = {"0%", "101%", "1000%", "010%", "-5%", "+5%", "5", "5%%", "5 %",
-                         " 5%", "%",  "",     "5.5%", "1e2%", "group:", NULL};
+    const char *bad[] = {"0%",  "101%", "1000%", "010%", "-5%",  "+5%",  "5",      "5%%",
+                         "5 %", " 5%",  "%",     "",     "5.5%", "1e2%", "group:", NULL};
     for (int i = 0; bad[i]; i++)
         if (fw_rollout_parse_stage(bad[i], &s) != CMS_EINVAL)
             fail_msg("stage \"%s\" accepted", bad[i]);
@@ -103,9 +103,9 @@ static void test_window_parse(void **state)
     assert_int_equal(fw_rollout_parse_window("00:00-23:59", &a, &b), CMS_OK);
     assert_int_equal(a, 0);
     assert_int_equal(b, 1439);
-    const char *bad[] = {"24:00-01:00", "10:60-11:00", "10:00-10:00", "1:00-02:00",
-                         "10:00 - 11:00", "10:00-11:00 ", "10:00", "10.00-11.00",
-                         "10:00-11:0", "", "aa:bb-cc:dd", NULL};
+    const char *bad[] = {
+        "24:00-01:00", "10:60-11:00", "10:00-10:00", "1:00-02:00", "10:00 - 11:00", "10:00-11:00 ",
+        "10:00",       "10.00-11.00", "10:00-11:0",  "",           "aa:bb-cc:dd",   NULL};
     for (int i = 0; bad[i]; i++)
         if (fw_rollout_parse_window(bad[i], &a, &b) != CMS_EINVAL)
             fail_msg("window \"%s\" accepted", bad[i]);

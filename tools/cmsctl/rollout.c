@@ -138,22 +138,22 @@ static int number(const char *opt, const char *s, json_t *body, const char *memb
 
 static void create_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: cmsctl firmware rollout create RELEASE --stages S1,S2... [options]\n\n"
-            "Rolls release RELEASE out over the devices it is approved for, in stages.\n"
-            "A stage is N%% (cumulative: 10%%,50%%,100%% = a tenth, then up to half, then\n"
-            "the rest, by a stable hash of the serial) or group:NAME (that group's\n"
-            "devices). The next stage opens when --success percent of a stage installed\n"
-            "the release; the rollout pauses by itself when more than --failure percent\n"
-            "of an open stage failed or rolled back.\n\n"
-            "  --stages LIST        the stages, comma-separated (required)\n"
-            "  --success PCT        1..100 (default 90)\n"
-            "  --failure PCT        0..100 (default 10)\n"
-            "  --window HH:MM-HH:MM daily maintenance window: devices are offered the\n"
-            "                       release only inside it (default: always)\n"
-            "  --tz ZONE            the window's time zone (default UTC; e.g. Europe/Berlin)\n"
-            "  --max-retargets N    offers again to a device that rolled back (0..10, default 1)\n"
-            "  --no-start           create it paused before its first stage ('resume' starts it)\n");
+    fprintf(
+        f, "usage: cmsctl firmware rollout create RELEASE --stages S1,S2... [options]\n\n"
+           "Rolls release RELEASE out over the devices it is approved for, in stages.\n"
+           "A stage is N%% (cumulative: 10%%,50%%,100%% = a tenth, then up to half, then\n"
+           "the rest, by a stable hash of the serial) or group:NAME (that group's\n"
+           "devices). The next stage opens when --success percent of a stage installed\n"
+           "the release; the rollout pauses by itself when more than --failure percent\n"
+           "of an open stage failed or rolled back.\n\n"
+           "  --stages LIST        the stages, comma-separated (required)\n"
+           "  --success PCT        1..100 (default 90)\n"
+           "  --failure PCT        0..100 (default 10)\n"
+           "  --window HH:MM-HH:MM daily maintenance window: devices are offered the\n"
+           "                       release only inside it (default: always)\n"
+           "  --tz ZONE            the window's time zone (default UTC; e.g. Europe/Berlin)\n"
+           "  --max-retargets N    offers again to a device that rolled back (0..10, default 1)\n"
+           "  --no-start           create it paused before its first stage ('resume' starts it)\n");
     api_common_usage(f);
 }
 
@@ -303,9 +303,9 @@ static int change_cmd(int argc, char **argv, const char *verb)
     const api_opt with_note[] = {{"note", &note, NULL}, {NULL, NULL, NULL}};
     api_args a;
     int rc = api_args_parse(argc, argv, resume ? NULL : with_note, 1, 1,
-                            resume                         ? resume_usage
+                            resume                       ? resume_usage
                             : strcmp(verb, "pause") == 0 ? pause_usage
-                                                           : abort_usage,
+                                                         : abort_usage,
                             &a);
     if (rc)
         return parsed(rc);

@@ -38,9 +38,10 @@
 /* 400 a value (class 22), 404 unknown release, group or rollout, 409 not
  * approved (CF010), overlapping (CF011), a state that does not allow it (CF012). */
 static const svc__sqlstate rollout_sqlstates[] = {
-    {"22", 400, "bad_request"}, {"P0002", 404, "not_found"}, {"CF010", 409, "not_approved"},
-    {"CF011", 409, "overlap"},  {"CF012", 409, "conflict"},  {"23", 409, "conflict"},
-    {"42501", 403, "forbidden"}, {NULL, 0, NULL},
+    {"22", 400, "bad_request"},     {"P0002", 404, "not_found"},
+    {"CF010", 409, "not_approved"}, {"CF011", 409, "overlap"},
+    {"CF012", 409, "conflict"},     {"23", 409, "conflict"},
+    {"42501", 403, "forbidden"},    {NULL, 0, NULL},
 };
 
 typedef struct rollout_job {
@@ -54,12 +55,12 @@ typedef struct rollout_job {
 static void refuse(https_req *r, const char *action, const char *id, int http, const char *error,
                    const char *reason)
 {
-    json_t *d = json_pack("{s:s, s:i, s:s, s:s}", "action", action, "status", http, "error",
-                          error, "reason", reason);
+    json_t *d = json_pack("{s:s, s:i, s:s, s:s}", "action", action, "status", http, "error", error,
+                          "reason", reason);
     if (d && id && *id)
         json_object_set_new(d, "rollout_id", json_integer(strtoll(id, NULL, 10)));
-    log_warn("fw_rollout_refused", r->peer_cn, r->peer_addr, "%s%s%s: %d %s: %s", action,
-             id && *id ? " rollout " : "", id ? id : "", http, error, reason);
+    log_warn("fw_rollout_refused", NULL, r->peer_addr, "operator:%s %s%s%s: %d %s: %s", r->peer_cn,
+             action, id && *id ? " rollout " : "", id ? id : "", http, error, reason);
     https_audit(r, "fw_rollout_refused", NULL, d);
     https_reply_error(r, http, error, reason);
 }
@@ -86,8 +87,7 @@ static void change_done(void *ctx, int status, const store_rows *res)
                     ? json_loads(store_rows_text(res, 0, 1), 0, &jerr)
                     : NULL;
     if (!o) {
-        log_error("fw_rollout", r->peer_cn, r->peer_addr, "%s: no rollout in the answer",
-                  j->action);
+        log_error("fw_rollout", NULL, r->peer_addr, "%s: no rollout in the answer", j->action);
         https_reply_error(r, 500, "internal_error", "no rollout in the answer");
         free(j);
         return;
@@ -95,8 +95,8 @@ static void change_done(void *ctx, int status, const store_rows *res)
     char id[24];
     snprintf(id, sizeof(id), "%lld", (long long)json_integer_value(json_object_get(o, "id")));
     rollout__transitions(id, store_rows_text(res, 0, 0), "api");
-    log_info("fw_rollout", r->peer_cn, r->peer_addr, "%s rollout %s: now %s", j->action, id,
-             json_string_value(json_object_get(o, "state")));
+    log_info("fw_rollout", NULL, r->peer_addr, "operator:%s: %s rollout %s: now %s", r->peer_cn,
+             j->action, id, json_string_value(json_object_get(o, "state")));
     https_reply_json(r, j->http_ok, json_pack("{s:o}", "rollout", o));
     free(j);
 }
@@ -128,9 +128,9 @@ static int submit(rollout_job *j, const char *sql, int n, const char *const *p)
 static json_t *body_object(https_req *r, const char *action, const char *id)
 {
     json_error_t jerr;
-    json_t *b = r->http->body_len ? json_loadb(r->http->body, r->http->body_len,
-                                               JSON_REJECT_DUPLICATES, &jerr)
-                                  : json_object();
+    json_t *b = r->http->body_len
+                    ? json_loadb(r->http->body, r->http->body_len, JSON_REJECT_DUPLICATES, &jerr)
+                    : json_object();
     if (!json_is_object(b)) {
         json_decref(b);
         refuse(r, action, id, 400, "bad_request", "the body must be a JSON object");
@@ -407,8 +407,8 @@ int fw_rollout_list(https_req *r)
     int64_t rid;
     if (!svc__query_ok(r, allowed))
         return CMS_OK;
-    int has_rel = http_query_get(r->http->query, r->http->query_len, "release_id", rel,
-                                 sizeof(rel), NULL);
+    int has_rel =
+        http_query_get(r->http->query, r->http->query_len, "release_id", rel, sizeof(rel), NULL);
     int has_state =
         http_query_get(r->http->query, r->http->query_len, "state", state, sizeof(state), NULL);
     if (has_rel < 0 || (has_rel == 1 && !fw__parse_id(rel, &rid))) {

@@ -20,9 +20,9 @@
 
 /* The label values of cmsd_fw_rollout_transitions_total, in cm_rollout_event order. */
 static const char *const events[CM_ROLLOUT__COUNT] = {
-    "rollout_created", "rollout_started", "rollout_stage_advanced", "rollout_paused",
-    "rollout_resumed", "rollout_aborted", "rollout_completed", "rollout_device_retargeted",
-    "rollout_device_excluded",
+    "rollout_created",   "rollout_started",           "rollout_stage_advanced",
+    "rollout_paused",    "rollout_resumed",           "rollout_aborted",
+    "rollout_completed", "rollout_device_retargeted", "rollout_device_excluded",
 };
 
 static void count_one(const char *rollout_id, const char *ev, size_t n, const char *trigger)
@@ -30,8 +30,8 @@ static void count_one(const char *rollout_id, const char *ev, size_t n, const ch
     for (unsigned i = 0; i < CM_ROLLOUT__COUNT; i++) {
         if (strlen(events[i]) == n && memcmp(events[i], ev, n) == 0) {
             metrics_add(CM_FW_ROLLOUT_TRANSITIONS, i, 1);
-            log_info("rollout_transition", NULL, NULL, "rollout %s: %s (%s)", rollout_id,
-                     events[i], trigger);
+            log_info("rollout_transition", NULL, NULL, "rollout %s: %s (%s)", rollout_id, events[i],
+                     trigger);
             return;
         }
     }
@@ -79,8 +79,7 @@ void fw_rollout_after_report(store_t *s, const char *release_id)
                     "'report')",
                     1, p, eval_done, trigger_report) != CMS_OK)
         log_warn("fw_rollout_eval", NULL, NULL,
-                 "release %s: evaluation after a report not queued (the tick does it)",
-                 release_id);
+                 "release %s: evaluation after a report not queued (the tick does it)", release_id);
 }
 
 void fw_rollout_tick(store_t *s)
