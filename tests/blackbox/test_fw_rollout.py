@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import re
 import zoneinfo
 
 import pytest
@@ -153,6 +154,15 @@ def test_stages_offer_advance_complete(fw_cmsd, pki, db, rollout_devices):
     assert done["installed"] == 10 and done["finished_at"]
     assert [s["installed"] for s in done["stages"]] == [2, 8]
     wait_audit(db, a1, "rollout_completed")
+    # Counted (docs/operations.md): this cmsd made these transitions.
+    st, _, text = curl(c, pki, "GET", "/metrics", cert=(pki.path("operators/scraper.crt"),
+                                                        pki.path("operators/scraper.key")))
+    assert st == 200, text[:300]
+    for ev in ("rollout_created", "rollout_started", "rollout_stage_advanced",
+               "rollout_completed"):
+        m = re.search(r'^cmsd_fw_rollout_transitions_total\{event="%s"\} (\S+)$' % ev, text,
+                      re.M)
+        assert m and float(m.group(1)) >= 1, ev
 
     # cmsctl's table and list; a finished rollout cannot be paused (409, audited).
     p = cmsctl(c, pki, "viewer1", "firmware", "rollout", "show", str(ro["id"]))
