@@ -7,6 +7,7 @@ here (the benchmarks measure that); only that counts match and nothing is lost.
                observations it counts as ACKed (AA) are the rows in the database;
                with --waveforms, --alarms and --heartbeat (the waveform and alarm
                scenarios): samples, alarm events and heartbeats too;
+               P6 (--source 127.0.0.x): its connections come from that address;
   hsbench      P4: every handshake it counts reached cmsd's device check (one
                device_connected line each), resumed ones included, and "resume"
                mode resumes;
@@ -160,3 +161,38 @@ def test_holder_sessions_are_stored_and_held(cmsd, pki, db, bench_devices):
         p.stdin.close()
         p.wait(30)
     assert p.returncode == 0, p.stderr.read()[-3000:]
+
+
+def test_monitor_source_address_is_the_connections_source(cmsd, pki, db, bench_devices):
+    """P6 spreads 30 000 sessions over several cms-monitor processes, each with its own
+    --source 127.0.0.x (one source/destination pair has ~28 000 ephemeral ports): the
+    connections must come from that address, as cmsd sees them."""
+    since = cmsd.log_size()
+    msgs0, _ = stored(db)
+    m = monitor(cmsd, pki, "--source", "127.0.0.2", "--rate", 20, "--window", 1,
+                "--duration", 1)
+    assert m["devices_acked"] == COUNT, m
+    assert (m["acked_aa"], m["ae"], m["ar"], m["unacked"]) == (m["sent"], 0, 0, 0), m
+    assert stored(db)[0] - msgs0 == m["acked_aa"]
+    h.wait_until(lambda: len(device_connected(cmsd, since)) >= COUNT, 10,
+                 what="cmsd's device_connected lines")
+    lines = [line for line in cmsd.log_lines(since) if "device_connected" in line
+             and any("device=%s " % d in line for d in DEVICES)]
+    assert len(lines) == COUNT, lines
+    peers = {line.split(" peer=", 1)[1].split()[0] for line in lines}
+    assert len(peers) == COUNT, peers  # one connection (one local port) per device
+    assert all(p.startswith("127.0.0.2:") for p in peers), peers
+
+
+@pytest.mark.parametrize("source,why", [
+    ("192.0.2.1", "cannot bind"),          # TEST-NET-1: not an address of this host
+    ("::1", "not a numeric IPv4 address"),  # the server is 127.0.0.1
+    ("localhost", "not a numeric IPv4 address"),
+])
+def test_monitor_source_that_cannot_be_used_is_a_setup_error(cmsd, pki, bench_devices, source,
+                                                             why):
+    p = h.run([str(MONITOR), "--host", "127.0.0.1", "--port", str(cmsd.port), "--ca",
+               str(pki.root_ca), "--cert-dir", str(pki.dir), "--first", str(FIRST), "--devices",
+               "1", "--count", "1", "--source", source], timeout=60, check=False)
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
+    assert "--source %s: %s" % (source, why) in p.stderr, p.stderr[-2000:]

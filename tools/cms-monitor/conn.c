@@ -33,6 +33,7 @@
  * without doing anything.
  */
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -428,6 +429,36 @@ int conn_new_session_cb(SSL *ssl, SSL_SESSION *sess)
     return 1; /* we keep the reference */
 }
 
+/* The TCP handle of c; with --source its socket is created at once (so that
+ * conn_bind_source can bind it before the connect). Returns 0 or a libuv
+ * error (then there is no handle to close). */
+static int conn_tcp_init(struct conn *c)
+{
+    struct mon *m = c->mon;
+    if (m->opts.source == NULL)
+        return uv_tcp_init(m->loop, &c->tcp);
+    return uv_tcp_init_ex(m->loop, &c->tcp, m->src.ss_family);
+}
+
+/*
+ * --source: binds c's socket to the source address, port 0.
+ * IP_BIND_ADDRESS_NO_PORT leaves the choice of the local port to connect(),
+ * where it need only be unique per (source, destination) pair rather than
+ * per source address (best effort: without it, bind picks the port).
+ * Returns 0 or a libuv error (the handle is open: the caller closes c).
+ */
+static int conn_bind_source(struct conn *c)
+{
+    struct mon *m = c->mon;
+    uv_os_fd_t fd;
+    int one = 1;
+    if (m->opts.source == NULL)
+        return 0;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+        (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    return uv_tcp_bind(&c->tcp, (const struct sockaddr *)&m->src, 0);
+}
+
 void conn_start(struct device *dev)
 {
     struct mon *m = dev->mon;
@@ -450,7 +481,7 @@ void conn_start(struct device *dev)
     dev->conn = c;
     dev->state = DEV_CONNECTED;
 
-    r = uv_tcp_init(m->loop, &c->tcp);
+    r = conn_tcp_init(c);
     if (r < 0) {
         /* Only the timer exists; close it through the common path. */
         c->handles_closing = 1;
@@ -475,6 +506,11 @@ void conn_start(struct device *dev)
         return;
     }
     (void)uv_tcp_nodelay(&c->tcp, 1);
+    r = conn_bind_source(c);
+    if (r < 0) {
+        conn_close(c, uv_strerror(r), 0);
+        return;
+    }
     r = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&m->addr, on_connect);
     if (r < 0)
         conn_close(c, uv_strerror(r), 0);

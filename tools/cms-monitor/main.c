@@ -13,6 +13,8 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <netdb.h>
 #include <arpa/inet.h>
 
@@ -43,6 +45,10 @@ static void usage(FILE *f)
         "                        certificate must match it (DNS or IP subjectAltName)\n"
         "  --port P              MLLP/TLS port (default 2575)\n"
         "  --ca FILE             CA bundle that verifies the server (required)\n"
+        "  --source ADDR         connect from this local address (numeric, same family as\n"
+        "                        the server's): each process of a large load on loopback\n"
+        "                        takes its own 127.0.0.x, so that the ~28 000 ephemeral\n"
+        "                        ports of one source/destination pair do not run out\n"
         "Identity (one of):\n"
         "  --cert FILE --key FILE        one device; FILE may hold the chain after the leaf\n"
         "  --cert-dir DIR                many devices: DIR/<serial>.crt, or "
@@ -117,6 +123,7 @@ enum {
     OPT_HOST = 256,
     OPT_PORT,
     OPT_CA,
+    OPT_SOURCE,
     OPT_CERT,
     OPT_KEY,
     OPT_CERT_DIR,
@@ -157,6 +164,7 @@ static const struct option longopts[] = {
     {"host", required_argument, 0, OPT_HOST},
     {"port", required_argument, 0, OPT_PORT},
     {"ca", required_argument, 0, OPT_CA},
+    {"source", required_argument, 0, OPT_SOURCE},
     {"cert", required_argument, 0, OPT_CERT},
     {"key", required_argument, 0, OPT_KEY},
     {"cert-dir", required_argument, 0, OPT_CERT_DIR},
@@ -271,6 +279,9 @@ static int parse_opts(int argc, char **argv, struct mon_opts *o)
             break;
         case OPT_CA:
             o->ca = optarg;
+            break;
+        case OPT_SOURCE:
+            o->source = optarg;
             break;
         case OPT_CERT:
             o->cert = optarg;
@@ -422,6 +433,43 @@ static int parse_opts(int argc, char **argv, struct mon_opts *o)
 
 /* ---- setup ---- */
 
+/*
+ * --source: a numeric address of the server's family, checked once here by
+ * binding a probe socket to it (a typo or an address this host does not have
+ * is a setup error, not one failed connection per device).
+ */
+static int resolve_source(struct mon *m)
+{
+    struct addrinfo hints, *res = NULL;
+    int fd = -1, rc = -1;
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_family = m->addr.ss_family;
+    hints.ai_flags = AI_NUMERICHOST;
+    int r = getaddrinfo(m->opts.source, "0", &hints, &res);
+    if (r != 0 || res == NULL) {
+        fprintf(stderr,
+                "cms-monitor: --source %s: not a numeric %s address (the server's family): %s\n",
+                m->opts.source, m->addr.ss_family == AF_INET6 ? "IPv6" : "IPv4", gai_strerror(r));
+        goto cleanup;
+    }
+    memcpy(&m->src, res->ai_addr, res->ai_addrlen);
+    fd = socket(m->src.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&m->src, (socklen_t)res->ai_addrlen) != 0) {
+        fprintf(stderr, "cms-monitor: --source %s: cannot bind: %s\n", m->opts.source,
+                strerror(errno));
+        goto cleanup;
+    }
+    rc = 0;
+cleanup:
+    if (fd >= 0)
+        close(fd);
+    if (res)
+        freeaddrinfo(res);
+    return rc;
+}
+
 static int resolve(struct mon *m)
 {
     struct addrinfo hints, *res = NULL;
@@ -443,7 +491,7 @@ static int resolve(struct mon *m)
     }
     memcpy(&m->addr, res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);
-    return 0;
+    return m->opts.source ? resolve_source(m) : 0;
 }
 
 static void raise_nofile(unsigned want)

@@ -41,6 +41,7 @@
 struct mon_opts {
     const char *host;
     unsigned port;
+    const char *source; /* local address to connect from (--source), NULL = the kernel's */
     const char *ca;
     const char *cert, *key; /* one identity */
     const char *cert_dir;   /* many identities */
@@ -277,6 +278,7 @@ struct mon {
     struct mon_opts opts;
     SSL_CTX *ctx;
     struct sockaddr_storage addr;
+    struct sockaddr_storage src; /* --source, port 0 (valid when opts.source is set) */
     struct device *devs;
     unsigned ndev;
     enum mon_phase phase;
