@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# bench.sh - `make bench`: every scenario of issue 5 (P1..P5) side by side, in one run.
+# bench.sh - `make bench`: every scenario of issues 5 and 15 (P1..P6) side by side, in one run.
 #
 #   tools/bench.sh                  all scenarios, 3 runs each (~10-15 min)
 #   BENCH_QUICK=1 tools/bench.sh    one short run of each (~4 min)
-#   tools/bench.sh --only P3        one scenario (P1..P5, comma-separated); --runs N
+#   tools/bench.sh --only P3        one scenario (P1..P6, comma-separated); --runs N
+#   tools/bench.sh --only P6        30 000 live monitors on 2 cmsd processes vs Mosquitto
+#                                   (P6 runs once unless --runs is given; ~6 min)
 #   tools/bench.sh --sweep          cmsd config variations under P1 (and P4 for workers)
 #   tools/bench.sh --cmsd workers=2 a cmsd config override for every scenario (repeatable)
 #   tools/bench.sh --keep-pg        reuse the bench PostgreSQL cluster instead of a fresh one
@@ -14,7 +16,8 @@
 # as root when missing; never started as services: the bench runs them in the foreground with
 # its own configs on loopback high ports), the build, the bench's handshake client, a PKI
 # under build/bench/pki (dev PKI + 10 000 minted device certificates MON-0001..MON-10000,
-# reused when present; BENCH_FRESH_PKI=1 makes a new one), a fresh PostgreSQL cluster under
+# reused when present; P6 mints MON-10001..MON-30000 the first time it runs;
+# BENCH_FRESH_PKI=1 makes a new one), a fresh PostgreSQL cluster under
 # build/bench/pg (as the postgres account, stopped at the end unless --keep-pg).
 # Results: build/bench/results.json and results.csv; docs/benchmarks.md explains them.
 #

@@ -6,7 +6,7 @@ Everything lives under build/bench/: pki/ (dev PKI + minted MON-0001..), pg/ (pr
 PostgreSQL cluster, run as the postgres account), run/ (configs and logs of cmsd, nginx,
 mosquitto), fw/ (the P5 image), results.json, results.csv, profile-*.txt.
 
-    bench.py [--quick] [--runs N] [--only P1,P3] [--sweep] [--profile P1,P3,P4]
+    bench.py [--quick] [--runs N] [--only P1,P3] [--sweep] [--profile P1,P3,P4,P6]
 
 Scenarios (docs/benchmarks.md has the method):
   P1  observations committed+ACKed/s, cms-monitor -> cmsd -> PostgreSQL, vs psql \\copy of
@@ -17,6 +17,9 @@ Scenarios (docs/benchmarks.md has the method):
   P3  RSS per held mTLS session, cmsd vs Mosquitto
   P4  full and resumed mTLS handshakes/s, cmsd vs nginx (same workers)
   P5  64 MiB firmware download over mTLS, cmsd (signed, approved release) vs nginx (a file)
+  P6  30 000 live mTLS monitors (1 msg / 10 s) on 2 cmsd processes sharing the ports
+      (SO_REUSEPORT), from several cms-monitor processes each with its own --source
+      127.0.0.x: ACK p50/p99, sessions refused, RSS per session vs Mosquitto
 """
 
 import argparse
@@ -137,6 +140,35 @@ def rss_kib(pid, key="VmRSS"):
     except OSError:
         pass
     return 0
+
+
+def fd_count(pid):
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return 0
+
+
+def owns_listener(pid, port):
+    """True when process pid holds a TCP socket listening on 127.0.0.1:port."""
+    want = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            x = line.split()
+            if x[3] == "0A" and int(x[1].rsplit(":", 1)[1], 16) == port:
+                want.add("socket:[%s]" % x[9])
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in want:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def machine_busy():
@@ -292,10 +324,11 @@ class Server:
 class Cmsd(Server):
     name = "cmsd"
 
-    def __init__(self, pg, overrides=None, tag="cmsd"):
+    def __init__(self, pg, overrides=None, tag="cmsd", ports=None):
         super().__init__()
         self.pg = pg
         self.tag = tag
+        self.ports = ports  # (mllp, https) shared with other cmsd processes (P6), or None
         self.cfg = {
             "workers": os.cpu_count() or 1,  # one loop per core (the sweep shows why)
             "log_level": "warn",
@@ -311,8 +344,7 @@ class Cmsd(Server):
         self.cfg.update(overrides or {})
 
     def start(self):
-        self.port = free_port()
-        https = free_port()
+        self.port, https = self.ports or (free_port(), free_port())
         self.metrics_port = free_port()
         conf = RUN / ("%s.conf" % self.tag)
         lines = [
@@ -331,11 +363,22 @@ class Cmsd(Server):
         self.proc = subprocess.Popen(wrap + [CMSD, "--config", conf], stdout=self.logf,
                                      stderr=subprocess.STDOUT, cwd=RUN)  # cores land here
         wait_port(self.port, 90, self.proc)
+        if self.ports:
+            # Another process may already listen on these ports (SO_REUSEPORT): wait until
+            # this one holds its own listening sockets on both.
+            deadline = time.monotonic() + 90
+            while not all(owns_listener(self.proc.pid, p) for p in self.ports):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("%s does not listen on %s (rc=%s); log in %s"
+                                       % (self.tag, self.ports, self.proc.poll(), RUN))
+                time.sleep(0.1)
         time.sleep(0.5)  # the store's connections and the first maintenance queries
         self.perf = None
         scn = self.tag.split("-")[-1].upper()
         if scn in PROFILE:
-            self.perf_data = BENCH / ("perf-%s.data" % scn)
+            # P6 runs several cmsd processes: one profile each (cmsd1-p6 -> profile-P6-cmsd1)
+            self.perf_data = BENCH / ("perf-%s.data" % (
+                scn if self.tag == "cmsd-" + scn.lower() else "%s-%s" % (scn, self.tag.split("-")[0])))
             self.perf = subprocess.Popen(
                 ["perf", "record", "-q", "-e", "cpu-clock", "-F",
                  os.environ.get("BENCH_PERF_FREQ", "999"),
@@ -348,7 +391,7 @@ class Cmsd(Server):
             self.perf.send_signal(signal.SIGINT)
             self.perf.wait(60)
             self.perf = None
-            scn = self.perf_data.stem.split("-")[-1]
+            scn = self.perf_data.stem.split("-", 1)[1]
             out = BENCH / ("profile-%s.txt" % scn)
             rep = sh(["perf", "report", "-i", self.perf_data, "--no-children", "--stdio",
                       "--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.5"],
@@ -640,6 +683,194 @@ def hold_sessions(srv, proto, n, extra_groups=None):
     return r
 
 
+def p6_setup(pg, n):
+    """MON-0001 .. MON-<n>: minted (tools/bench.sh mints the first 10 000; mkpki.sh mint is
+    idempotent) and registered as active."""
+    if n > NDEV:
+        if not (PKI / "devices" / ("MON-%04d.crt" % n)).exists():
+            log("P6: minting device certificates MON-%d..MON-%d (once; ~1-3 min)" % (NDEV + 1, n))
+        p = sh([ROOT / "certs" / "mkpki.sh", "mint", PKI, "MON-", NDEV + 1, n - NDEV], timeout=3600)
+        log("P6: %s" % (p.stdout.strip().splitlines() or ["minted"])[0])
+    pg.psql("INSERT INTO cms.devices (serial, model, status) "
+            "SELECT 'MON-' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0') ELSE i::text END, "
+            "'bench', 'active' FROM generate_series(1, %d) i "
+            "ON CONFLICT (serial) DO UPDATE SET status = 'active'" % n)
+    pg.psql("ANALYZE cms.devices")
+
+
+def p6_steady(gens, sessions):
+    """Steady part of the P6 generators' 2-s progress lines: the intervals in which every
+    generator had all its devices connected, minus the first 3 (6 s) after the last one
+    got there. The generators start within a second of each other: interval k of each
+    covers about the same 2 s. Per interval: the largest p50 and p99 of the generators
+    (the p99 of the whole load in that interval is at most that), acked/s and sent/s
+    summed."""
+    per = []
+    for g in gens:
+        per.append({round(float(x[0]) / 2.0): x for x in g["progress"]})
+    full = [k for k in sorted(set.intersection(*[set(d) for d in per]))
+            if all(int(d[k][1]) == int(d[k][2]) for d in per)]
+    # only the run of full intervals that reaches the end (a drop in between restarts it)
+    keys = sorted(set.intersection(*[set(d) for d in per]))
+    run = []
+    for k in keys:
+        if k in full:
+            run.append(k)
+        else:
+            run = []
+    steady = run[3:] if len(run) > 5 else run
+    out = []
+    for k in steady:
+        xs = [d[k] for d in per]
+        out.append({"t": float(xs[0][0]), "acked_per_s": sum(float(x[4]) for x in xs),
+                    "sent_per_s": sum(float(x[3]) for x in xs),
+                    "p50_ms": max(float(x[5]) for x in xs), "p99_ms": max(float(x[6]) for x in xs),
+                    "max_ms": max(float(x[7]) for x in xs)})
+    return out, len(full)
+
+
+def p6_once(pg, i):
+    """P6: P6_SESSIONS live mTLS monitors (1 message / 10 s each) on P6_SERVERS cmsd
+    processes sharing the ports (SO_REUSEPORT), from P6_GENERATORS cms-monitor processes,
+    each from its own source address 127.0.0.<2+g>."""
+    pg.clean_ingest()
+    n, nsrv, ngen = P6_SESSIONS, P6_SERVERS, P6_GENERATORS
+    ports = (free_port(), free_port())
+    workers = int(BENCH_CMSD.get("workers", os.cpu_count() or 1))
+    # Each process must stay below its open-files limit (20 000 here): per worker at most
+    # (limit - 200) / workers, and never below an even share with 25 % to spare.
+    per_worker = max(int(n / (nsrv * workers) * 1.25) + 10, 100)
+    per_worker = min(per_worker, (NOFILE - 200) // workers)
+    servers = [Cmsd(pg, {"max_connections": per_worker}, tag="cmsd%d-p6" % (k + 1), ports=ports)
+               for k in range(nsrv)]
+    gens, procs, samples = [], [], []
+    try:
+        for c in servers:
+            c.start()
+        time.sleep(1.0)
+        rss0 = [c.rss() for c in servers]
+        fd0 = [fd_count(c.proc.pid) for c in servers]
+        meter = CpuMeter({"cmsd": lambda: [p for c in servers for p in c.pids()],
+                          "postgres": pg.cpu})
+        per = (n + ngen - 1) // ngen
+        ramp = n / P6_CONNECT_RATE
+        duration = int(ramp * 1.5) + P6_STEADY + 6
+        meter.start()
+        t0 = time.monotonic()
+        for g in range(ngen):
+            first, cnt = 1 + g * per, min(per, n - g * per)
+            cmd = [MONITOR, "--host", "127.0.0.1", "--port", ports[0], "--ca", PKI / "ca.pem",
+                   "--cert-dir", PKI, "--first", first, "--devices", cnt, "--rate", 0.1,
+                   "--window", 1, "--duration", duration, "--json",
+                   "--connect-rate", P6_CONNECT_RATE / ngen, "--report-interval", 2000,
+                   "--drain-timeout", 30000, "--source", "127.0.0.%d" % (2 + g)]
+            procs.append(subprocess.Popen(
+                [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=open(
+                    RUN / ("cms-monitor%d-p6.log" % (g + 1)), "w"), text=True))
+        # Server memory and sessions every 2 s while the generators run; the figure is the
+        # last sample before they stop sending (all sessions up, steady traffic).
+        stop_at = t0 + duration - 1.0
+        while any(p.poll() is None for p in procs) and time.monotonic() < stop_at:
+            time.sleep(2.0)
+            samples.append({"t": round(time.monotonic() - t0, 1),
+                            "rss_kib": [c.rss() for c in servers],
+                            "sessions": [fd_count(c.proc.pid) - f0 if c.proc else 0
+                                         for c, f0 in zip(servers, fd0)],
+                            "alive": [bool(c.pids()) for c in servers]})
+        hwm = [c.rss("VmHWM") for c in servers]
+        for g, p in enumerate(procs):
+            out, _ = p.communicate(timeout=duration + 600)
+            try:
+                j = json.loads(out)
+            except ValueError:
+                raise RuntimeError("cms-monitor %d gave no JSON (rc=%d); see %s"
+                                   % (g + 1, p.returncode, RUN / ("cms-monitor%d-p6.log" % (g + 1))))
+            err = (RUN / ("cms-monitor%d-p6.log" % (g + 1))).read_text()
+            j["progress"] = [m.groups() for m in map(P2_PROGRESS.search, err.splitlines()) if m]
+            j["rc"] = p.returncode
+            gens.append(j)
+        cpu = meter.stop(extra_cpu=sum(mon_cpu(m) for m in gens))
+        alive = [bool(c.pids()) for c in servers]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for c in servers:
+            c.stop()
+    cpu["cms-monitor"] = round(sum(mon_cpu(m) for m in gens) / max(m["elapsed_s"] for m in gens), 3)
+    # what cmsd refused or dropped (log_level = warn: each refusal is one warn line)
+    events = {}
+    for c in servers:
+        for line in open(RUN / ("%s.log" % c.tag), errors="replace"):
+            m = re.search(r"level=(warn|error) event=(\S+)", line)
+            if m:
+                events[m.group(2)] = events.get(m.group(2), 0) + 1
+    steady, nfull = p6_steady(gens, n)
+    last = samples[-1] if samples else None
+    sessions_srv = sum(last["sessions"]) if last else 0
+    r = {"sessions_target": n, "servers": nsrv, "generators": ngen, "workers": workers,
+         "max_connections_per_worker": per_worker, "connect_rate": P6_CONNECT_RATE,
+         "devices_acked": sum(m["devices_acked"] for m in gens),
+         "sent": sum(m["sent"] for m in gens), "acked": sum(m["acked_aa"] for m in gens),
+         "ae": sum(m["ae"] for m in gens), "ar": sum(m["ar"] for m in gens),
+         "unacked": sum(m["unacked"] for m in gens),
+         "conn_failures": sum(m.get("conn_failures", 0) for m in gens),
+         "reconnects": sum(m["reconnects"] for m in gens),
+         "drops": sum(m.get("drops", 0) for m in gens),
+         "ack_timeouts": sum(m.get("ack_timeouts", 0) for m in gens),
+         "cmsd_warn_events": events,
+         "generator_rc": [m["rc"] for m in gens],
+         # ramp: from the start to the first interval with every device of every generator up
+         "ramp_s": None,
+         "steady_s": 2.0 * len(steady), "full_intervals": nfull,
+         "offered_msgs_per_s": n * 0.1,
+         "acked_msgs_per_s_steady": statistics.median([x["acked_per_s"] for x in steady])
+         if steady else 0,
+         "steady_median_interval_p50_ms": statistics.median([x["p50_ms"] for x in steady])
+         if steady else None,
+         "steady_median_interval_p99_ms": statistics.median([x["p99_ms"] for x in steady])
+         if steady else None,
+         "steady_worst_interval_p99_ms": max([x["p99_ms"] for x in steady]) if steady else None,
+         # whole run incl. the connection ramp: the largest of the generators' figures
+         "p50_ms": max(m["latency_ms"]["p50"] for m in gens),
+         "p99_ms": max(m["latency_ms"]["p99"] for m in gens),
+         "max_ms": max(m["latency_ms"]["max"] for m in gens),
+         "rss_before_kib": rss0, "rss_steady_kib": last["rss_kib"] if last else None,
+         "rss_hwm_kib": hwm, "sessions_at_rss": last["sessions"] if last else None,
+         "kib_per_session": (sum(last["rss_kib"]) - sum(rss0)) / sessions_srv
+         if last and sessions_srv >= 0.95 * n and all(alive) else None,
+         "servers_alive": alive, "cores": cpu,
+         "monitor_cpu_share": [m["cpu"]["share_of_one_core"] for m in gens],
+         "stored_msgs": int(pg.psql("SELECT count(*) FROM cms.messages")),
+         "intervals": steady, "samples": samples}
+    ups = [next((float(x[0]) for x in m["progress"] if int(x[1]) == int(x[2])), None) for m in gens]
+    r["ramp_s"] = max(ups) if all(u is not None for u in ups) else None
+    # refused: connection attempts that failed (TCP or TLS, or cmsd's device check), and
+    # the refusals cmsd logged
+    r["refused"] = r["conn_failures"] + sum(v for k, v in events.items()
+                                            if "refused" in k or "timeout" in k)
+    # Held: over the steady window (several 10-s sending periods) the ACKs keep up with the
+    # offered load; single 2-s intervals swing with the phases the connection ramp gave the
+    # monitors, so the mean over the window is what counts, with every device connected and
+    # nothing refused, rejected or left unanswered.
+    r["acked_msgs_per_s_mean"] = statistics.mean([x["acked_per_s"] for x in steady]) \
+        if steady else 0
+    r["held"] = bool(steady) and r["devices_acked"] == n and r["refused"] == 0 and \
+        r["ae"] == 0 and r["ar"] == 0 and r["unacked"] == 0 and \
+        r["acked_msgs_per_s_mean"] >= 0.95 * r["offered_msgs_per_s"]
+    log("P6 run %d: %d/%d devices acked on %d cmsd (ramp %ss, steady %.0fs): steady p50 %s ms, "
+        "p99 %s ms (worst interval %s), acked %.0f/s (mean) of %.0f offered; refused %d, reconnects %d,"
+        " AE %d, unacked %d; cmsd RSS %s -> %s KiB for %s sessions = %s KiB/session; cores %s"
+        % (i, r["devices_acked"], n, nsrv, r["ramp_s"], r["steady_s"],
+           r["steady_median_interval_p50_ms"], r["steady_median_interval_p99_ms"],
+           r["steady_worst_interval_p99_ms"], r["acked_msgs_per_s_mean"],
+           r["offered_msgs_per_s"], r["refused"], r["reconnects"], r["ae"], r["unacked"], rss0,
+           r["rss_steady_kib"], r["sessions_at_rss"],
+           "%.2f" % r["kib_per_session"] if r["kib_per_session"] else "n/a", cpu))
+    return r
+
+
 def p4_once(srv, probe, modes):
     out = {}
     meter_groups = {srv.name: srv.pids}
@@ -811,10 +1042,11 @@ def fmt(s, unit="", scale=1.0, nd=0):
 def main():
     global P1_DEVICES, P1_WINDOW, P1_SECONDS, P2_SECONDS, P2_CONNECT_RATE, P3_SESSIONS
     global P4_SECONDS, P4_PROCS, P5_PAIRS, HOLDER_PROCS, NOFILE, BENCH_CMSD, PROFILE
+    global P6_SESSIONS, P6_SERVERS, P6_GENERATORS, P6_CONNECT_RATE, P6_STEADY, P6_MOSQ
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "0")))
-    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P1M,P2,P3,P4,P5"))
+    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P1M,P2,P3,P4,P5,P6"))
     ap.add_argument("--sweep", action="store_true", help="cmsd config variations under P1/P4")
     ap.add_argument("--profile", default=os.environ.get("BENCH_PROFILE", ""),
                     help="perf-record cmsd under these scenarios (P1,P2,P3,P4): "
@@ -837,6 +1069,17 @@ def main():
     P5_PAIRS = 3 if quick else 7  # alternating downloads (nginx, cmsd) per 3 runs
     HOLDER_PROCS = 2
     NOFILE = int(os.environ.get("BENCH_NOFILE", "20000"))
+    # P6: 30 000 live monitors over >= 2 cmsd processes and several generators (each
+    # process of either kind is limited to NOFILE descriptors); Mosquitto, one process,
+    # at the largest count that fits its limit with room to spare.
+    P6_SESSIONS = int(os.environ.get("BENCH_P6_SESSIONS", "6000" if quick else "30000"))
+    P6_SERVERS = int(os.environ.get("BENCH_P6_SERVERS", "2"))
+    P6_GENERATORS = int(os.environ.get("BENCH_P6_GENERATORS",
+                                       str(max(2, -(-P6_SESSIONS // 8000)))))
+    P6_CONNECT_RATE = float(os.environ.get("BENCH_P6_CONNECT_RATE", "400"))
+    P6_STEADY = int(os.environ.get("BENCH_P6_STEADY", "20" if quick else "90"))
+    P6_MOSQ = int(os.environ.get("BENCH_P6_MOSQUITTO", "3000" if quick else "15000"))
+    p6_runs = args.runs or 1  # P6 takes ~5 minutes: once, unless --runs is given
     BENCH_CMSD = {"workers": str(os.cpu_count() or 1)}
     BENCH_CMSD.update(dict(kv.split("=", 1) for kv in args.cmsd))
     RUN.mkdir(parents=True, exist_ok=True)
@@ -1051,6 +1294,41 @@ def main():
                    fmt(S["P5"]["cmsd_first_byte_ms"], nd=1),
                    fmt(S["P5"]["nginx_first_byte_ms"], nd=1)))
 
+    if "P6" in only:
+        if P6_SESSIONS > 99999:
+            raise SystemExit("BENCH_P6_SESSIONS: at most 99 999 (MON-%04d serials)")
+        p6_setup(pg, max(P6_SESSIONS, P6_MOSQ, NDEV))
+        rc, rm = [], []
+        for i in range(p6_runs):
+            rc.append(p6_once(pg, i))
+            # Mosquitto in the same run: one process, so P6_MOSQ sessions (its descriptor
+            # limit); RSS per held session as in P3
+            rm.append(hold_sessions(Mosquitto(), "mqtt", P6_MOSQ))
+        S["P6"] = {"params": {"sessions": P6_SESSIONS, "servers": P6_SERVERS,
+                              "generators": P6_GENERATORS, "rate_per_device": 0.1,
+                              "obs_per_msg": 10, "connect_rate": P6_CONNECT_RATE,
+                              "steady_seconds": P6_STEADY, "mosquitto_sessions": P6_MOSQ,
+                              "nofile": NOFILE},
+                   "held": 2 * sum(r["held"] for r in rc) > len(rc),
+                   "held_runs": "%d of %d" % (sum(r["held"] for r in rc), len(rc)),
+                   "devices_acked": stats([r["devices_acked"] for r in rc]),
+                   "refused": stats([r["refused"] for r in rc]),
+                   "acked_msgs_per_s": stats([r["acked_msgs_per_s_mean"] for r in rc]),
+                   "steady_median_interval_p50_ms": stats([r["steady_median_interval_p50_ms"] for r in rc]),
+                   "steady_median_interval_p99_ms": stats([r["steady_median_interval_p99_ms"] for r in rc]),
+                   "steady_worst_interval_p99_ms": stats([r["steady_worst_interval_p99_ms"] for r in rc]),
+                   "p50_ms": stats([r["p50_ms"] for r in rc]),
+                   "p99_ms": stats([r["p99_ms"] for r in rc]),
+                   "cmsd_kib_per_session": stats([r["kib_per_session"] for r in rc]),
+                   "mosquitto_kib_per_session": stats([r["kib_per_session"] for r in rm]),
+                   "ratio_vs_mosquitto": stats([a["kib_per_session"] / b["kib_per_session"]
+                                                for a, b in zip(rc, rm)
+                                                if a["kib_per_session"] and b["kib_per_session"]]),
+                   "cmsd_cores": stats([r["cores"]["cmsd"] for r in rc]),
+                   "postgres_cores": stats([r["cores"]["postgres"] for r in rc]),
+                   "others_cores": stats([r["cores"]["others"] for r in rc]),
+                   "raw": {"cmsd": rc, "mosquitto": rm}}
+
     res["elapsed_s"] = round(time.monotonic() - t_start, 1)
     res["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
     write_results(res)
@@ -1213,6 +1491,29 @@ def table_rows(res):
         add("P5", "nginx peak RSS (KiB, all processes)", stats([p["nginx_peak_rss_kib"]]))
         if "cmsd" in p:
             add("P5", "cmsd: " + p["cmsd"], None, ">= 1.0x nginx, RSS flat", "pending")
+    if "P6" in S:
+        p = S["P6"]
+        q = p["params"]
+        add("P6", "live mTLS monitors on %d cmsd (1 msg/10 s), held in %s runs"
+            % (q["servers"], p["held_runs"]), p["devices_acked"], "%d" % q["sessions"],
+            yes(p["held"]))
+        add("P6", "messages ACKed/s, steady (mean; offered %d)" % (q["sessions"] // 10),
+            p["acked_msgs_per_s"])
+        add("P6", "sessions refused", p["refused"], "0", yes(p["refused"]["max"] == 0))
+        add("P6", "ACK latency p50 (ms), steady (median 2-s interval)",
+            p["steady_median_interval_p50_ms"], nd=1)
+        m = p["steady_median_interval_p99_ms"]
+        add("P6", "ACK latency p99 (ms), steady (median 2-s interval)", m, "<= 250",
+            yes(m is not None and m["median"] <= 250), nd=1)
+        add("P6", "ACK latency p99 (ms), steady (worst 2-s interval)",
+            p["steady_worst_interval_p99_ms"], nd=1)
+        add("P6", "ACK latency p50 / p99 (ms), whole run incl. ramp", p["p99_ms"], nd=1)
+        rows[-1]["text"] = "%.1f / %.1f" % (p["p50_ms"]["median"], p["p99_ms"]["median"])
+        add("P6", "cmsd KiB per live session (all processes)", p["cmsd_kib_per_session"], nd=2)
+        add("P6", "Mosquitto KiB per held session (%d, one process)" % q["mosquitto_sessions"],
+            p["mosquitto_kib_per_session"], nd=2)
+        r = p["ratio_vs_mosquitto"]
+        add("P6", "ratio cmsd / Mosquitto", r, "<= 1.0", yes(r and r["median"] <= 1.0), nd=2)
     return rows
 
 
