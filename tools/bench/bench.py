@@ -756,7 +756,7 @@ def p6_once(pg, i):
         ramp = n / P6_CONNECT_RATE
         duration = int(ramp * 1.5) + P6_STEADY + 6
         meter.start()
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
         for g in range(ngen):
             first, cnt = 1 + g * per, min(per, n - g * per)
             cmd = [MONITOR, "--host", "127.0.0.1", "--port", ports[0], "--ca", PKI / "ca.pem",
@@ -807,6 +807,18 @@ def p6_once(pg, i):
             if m:
                 events[m.group(2)] = events.get(m.group(2), 0) + 1
     steady, nfull = p6_steady(gens, n)
+    # autovacuum/autoanalyze of the ingest tables during the run (seconds after the
+    # generators started; the last of each only): slow intervals near them are suspects
+    av = pg.psql("SELECT relname, coalesce(extract(epoch FROM last_autovacuum)::text, ''), "
+                 "coalesce(extract(epoch FROM last_autoanalyze)::text, ''), autovacuum_count, "
+                 "autoanalyze_count FROM pg_stat_user_tables WHERE schemaname = 'cms' "
+                 "AND (autovacuum_count > 0 OR autoanalyze_count > 0) ORDER BY relname")
+    autovac = []
+    for line in av.splitlines():
+        rel, vac, ana, nv, na = line.split("|")
+        autovac.append({"table": rel, "vacuums": int(nv), "analyzes": int(na),
+                        "last_vacuum_s": round(float(vac) - wall0, 1) if vac else None,
+                        "last_analyze_s": round(float(ana) - wall0, 1) if ana else None})
     last = samples[-1] if samples else None
     sessions_srv = sum(last["sessions"]) if last else 0
     r = {"sessions_target": n, "servers": nsrv, "generators": ngen, "workers": workers,
@@ -843,7 +855,7 @@ def p6_once(pg, i):
          "servers_alive": alive, "cores": cpu,
          "monitor_cpu_share": [m["cpu"]["share_of_one_core"] for m in gens],
          "stored_msgs": int(pg.psql("SELECT count(*) FROM cms.messages")),
-         "intervals": steady, "samples": samples}
+         "intervals": steady, "samples": samples, "autovacuum": autovac}
     ups = [next((float(x[0]) for x in m["progress"] if int(x[1]) == int(x[2])), None) for m in gens]
     r["ramp_s"] = max(ups) if all(u is not None for u in ups) else None
     # refused: connection attempts that failed (TCP or TLS, or cmsd's device check), and
