@@ -68,6 +68,8 @@ enum cm_refusal {
     CM_REFUSED_INACTIVE,            /* device registered, not active (pending, revoked, ...) */
     CM_REFUSED_REGISTRY_UNAVAILABLE,/* the registry could not answer */
     CM_REFUSED_RATE_LIMITED,        /* an EST request answered 429 (est_anon_per_min) */
+    CM_REFUSED_PROXY_NOT_ALLOWED,   /* proxy_protocol = v2: TCP peer not in proxy_allow */
+    CM_REFUSED_PROXY_HEADER,        /* no, v1, malformed, truncated or late PROXY v2 header */
     CM_REFUSED__COUNT
 };
 

@@ -16,7 +16,7 @@ static const char *const refusals[] = {
     "max_connections", "handshake_timeout", "tls_alert",    "no_certificate",
     "unknown_ca",      "expired",           "revoked",      "bad_certificate",
     "unregistered",    "inactive",          "registry_unavailable", "rate_limited",
-    NULL};
+    "proxy_not_allowed", "proxy_header", NULL};
 static const char *const handshakes[] = {"full", "resumed", NULL};
 static const char *const hl7_types[] = {"ORU^R01", "ORU^R40", "other", NULL};
 static const char *const hl7_results[] = {"AA", "AE", "AR", NULL};

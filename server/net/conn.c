@@ -250,7 +250,9 @@ void net__conn_deadline(net_conn *c)
             log_warn("handshake_timeout", c->identity, c->peer, "%s: no authenticated session "
                      "after %u ms", c->proto->name, lim->handshake_timeout_ms);
             metrics_add(CM_CONN_REFUSED,
-                        cm_refused(c->proto->metrics_listener, CM_REFUSED_HANDSHAKE_TIMEOUT), 1);
+                        cm_refused(c->proto->metrics_listener,
+                                   c->proxy_wait ? CM_REFUSED_PROXY_HEADER
+                                                 : CM_REFUSED_HANDSHAKE_TIMEOUT), 1);
             net_conn_close(c, NULL);
             conn_finish(c);
             return;
@@ -336,10 +338,12 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->state >= NET_DRAINING)
         return;
     if (nread < 0) {
-        if (c->proxy_wait && c->proxy_len > 0)
+        if (c->proxy_wait && c->proxy_len > 0) {
             log_warn("proxy_refused", NULL, c->peer, "%s: PROXY protocol: connection closed "
                      "before a complete header", c->proto->name);
-        else if (nread == UV_EOF) /* also a port probe that sent nothing */
+            metrics_add(CM_CONN_REFUSED,
+                        cm_refused(c->proto->metrics_listener, CM_REFUSED_PROXY_HEADER), 1);
+        } else if (nread == UV_EOF) /* also a port probe that sent nothing */
             log_debug("peer_closed", c->identity, c->peer, NULL);
         net_conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
         conn_finish(c);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cms_err.h"
+#include "cms_metrics.h"
 #include "log.h"
 #include "net_int.h"
 #include "proxy.h"
@@ -22,12 +23,14 @@ int net_server_set_proxy(net_server *s, const char *allow)
     return CMS_OK;
 }
 
-/* Refuses c: one log line, the protocol's refusal hook (audit), closed by the caller. */
-static void refuse(net_conn *c, const char *why)
+/* Refuses c: one log line, counted under reason, the protocol's refusal hook
+ * (audit); closed by the caller. */
+static void refuse(net_conn *c, enum cm_refusal counted, const char *why)
 {
     char reason[160];
     snprintf(reason, sizeof(reason), "PROXY protocol: %s", why);
     log_warn("proxy_refused", NULL, c->peer, "%s: %s", c->proto->name, reason);
+    metrics_add(CM_CONN_REFUSED, cm_refused(c->proto->metrics_listener, counted), 1);
     if (c->proto->on_tls_refused)
         c->proto->on_tls_refused(c->proto_ctx, c->peer, reason);
 }
@@ -36,7 +39,7 @@ bool net__proxy_admit(net_conn *c, const struct sockaddr_storage *ss)
 {
     if (proxy_allowlist_match(c->srv->proxy_allow, (const struct sockaddr *)ss, NULL) == 1)
         return true;
-    refuse(c, "source address not in proxy_allow");
+    refuse(c, CM_REFUSED_PROXY_NOT_ALLOWED, "source address not in proxy_allow");
     return false;
 }
 
@@ -70,7 +73,7 @@ ssize_t net__proxy_input(net_conn *c, const char *data, size_t len)
         return (ssize_t)len;
     }
     if (r <= 0) {
-        refuse(c, r == CMS_EAGAIN ? "header too long" : why);
+        refuse(c, CM_REFUSED_PROXY_HEADER, r == CMS_EAGAIN ? "header too long" : why);
         net_conn_close(c, NULL);
         return -1;
     }

@@ -15,8 +15,10 @@ import signal
 import socket
 import ssl
 import subprocess
+import re
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg2
@@ -36,6 +38,26 @@ def proxy_v2(src, sport, dst="127.0.0.1", dport=2575, local=False, tlv=b""):
     fam = b"\x11" if a.version == 4 else b"\x21"
     body = a.packed + b.packed + struct.pack(">HH", sport, dport) + tlv
     return PROXY_V2_SIG + b"\x21" + fam + struct.pack(">H", len(body)) + body
+
+
+def metrics_text(c):
+    """GET /metrics from cmsd c's loopback metrics_listen (set in its config)."""
+    port = int(c.cfg["metrics_listen"].rsplit(":", 1)[1])
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+        return r.read().decode()
+
+
+def metric(c, name, **labels):
+    """The value of one sample (the sum over the series matching labels), or None."""
+    found = None
+    for ln in metrics_text(c).splitlines():
+        m = re.match(r"^(\S+?)(\{(.*)\})? (\S+)$", ln)
+        if not m or ln.startswith("#") or m.group(1) != name:
+            continue
+        lb = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        if all(lb.get(k) == str(v) for k, v in labels.items()):
+            found = (found or 0.0) + float(m.group(4))
+    return found
 
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -121,6 +143,9 @@ bootstrap:
     # no standby left, the primary stops committing instead of going on alone.
     synchronous_mode: true
     synchronous_mode_strict: true
+    # etcd unreachable: the primary stays primary as long as it reaches every
+    # member over Patroni's REST API (POST /failsafe), instead of demoting itself.
+    failsafe_mode: true
     postgresql:
       use_pg_rewind: true
       parameters:
@@ -192,11 +217,46 @@ class PatroniNode:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         if pm:
+            # The postmaster and its backends (its own process group: also
+            # backends that are stopped, which would never notice its death).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pm), signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pm, signal.SIGKILL)
         self.proc.wait(10)
 
+    def _signal_all(self, sig):
+        """sig to Patroni's process group and to PostgreSQL's (the postmaster
+        runs in its own session, its backends and walreceiver in its group)."""
+        pm = self.postmaster_pid()
+        if self.proc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+        if pm:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pm), sig)
+
+    def freeze(self):
+        """The node stops answering (a partition, a hung machine): SIGSTOP to
+        Patroni and every PostgreSQL process of the node. Sockets stay open."""
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self):
+        self._signal_all(signal.SIGCONT)
+
+    def freeze_postgres(self):
+        """Only PostgreSQL stops (its WAL receiver too: a standby that lags)."""
+        pm = self.postmaster_pid()
+        if pm:
+            os.killpg(os.getpgid(pm), signal.SIGSTOP)
+
+    def thaw_postgres(self):
+        pm = self.postmaster_pid()
+        if pm:
+            os.killpg(os.getpgid(pm), signal.SIGCONT)
+
     def stop(self):
+        self.thaw()
         if self.proc and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -442,3 +502,115 @@ class HAProxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+# ---- shared by the fault tests (test_ha_fault_*.py) ----------------------
+
+def patroni_cluster(name, n=3):
+    """A module fixture's body: an etcd + Patroni cluster, stopped afterwards."""
+    import pytest
+    for tool in (ETCD, PATRONI, PATRONICTL):
+        if not os.path.exists(tool):
+            pytest.fail("%s is missing (tools/deps.sh installs etcd-server and patroni)" % tool)
+    c = PatroniCluster(name, n=n)
+    try:
+        t0 = time.monotonic()
+        c.start()
+        print("patroni %s: cluster up in %.1f s" % (name, time.monotonic() - t0))
+        yield c
+    finally:
+        c.stop()
+
+
+def ha_cmsd_config(cluster, dbname):
+    """cmsd on the cluster's multi-host conninfo, with a loopback metrics port."""
+    return {"db_conninfo": cluster.conninfo(dbname, h.DB_ROLE) + " application_name=cmsd-ha",
+            "db_reconnect_min_ms": 50, "db_reconnect_max_ms": 500,
+            "ingest_timeout_ms": 60000, "db_query_timeout_ms": 5000,
+            "metrics_listen": "127.0.0.1:%d" % h.free_port()}
+
+
+def start_monitors(pki, port, devs, n, run, pace, deadline=300, window=8):
+    mons = []
+    for d in devs:
+        msgs = [("%s-%s-%05d" % (run, d[-1], i), None) for i in range(n)]
+        msgs = [(cid, h.pcd01(d, cid, patient="PT-" + cid)) for cid, _ in msgs]
+        mons.append(ResilientMonitor(pki, port, d, msgs, window=window, deadline=deadline,
+                                     pace=pace))
+    for m in mons:
+        m.start()
+    return mons
+
+
+def assert_exactly_once(db, mons, n):
+    """Every monitor done, every message ACKed, each ACKed one stored exactly
+    once with its observations. Returns the number of messages checked."""
+    for m in mons:
+        m.join(300)
+    for m in mons:
+        assert not m.is_alive(), "%s still sending" % m.device
+        assert len(m.aa) == n, "%s: %d of %d acknowledged (last error %s, other %s)" % (
+            m.device, len(m.aa), n, m.error, dict(list(m.other.items())[:5]))
+        stored = db.messages_for(m.device, [cid for cid, _ in m.msgs])
+        missing = sorted(m.aa - set(stored))
+        assert not missing, "%s: ACKed but not stored: %s" % (m.device, missing[:5])
+        dup = {cid: v for cid, v in stored.items() if v[0] != 1}
+        assert not dup, "%s: stored more than once: %s" % (m.device, list(dup.items())[:5])
+        want = stored[m.msgs[0][0]][1]
+        short = {cid: v for cid, v in stored.items() if v[1] != want or not want}
+        assert not short, "%s: observations missing: %s" % (m.device, list(short.items())[:5])
+    return sum(len(m.aa) for m in mons)
+
+
+def ack_times(mons):
+    return sorted(t for m in mons for t in m.ack_at.values())
+
+
+def ack_stall(mons, t_fault):
+    """(longest gap between two ACKs from the last one before t_fault on, first
+    ACK after t_fault - t_fault)."""
+    times = ack_times(mons)
+    after = [t for t in times if t > t_fault]
+    assert after, "no ACK after the fault"
+    before = [t for t in times if t <= t_fault]
+    seq = ([before[-1]] if before else []) + after
+    return max(b - a for a, b in zip(seq, seq[1:])), after[0] - t_fault
+
+
+class MetricSampler(threading.Thread):
+    """Samples cmsd metrics every interval s: samples = [(t, {name: value})]."""
+
+    def __init__(self, c, names, interval=0.5):
+        super().__init__(daemon=True)
+        self.c, self.names, self.interval = c, names, interval
+        self.samples = []
+        self.stop_ev = threading.Event()
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                text = metrics_text(self.c)
+                row = {}
+                for n in self.names:
+                    for ln in text.splitlines():
+                        if ln.startswith(n + " ") or ln.startswith(n + "{"):
+                            row[n] = row.get(n, 0.0) + float(ln.rsplit(" ", 1)[1])
+                self.samples.append((time.monotonic(), row))
+            self.stop_ev.wait(self.interval)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join(10)
+
+    def values(self, name, t0=0.0, t1=float("inf")):
+        return [r[name] for t, r in self.samples if t0 <= t <= t1 and name in r]
+
+
+def log_events(c, since, *events):
+    """{event: count} of cmsd c's log lines from offset since."""
+    out = {e: 0 for e in events}
+    for ln in c.log_lines(since):
+        for e in events:
+            if "event=%s " % e in ln or ln.endswith("event=%s" % e):
+                out[e] += 1
+    return out

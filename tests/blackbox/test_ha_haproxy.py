@@ -1,16 +1,21 @@
 """N stateless cmsd behind HAProxy (TCP mode, TLS passed through, PROXY
-protocol v2, health checks on cmsd's HTTPS port): monitors stream through
-HAProxy, one cmsd is killed -9 mid-stream, its monitors reconnect through
+protocol v2, health checks GET /readyz on cmsd's HTTPS port): monitors stream
+through HAProxy, one cmsd is killed -9 mid-stream, its monitors reconnect through
 HAProxy to the others and resend; every ACKed message is stored exactly once.
+A draining cmsd (SIGTERM) leaves HAProxy's rotation while it still finishes what
+it owes: new monitors go to the others.
 The monitor's own address (not HAProxy's) is what cmsd logs. Revoking a device
 through the API (via HAProxy) drops its live sessions on every instance within
 1 s (the NOTIFY reaches each one)."""
 
+import contextlib
 import re
+import signal
 import subprocess
 import time
 import types
 
+import psycopg2
 import pytest
 
 import est_helpers as eh
@@ -34,16 +39,19 @@ def hdb(pg):
 @pytest.fixture
 def farm(hdb, cmsd_factory, tmp_path):
     nodes = [cmsd_factory("cmsd-hap%d" % i, db_conninfo=hdb.cmsd_dsn,
-                          proxy_protocol="v2", proxy_allow="127.0.0.1")
+                          proxy_protocol="v2", proxy_allow="127.0.0.1",
+                          metrics_listen="127.0.0.1:%d" % h.free_port())
              for i in range(3)]
     hap = ha.HAProxy(h.RUN / "haproxy", [("c%d" % i, c.port, int(c.cfg["https_listen"]
                                                                      .rsplit(":", 1)[1]))
-                                          for i, c in enumerate(nodes)], check="/healthz")
+                                          for i, c in enumerate(nodes)], check="/readyz")
     hap.start()
     # Every backend seen up by HAProxy's health checks (rise 2, inter 500 ms).
+    h.wait_until(lambda: all(ha.metric(c, "cmsd_ready") == 1 for c in nodes), 60, 0.2,
+                 "every cmsd ready")
     time.sleep(1.5)
-    h.wait_until(lambda: eh.curl(via(hap, nodes), "GET", "/healthz")[0] == 200, 30, 0.2,
-                 "cmsd's health through HAProxy")
+    h.wait_until(lambda: eh.curl(via(hap, nodes), "GET", "/readyz")[0] == 200, 30, 0.2,
+                 "cmsd's readiness through HAProxy")
     yield nodes, hap
     hap.stop()
 
@@ -119,6 +127,59 @@ def test_revocation_drops_sessions_on_every_instance(farm, hdb, pki):
         assert took < CLOSE_WITHIN, "instance %d closed it %.3f s after the request" % (i, took)
     for cl in live:
         cl.close()
+
+
+def test_draining_instance_leaves_rotation(farm, hdb, pki):
+    """SIGTERM: the instance drains (/readyz 503, its HTTPS listener closed), HAProxy's
+    /readyz check takes it out of rotation while it still commits and ACKs what it
+    received; new monitors land on the others; it exits 0; nothing lost."""
+    nodes, hap = farm
+    victim, others = nodes[0], nodes[1:]
+    dev, cid = "MON-0002", h.unique("DR")
+    # Hold the drain open: an uncommitted row with the same (device, control id)
+    # makes the victim's INSERT of that message wait (unique key), so it owes an ACK.
+    blocker = psycopg2.connect(hdb.dsn)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("INSERT INTO cms.messages (device_id, control_id, received_at, nobs) "
+                        "SELECT id, %s, now(), 0 FROM cms.devices WHERE serial = %s", (cid, dev))
+        cl = h.device_client(pki, victim.port, dev,
+                             proxy_header=ha.proxy_v2("192.0.2.60", 4600, dport=victim.port))
+        cl.send(h.pcd01(dev, cid, patient="PT-DR"))
+        h.wait_until(lambda: (ha.metric(victim, "cmsd_ingest_queued_messages") or 0) >= 1,
+                     10, 0.1, "the message queued on the victim")
+        hap_since = hap.log.stat().st_size
+        t0 = time.monotonic()
+        victim.proc.send_signal(signal.SIGTERM)
+        down = re.compile(r"Server cmsd_mllp/c0 is DOWN")
+        h.wait_until(lambda: down.search(hap.log.read_text(errors="replace")[hap_since:]),
+                     15, 0.1, "HAProxy to take the draining c0 out of rotation")
+        took = time.monotonic() - t0
+        assert victim.alive(), "the victim exited before HAProxy noticed: nothing shown"
+        assert ha.metric(victim, "cmsd_draining") == 1 and ha.metric(victim, "cmsd_ready") == 0
+        # New monitors through HAProxy: none lands on the draining instance.
+        ports = []
+        for i in range(6):
+            with h.device_client(pki, hap.mllp, "MON-0003") as c2:
+                assert c2.request(h.pcd01("MON-0003", h.unique("DR"),
+                                          patient="PT-DR")).code == "AA"
+                ports.append(c2.local_port)
+        for p in ports:
+            pat = re.compile(r"device_connected device=MON-0003 peer=127\.0\.0\.1:%d\b" % p)
+            assert not pat.search(victim.log_text()), "port %d reached the draining c0" % p
+            assert any(pat.search(c.log_text()) for c in others), "port %d: no cmsd logged it" % p
+        assert victim.alive()
+        blocker.rollback()  # the victim's INSERT goes through: COMMIT, ACK, exit
+        a = cl.recv_ack(timeout=30)
+        assert a.code == "AA", a.raw
+        assert victim.proc.wait(40) == 0
+        cl.close()
+    finally:
+        with contextlib.suppress(Exception):
+            blocker.rollback()
+        blocker.close()
+    assert hdb.message_count(dev, cid) == 1
+    print("haproxy: draining c0 out of rotation %.2f s after SIGTERM" % took)
 
 
 def test_example_config_is_valid():

@@ -2,7 +2,8 @@
 the header's source address is the monitor's address in logs and audit rows;
 a header from an address not on the list, no header, a v1 header, a malformed
 or truncated header are each refused (connection closed, a proxy_refused log
-line, a tls_refused audit row naming the reason) while everyone else is served."""
+line, a tls_refused audit row naming the reason, cmsd_connections_refused_total
+{reason="proxy_not_allowed"|"proxy_header"}) while everyone else is served."""
 
 import socket
 import ssl
@@ -17,7 +18,12 @@ import helpers as h
 @pytest.fixture
 def pcmsd(cmsd_factory):
     return cmsd_factory("cmsd-proxy", proxy_protocol="v2", proxy_allow="127.0.0.1, ::1",
-                        handshake_timeout_ms=2000)
+                        handshake_timeout_ms=2000,
+                        metrics_listen="127.0.0.1:%d" % h.free_port())
+
+
+def refusals(c, reason):
+    return ha.metric(c, "cmsd_connections_refused_total", listener="mllp", reason=reason) or 0
 
 
 def send_one(pki, c, device, header, **kw):
@@ -53,7 +59,10 @@ def test_header_source_is_the_peer_in_logs_and_audit(pcmsd, pki, db):
 
 
 def refused(pcmsd, db, payload, why, source=None, close_after=True):
-    """Sends payload (raw bytes) and expects the connection closed without TLS."""
+    """Sends payload (raw bytes) and expects the connection closed without TLS,
+    logged, audited and counted."""
+    reason = "proxy_not_allowed" if source else "proxy_header"
+    before = refusals(pcmsd, reason)
     since = pcmsd.log_size()
     a0 = db.max_audit_id()
     s = socket.create_connection(("127.0.0.1", pcmsd.port), timeout=10,
@@ -74,6 +83,8 @@ def refused(pcmsd, db, payload, why, source=None, close_after=True):
     pcmsd.wait_log(r"event=proxy_refused .*%s" % why, since, timeout=10)
     h.wait_until(lambda: any(e["event"] == "tls_refused" and "PROXY protocol" in (e["detail"] or "")
                              for e in db.audit_events(a0)), 10, 0.1, "a tls_refused audit row")
+    h.wait_until(lambda: refusals(pcmsd, reason) == before + 1, 10, 0.1,
+                 "cmsd_connections_refused_total{reason=%s} one more" % reason)
 
 
 HELLO = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 32
@@ -97,6 +108,7 @@ def test_malformed_header_refused(pcmsd, db):
 
 
 def test_truncated_header_refused(pcmsd, db):
+    before = refusals(pcmsd, "proxy_header")
     since = pcmsd.log_size()
     s = socket.create_connection(("127.0.0.1", pcmsd.port), timeout=10)
     s.sendall(ha.proxy_v2("192.0.2.7", 1, dport=pcmsd.port)[:20])
@@ -110,6 +122,11 @@ def test_truncated_header_refused(pcmsd, db):
     assert s.recv(10) == b""
     s.close()
     pcmsd.wait_log(r"event=proxy_refused .*no complete header after 2000 ms", since, timeout=10)
+    # Both counted as header refusals (the second not as a handshake_timeout).
+    h.wait_until(lambda: refusals(pcmsd, "proxy_header") == before + 2, 10, 0.1,
+                 "two proxy_header refusals counted")
+    assert (ha.metric(pcmsd, "cmsd_connections_refused_total", listener="mllp",
+                      reason="handshake_timeout") or 0) == 0
 
 
 def test_source_not_on_allowlist_refused(pcmsd, db):
