@@ -295,7 +295,8 @@ static void status_usage(FILE *f)
     fprintf(f, "usage: cmsctl firmware status RELEASE [options]\n\n"
                "Shows a release, its approvals and every allowlisted device's state:\n"
                "approved (not offered yet), offered, downloading, downloaded, installed,\n"
-               "failed (with the device's reason).\n");
+               "failed (with the device's reason), rolled_back, withdrawn (by an aborted\n"
+               "rollout: 'firmware rollout').\n");
     api_common_usage(f);
 }
 
