@@ -125,6 +125,10 @@ def test_stages_offer_advance_complete(fw_cmsd, pki, db, rollout_devices):
     first = by_hash(serials)[:2]
     full = show(c, pki, ro["id"])
     assert sorted(d["serial"] for d in full["device_list"] if d["stage"] == 1) == sorted(first)
+    assert len(full["device_list"]) == 10 and full["device_list_truncated"] is False
+    st, body, raw = curl(c, pki, "GET", "%s/%d?stage=1" % (API, ro["id"]), cert="viewer1")
+    assert st == 200 and sorted(d["serial"] for d in body["rollout"]["device_list"]) == \
+        sorted(first), raw
     for s in serials:
         assert offered(c, pki, s) == (s in first), s
     # Still the per-device signed manifest.

@@ -6,7 +6,7 @@
  *          [--failure PCT] [--window HH:MM-HH:MM] [--tz ZONE] [--max-retargets N]
  *          [--no-start]
  *   cmsctl firmware rollout list [--release ID] [--state S]
- *   cmsctl firmware rollout show ID
+ *   cmsctl firmware rollout show ID [--stage N]
  *   cmsctl firmware rollout pause ID [--note TEXT]
  *   cmsctl firmware rollout resume ID
  *   cmsctl firmware rollout abort ID [--note TEXT]
@@ -248,25 +248,32 @@ static int list_cmd(int argc, char **argv)
 
 static void show_usage(FILE *f)
 {
-    fprintf(f, "usage: cmsctl firmware rollout show ID [options]\n\n"
+    fprintf(f, "usage: cmsctl firmware rollout show ID [--stage N] [options]\n\n"
                "Shows a rollout: its state, thresholds and window, per stage how many devices\n"
-               "installed, failed, rolled back, are in progress or pending, and each device.\n");
+               "installed, failed, rolled back, are in progress or pending, and each device\n"
+               "(at most 1000; --stage N: those of stage N).\n");
     api_common_usage(f);
 }
 
 static int show_cmd(int argc, char **argv)
 {
+    const char *stage = NULL;
+    const api_opt opts[] = {{"stage", &stage, NULL}, {NULL, NULL, NULL}};
     api_args a;
-    int rc = api_args_parse(argc, argv, NULL, 1, 1, show_usage, &a);
+    int rc = api_args_parse(argc, argv, opts, 1, 1, show_usage, &a);
     if (rc)
         return parsed(rc);
     api_path p;
     api_path_init(&p, "/api/v1/firmware/rollouts");
     api_path_segment(&p, a.pos[0]);
+    api_path_query(&p, "stage", stage);
     api_resp r;
     rc = api_call("GET", &p, NULL, &r);
     if (rc != CMSCTL_OK)
         return rc;
+    if (!api_json_output() &&
+        json_is_true(json_object_get(json_object_get(r.json, "rollout"), "device_list_truncated")))
+        fprintf(stderr, "cmsctl: the first 1000 devices only: use --stage N\n");
     return print_answer(&r);
 }
 

@@ -432,10 +432,21 @@ int fw_rollout_list(https_req *r)
                        2, p, list_done);
 }
 
+/* At most this many devices in a show answer (each ~170 bytes: far below max_output_bytes). */
+#define SHOW_DEVICES_MAX 1000
+
+typedef struct show_job {
+    https_req *r;
+    long stage; /* only this stage's devices, 0 = all */
+} show_job;
+
 static void show_done(void *ctx, int status, const store_rows *res)
 {
-    https_req *r = ctx;
+    show_job *j = ctx;
+    https_req *r = j->r;
+    long stage = j->stage;
     json_error_t jerr;
+    free(j);
     if (status != CMS_OK) {
         svc__reply_db_error(r, status, res, rollout_sqlstates);
         return;
@@ -445,25 +456,57 @@ static void show_done(void *ctx, int status, const store_rows *res)
         return;
     }
     json_t *o = json_loads(store_rows_text(res, 0, 0), 0, &jerr);
-    if (!o) {
+    json_t *all = json_object_get(o, "device_list");
+    if (!o || !json_is_array(all)) {
+        json_decref(o);
         https_reply_error(r, 500, "internal_error", "cannot read the rollout");
         return;
     }
+    /* The devices of one stage when asked, at most SHOW_DEVICES_MAX of them. */
+    json_t *keep = json_array(), *d;
+    size_t i, total = 0;
+    json_array_foreach(all, i, d)
+    {
+        if (stage && json_integer_value(json_object_get(d, "stage")) != stage)
+            continue;
+        if (total++ < SHOW_DEVICES_MAX)
+            json_array_append(keep, d);
+    }
+    json_object_set_new(o, "device_list", keep);
+    json_object_set_new(o, "device_list_truncated", json_boolean(total > SHOW_DEVICES_MAX));
     https_reply_json(r, 200, json_pack("{s:o}", "rollout", o));
 }
 
 int fw_rollout_show(https_req *r)
 {
-    static const char *const allowed[] = {NULL};
-    char id[24];
-    int64_t rid;
+    static const char *const allowed[] = {"stage", NULL};
+    char id[24], stage[8];
+    int64_t rid, st = 0;
     if (!svc__query_ok(r, allowed))
         return CMS_OK;
     if (!fw__parse_id(r->params[0], &rid)) {
         https_reply_error(r, 404, "not_found", "rollout ids are positive integers");
         return CMS_OK;
     }
+    int has =
+        http_query_get(r->http->query, r->http->query_len, "stage", stage, sizeof(stage), NULL);
+    if (has < 0 || (has == 1 && (!fw__parse_id(stage, &st) || st > FW_ROLLOUT_MAX_STAGES))) {
+        https_reply_error(r, 400, "bad_request", "stage must be a stage number 1..16");
+        return CMS_OK;
+    }
+    show_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        https_reply_error(r, 500, "internal_error", "out of memory");
+        return CMS_OK;
+    }
+    j->r = r;
+    j->stage = (long)st;
     snprintf(id, sizeof(id), "%lld", (long long)rid);
     const char *p[] = {id};
-    return svc__submit(r, "SELECT cms.fw_rollout_json($1::bigint, true)::text", 1, p, show_done);
+    if (store_query(fw__store(r), "SELECT cms.fw_rollout_json($1::bigint, true)::text", 1, p,
+                    show_done, j) == CMS_OK)
+        return CMS_EAGAIN;
+    free(j);
+    https_reply_error(r, 503, "busy", "database queue full; retry");
+    return CMS_OK;
 }
