@@ -394,3 +394,23 @@ def test_bad_input_refused_and_audited(fw_cmsd, pki, db, rollout_devices):
     for s in serials:
         assert offered(c, pki, s) == (s in stage1), s
     assert cmsctl(c, pki, "viewer1", "audit", "verify").returncode == 0
+
+
+def test_tick_evaluates_without_a_report(fw_cmsd, pki, db, rollout_devices):
+    """An install recorded without the evaluation that follows a report (as after a cmsd
+    killed between the two) is picked up by the periodic tick (every 5 s)."""
+    c = fw_cmsd
+    model, serials, rel, rid = release_for(c, pki, db, 2)
+    st, body, raw = create(c, pki, {"release_id": rid, "stages": ["50%", "100%"],
+                                    "success_threshold": 100})
+    assert st == 201, raw
+    ro = body["rollout"]
+    first = by_hash(serials)[0]
+    a0 = db.max_audit_id()
+    db.execute("INSERT INTO cms.fw_rollout (release_id, device_id, state) "
+               "SELECT %s, id, 'installed' FROM cms.devices WHERE serial = %s", (rid, first))
+    wait_state(c, pki, ro["id"], lambda x: x["current_stage"] == 2, "the tick advances", 20)
+    adv = wait_audit(db, a0, "rollout_stage_advanced",
+                     lambda r: json.loads(r["detail"])["rollout_id"] == ro["id"])
+    assert json.loads(adv[0]["detail"])["trigger"] == "tick"
+    assert offered(c, pki, serials[1])
