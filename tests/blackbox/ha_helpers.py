@@ -217,24 +217,37 @@ class PatroniNode:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         if pm:
-            # The postmaster and its backends (its own process group: also
-            # backends that are stopped, which would never notice its death).
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(os.getpgid(pm), signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pm, signal.SIGKILL)
+            # The postmaster and its children (also stopped ones, which would
+            # never notice its death).
+            self._signal_postgres(signal.SIGKILL)
         self.proc.wait(10)
 
-    def _signal_all(self, sig):
-        """sig to Patroni's process group and to PostgreSQL's (the postmaster
-        runs in its own session, its backends and walreceiver in its group)."""
+    def postgres_pids(self):
+        """The postmaster and its children (each child calls setsid(): no common
+        process group to signal)."""
         pm = self.postmaster_pid()
+        if not pm:
+            return []
+        pids = [pm]
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = Path("/proc/%s/stat" % d).read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == pm:
+                        pids.append(int(d))
+        return pids
+
+    def _signal_postgres(self, sig):
+        for pid in self.postgres_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def _signal_all(self, sig):
+        """sig to Patroni's process group and to every PostgreSQL process."""
         if self.proc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-        if pm:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(os.getpgid(pm), sig)
+        self._signal_postgres(sig)
 
     def freeze(self):
         """The node stops answering (a partition, a hung machine): SIGSTOP to
@@ -246,14 +259,10 @@ class PatroniNode:
 
     def freeze_postgres(self):
         """Only PostgreSQL stops (its WAL receiver too: a standby that lags)."""
-        pm = self.postmaster_pid()
-        if pm:
-            os.killpg(os.getpgid(pm), signal.SIGSTOP)
+        self._signal_postgres(signal.SIGSTOP)
 
     def thaw_postgres(self):
-        pm = self.postmaster_pid()
-        if pm:
-            os.killpg(os.getpgid(pm), signal.SIGCONT)
+        self._signal_postgres(signal.SIGCONT)
 
     def stop(self):
         self.thaw()
