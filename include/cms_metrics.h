@@ -47,6 +47,9 @@ enum cm_id {
     CM_RELOAD_TIME,
     CM_CERT_EXPIRY,
     CM_CRL_NEXT_UPDATE,
+    CM_SSE_CLIENTS,
+    CM_SSE_EVENTS,
+    CM_SSE_DROPPED,
     CM__COUNT
 };
 

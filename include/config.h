@@ -73,6 +73,7 @@ typedef struct cms_config {
     char fw_distribution_key_next[CONFIG_STR];
     unsigned fw_manifest_ttl_s;
     char fw_cache_dir[CONFIG_STR];
+    char console_dir[CONFIG_STR]; /* the web console's files (console.h) */
     unsigned fw_max_image_bytes;
     unsigned fw_download_timeout_s;
     char hl7_app[64];

@@ -13,6 +13,9 @@
 #include "ratelimit.h"
 #include "store.h"
 
+struct console_state;
+struct events_worker;
+
 typedef struct svc_state {
     const cms_config *cfg; /* borrowed, read-only */
     store_t *store;        /* borrowed: this worker's store */
@@ -23,6 +26,10 @@ typedef struct svc_state {
     rl_table *est_limit;   /* borrowed, shared by the workers: simpleenroll requests
                             * per source address; NULL = no limit */
     long long anchor_id;   /* svc_audit_anchor: the chain head last logged (0 = none) */
+    const struct console_state *console; /* borrowed, shared read-only: the web console's
+                                          * files and CSRF secret (console.h), or NULL */
+    struct events_worker *events; /* owned by the worker: its live event streams (events.h),
+                                   * or NULL */
 } svc_state;
 
 /*

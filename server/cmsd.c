@@ -21,6 +21,7 @@
 #include "cmsd_int.h"
 #include "cms_err.h"
 #include "cms_metrics.h"
+#include "events.h"
 #include "fw_rollout.h"
 #include "log.h"
 #include "metrics.h"
@@ -127,6 +128,8 @@ static void worker_shutdown(worker *w, bool now)
     close_if_open((uv_handle_t *)&w->drain_async, true);
     close_if_open((uv_handle_t *)&w->audit_async, true);
     ops_worker_listening(w->id, false);
+    events_worker_close(w->svc.events); /* its streams end, their connections close */
+    w->svc.events = NULL;
     if (w->anchor_on) {
         uv_close((uv_handle_t *)&w->anchor_timer, NULL);
         w->anchor_on = false;
@@ -264,6 +267,8 @@ static int worker_listen(worker *w)
         .max_output_bytes = cfg->max_output_bytes,
         .max_upload_bytes = cfg->fw_max_image_bytes,
     };
+    w->svc.console = w->console;
+    w->svc.events = events_worker_new(&w->loop, w->id); /* NULL: GET /api/v1/events is 503 */
     https_ctx_init(&w->https, w->store, w->net, &hc, svc_routes, &w->svc);
     if (net_listen(w->net, cfg->https_listen, w->https_tls, &https_proto, &w->https, err,
                    sizeof(err)) != CMS_OK) {
@@ -496,11 +501,22 @@ static int shared_load(shared *s, const cms_config *cfg, bool check_only)
         fprintf(stderr, "cmsd: out of memory\n");
         return CMS_ENOMEM;
     }
+    if (cfg->https_listen[0]) {
+        /* The web console: its files (read once, here) and its CSRF secret. */
+        if (!(s->console = console_new(cfg->console_dir, cfg->tls_key, err, sizeof(err)))) {
+            fprintf(stderr, "cmsd: %s\n", err);
+            return CMS_EINVAL;
+        }
+        s->events_on = events_hub_init() == CMS_OK;
+    }
     return CMS_OK;
 }
 
 static void shared_free(shared *s)
 {
+    if (s->events_on)
+        events_hub_free();
+    console_free(s->console);
     rl_free(s->est_limit);
     fw_keys_free(s->fw_keys);
     tls_ctx_free(s->https_tls);
@@ -522,6 +538,7 @@ static int worker_start(cmsd *d, unsigned i, const cms_config *cfg, const shared
     w->https_tls = sh->https_tls;
     w->fw_keys = sh->fw_keys;
     w->est_limit = sh->est_limit;
+    w->console = sh->console;
     w->notify_main = &d->notify;
     w->d = d;
     int rc = uv_loop_init(&w->loop);

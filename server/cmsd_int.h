@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "console.h"
 #include "firmware.h"
 #include "https.h"
 #include "ingest.h"
@@ -35,6 +36,8 @@ typedef struct shared {
     tls_ctx *https_tls;  /* NULL when https_listen is "" */
     fw_keys *fw_keys;    /* read-only once loaded */
     rl_table *est_limit; /* locked inside, or NULL (est_anon_per_min = 0) */
+    console_state *console; /* the web console's files and CSRF secret; NULL without HTTPS */
+    bool events_on;         /* the live event hub runs (events_hub_init) */
 } shared;
 
 typedef struct worker {
@@ -47,6 +50,7 @@ typedef struct worker {
     svc_state svc;
     const fw_keys *fw_keys; /* shared, read-only */
     rl_table *est_limit;    /* shared (locked inside), or NULL */
+    const console_state *console; /* shared, read-only, or NULL */
     uv_loop_t loop;
     uv_async_t stop_async;  /* main -> worker: stop now */
     uv_async_t drain_async; /* main -> worker: drain (SIGTERM) */

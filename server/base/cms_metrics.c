@@ -161,6 +161,15 @@ const metric_def cms_metric_defs[CM__COUNT] = {
     [CM_CRL_NEXT_UPDATE] = {.name = "cmsd_crl_next_update_timestamp_seconds",
                             .help = "nextUpdate of the CRL in force (tls_crl); 0 without one.",
                             .type = METRIC_GAUGE, .agg = METRIC_AGG_GLOBAL},
+    [CM_SSE_CLIENTS] = {.name = "cmsd_sse_clients",
+                        .help = "Live event streams (GET /api/v1/events) open now.",
+                        .type = METRIC_GAUGE, .agg = METRIC_AGG_SUM},
+    [CM_SSE_EVENTS] = {.name = "cmsd_sse_events_total",
+                       .help = "Live events published (one per stored message).",
+                       .type = METRIC_COUNTER},
+    [CM_SSE_DROPPED] = {.name = "cmsd_sse_dropped_total",
+                        .help = "Event stream clients dropped for not reading.",
+                        .type = METRIC_COUNTER},
 };
 
 metrics_registry *cms_metrics_new(unsigned nshards, const char *version, char *err, size_t cap)

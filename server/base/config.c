@@ -186,6 +186,9 @@ static const struct config_key keys[] = {
     KU(fw_max_image_bytes, 1024, 1u << 30, "268435456",
        "largest firmware image accepted by import"),
     KU(fw_download_timeout_s, 1, 86400, "900", "longest time one image request may take"),
+    /* web console */
+    KS(console_dir, T_STRING, "/usr/share/cms/console",
+       "the web console's static files, read at start (missing: no console, the API stays)"),
     /* HL7, logging */
     KS(hl7_app, T_STRING, "CMS", "our MSH-3 in ACKs"),
     KS(hl7_facility, T_STRING, "CMS", "our MSH-4 in ACKs"),

@@ -7,6 +7,7 @@
 
 #include "cms_err.h"
 #include "cms_metrics.h"
+#include "console.h"
 #include "https.h"
 #include "log.h"
 #include "peer.h"
@@ -217,8 +218,9 @@ static void audit_refusal(net_conn *c, const https_route *rt, const http_request
     https_ctx *ctx = net_conn_proto_ctx(c);
     char actor[96];
     const char *event = status == 403 && strcmp(error, "forbidden") == 0 ? "operator_forbidden"
-                        : rt && rt->refused                                ? rt->refused
-                                                                           : "http_refused";
+                        : status == 403 && strcmp(error, "csrf_refused") == 0 ? "csrf_refused"
+                        : rt && rt->refused                                   ? rt->refused
+                                                                              : "http_refused";
     json_t *d = json_pack("{s:i, s:s, s:s}", "status", status, "error", error, "reason",
                           detail ? detail : "");
     if (d && req) {
@@ -328,6 +330,15 @@ static int route(net_conn *c, const http_request *req)
             snprintf(why, sizeof(why), "role '%s' may not do this (needs '%s')", names[s->role],
                      names[match->min_role]);
             route_refuse(r, match, 403, "forbidden", why);
+            return CMS_OK;
+        }
+        /* The browser sends the certificate on its own (ambient authority): a
+         * state change from a browser must prove it comes from the console
+         * (console.h, docs/operator-api.md "CSRF"). Decided here, once. */
+        char why[160];
+        if (req->method != HTTP_GET && req->method != HTTP_HEAD &&
+            !console_csrf_ok(((const svc_state *)ctx->svc)->console, r, why, sizeof(why))) {
+            route_refuse(r, match, 403, "csrf_refused", why);
             return CMS_OK;
         }
     } else if (match->peer == HTTPS_PEER_DEVICE && s->peer != HTTPS_PEER_DEVICE) {

@@ -3,6 +3,8 @@
  * what is decided here, in one place, and enforced by the router (https.c).
  */
 #include "cms_err.h"
+#include "console.h"
+#include "events.h"
 #include "firmware.h"
 #include "fw_rollout.h"
 #include "https.h"
@@ -46,6 +48,11 @@ const https_route svc_routes[] = {
     {"POST", "/api/v1/groups/:name/devices", admin_group_set, OP(OPERATOR), "group_update_refused"},
     {"GET", "/api/v1/audit", admin_audit_list, OP(VIEWER), "http_refused"},
     {"GET", "/api/v1/audit/verify", admin_audit_verify, OP(VIEWER), "http_refused"},
+    /* console/: the web console's files and session; events/: its live event stream */
+    {"GET", "/console/", console_static, ANY, "http_refused"},
+    {"GET", "/console/:name", console_static, ANY, "http_refused"},
+    {"GET", "/api/v1/console/session", console_session, OP(VIEWER), "http_refused"},
+    {"GET", "/api/v1/events", events_get, OP(VIEWER), "http_refused"},
     /* admin_clinical.c: latest vitals, alarms, trends, waveforms */
     {"GET", "/api/v1/vitals/latest", admin_vitals_latest, OP(VIEWER), "http_refused"},
     {"GET", "/api/v1/alarms", admin_alarm_list, OP(VIEWER), "http_refused"},

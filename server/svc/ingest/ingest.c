@@ -12,7 +12,9 @@
 
 #include "cms_err.h"
 #include "cms_metrics.h"
+#include "events.h"
 #include "ingest.h"
+#include "ingest_int.h"
 #include "log.h"
 #include "mllp.h"
 #include "peer.h"
@@ -38,6 +40,8 @@ typedef struct pending {
     char trigger[8];
     char err_code[8];
     char reason[200];
+    char *event;            /* the live event to publish after COMMIT (events.h), or NULL */
+    const char *event_type; /* its type (static) */
 } pending;
 
 typedef struct session {
@@ -134,6 +138,7 @@ static void flush_acks(net_conn *c)
         s->npending--;
         if (net_conn_state(c) == NET_ACTIVE)
             send_ack(c, ix, p);
+        free(p->event);
         free(p);
         net_conn_unref(c);
     }
@@ -305,6 +310,8 @@ static void on_stored(void *ctx, int status, const store_ingest_result *res)
         if (res->duplicate)
             log_debug("duplicate", net_conn_identity(c), net_conn_peer(c),
                       "control id %s already stored", p->control_id);
+        if (p->event && !res->duplicate)
+            events_publish(p->event_type, p->event);
         if (res->unknown_alarms)
             log_warn("alarm_unknown", net_conn_identity(c), net_conn_peer(c),
                      "control_id=%s: %u alarm event(s) for an alarm that was not open (stored, "
@@ -385,6 +392,7 @@ static int on_frame(void *ctx, const char *payload, size_t len)
         .alarm_facets = ix->r40.facets,
         .nalarm_facets = r40 ? ix->r40.nfacets : 0,
     };
+    p->event = ingest__event_json(s->serial, m, r40 ? &ix->r40 : NULL, &p->event_type);
     rc = store_ingest_full(ix->store, s->device_id, &m->vitals, &more, on_stored, p);
     if (rc != CMS_OK) {
         pending_fail(p, HL7_AE, "207",

@@ -1,0 +1,80 @@
+/*
+ * events.h - live events for the web console: Server-Sent Events on
+ * GET /api/v1/events (svc layer; HTTPS through https.h only).
+ *
+ * One hub per process. The ingest path publishes an event after each
+ * COMMIT (vitals, alarms) from whatever worker thread stored it; the hub
+ * numbers it (ids strictly increasing within the process, starting from the
+ * start time in microseconds, so the ids of a restarted process are above
+ * the old ones) and keeps the last EVENTS_RING events in memory. Each
+ * worker that serves SSE clients has an events_worker: the hub wakes it
+ * (uv_async_send, never blocking the publisher beyond a short mutex) and it
+ * writes the new events to its clients on its own loop.
+ *
+ * A client resumes with Last-Event-ID: the events after that id still in the
+ * ring are sent first; an id older than the ring (or unknown to this
+ * process) gets one "reset" event (the page reloads its state), then the live
+ * events. A client whose unsent output passes EVENTS_CLIENT_BUFFER is
+ * dropped (log line event=sse_dropped, cmsd_sse_dropped_total): a slow
+ * viewer never holds up ingest or other viewers. Every EVENTS_HEARTBEAT_MS a
+ * comment line keeps proxies and the browser's connection alive.
+ *
+ * Per process: several cmsd instances each have their own hub and ids
+ * (docs/scale-out.md).
+ */
+#ifndef CMS_EVENTS_H
+#define CMS_EVENTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "https.h"
+
+#define EVENTS_RING 4096                    /* events kept for Last-Event-ID */
+#define EVENTS_CLIENT_BUFFER (256u * 1024)  /* unsent bytes before a client is dropped */
+#define EVENTS_HEARTBEAT_MS 15000u
+
+/*
+ * Starts the process's hub. Returns CMS_OK or CMS_ENOMEM. Thread: main,
+ * before any worker runs. Until it is called, events_publish does nothing.
+ */
+int events_hub_init(void);
+/* Frees the hub (after every worker's events_worker was closed). Thread: main. */
+void events_hub_free(void);
+
+/*
+ * Publishes one event: type (static, e.g. "vitals", "alarm") and data, a
+ * JSON object on one line (copied). Returns its id, or 0 when the hub is off
+ * or out of memory. Thread: any.
+ */
+uint64_t events_publish(const char *type, const char *json);
+
+/* True when the hub runs (events_publish would store the event). Thread: any. */
+bool events_on(void);
+
+typedef struct events_worker events_worker;
+
+/*
+ * A worker's side of the hub: registers with the hub, owns its SSE clients.
+ * loop borrowed (must outlive it). NULL when out of memory or the hub is
+ * off. Thread: loop's.
+ */
+events_worker *events_worker_new(uv_loop_t *loop, unsigned worker_id);
+/*
+ * Unregisters from the hub, ends every client's stream (their connections
+ * close) and closes the handles; the memory goes in their close callbacks.
+ * NULL is a no-op. Thread: loop's.
+ */
+void events_worker_close(events_worker *w);
+
+/*
+ * GET /api/v1/events (viewer): the SSE stream. r->ctx->svc is a svc_state
+ * whose events member is this worker's events_worker (503 when NULL).
+ * Header Last-Event-ID (digits) resumes. Returns CMS_EAGAIN (the stream
+ * runs until the client or the server closes it) or CMS_OK after an answer.
+ */
+int events_get(https_req *r);
+
+#endif

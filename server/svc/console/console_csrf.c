@@ -1,0 +1,112 @@
+/* console_csrf.c - the CSRF secret, tokens, and the router's rule (see console.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "console_int.h"
+#include "net.h"
+#include "tls.h"
+
+int console__csrf_init(console_state *cs, const char *tls_key, char *err, size_t cap)
+{
+    int rc = -1;
+    unsigned char *buf = NULL;
+    FILE *f = fopen(tls_key, "rb");
+    if (!f) {
+        snprintf(err, cap, "console: cannot read tls_key %s", tls_key);
+        return -1;
+    }
+    if (fseek(f, 0, SEEK_END) != 0)
+        goto cleanup;
+    long n = ftell(f);
+    if (n <= 0 || n > (1L << 20) || fseek(f, 0, SEEK_SET) != 0)
+        goto cleanup;
+    buf = malloc((size_t)n);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n)
+        goto cleanup;
+    /* A key of its own, from the server's private key: every instance that
+     * shares the key agrees on the tokens; the key itself is not exposed. */
+    static const char label[] = "cms console csrf v1";
+    unsigned int len = sizeof(cs->secret);
+    if (!HMAC(EVP_sha256(), label, (int)sizeof(label) - 1, buf, (size_t)n, cs->secret, &len))
+        goto cleanup;
+    rc = 0;
+cleanup:
+    if (rc != 0)
+        snprintf(err, cap, "console: cannot derive the CSRF secret from tls_key %s", tls_key);
+    if (buf) {
+        OPENSSL_cleanse(buf, (size_t)n);
+        free(buf);
+    }
+    fclose(f);
+    return rc;
+}
+
+void console_csrf_token(const console_state *cs, const char *fp_hex, long long day, char out[65])
+{
+    char msg[96];
+    unsigned char mac[32];
+    unsigned int len = sizeof(mac);
+    int n = snprintf(msg, sizeof(msg), "%.64s|%lld", fp_hex, day);
+    HMAC(EVP_sha256(), cs->secret, (int)sizeof(cs->secret), (const unsigned char *)msg,
+         (size_t)n, mac, &len);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", mac[i]);
+    out[64] = '\0';
+}
+
+/* Origin must be https://<Host> (the console's own origin). */
+static bool same_origin(const char *origin, const char *host)
+{
+    static const char scheme[] = "https://";
+    if (!host || strncasecmp(origin, scheme, sizeof(scheme) - 1) != 0)
+        return false;
+    return strcasecmp(origin + sizeof(scheme) - 1, host) == 0;
+}
+
+bool console_csrf_ok(const console_state *cs, const https_req *r, char *why, size_t cap)
+{
+    const http_request *q = r->http;
+    const char *origin = http_request_header(q, "origin");
+    const char *site = http_request_header(q, "sec-fetch-site");
+    bool browser = origin || site || http_request_header(q, "sec-fetch-mode") ||
+                   http_request_header(q, "cookie");
+    if (!browser)
+        return true; /* cmsctl, curl: no ambient authority to abuse */
+    if (origin && !same_origin(origin, http_request_header(q, "host"))) {
+        snprintf(why, cap, "cross-site request (Origin %.100s)", origin);
+        return false;
+    }
+    if (site && strcmp(site, "same-origin") != 0) {
+        snprintf(why, cap, "cross-site request (Sec-Fetch-Site %.40s)", site);
+        return false;
+    }
+    if (!cs) {
+        snprintf(why, cap, "console not configured");
+        return false;
+    }
+    const char *tok = http_request_header(q, CONSOLE_CSRF_HEADER);
+    if (!tok || !*tok) {
+        snprintf(why, cap, "missing X-CSRF-Token (GET /api/v1/console/session gives it)");
+        return false;
+    }
+    const tls_peer *p = net_conn_peer_record(r->conn);
+    char fp[TLS_FINGERPRINT_HEX_SIZE], want[65];
+    tls_peer_fingerprint_hex(p, fp);
+    long long day = (long long)(time(NULL) / 86400);
+    bool ok = false;
+    for (long long d = day; d >= day - 1 && !ok; d--) {
+        console_csrf_token(cs, fp, d, want);
+        ok = strlen(tok) == 64 && CRYPTO_memcmp(tok, want, 64) == 0;
+    }
+    OPENSSL_cleanse(want, sizeof(want));
+    if (!ok)
+        snprintf(why, cap, "invalid X-CSRF-Token");
+    return ok;
+}
