@@ -101,7 +101,7 @@ function drawTile(t) {
   const top = t.alarms.reduce((p, a) => Math.max(p, PRIORITY[a.priority] || 0), 0);
   const prio = Object.keys(PRIORITY).find(k => PRIORITY[k] === top);
   const node = el('div', { class: 'tile' + (prio ? ' alarm-' + prio : ''), id: 'tile-' + t.serial,
-    'data-serial': t.serial },
+    'data-serial': t.serial, 'data-live-updates': String(t.live || 0) },
     el('h3', {}, el('span', {}, t.serial), el('span', { class: 'bed' }, bed(t.location))),
     nums,
     t.alarms.map(a => el('div', { class: 'alarm prio-' + (a.priority || 'PL'), 'data-alarm': a.alarm_id },
@@ -162,6 +162,7 @@ function onVitals(ev) {
   if (d.location) t.location = d.location;
   for (const o of d.observations) t.values[o.code] = Number(o.value);
   t.updated = new Date();
+  t.live = (t.live || 0) + 1;
   if (state.view === 'ward') {
     if (t.node && t.node.parentNode) drawTile(t);
     else { const g = document.getElementById('tiles'); if (g) g.append(drawTile(t)); }

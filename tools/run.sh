@@ -77,6 +77,8 @@ est_ca_chain = $PKI/device-ca-bundle.pem
 fw_publisher_keys = $PKI/publisher.pub
 fw_distribution_key = $PKI/fw-distribution.key
 fw_cache_dir = $VAR/fw-cache
+# The web console (https://127.0.0.1:$HTTPS_PORT/console/): this checkout's files.
+console_dir = $ROOT/console
 log_level = info
 EOF
 	mv -f "$CONF.tmp" "$CONF"
