@@ -25,7 +25,13 @@ PACKAGES=(
 	prometheus # promtool check metrics, and a real Prometheus scraping cmsd (test_metrics.py)
 	# scale-out and HA tests (issue 15): real engines on loopback
 	haproxy patroni etcd-server
+	# the web console in a real browser (test_console_browser.py): Debian's chromium,
+	# driven by playwright-core from npm (installed under build/node by the test)
+	chromium nodejs
 )
+# npm: Debian's package, unless an npm is already there (a NodeSource nodejs ships its own,
+# and conflicts with Debian's npm package).
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 
 if [[ ${1:-} == --list ]]; then
 	printf '%s\n' "${PACKAGES[@]}"

@@ -41,6 +41,7 @@ typedef struct sub {
     events_worker *w;
     https_req *r;
     uint64_t last_id; /* the last event it was sent */
+    bool writing;     /* inside sub_write: a close it causes must not end s under it */
 } sub;
 
 struct events_worker {
@@ -178,10 +179,26 @@ static void sub_end(sub *s, bool ok)
     https_stream_end(r, ok);
 }
 
+/*
+ * Writes to s's stream. A failed write closes the connection inside the call,
+ * and the close calls on_writable (https.h): that nested call sees s->writing
+ * and leaves s alone. Returns true when the stream is still open; on false the
+ * caller ends s.
+ */
+static bool sub_write(sub *s, const char *data, size_t n)
+{
+    s->writing = true;
+    int rc = https_stream_write(s->r, data, n);
+    s->writing = false;
+    return rc == CMS_OK && net_conn_state(s->r->conn) == NET_ACTIVE;
+}
+
 /* Writes what s has not seen; drops it when its output passes the bound. */
 static void sub_deliver(sub *s)
 {
     events_worker *w = s->w;
+    if (s->writing)
+        return;
     if (net_conn_state(s->r->conn) != NET_ACTIVE) {
         sub_end(s, false);
         return;
@@ -191,7 +208,7 @@ static void sub_deliver(sub *s)
         size_t n = hub_copy(&s->last_id, &w->buf, &w->cap);
         if (n == 0 && s->last_id == before)
             return;
-        if (n && https_stream_write(s->r, w->buf, n) != CMS_OK) {
+        if (n && !sub_write(s, w->buf, n)) {
             sub_end(s, false);
             return;
         }
@@ -229,8 +246,7 @@ static void on_heartbeat(uv_timer_t *t)
     static const char beat[] = ": keep-alive\n\n";
     for (sub *s = w->subs, *next; s; s = next) {
         next = s->next;
-        if (net_conn_state(s->r->conn) != NET_ACTIVE ||
-            https_stream_write(s->r, beat, sizeof(beat) - 1) != CMS_OK)
+        if (net_conn_state(s->r->conn) != NET_ACTIVE || !sub_write(s, beat, sizeof(beat) - 1))
             sub_end(s, false);
     }
 }
