@@ -298,6 +298,7 @@ static void on_ready_check(uv_timer_t *t)
         }
         ops_worker_listening(w->id, true);
         ops_worker_db(w->id, true); /* store_ready said so; the tick follows it from here */
+        metrics_gauge_set(CM_DB_UP, 0, 1); /* and cmsd_db_up with it, not a tick later */
         if (w->id == 0)
             ops_schema_check(w->store); /* ready as soon as it answers, not a tick later */
         worker_set_status(w, W_RUNNING);
