@@ -32,8 +32,8 @@
 
 #include "https.h"
 
-#define EVENTS_RING 4096                    /* events kept for Last-Event-ID */
-#define EVENTS_CLIENT_BUFFER (256u * 1024)  /* unsent bytes before a client is dropped */
+#define EVENTS_RING 4096                   /* events kept for Last-Event-ID */
+#define EVENTS_CLIENT_BUFFER (256u * 1024) /* unsent bytes before a client is dropped */
 #define EVENTS_HEARTBEAT_MS 15000u
 
 /*

@@ -21,7 +21,7 @@
 /* Scripts, styles, images and connections from this origin only; no inline
  * script or style, no plugins, never inside a frame. */
 #define CSP                                                                                        \
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "             \
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "              \
     "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "                  \
     "form-action 'self'; frame-ancestors 'none'"
 
@@ -29,10 +29,14 @@ static const struct {
     const char *ext;
     const char *type;
 } types[] = {
-    {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
-    {".css", "text/css; charset=utf-8"},   {".svg", "image/svg+xml"},
-    {".png", "image/png"},                 {".ico", "image/x-icon"},
-    {".json", "application/json"},         {".txt", "text/plain; charset=utf-8"},
+    {".html", "text/html; charset=utf-8"},
+    {".js", "text/javascript; charset=utf-8"},
+    {".css", "text/css; charset=utf-8"},
+    {".svg", "image/svg+xml"},
+    {".png", "image/png"},
+    {".ico", "image/x-icon"},
+    {".json", "application/json"},
+    {".txt", "text/plain; charset=utf-8"},
 };
 
 static const char *type_of(const char *name)
@@ -68,8 +72,7 @@ static int load_file(console__file *f, const char *path, char *err, size_t cap)
         goto cleanup;
     }
     if (st.st_size > (off_t)CONSOLE_MAX_FILE_BYTES) {
-        snprintf(err, cap, "console_dir: %s is larger than %u bytes", path,
-                 CONSOLE_MAX_FILE_BYTES);
+        snprintf(err, cap, "console_dir: %s is larger than %u bytes", path, CONSOLE_MAX_FILE_BYTES);
         goto cleanup;
     }
     f->len = (size_t)st.st_size;
@@ -190,8 +193,8 @@ int console_session(https_req *r)
                 json_pack("{s:s, s:s}", "role", roles[r->role], "fingerprint", fp));
     https_reply_json(r, 200,
                      json_pack("{s:s, s:s, s:s, s:s, s:s}", "name", r->peer_cn, "role",
-                               roles[r->role], "fingerprint", fp, "csrf_token", tok,
-                               "csrf_header", "X-CSRF-Token"));
+                               roles[r->role], "fingerprint", fp, "csrf_token", tok, "csrf_header",
+                               "X-CSRF-Token"));
     OPENSSL_cleanse(tok, sizeof(tok));
     return CMS_OK;
 }

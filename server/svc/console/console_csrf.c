@@ -54,8 +54,8 @@ void console_csrf_token(const console_state *cs, const char *fp_hex, long long d
     unsigned char mac[32];
     unsigned int len = sizeof(mac);
     int n = snprintf(msg, sizeof(msg), "%.64s|%lld", fp_hex, day);
-    HMAC(EVP_sha256(), cs->secret, (int)sizeof(cs->secret), (const unsigned char *)msg,
-         (size_t)n, mac, &len);
+    HMAC(EVP_sha256(), cs->secret, (int)sizeof(cs->secret), (const unsigned char *)msg, (size_t)n,
+         mac, &len);
     for (unsigned i = 0; i < 32; i++)
         snprintf(out + 2 * i, 3, "%02x", mac[i]);
     out[64] = '\0';

@@ -108,7 +108,8 @@ uint64_t events_publish(const char *type, const char *json)
     free(hub.slot[i]);
     hub.slot[i] = ev;
     hub.len[i] = n > 0 ? (size_t)n : 0;
-    for (size_t k = 0; k < hub.nworkers; k++) /* under the lock: a closing worker unregisters first */
+    for (size_t k = 0; k < hub.nworkers;
+         k++) /* under the lock: a closing worker unregisters first */
         uv_async_send(&hub.workers[k]->async);
     pthread_mutex_unlock(&hub.mu);
     metrics_add(CM_SSE_EVENTS, 0, 1);
@@ -126,8 +127,8 @@ static size_t hub_copy(uint64_t *last, char **buf, size_t *cap)
     size_t used = 0;
     pthread_mutex_lock(&hub.mu);
     uint64_t newest = hub.next_id - 1; /* first_id - 1: none yet */
-    uint64_t oldest = hub.next_id - hub.first_id > EVENTS_RING ? hub.next_id - EVENTS_RING
-                                                                : hub.first_id;
+    uint64_t oldest =
+        hub.next_id - hub.first_id > EVENTS_RING ? hub.next_id - EVENTS_RING : hub.first_id;
     if (*last != newest && (*last + 1 < oldest || *last > newest)) {
         int n = snprintf(*buf, *cap, "id: %" PRIu64 "\nevent: reset\ndata: {}\n\n", newest);
         used = n > 0 ? (size_t)n : 0;

@@ -44,10 +44,10 @@ char *ingest__event_json(const char *serial, const pcd01_msg *m, const pcd04_msg
         *type = "vitals";
         for (size_t i = 0; i < m->vitals.nobs; i++) {
             const vitals_obs *v = &m->vitals.obs[i];
-            json_array_append_new(list, json_pack("{s:o, s:o, s:o, s:o, s:o}", "code",
-                                                  str(v->code), "label", str(v->label), "sub_id",
-                                                  str(v->sub_id), "value", str(v->value_text),
-                                                  "unit", str(v->unit_label)));
+            json_array_append_new(list, json_pack("{s:o, s:o, s:o, s:o, s:o}", "code", str(v->code),
+                                                  "label", str(v->label), "sub_id", str(v->sub_id),
+                                                  "value", str(v->value_text), "unit",
+                                                  str(v->unit_label)));
         }
         json_object_set(o, "observations", list);
     }
