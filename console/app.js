@@ -145,12 +145,13 @@ async function renderWard(view) {
   const pick = el('select', { id: 'ward-select' }, el('option', { value: '' }, 'all wards'),
     wards.map(w => el('option', { value: w }, w)));
   const grid = el('div', { class: 'tiles', id: 'tiles' });
+  if (state.esWard && wards.includes(state.esWard)) pick.value = state.esWard;
   const draw = () => {
     grid.replaceChildren();
     for (const t of [...state.tiles.values()].sort((a, b) => a.serial.localeCompare(b.serial)))
       if (!pick.value || ward(t.location) === pick.value) grid.append(drawTile(t));
   };
-  pick.addEventListener('change', draw);
+  pick.addEventListener('change', () => { connectEvents(pick.value); draw(); });
   view.append(el('form', { class: 'inline' }, el('label', {}, 'Ward ', pick),
     el('span', { class: 'muted' }, 'Tiles update live; alarm colours: PH red, PM yellow, PL cyan.')), grid);
   draw();
@@ -165,7 +166,7 @@ function onVitals(ev) {
   t.live = (t.live || 0) + 1;
   if (state.view === 'ward') {
     if (t.node && t.node.parentNode) drawTile(t);
-    else { const g = document.getElementById('tiles'); if (g) g.append(drawTile(t)); }
+    else { const g = document.getElementById('tiles'); if (g && (!state.esWard || ward(t.location) === state.esWard)) g.append(drawTile(t)); }
   }
 }
 
@@ -179,16 +180,20 @@ async function onAlarm(ev) {
   else { const g = document.getElementById('tiles'); if (g) g.append(drawTile(t)); }
 }
 
-function connectEvents() {
-  if (state.es) return;
-  const es = new EventSource('/api/v1/events');
+// The live stream: every event, or one ward's (?ward=) when a ward is picked.
+function connectEvents(wardName) {
+  const want = wardName || '';
+  if (state.es && state.esWard === want) return;
+  if (state.es) state.es.close();
+  const es = new EventSource('/api/v1/events' + (want ? '?ward=' + encodeURIComponent(want) : ''));
   const live = document.getElementById('live');
-  es.addEventListener('open', () => { live.textContent = 'live'; live.className = 'live on'; });
+  es.addEventListener('open', () => { live.textContent = 'live' + (want ? ' (' + want + ')' : ''); live.className = 'live on'; });
   es.addEventListener('error', () => { live.textContent = 'reconnecting'; live.className = 'live off'; });
   es.addEventListener('vitals', e => { state.lastEventId = e.lastEventId; onVitals(e); });
   es.addEventListener('alarm', e => { state.lastEventId = e.lastEventId; onAlarm(e).catch(err => message(err.message, 'error')); });
   es.addEventListener('reset', () => { if (state.view === 'ward') render(); });
   state.es = es;
+  state.esWard = want;
 }
 
 // ---- fleet ------------------------------------------------------------------------------

@@ -35,6 +35,7 @@
 #define EVENTS_RING 4096                   /* events kept for Last-Event-ID */
 #define EVENTS_CLIENT_BUFFER (256u * 1024) /* unsent bytes before a client is dropped */
 #define EVENTS_HEARTBEAT_MS 15000u
+#define EVENTS_WARD_LEN 64 /* a ward's name, NUL included */
 
 /*
  * Starts the process's hub. Returns CMS_OK or CMS_ENOMEM. Thread: main,
@@ -45,11 +46,15 @@ int events_hub_init(void);
 void events_hub_free(void);
 
 /*
- * Publishes one event: type (static, e.g. "vitals", "alarm") and data, a
- * JSON object on one line (copied). Returns its id, or 0 when the hub is off
- * or out of memory. Thread: any.
+ * Publishes one event: type (static, e.g. "vitals", "alarm"), the ward it
+ * belongs to (the first component of the bed's location, cut to
+ * EVENTS_WARD_LEN - 1 bytes; "" or NULL: none; streams opened with ?ward=W
+ * get only W's events) and data, a JSON object on one line (copied; the hub
+ * adds "published_us", its wall-clock time in microseconds, as the first
+ * member). Returns its id, or 0 when the hub is off or out of memory.
+ * Thread: any.
  */
-uint64_t events_publish(const char *type, const char *json);
+uint64_t events_publish(const char *type, const char *ward, const char *json);
 
 /* True when the hub runs (events_publish would store the event). Thread: any. */
 bool events_on(void);
@@ -70,9 +75,10 @@ events_worker *events_worker_new(uv_loop_t *loop, unsigned worker_id);
 void events_worker_close(events_worker *w);
 
 /*
- * GET /api/v1/events (viewer): the SSE stream. r->ctx->svc is a svc_state
- * whose events member is this worker's events_worker (503 when NULL).
- * Header Last-Event-ID (digits) resumes. Returns CMS_EAGAIN (the stream
+ * GET /api/v1/events[?ward=W] (viewer): the SSE stream (only ward W's events
+ * with ward). r->ctx->svc is a svc_state whose events member is this
+ * worker's events_worker (503 when NULL). Header Last-Event-ID (digits)
+ * resumes. Returns CMS_EAGAIN (the stream
  * runs until the client or the server closes it) or CMS_OK after an answer.
  */
 int events_get(https_req *r);

@@ -25,7 +25,7 @@ import pytest
 
 import helpers as h
 from fw_helpers import *  # noqa: F401,F403 (fixtures)
-from fw_helpers import (audit_since, import_release, new_device, sign_release, start_fw_cmsd,
+from fw_helpers import (audit_since, import_release, sign_release, start_fw_cmsd,
                         stop_checked, unique_model)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -33,7 +33,7 @@ NODE = shutil.which("node")
 NODE_DIR = h.BUILD / "node"
 SCRIPT = h.ROOT / "tests" / "browser" / "console.mjs"
 OUT = h.RUN / "console-browser"
-VITALS, ALARMS = "CON-0001", "CON-0002"
+VITALS, ALARMS, TARGET = "CON-0001", "CON-0002", "CON-0003"
 
 
 def playwright():
@@ -48,7 +48,7 @@ def playwright():
 
 @pytest.fixture(scope="module")
 def console_cmsd(pki, db):
-    pki.mint("CON-", 1, 2)
+    pki.mint("CON-", 1, 3)
     for serial in (VITALS, ALARMS):
         if not db.query("SELECT 1 FROM cms.devices WHERE serial = %s", (serial,)):
             h.device_add(db, serial, status="active", model="Example Monitor")
@@ -73,7 +73,8 @@ def test_console_in_chromium(console_cmsd, pki, db):
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     model = unique_model()
-    dev = new_device(db, model)
+    dev = TARGET  # the approval's device, of the release's model (not one of fw_helpers' FWD-)
+    h.device_add(db, dev, status="active", model=model)  # a fresh database each session
     rel = sign_release(model, "3.1.0", 7, size=50000)
     rid = import_release(c, pki, rel, "operator1")["id"]
     a0 = db.max_audit_id()

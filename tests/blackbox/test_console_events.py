@@ -36,7 +36,7 @@ def ecmsd(pki, db):
 class Sse:
     """One event stream over TLS; events() parses what has arrived."""
 
-    def __init__(self, c, pki, cert="viewer1", last_id=None, rcvbuf=None):
+    def __init__(self, c, pki, cert="viewer1", last_id=None, rcvbuf=None, query=""):
         ctx = ssl.create_default_context(cafile=str(pki.root_ca))
         crt, key = ah.operator(pki, cert)
         ctx.load_cert_chain(str(crt), str(key))
@@ -48,8 +48,8 @@ class Sse:
         s.connect(("127.0.0.1", port))
         self.sock = ctx.wrap_socket(s, server_hostname="localhost")
         extra = "Last-Event-ID: %s\r\n" % last_id if last_id is not None else ""
-        self.sock.sendall(("GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n"
-                           "Accept: text/event-stream\r\n%s\r\n" % extra).encode())
+        self.sock.sendall(("GET /api/v1/events%s HTTP/1.1\r\nHost: localhost\r\n"
+                           "Accept: text/event-stream\r\n%s\r\n" % (query, extra)).encode())
         self.buf = b""
         self.head = None
         self.closed = False
@@ -157,6 +157,33 @@ def test_event_within_a_second_of_the_ack_and_resume(ecmsd, pki):
     g.close()
 
 
+def test_ward_filter_and_publication_time(ecmsd, pki):
+    """?ward=W: only the events of beds whose location starts with W (PV1-3's first
+    component); every event says when the hub published it (published_us)."""
+    c = ecmsd
+    port = int(c.cfg["mllp_listen"].rsplit(":", 1)[1])
+    ccu, nicu, every = (Sse(c, pki, query="?ward=CCU"), Sse(c, pki, query="?ward=NICU"),
+                        Sse(c, pki))
+    with h.device_client(pki, port, DEVICE) as m:
+        assert m.request(message(100, 61)).code == "AA"  # the sample's PV1-3: CCU^^BED-07
+        assert m.request(message(101, 62).replace("CCU^^BED-07", "NICU^^BED-02")).code == "AA"
+    got_ccu = [ccu.next_event(2.0), ccu.next_event(0.5)]
+    got_nicu = [nicu.next_event(2.0), nicu.next_event(0.5)]
+    got_all = [every.next_event(2.0), every.next_event(2.0)]
+    assert got_ccu[0] and got_ccu[1] is None, got_ccu
+    assert json.loads(got_ccu[0]["data"])["location"] == "CCU^^BED-07"
+    assert got_nicu[0] and got_nicu[1] is None, got_nicu
+    assert json.loads(got_nicu[0]["data"])["location"] == "NICU^^BED-02"
+    assert all(got_all) and int(got_all[0]["id"]) < int(got_all[1]["id"])
+    for e in got_all:
+        d = json.loads(e["data"])
+        assert abs(d["published_us"] / 1e6 - time.time()) < 10, d
+    for s_ in (ccu, nicu, every):
+        s_.close()
+    st, body, rawb = ah.curl(c, pki, "GET", "/api/v1/events?room=1", cert="viewer1")
+    assert st == 400 and body["error"] == "bad_request", rawb
+
+
 def test_alarm_event(ecmsd, pki):
     c = ecmsd
     sse = Sse(c, pki)
@@ -210,6 +237,8 @@ def test_slow_client_dropped_without_stalling_ingest(ecmsd, pki):
     assert n >= 50, n
     fast.close()
     slow.close()
-    h.wait_until(lambda: metric(c, pki, "cmsd_sse_clients") == 0, 15, 0.2, "streams closed")
+    # A stream's connection is not read while it streams: a client that went away is seen at
+    # the next write, an event or the heartbeat (every 15 s).
+    h.wait_until(lambda: metric(c, pki, "cmsd_sse_clients") == 0, 25, 0.5, "streams closed")
     print("slow-client run: 3000 messages of 128 observations in %.1f s, all AA, ACK p99 %s ms"
           % (took, stats["latency_ms"]["p99"]))

@@ -17,6 +17,10 @@ Scenarios (docs/benchmarks.md has the method):
   P3  RSS per held mTLS session, cmsd vs Mosquitto
   P4  full and resumed mTLS handshakes/s, cmsd vs nginx (same workers)
   P5  64 MiB firmware download over mTLS, cmsd (signed, approved release) vs nginx (a file)
+  P2V P2's load at BENCH_P2V_DEVICES monitors (1000) run twice, side by side: without and with
+      200 open live-event streams (GET /api/v1/events: 195 curl, 5 probes that time each
+      event from its publication to its arrival): ACK p99 both ways, event delivery p50/p99,
+      streams dropped
   P6  30 000 live mTLS monitors (1 msg / 10 s) on 2 cmsd processes sharing the ports
       (SO_REUSEPORT), from several cms-monitor processes each with its own --source
       127.0.0.x: ACK p50/p99, sessions refused, RSS per session vs Mosquitto
@@ -637,6 +641,128 @@ def p2_once(pg, i, devices):
     return r
 
 
+class Viewers:
+    """n live-event streams on cmsd's HTTPS listener with the bench PKI's viewer1 certificate:
+    n - probes curl processes (read and discard, as fast as C reads) and `probes` Python
+    threads that time every event from the hub's published_us to its arrival (same host
+    clock)."""
+
+    def __init__(self, https_port, n, probes=5):
+        self.port, self.n, self.probes = https_port, n, min(probes, n)
+        self.delays_ms, self.events, self.closed = [], 0, 0
+        self.procs, self.threads, self.stop_ev = [], [], None
+
+    def _probe(self):
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(PKI / "ca.pem"))
+        ctx.load_cert_chain(str(PKI / "operators/viewer1.crt"), str(PKI / "operators/viewer1.key"))
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.port), timeout=30),
+                            server_hostname="localhost")
+        s.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        s.settimeout(1.0)
+        buf, rx = b"", re.compile(rb'"published_us":(\d+)')
+        while not self.stop_ev.is_set():
+            try:
+                data = s.recv(1 << 20)
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.closed += 1
+                return
+            now = time.time() * 1e6
+            buf += data
+            cut = buf.rfind(b"\n\n")
+            if cut < 0:
+                continue
+            for m in rx.finditer(buf, 0, cut):
+                self.delays_ms.append((now - int(m.group(1))) / 1000.0)
+                self.events += 1
+            buf = buf[cut + 2:]
+        s.close()
+
+    def __enter__(self):
+        import threading
+        self.stop_ev = threading.Event()
+        url = "https://localhost:%d/api/v1/events" % self.port
+        for _ in range(self.n - self.probes):
+            self.procs.append(subprocess.Popen(
+                ["curl", "-sN", "--cacert", PKI / "ca.pem", "--cert", PKI / "operators/viewer1.crt",
+                 "--key", PKI / "operators/viewer1.key", "-o", "/dev/null", url],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(self.probes):
+            t = threading.Thread(target=self._probe, daemon=True)
+            t.start()
+            self.threads.append(t)
+        time.sleep(2)  # every stream open before the load starts
+        return self
+
+    def __exit__(self, *a):
+        self.stop_ev.set()
+        for p in self.procs:
+            if p.poll() is not None:
+                self.closed += 1
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+        for t in self.threads:
+            t.join(5)
+
+    def summary(self):
+        d = sorted(self.delays_ms)
+        q = lambda f: round(d[min(len(d) - 1, int(f * len(d)))], 1) if d else None  # noqa: E731
+        return {"streams": self.n, "closed_early": self.closed, "probe_events": self.events,
+                "delivery_p50_ms": q(0.50), "delivery_p99_ms": q(0.99),
+                "delivery_max_ms": round(d[-1], 1) if d else None}
+
+
+def metrics_value(port, name):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/metrics")
+    body = c.getresponse().read().decode()
+    c.close()
+    for ln in body.splitlines():
+        if ln.startswith(name + " "):
+            return float(ln.split()[-1])
+    return None
+
+
+def p2v_once(pg, i, devices, viewers):
+    """P2's paced load (1 msg/s per monitor, 10 obs) with `viewers` live-event streams open
+    (0: none); ACK latency as cms-monitor measures it."""
+    pg.clean_ingest()
+    c = Cmsd(pg, {"tls_operator_ca": PKI / "operator-ca-bundle.pem"}, tag="cmsd-p2v")
+    c.start()
+    v = None
+    try:
+        dur = int(devices / P2_CONNECT_RATE) + P2_SECONDS
+        if viewers:
+            with Viewers(c.https_port, viewers) as v:
+                m = monitor(c.port, devices, 1, 4, dur, ["--connect-rate", P2_CONNECT_RATE])
+                dropped = metrics_value(c.metrics_port, "cmsd_sse_dropped_total")
+                published = metrics_value(c.metrics_port, "cmsd_sse_events_total")
+        else:
+            m = monitor(c.port, devices, 1, 4, dur, ["--connect-rate", P2_CONNECT_RATE])
+            dropped = published = None
+    finally:
+        c.stop()
+    steady = [g for g in m["progress"] if int(g[1]) == devices]
+    steady = steady[3:] if len(steady) > 5 else steady
+    p99s = [float(g[6]) for g in steady]
+    r = {"devices": devices, "viewers": viewers, "p50_ms": m["latency_ms"]["p50"],
+         "p99_ms": m["latency_ms"]["p99"],
+         "steady_median_interval_p99_ms": statistics.median(p99s) if p99s else None,
+         "ae": m["ae"], "unacked": m["unacked"], "acked": m["acked_aa"],
+         "events_published": published, "streams_dropped": dropped,
+         "viewers_summary": v.summary() if v else None}
+    log("P2V run %d: %d monitors, %d viewers: ACK p50 %.1f ms p99 %.1f ms (steady median-interval"
+        " p99 %s); events %s" % (i, devices, viewers, r["p50_ms"], r["p99_ms"],
+                                 r["steady_median_interval_p99_ms"], r["viewers_summary"]))
+    return r
+
+
 def hold_sessions(srv, proto, n, extra_groups=None):
     """Fresh server: RSS before, then n sessions held by 2 holder processes, RSS after."""
     srv.start()
@@ -1058,7 +1184,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "0")))
-    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P1M,P2,P3,P4,P5,P6"))
+    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P1M,P2,P2V,P3,P4,P5,P6"))
     ap.add_argument("--sweep", action="store_true", help="cmsd config variations under P1/P4")
     ap.add_argument("--profile", default=os.environ.get("BENCH_PROFILE", ""),
                     help="perf-record cmsd under these scenarios (P1,P2,P3,P4): "
@@ -1192,6 +1318,23 @@ def main():
                    "scrapes": sum(r["scrape"]["scrapes"] for r in rs),
                    "attempts": attempts,  # runs of the levels tried before, not held
                    "raw": rs}
+    if "P2V" in only:
+        devices = int(os.environ.get("BENCH_P2V_DEVICES", "1000"))
+        nview = int(os.environ.get("BENCH_P2V_VIEWERS", "200"))
+        off, on = [], []
+        for i in range(runs):  # alternating, so that a noisy neighbour hits both alike
+            off.append(p2v_once(pg, i, devices, 0))
+            on.append(p2v_once(pg, i, devices, nview))
+        S["P2V"] = {"params": {"devices": devices, "viewers": nview, "rate_per_device": 1,
+                               "obs_per_msg": 10, "steady_seconds": P2_SECONDS},
+                    "p99_ms_without": stats([r["p99_ms"] for r in off]),
+                    "p99_ms_with": stats([r["p99_ms"] for r in on]),
+                    "steady_p99_ms_without": stats([r["steady_median_interval_p99_ms"] for r in off]),
+                    "steady_p99_ms_with": stats([r["steady_median_interval_p99_ms"] for r in on]),
+                    "delivery_p50_ms": stats([r["viewers_summary"]["delivery_p50_ms"] for r in on]),
+                    "delivery_p99_ms": stats([r["viewers_summary"]["delivery_p99_ms"] for r in on]),
+                    "streams_dropped": sum(r["streams_dropped"] or 0 for r in on),
+                    "raw": {"without": off, "with": on}}
     if "P3" in only:
         rc, rm = [], []
         for i in range(runs):
@@ -1460,6 +1603,20 @@ def table_rows(res):
             add("P2", "GET /metrics every 1 s meanwhile: answer p50 (ms), %d scrapes, %d failed"
                 % (p.get("scrapes", 0), p.get("scrape_failures", 0)), p["scrape_p50_ms"], nd=2)
             add("P2", "GET /metrics answer, slowest (ms)", p["scrape_max_ms"], nd=1)
+    if "P2V" in S:
+        p = S["P2V"]
+        pp = p["params"]
+        add("P2V", "ACK p99 (ms), %d monitors, no live-event streams" % pp["devices"],
+            p["p99_ms_without"], nd=1)
+        add("P2V", "ACK p99 (ms), same load, %d streams open (%d dropped)"
+            % (pp["viewers"], p["streams_dropped"]), p["p99_ms_with"], "unchanged", nd=1)
+        add("P2V", "ACK p99 (ms), steady median 2-s interval: without", p["steady_p99_ms_without"],
+            nd=1)
+        add("P2V", "ACK p99 (ms), steady median 2-s interval: with", p["steady_p99_ms_with"], nd=1)
+        add("P2V", "event delivery p50 (ms), publication -> probe", p["delivery_p50_ms"], nd=1)
+        m = p["delivery_p99_ms"]
+        add("P2V", "event delivery p99 (ms), publication -> probe", m, "<= 1000",
+            yes(m is not None and m["median"] <= 1000), nd=1)
     if "P3" in S:
         p = S["P3"]
         add("P3", "cmsd KiB per held mTLS session (%d)" % p["params"]["sessions"],

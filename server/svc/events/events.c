@@ -21,6 +21,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "svc.h"
+#include "../svc_int.h"
 
 #define MAX_WORKERS 64
 #define CHUNK (64u * 1024) /* bytes copied out of the ring per write */
@@ -32,6 +33,7 @@ static struct {
     uint64_t next_id;  /* the id of the next event */
     char *slot[EVENTS_RING];
     size_t len[EVENTS_RING];
+    char ward[EVENTS_RING][EVENTS_WARD_LEN]; /* each event's ward, "" = none */
     events_worker *workers[MAX_WORKERS];
     size_t nworkers;
 } hub = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -40,8 +42,9 @@ typedef struct sub {
     struct sub *prev, *next;
     events_worker *w;
     https_req *r;
-    uint64_t last_id; /* the last event it was sent */
-    bool writing;     /* inside sub_write: a close it causes must not end s under it */
+    uint64_t last_id;           /* the last event it was sent */
+    char ward[EVENTS_WARD_LEN]; /* only this ward's events; "" = every event */
+    bool writing;               /* inside sub_write: a close it causes must not end s under it */
 } sub;
 
 struct events_worker {
@@ -90,9 +93,11 @@ bool events_on(void)
     return on;
 }
 
-uint64_t events_publish(const char *type, const char *json)
+uint64_t events_publish(const char *type, const char *ward, const char *json)
 {
-    size_t cap = strlen(type) + strlen(json) + 48;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    size_t cap = strlen(type) + strlen(json) + 96;
     char *ev = malloc(cap);
     if (!ev)
         return 0;
@@ -103,11 +108,17 @@ uint64_t events_publish(const char *type, const char *json)
         return 0;
     }
     uint64_t id = hub.next_id++;
-    int n = snprintf(ev, cap, "id: %" PRIu64 "\nevent: %s\ndata: %s\n\n", id, type, json);
+    /* data: the object with "published_us" (when the hub took it) first */
+    unsigned long long us =
+        (unsigned long long)ts.tv_sec * 1000000u + (unsigned long long)ts.tv_nsec / 1000u;
+    bool empty = json[0] != '{' || json[1] == '}';
+    int n = snprintf(ev, cap, "id: %" PRIu64 "\nevent: %s\ndata: {\"published_us\":%llu%s%s\n\n",
+                     id, type, us, empty ? "}" : ",", empty ? "" : json + 1);
     size_t i = (size_t)(id % EVENTS_RING);
     free(hub.slot[i]);
     hub.slot[i] = ev;
     hub.len[i] = n > 0 ? (size_t)n : 0;
+    snprintf(hub.ward[i], EVENTS_WARD_LEN, "%s", ward ? ward : "");
     for (size_t k = 0; k < hub.nworkers;
          k++) /* under the lock: a closing worker unregisters first */
         uv_async_send(&hub.workers[k]->async);
@@ -122,7 +133,7 @@ uint64_t events_publish(const char *type, const char *json)
  * not one of this process's, gets a reset event instead. Returns the length;
  * *last moves to the last event copied.
  */
-static size_t hub_copy(uint64_t *last, char **buf, size_t *cap)
+static size_t hub_copy(uint64_t *last, const char *ward, char **buf, size_t *cap)
 {
     size_t used = 0;
     pthread_mutex_lock(&hub.mu);
@@ -138,6 +149,10 @@ static size_t hub_copy(uint64_t *last, char **buf, size_t *cap)
     for (uint64_t id = *last + 1; id <= newest; id++) {
         size_t i = (size_t)(id % EVENTS_RING);
         size_t n = hub.len[i];
+        if (ward[0] && strcmp(ward, hub.ward[i]) != 0) { /* another ward's: skipped */
+            *last = id;
+            continue;
+        }
         if (used + n > *cap) {
             if (used > 0)
                 break;
@@ -206,7 +221,7 @@ static void sub_deliver(sub *s)
     }
     for (;;) {
         uint64_t before = s->last_id;
-        size_t n = hub_copy(&s->last_id, &w->buf, &w->cap);
+        size_t n = hub_copy(&s->last_id, s->ward, &w->buf, &w->cap);
         if (n == 0 && s->last_id == before)
             return;
         if (n && !sub_write(s, w->buf, n)) {
@@ -280,8 +295,16 @@ int events_get(https_req *r)
                                "\r\n"
                                "retry: 2000\n"
                                ": cmsd events\n\n";
+    static const char *const allowed[] = {"ward", NULL};
     svc_state *st = r->ctx->svc;
     events_worker *w = st->events;
+    char ward[EVENTS_WARD_LEN];
+    if (!svc__query_ok(r, allowed))
+        return CMS_OK;
+    if (http_query_get(r->http->query, r->http->query_len, "ward", ward, sizeof(ward), NULL) < 0) {
+        https_reply_error(r, 400, "bad_request", "ward: at most 63 bytes");
+        return CMS_OK;
+    }
     if (!w) {
         https_reply_error(r, 503, "unavailable", "live events are off in this process");
         return CMS_OK;
@@ -293,6 +316,7 @@ int events_get(https_req *r)
     }
     s->w = w;
     s->r = r;
+    snprintf(s->ward, sizeof(s->ward), "%s", ward);
     pthread_mutex_lock(&hub.mu);
     s->last_id = hub.next_id - 1; /* live from now on */
     pthread_mutex_unlock(&hub.mu);
@@ -305,8 +329,8 @@ int events_get(https_req *r)
         w->subs->prev = s;
     w->subs = s;
     metrics_gauge_add(CM_SSE_CLIENTS, 0, 1);
-    log_info("sse_open", net_conn_identity(r->conn), r->peer_addr, "event stream opened%s",
-             resuming ? " (resuming)" : "");
+    log_info("sse_open", net_conn_identity(r->conn), r->peer_addr, "event stream opened%s%s%s",
+             ward[0] ? " for ward " : "", ward, resuming ? " (resuming)" : "");
     https_stream_begin(r, head, sizeof(head) - 1, on_writable, s);
     return CMS_EAGAIN;
 }

@@ -42,6 +42,7 @@ typedef struct pending {
     char reason[200];
     char *event;            /* the live event to publish after COMMIT (events.h), or NULL */
     const char *event_type; /* its type (static) */
+    char event_ward[EVENTS_WARD_LEN];
 } pending;
 
 typedef struct session {
@@ -311,7 +312,7 @@ static void on_stored(void *ctx, int status, const store_ingest_result *res)
             log_debug("duplicate", net_conn_identity(c), net_conn_peer(c),
                       "control id %s already stored", p->control_id);
         if (p->event && !res->duplicate)
-            events_publish(p->event_type, p->event);
+            events_publish(p->event_type, p->event_ward, p->event);
         if (res->unknown_alarms)
             log_warn("alarm_unknown", net_conn_identity(c), net_conn_peer(c),
                      "control_id=%s: %u alarm event(s) for an alarm that was not open (stored, "
@@ -393,6 +394,8 @@ static int on_frame(void *ctx, const char *payload, size_t len)
         .nalarm_facets = r40 ? ix->r40.nfacets : 0,
     };
     p->event = ingest__event_json(s->serial, m, r40 ? &ix->r40 : NULL, &p->event_type);
+    if (p->event)
+        ingest__ward(m->vitals.location, p->event_ward, sizeof(p->event_ward));
     rc = store_ingest_full(ix->store, s->device_id, &m->vitals, &more, on_stored, p);
     if (rc != CMS_OK) {
         pending_fail(p, HL7_AE, "207",

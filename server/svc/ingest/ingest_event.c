@@ -1,5 +1,6 @@
 /* ingest_event.c - the live event of a stored message (see ingest_int.h). */
 #include <stdlib.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -10,6 +11,15 @@ static json_t *str(const char *s)
 {
     json_t *j = json_string(s);
     return j ? j : json_string("?"); /* not UTF-8: a mark, not a missing member */
+}
+
+void ingest__ward(const char *location, char *out, size_t cap)
+{
+    size_t n = strcspn(location, "^");
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, location, n);
+    out[n] = '\0';
 }
 
 char *ingest__event_json(const char *serial, const pcd01_msg *m, const pcd04_msg *r40,

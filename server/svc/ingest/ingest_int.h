@@ -26,4 +26,8 @@
 char *ingest__event_json(const char *serial, const pcd01_msg *m, const pcd04_msg *r40,
                          const char **type);
 
+/* The ward of a location ("ICU^^BED-07" -> "ICU"): its first HL7 component,
+ * into out (cap bytes, cut to fit). */
+void ingest__ward(const char *location, char *out, size_t cap);
+
 #endif
