@@ -24,6 +24,7 @@
  * PQfinish closes the socket; the handle memory is freed in its close
  * callback.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,7 +218,7 @@ void store__conn_start(store__conn *c)
         return;
     conn_drop(c);
     c->state = SC_CONNECTING;
-    c->pg = PQconnectStart(c->s->conninfo);
+    c->pg = store__hosts_connect(c->s->conninfo, c->first_host);
     if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
         connect_failed(c, pq_err(c, err, sizeof err));
         return;
@@ -227,7 +228,7 @@ void store__conn_start(store__conn *c)
         connect_failed(c, "cannot poll the database socket");
         return;
     }
-    timer_start(c, c->s->cfg.query_timeout_ms);
+    timer_start(c, store__hosts_connect_timeout_ms(c->s->conninfo, c->s->cfg.query_timeout_ms));
 }
 
 static void connect_step(store__conn *c)
@@ -457,9 +458,20 @@ static void conn_timer_cb(uv_timer_t *t)
     case SC_BACKOFF:
         store__conn_start(c);
         break;
-    case SC_CONNECTING:
-        connect_failed(c, "connect timeout");
+    case SC_CONNECTING: {
+        /* Several hosts: the next attempt starts after the one that hung (store_hosts.c). */
+        char why[160];
+        unsigned i = c->pg ? store__hosts_index(c->s->conninfo, c->pg) : UINT_MAX;
+        if (i != UINT_MAX) {
+            snprintf(why, sizeof why, "connect timeout on %s:%s, next attempt starts after it",
+                     PQhost(c->pg), PQport(c->pg));
+            c->first_host = i + 1; /* rotated modulo the number of hosts */
+        } else {
+            snprintf(why, sizeof why, "connect timeout");
+        }
+        connect_failed(c, why);
         break;
+    }
     case SC_SETUP:
     case SC_BUSY:
         log_warn("db_query_timeout", NULL, NULL, "conn=%s query=%s timeout_ms=%u", c->name, c->what,

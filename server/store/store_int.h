@@ -110,6 +110,7 @@ struct store__conn {
     uv_timer_t timer; /* connect, query or backoff timeout */
     unsigned backoff_ms;
     unsigned failures; /* consecutive failed attempts (for logs) */
+    unsigned first_host; /* multi-host conninfo: the host the next attempt starts with */
     PGresult *result;  /* result being collected */
     char what[32];     /* label of the query in flight (logs) */
     uint64_t sent_ns;  /* uv_hrtime() when the query in flight was sent (metrics) */
@@ -124,6 +125,17 @@ struct store__conn {
 };
 
 void store__conn_init(store_t *s, store__conn *c, const char *name);
+
+/* store_hosts.c: a multi-host conninfo (hosts tried in turn). Thread: the caller's. */
+/* PQconnectStart of conninfo with its host list rotated to start at host first
+ * (0: as written); the caller owns the result (NULL only when out of memory). */
+PGconn *store__hosts_connect(const char *conninfo, unsigned first);
+/* Index in conninfo's host list of the host pg is connecting to; UINT_MAX when
+ * conninfo has one host or it is not found. */
+unsigned store__hosts_index(const char *conninfo, const PGconn *pg);
+/* The connect attempt's time limit: conninfo's connect_timeout (s, at least 2)
+ * when below fallback_ms, else fallback_ms. */
+unsigned store__hosts_connect_timeout_ms(const char *conninfo, unsigned fallback_ms);
 /* Starts connecting now (from SC_DOWN). */
 void store__conn_start(store__conn *c);
 /*
