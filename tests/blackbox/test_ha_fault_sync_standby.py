@@ -89,3 +89,59 @@ def test_standbys_stop_confirming_cmsd_stops_acking(patroni, pki, cmsd_factory):
           "held, log %r; first ACK %.2f s after the thaw; %d messages, 0 lost, 0 duplicated, "
           "all on the synchronous standby %s" % (
               FROZEN, GRACE, max(queued), ev, resumed, total, new_sync.name))
+
+
+def test_sync_standby_lags_commits_wait_or_move(patroni, pki, cmsd_factory):
+    """Only the synchronous standby's PostgreSQL stops (its WAL receiver with it: a
+    standby that lags without end; its Patroni still runs), the other replica is
+    healthy. COMMITs wait for the lagging standby until Patroni, noticing it, names
+    the healthy replica synchronous (or until the standby catches up): ACKs pause,
+    never go out without a standby's copy, and resume; nothing lost or doubled,
+    every ACKed message on both standbys in the end."""
+    db = h.setup_database(patroni, "cms_lag")
+    for d in DEVS:
+        h.device_add(db, d, status="active")
+    h.wait_until(lambda: patroni.sync_standby() is not None, 60, 0.5, "a synchronous standby")
+    leader, lagging = patroni.leader(), patroni.sync_standby()
+    cmsd = cmsd_factory("cmsd-lag", **ha.ha_cmsd_config(patroni, "cms_lag"))
+    mons = ha.start_monitors(pki, cmsd.port, DEVS, N, h.unique("LG"), pace=0.01)
+    switched_at = None
+    try:
+        h.wait_until(lambda: sum(len(m.aa) for m in mons) >= 200, 60, 0.05, "the first ACKs")
+        since = cmsd.log_size()
+        t_lag = time.monotonic()
+        lagging.freeze_postgres()
+        while time.monotonic() < t_lag + FROZEN:
+            s = patroni.sync_standby()
+            if switched_at is None and s is not None and s.name != lagging.name:
+                switched_at = time.monotonic() - t_lag
+            time.sleep(0.5)
+        t_thaw = time.monotonic()
+        lagging.thaw_postgres()
+        total = ha.assert_exactly_once(db, mons, N)
+    finally:
+        lagging.thaw_postgres()
+    stall, _ = ha.ack_stall(mons, t_lag)
+    ev = ha.log_events(cmsd, since, "db_query_timeout", "store_batch_retry")
+    # A stall past db_query_timeout_ms (5 s) is said in the log.
+    assert stall < 5.0 or ev["db_query_timeout"] + ev["store_batch_retry"] > 0, (stall, ev)
+    if switched_at is None:
+        # The standby kept its role: nothing could be ACKed until it was back.
+        late = [t for t in ha.ack_times(mons) if t_lag + GRACE < t <= t_thaw]
+        assert not late, "%d ACKs while the only synchronous standby was stopped" % len(late)
+    assert cmsd.alive()
+    for node in patroni.nodes:
+        if node is leader:
+            continue
+        for m in mons:
+            cids = sorted(m.aa)
+            deadline = time.monotonic() + 60
+            while stored_on(node, "cms_lag", m.device, cids) < len(cids):
+                assert time.monotonic() < deadline, "%s lacks ACKed messages of %s" % (
+                    node.name, m.device)
+                time.sleep(0.5)
+    print("sync standby %s lagging %.0f s: ACKs paused %.1f s; %s; log %r; %d messages, "
+          "0 lost, 0 duplicated, all on both standbys" % (
+              lagging.name, FROZEN, stall,
+              "Patroni named another synchronous standby after %.1f s" % switched_at
+              if switched_at is not None else "the synchronous standby kept its role", ev, total))
