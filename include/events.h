@@ -9,7 +9,8 @@
  * the old ones) and keeps the last EVENTS_RING events in memory. Each
  * worker that serves SSE clients has an events_worker: the hub wakes it
  * (uv_async_send, never blocking the publisher beyond a short mutex) and it
- * writes the new events to its clients on its own loop.
+ * writes the new events to its clients on its own loop, EVENTS_BATCH_MS
+ * after the wake-up (what arrived meanwhile goes in the same write).
  *
  * A client resumes with Last-Event-ID: the events after that id still in the
  * ring are sent first; an id older than the ring (or unknown to this
@@ -35,7 +36,8 @@
 #define EVENTS_RING 4096                   /* events kept for Last-Event-ID */
 #define EVENTS_CLIENT_BUFFER (256u * 1024) /* unsent bytes before a client is dropped */
 #define EVENTS_HEARTBEAT_MS 15000u
-#define EVENTS_WARD_LEN 64 /* a ward's name, NUL included */
+#define EVENTS_BATCH_MS 50u /* new events wait this long for more: one write per batch */
+#define EVENTS_WARD_LEN 64  /* a ward's name, NUL included */
 
 /*
  * Starts the process's hub. Returns CMS_OK or CMS_ENOMEM. Thread: main,

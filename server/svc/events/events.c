@@ -52,6 +52,8 @@ struct events_worker {
     unsigned id;
     uv_async_t async;
     uv_timer_t heartbeat;
+    uv_timer_t flush; /* EVENTS_BATCH_MS after a wake-up: one write per client per batch */
+    bool heartbeat_ok, flush_ok, flush_armed;
     sub *subs;
     int open_handles;
     char *buf; /* what one write copies out of the ring */
@@ -247,12 +249,36 @@ static void on_writable(https_req *r, void *ctx)
     sub_deliver(ctx);
 }
 
-static void on_async(uv_async_t *a)
+static void deliver_all(events_worker *w)
 {
-    events_worker *w = a->data;
     for (sub *s = w->subs, *next; s; s = next) {
         next = s->next;
         sub_deliver(s);
+    }
+}
+
+static void on_flush(uv_timer_t *t)
+{
+    events_worker *w = t->data;
+    w->flush_armed = false;
+    deliver_all(w);
+}
+
+/* New events: written EVENTS_BATCH_MS later, together with those that follow them
+ * meanwhile (a commit every few ms would otherwise be a TLS record and a system call per
+ * client each). */
+static void on_async(uv_async_t *a)
+{
+    events_worker *w = a->data;
+    if (!w->subs)
+        return;
+    if (!w->flush_ok) {
+        deliver_all(w);
+        return;
+    }
+    if (!w->flush_armed) {
+        w->flush_armed = true;
+        uv_timer_start(&w->flush, on_flush, EVENTS_BATCH_MS, 0);
     }
 }
 
@@ -358,8 +384,14 @@ events_worker *events_worker_new(uv_loop_t *loop, unsigned worker_id)
     w->open_handles = 1;
     if (uv_timer_init(loop, &w->heartbeat) == 0) {
         w->heartbeat.data = w;
+        w->heartbeat_ok = true;
         w->open_handles++;
         uv_timer_start(&w->heartbeat, on_heartbeat, EVENTS_HEARTBEAT_MS, EVENTS_HEARTBEAT_MS);
+    }
+    if (uv_timer_init(loop, &w->flush) == 0) { /* else: written at each wake-up */
+        w->flush.data = w;
+        w->flush_ok = true;
+        w->open_handles++;
     }
     pthread_mutex_lock(&hub.mu);
     bool ok = hub.on && hub.nworkers < MAX_WORKERS;
@@ -395,10 +427,14 @@ void events_worker_close(events_worker *w)
     pthread_mutex_unlock(&hub.mu);
     while (w->subs)
         sub_end(w->subs, false);
-    int handles = w->open_handles;
+    bool heartbeat = w->heartbeat_ok, flush = w->flush_ok; /* w may go in a close callback */
     uv_close((uv_handle_t *)&w->async, on_handle_closed);
-    if (handles > 1) {
+    if (heartbeat) {
         uv_timer_stop(&w->heartbeat);
         uv_close((uv_handle_t *)&w->heartbeat, on_handle_closed);
+    }
+    if (flush) {
+        uv_timer_stop(&w->flush);
+        uv_close((uv_handle_t *)&w->flush, on_handle_closed);
     }
 }
