@@ -277,7 +277,7 @@ async function renderRollouts(view) {
         el('td', {}, r.id), el('td', {}, r.model + ' ' + r.version + ' (#' + r.release_id + ')'),
         el('td', { class: 'rollout-state' }, r.state), el('td', {}, r.current_stage + '/' + r.stages_total),
         el('td', {}, r.devices), el('td', {}, r.installed), el('td', {}, r.failed),
-        el('td', {}, r.pause_reason || ''), el('td', {}, r.window ? r.window + ' ' + r.time_zone : 'any time'),
+        el('td', { class: 'pause-reason' }, r.pause_reason || ''), el('td', {}, r.window ? r.window + ' ' + r.time_zone : 'any time'),
         el('td', {}, ['running', 'created'].includes(r.state) ? btn(r, 'pause') : '',
           ['paused', 'created'].includes(r.state) ? btn(r, 'resume') : '',
           ['completed', 'aborted'].includes(r.state) ? '' : btn(r, 'abort'))))));

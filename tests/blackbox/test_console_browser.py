@@ -9,7 +9,8 @@ log holds:
   - a bed tile updates when cms-monitor sends;
   - an alarm appears in its priority colour and clears (cms-monitor --alarms);
   - the importer's own approval is refused, operator2 approves from the page;
-  - a rollout created from the page (with its CSRF token) is paused from the rollouts page;
+  - a rollout created from the page (with its CSRF token) is paused and resumed from the
+    rollouts page, then pauses by itself when its device reports a failure (injected);
   - no Content-Security-Policy violation, no script error;
   - screenshots under the test's directory (build/.../console-browser/).
 
@@ -90,7 +91,9 @@ def test_console_in_chromium(console_cmsd, pki, db):
         "monitor_vitals": monitor(c, pki, VITALS, "--count", "3", "--rate", "2"),
         "monitor_alarms": monitor(c, pki, ALARMS, "--alarms", "0.5", "--rate", "1",
                                   "--duration", "35"),
-        "release_id": rid, "approve_device": dev,
+        "release_id": rid, "approve_device": dev, "release_sha256": rel.sha256,
+        "device": dict(zip(("cert", "key"), map(str, pki.device(dev)))),
+        "ca": str(pki.root_ca),
     }
     cfile = OUT / "config.json"
     cfile.write_text(json.dumps(conf))
@@ -111,6 +114,7 @@ def test_console_in_chromium(console_cmsd, pki, db):
     assert "two_person_rule" in steps["self_approval_refused"]["message"], steps
     assert "done" in steps["approved"]["message"]
     assert "rollout_paused" in steps
+    assert steps["rollout_auto_paused"]["reason"].startswith("auto"), steps
     assert "intact" in steps["audit"]["chain"]
     assert res["csp_violations"] == [], res["csp_violations"]
     assert res["page_errors"] == [], res["page_errors"]
@@ -127,4 +131,5 @@ def test_console_in_chromium(console_cmsd, pki, db):
     assert [r for r in by("fw_approve_refused") if r["actor"] == "operator:operator1"]
     assert [r for r in rows if r["event"].startswith("fw_approv") and r["event"] != "fw_approve_refused"
             and r["actor"] == "operator:operator2"], [r["event"] for r in rows]
-    assert [r for r in rows if r["event"] == "rollout_paused"], [r["event"] for r in rows]
+    paused = [json.loads(r["detail"])["reason"] for r in rows if r["event"] == "rollout_paused"]
+    assert "manual" in paused and "auto" in paused, paused

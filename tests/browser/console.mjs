@@ -6,6 +6,7 @@
 // Prints one JSON line of results on stdout; exit 0 when every step passed.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import https from 'node:https';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
@@ -17,6 +18,25 @@ const results = { steps: [], csp_violations: [], page_errors: [] };
 function step(name, extra) {
   results.steps.push({ name, at: Date.now(), ...(extra || {}) });
   process.stderr.write('step: ' + name + (extra ? ' ' + JSON.stringify(extra) : '') + '\n');
+}
+
+// One request as the device (its own certificate), as a monitor's updater would make it.
+function device(method, p, body) {
+  return new Promise((resolve, reject) => {
+    const data = body ? JSON.stringify(body) : null;
+    const req = https.request(cfg.url + p, {
+      method, cert: readFileSync(cfg.device.cert), key: readFileSync(cfg.device.key),
+      ca: readFileSync(cfg.ca), servername: 'localhost',
+      headers: data ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) } : {},
+    }, (res) => {
+      let out = '';
+      res.on('data', (c) => { out += c; });
+      res.on('end', () => resolve({ status: res.statusCode, body: out }));
+    });
+    req.on('error', reject);
+    if (data) req.write(data);
+    req.end();
+  });
 }
 
 function run(argv) {
@@ -117,6 +137,30 @@ async function main() {
     }, row, { timeout: 20000 });
     step('rollout_paused', { id: created.id });
     await shot(b.page, '07-rollout-paused');
+
+    // 5b. Resumed from the page; the device is offered the release, reports a failure, and
+    // the rollout pauses by itself (failure threshold): the page shows why.
+    await b.page.click(row + ' button.resume');
+    await b.page.waitForFunction((sel) => {
+      const e = document.querySelector(sel + ' .rollout-state');
+      return e && e.textContent === 'running';
+    }, row, { timeout: 20000 });
+    const offer = await device('GET', '/fw/v1/manifest?installed=1.0.0');
+    if (offer.status !== 200) throw new Error('no offer to the device: ' + offer.status + ' ' + offer.body);
+    const rep = await device('POST', '/fw/v1/report', { status: 'failed', version: '1.0.0',
+      sha256: cfg.release_sha256, reason: 'flash error injected by the browser test' });
+    if (rep.status !== 200) throw new Error('report refused: ' + rep.status + ' ' + rep.body);
+    let reason = null;
+    for (let i = 0; i < 40 && !reason; i++) {
+      await b.page.waitForTimeout(500);
+      await b.page.reload();
+      await b.page.waitForSelector(row, { timeout: 20000 });
+      const st = await b.page.textContent(row + ' .rollout-state');
+      if (st === 'paused') reason = await b.page.textContent(row + ' .pause-reason');
+    }
+    if (!reason || !reason.startsWith('auto')) throw new Error('rollout not paused automatically: ' + reason);
+    step('rollout_auto_paused', { reason });
+    await shot(b.page, '07b-rollout-auto-paused');
 
     // 6. Fleet and audit pages render (the chain status shown).
     await b.page.goto(cfg.url + '/console/#fleet');
