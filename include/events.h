@@ -6,7 +6,8 @@
  * COMMIT (vitals, alarms) from whatever worker thread stored it; the hub
  * numbers it (ids strictly increasing within the process, starting from the
  * start time in microseconds, so the ids of a restarted process are above
- * the old ones) and keeps the last EVENTS_RING events in memory. Each
+ * the old ones) and keeps the last EVENTS_RING events in memory (fewer when they
+ * pass EVENTS_RING_BYTES). Each
  * worker that serves SSE clients has an events_worker: the hub wakes it
  * (uv_async_send, never blocking the publisher beyond a short mutex) and it
  * writes the new events to its clients on its own loop, EVENTS_BATCH_MS
@@ -33,8 +34,9 @@
 
 #include "https.h"
 
-#define EVENTS_RING 4096                   /* events kept for Last-Event-ID */
-#define EVENTS_CLIENT_BUFFER (256u * 1024) /* unsent bytes before a client is dropped */
+#define EVENTS_RING 4096                     /* events kept for Last-Event-ID ... */
+#define EVENTS_RING_BYTES (8u * 1024 * 1024) /* ... and at most this many bytes of them */
+#define EVENTS_CLIENT_BUFFER (256u * 1024)   /* unsent bytes before a client is dropped */
 #define EVENTS_HEARTBEAT_MS 15000u
 #define EVENTS_BATCH_MS 50u /* new events wait this long for more: one write per batch */
 #define EVENTS_WARD_LEN 64  /* a ward's name, NUL included */

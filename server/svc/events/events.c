@@ -29,8 +29,10 @@
 static struct {
     pthread_mutex_t mu;
     bool on;
-    uint64_t first_id; /* the first id this process gives */
-    uint64_t next_id;  /* the id of the next event */
+    uint64_t first_id;  /* the first id this process gives */
+    uint64_t next_id;   /* the id of the next event */
+    uint64_t kept_from; /* the oldest id still held (the byte budget frees older ones) */
+    size_t bytes;       /* held in the ring, at most EVENTS_RING_BYTES (one event over) */
     char *slot[EVENTS_RING];
     size_t len[EVENTS_RING];
     char ward[EVENTS_RING][EVENTS_WARD_LEN]; /* each event's ward, "" = none */
@@ -69,6 +71,8 @@ int events_hub_init(void)
     pthread_mutex_lock(&hub.mu);
     hub.first_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
     hub.next_id = hub.first_id;
+    hub.kept_from = hub.first_id;
+    hub.bytes = 0;
     hub.on = true;
     pthread_mutex_unlock(&hub.mu);
     return CMS_OK;
@@ -83,6 +87,7 @@ void events_hub_free(void)
         hub.slot[i] = NULL;
         hub.len[i] = 0;
     }
+    hub.bytes = 0;
     hub.nworkers = 0;
     pthread_mutex_unlock(&hub.mu);
 }
@@ -117,10 +122,25 @@ uint64_t events_publish(const char *type, const char *ward, const char *json)
     int n = snprintf(ev, cap, "id: %" PRIu64 "\nevent: %s\ndata: {\"published_us\":%llu%s%s\n\n",
                      id, type, us, empty ? "}" : ",", empty ? "" : json + 1);
     size_t i = (size_t)(id % EVENTS_RING);
-    free(hub.slot[i]);
+    if (hub.slot[i]) { /* the event EVENTS_RING before this one */
+        hub.bytes -= hub.len[i];
+        free(hub.slot[i]);
+        hub.slot[i] = NULL;
+        if (hub.kept_from <= id - EVENTS_RING)
+            hub.kept_from = id - EVENTS_RING + 1;
+    }
     hub.slot[i] = ev;
     hub.len[i] = n > 0 ? (size_t)n : 0;
+    hub.bytes += hub.len[i];
     snprintf(hub.ward[i], EVENTS_WARD_LEN, "%s", ward ? ward : "");
+    while (hub.bytes > EVENTS_RING_BYTES && hub.kept_from < id) { /* large events: fewer kept */
+        size_t o = (size_t)(hub.kept_from % EVENTS_RING);
+        hub.bytes -= hub.len[o];
+        free(hub.slot[o]);
+        hub.slot[o] = NULL;
+        hub.len[o] = 0;
+        hub.kept_from++;
+    }
     for (size_t k = 0; k < hub.nworkers;
          k++) /* under the lock: a closing worker unregisters first */
         uv_async_send(&hub.workers[k]->async);
@@ -140,8 +160,7 @@ static size_t hub_copy(uint64_t *last, const char *ward, char **buf, size_t *cap
     size_t used = 0;
     pthread_mutex_lock(&hub.mu);
     uint64_t newest = hub.next_id - 1; /* first_id - 1: none yet */
-    uint64_t oldest =
-        hub.next_id - hub.first_id > EVENTS_RING ? hub.next_id - EVENTS_RING : hub.first_id;
+    uint64_t oldest = hub.kept_from;
     if (*last != newest && (*last + 1 < oldest || *last > newest)) {
         int n = snprintf(*buf, *cap, "id: %" PRIu64 "\nevent: reset\ndata: {}\n\n", newest);
         used = n > 0 ? (size_t)n : 0;
