@@ -2,11 +2,12 @@
  * events.c - the process's event hub and the SSE stream of each worker (see
  * events.h).
  *
- * The hub is a ring of formatted events ("id: N\nevent: T\ndata: J\n\n")
- * under one mutex: publishers (worker threads, after a COMMIT) hold it for a
- * copy and a uv_async_send per registered worker; a worker's async callback
- * copies what its clients have not seen yet under the same mutex, then
- * writes outside it. No thread ever waits on a client's socket.
+ * The hub is a ring of formatted events ("id: N\nevent: T\ndata: J\n\n",
+ * events_ring.c) under one mutex: publishers (worker threads, after a
+ * COMMIT) hold it for a copy and a uv_async_send per registered worker; a
+ * worker's async callback copies what its clients have not seen yet under
+ * the same mutex, then writes outside it. No thread ever waits on a client's
+ * socket.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -18,6 +19,7 @@
 #include "cms_err.h"
 #include "cms_metrics.h"
 #include "events.h"
+#include "events_int.h"
 #include "log.h"
 #include "metrics.h"
 #include "svc.h"
@@ -29,13 +31,7 @@
 static struct {
     pthread_mutex_t mu;
     bool on;
-    uint64_t first_id;  /* the first id this process gives */
-    uint64_t next_id;   /* the id of the next event */
-    uint64_t kept_from; /* the oldest id still held (the byte budget frees older ones) */
-    size_t bytes;       /* held in the ring, at most EVENTS_RING_BYTES (one event over) */
-    char *slot[EVENTS_RING];
-    size_t len[EVENTS_RING];
-    char ward[EVENTS_RING][EVENTS_WARD_LEN]; /* each event's ward, "" = none */
+    events__ring ring; /* EVENTS_RING events, EVENTS_RING_BYTES bytes */
     events_worker *workers[MAX_WORKERS];
     size_t nworkers;
 } hub = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -68,26 +64,20 @@ int events_hub_init(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t first_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
     pthread_mutex_lock(&hub.mu);
-    hub.first_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-    hub.next_id = hub.first_id;
-    hub.kept_from = hub.first_id;
-    hub.bytes = 0;
-    hub.on = true;
+    events__ring_free(&hub.ring);
+    int rc = events__ring_init(&hub.ring, EVENTS_RING, EVENTS_RING_BYTES, first_id);
+    hub.on = rc == CMS_OK;
     pthread_mutex_unlock(&hub.mu);
-    return CMS_OK;
+    return rc == CMS_OK ? CMS_OK : CMS_ENOMEM;
 }
 
 void events_hub_free(void)
 {
     pthread_mutex_lock(&hub.mu);
     hub.on = false;
-    for (size_t i = 0; i < EVENTS_RING; i++) {
-        free(hub.slot[i]);
-        hub.slot[i] = NULL;
-        hub.len[i] = 0;
-    }
-    hub.bytes = 0;
+    events__ring_free(&hub.ring);
     hub.nworkers = 0;
     pthread_mutex_unlock(&hub.mu);
 }
@@ -104,8 +94,7 @@ uint64_t events_publish(const char *type, const char *ward, const char *json)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    size_t cap = strlen(type) + strlen(json) + 96;
-    char *ev = malloc(cap);
+    char *ev = malloc(events__ring_event_cap(type, json));
     if (!ev)
         return 0;
     pthread_mutex_lock(&hub.mu);
@@ -114,33 +103,8 @@ uint64_t events_publish(const char *type, const char *ward, const char *json)
         free(ev);
         return 0;
     }
-    uint64_t id = hub.next_id++;
-    /* data: the object with "published_us" (when the hub took it) first */
-    unsigned long long us =
-        (unsigned long long)ts.tv_sec * 1000000u + (unsigned long long)ts.tv_nsec / 1000u;
-    bool empty = json[0] != '{' || json[1] == '}';
-    int n = snprintf(ev, cap, "id: %" PRIu64 "\nevent: %s\ndata: {\"published_us\":%llu%s%s\n\n",
-                     id, type, us, empty ? "}" : ",", empty ? "" : json + 1);
-    size_t i = (size_t)(id % EVENTS_RING);
-    if (hub.slot[i]) { /* the event EVENTS_RING before this one */
-        hub.bytes -= hub.len[i];
-        free(hub.slot[i]);
-        hub.slot[i] = NULL;
-        if (hub.kept_from <= id - EVENTS_RING)
-            hub.kept_from = id - EVENTS_RING + 1;
-    }
-    hub.slot[i] = ev;
-    hub.len[i] = n > 0 ? (size_t)n : 0;
-    hub.bytes += hub.len[i];
-    snprintf(hub.ward[i], EVENTS_WARD_LEN, "%s", ward ? ward : "");
-    while (hub.bytes > EVENTS_RING_BYTES && hub.kept_from < id) { /* large events: fewer kept */
-        size_t o = (size_t)(hub.kept_from % EVENTS_RING);
-        hub.bytes -= hub.len[o];
-        free(hub.slot[o]);
-        hub.slot[o] = NULL;
-        hub.len[o] = 0;
-        hub.kept_from++;
-    }
+    uint64_t us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    uint64_t id = events__ring_put(&hub.ring, ev, type, ward, json, us);
     for (size_t k = 0; k < hub.nworkers;
          k++) /* under the lock: a closing worker unregisters first */
         uv_async_send(&hub.workers[k]->async);
@@ -149,45 +113,11 @@ uint64_t events_publish(const char *type, const char *ward, const char *json)
     return id;
 }
 
-/*
- * Copies into buf (cap bytes) the events after *last: as many whole events
- * as fit (at least one, buf grown for it). A *last older than the ring, or
- * not one of this process's, gets a reset event instead. Returns the length;
- * *last moves to the last event copied.
- */
+/* events__ring_copy under the hub's lock. */
 static size_t hub_copy(uint64_t *last, const char *ward, char **buf, size_t *cap)
 {
-    size_t used = 0;
     pthread_mutex_lock(&hub.mu);
-    uint64_t newest = hub.next_id - 1; /* first_id - 1: none yet */
-    uint64_t oldest = hub.kept_from;
-    if (*last != newest && (*last + 1 < oldest || *last > newest)) {
-        int n = snprintf(*buf, *cap, "id: %" PRIu64 "\nevent: reset\ndata: {}\n\n", newest);
-        used = n > 0 ? (size_t)n : 0;
-        *last = newest;
-        goto done;
-    }
-    for (uint64_t id = *last + 1; id <= newest; id++) {
-        size_t i = (size_t)(id % EVENTS_RING);
-        size_t n = hub.len[i];
-        if (ward[0] && strcmp(ward, hub.ward[i]) != 0) { /* another ward's: skipped */
-            *last = id;
-            continue;
-        }
-        if (used + n > *cap) {
-            if (used > 0)
-                break;
-            char *b = realloc(*buf, n);
-            if (!b)
-                break;
-            *buf = b;
-            *cap = n;
-        }
-        memcpy(*buf + used, hub.slot[i], n);
-        used += n;
-        *last = id;
-    }
-done:
+    size_t used = events__ring_copy(&hub.ring, last, ward, buf, cap);
     pthread_mutex_unlock(&hub.mu);
     return used;
 }
@@ -312,22 +242,6 @@ static void on_heartbeat(uv_timer_t *t)
     }
 }
 
-/* Parses Last-Event-ID (decimal digits); false when absent or not a number. */
-static bool last_event_id(const https_req *r, uint64_t *id)
-{
-    const char *v = http_request_header(r->http, "last-event-id");
-    if (!v || !*v || strlen(v) > 19)
-        return false;
-    uint64_t n = 0;
-    for (const char *p = v; *p; p++) {
-        if (*p < '0' || *p > '9')
-            return false;
-        n = n * 10 + (uint64_t)(*p - '0');
-    }
-    *id = n;
-    return true;
-}
-
 int events_get(https_req *r)
 {
     static const char head[] = "HTTP/1.1 200 OK\r\n"
@@ -363,10 +277,10 @@ int events_get(https_req *r)
     s->r = r;
     snprintf(s->ward, sizeof(s->ward), "%s", ward);
     pthread_mutex_lock(&hub.mu);
-    s->last_id = hub.next_id - 1; /* live from now on */
+    s->last_id = events__ring_newest(&hub.ring); /* live from now on */
     pthread_mutex_unlock(&hub.mu);
     uint64_t resume;
-    bool resuming = last_event_id(r, &resume);
+    bool resuming = events__parse_last_id(http_request_header(r->http, "last-event-id"), &resume);
     if (resuming)
         s->last_id = resume;
     s->next = w->subs;
