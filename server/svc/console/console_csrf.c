@@ -50,12 +50,18 @@ cleanup:
 
 void console_csrf_token(const console_state *cs, const char *fp_hex, long long day, char out[65])
 {
+    console__csrf_token(cs->secret, fp_hex, day, out);
+}
+
+void console__csrf_token(const unsigned char secret[CONSOLE__SECRET_SIZE], const char *fp_hex,
+                         long long day, char out[65])
+{
     char msg[96];
     unsigned char mac[32];
     unsigned int len = sizeof(mac);
     int n = snprintf(msg, sizeof(msg), "%.64s|%lld", fp_hex, day);
-    HMAC(EVP_sha256(), cs->secret, (int)sizeof(cs->secret), (const unsigned char *)msg, (size_t)n,
-         mac, &len);
+    HMAC(EVP_sha256(), secret, CONSOLE__SECRET_SIZE, (const unsigned char *)msg, (size_t)n, mac,
+         &len);
     for (unsigned i = 0; i < 32; i++)
         snprintf(out + 2 * i, 3, "%02x", mac[i]);
     out[64] = '\0';
@@ -70,16 +76,14 @@ static bool same_origin(const char *origin, const char *host)
     return strcasecmp(origin + sizeof(scheme) - 1, host) == 0;
 }
 
-bool console_csrf_ok(const console_state *cs, const https_req *r, char *why, size_t cap)
+bool console__csrf_decide(const unsigned char *secret, const char *origin, const char *site,
+                          const char *mode, const char *cookie, const char *host, const char *tok,
+                          const char *fp_hex, long long day, char *why, size_t cap)
 {
-    const http_request *q = r->http;
-    const char *origin = http_request_header(q, "origin");
-    const char *site = http_request_header(q, "sec-fetch-site");
-    bool browser = origin || site || http_request_header(q, "sec-fetch-mode") ||
-                   http_request_header(q, "cookie");
+    bool browser = origin || site || mode || cookie;
     if (!browser)
         return true; /* cmsctl, curl: no ambient authority to abuse */
-    if (origin && !same_origin(origin, http_request_header(q, "host"))) {
+    if (origin && !same_origin(origin, host)) {
         snprintf(why, cap, "cross-site request (Origin %.100s)", origin);
         return false;
     }
@@ -87,26 +91,34 @@ bool console_csrf_ok(const console_state *cs, const https_req *r, char *why, siz
         snprintf(why, cap, "cross-site request (Sec-Fetch-Site %.40s)", site);
         return false;
     }
-    if (!cs) {
+    if (!secret) {
         snprintf(why, cap, "console not configured");
         return false;
     }
-    const char *tok = http_request_header(q, CONSOLE_CSRF_HEADER);
     if (!tok || !*tok) {
         snprintf(why, cap, "missing X-CSRF-Token (GET /api/v1/console/session gives it)");
         return false;
     }
-    const tls_peer *p = net_conn_peer_record(r->conn);
-    char fp[TLS_FINGERPRINT_HEX_SIZE], want[65];
-    tls_peer_fingerprint_hex(p, fp);
-    long long day = (long long)(time(NULL) / 86400);
+    char want[65];
     bool ok = false;
     for (long long d = day; d >= day - 1 && !ok; d--) {
-        console_csrf_token(cs, fp, d, want);
+        console__csrf_token(secret, fp_hex, d, want);
         ok = strlen(tok) == 64 && CRYPTO_memcmp(tok, want, 64) == 0;
     }
     OPENSSL_cleanse(want, sizeof(want));
     if (!ok)
         snprintf(why, cap, "invalid X-CSRF-Token");
     return ok;
+}
+
+bool console_csrf_ok(const console_state *cs, const https_req *r, char *why, size_t cap)
+{
+    const http_request *q = r->http;
+    char fp[TLS_FINGERPRINT_HEX_SIZE];
+    tls_peer_fingerprint_hex(net_conn_peer_record(r->conn), fp);
+    return console__csrf_decide(
+        cs ? cs->secret : NULL, http_request_header(q, "origin"),
+        http_request_header(q, "sec-fetch-site"), http_request_header(q, "sec-fetch-mode"),
+        http_request_header(q, "cookie"), http_request_header(q, "host"),
+        http_request_header(q, CONSOLE_CSRF_HEADER), fp, (long long)(time(NULL) / 86400), why, cap);
 }
