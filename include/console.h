@@ -27,7 +27,8 @@
  *
  * Thread: console_new/console_free on the main thread before the workers
  * start / after they stopped; the rest on any worker's loop (the state is
- * read-only once made).
+ * read-only once made, but for the CSRF key, which a reload may replace:
+ * console_csrf_key_set, under a lock).
  */
 #ifndef CMS_CONSOLE_H
 #define CMS_CONSOLE_H
@@ -40,6 +41,7 @@
 #define CONSOLE_MAX_FILES 64
 #define CONSOLE_MAX_FILE_BYTES (1u << 20)
 #define CONSOLE_CSRF_HEADER "x-csrf-token"
+#define CONSOLE_CSRF_KEY_SIZE 32
 
 typedef struct console_state console_state;
 
@@ -73,6 +75,28 @@ void console_csrf_token(const console_state *cs, const char *fp_hex, long long d
  * refused ("console not configured"). Thread: r's loop.
  */
 bool console_csrf_ok(const console_state *cs, const https_req *r, char *why, size_t cap);
+
+/* The CSRF key a server key file gives (secret: cleanse it after use). */
+typedef struct console_csrf_key {
+    unsigned char b[CONSOLE_CSRF_KEY_SIZE];
+} console_csrf_key;
+
+/*
+ * Reads the file tls_key (borrowed path) and derives the CSRF key from its
+ * bytes (HMAC-SHA256, the key file itself is never exposed) into *k: the
+ * same bytes give the same key. Returns CMS_OK, or CMS_EINVAL with a reason
+ * in err (cap bytes): unreadable, empty or over 1 MiB. Blocking file read:
+ * main thread (start-up, a reload).
+ */
+int console_csrf_key_load(const char *tls_key, console_csrf_key *k, char *err, size_t cap);
+
+/*
+ * Makes k (copied) cs's CSRF key: from the next request on, tokens are the
+ * new key's and those given under the old one are refused (a console page
+ * open before fetches a new one when reloaded). Returns true when k differs
+ * from the key in force. Thread: main (a reload); workers may be using cs.
+ */
+bool console_csrf_key_set(console_state *cs, const console_csrf_key *k);
 
 /*
  * Handlers (r->ctx->svc is a svc_state whose console member is the state).

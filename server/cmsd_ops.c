@@ -8,12 +8,14 @@
  * configuration file is read again and checked whole; a key that needs a
  * restart changed -> refused; the TLS contexts are built afresh from the
  * files (server certificate and key, CA bundles, CRL) -> refused if any
- * fails; only then is everything applied at once: the new contexts swapped in
- * for new handshakes (live sessions keep theirs), log level and format, the
- * drain bound. Refused or applied, one log line, one audit row
- * (config_reload), cmsd_config_reloads_total, and READY=1 again: a refused
- * reload leaves cmsd serving exactly as before. SIGHUPs that arrive while one
- * is pending, or within RELOAD_GAP_MS of the last, are folded into the next.
+ * fails, and the console's CSRF key derived from tls_key; only then is
+ * everything applied at once: the new contexts swapped in for new handshakes
+ * (live sessions keep theirs), the CSRF key (a new server key: new tokens),
+ * log level and format, the drain bound. Refused or applied, one log line,
+ * one audit row (config_reload), cmsd_config_reloads_total, and READY=1
+ * again: a refused reload leaves cmsd serving exactly as before. SIGHUPs
+ * that arrive while one is pending, or within RELOAD_GAP_MS of the last, are
+ * folded into the next.
  *
  * Drain (the first SIGTERM or SIGINT): STOPPING=1, /readyz says not ready,
  * every worker stops accepting, closes its HTTPS connections, stops reading
@@ -28,10 +30,12 @@
 #include <time.h>
 
 #include <jansson.h>
+#include <openssl/crypto.h>
 
 #include "cms_err.h"
 #include "cms_metrics.h"
 #include "cmsd_int.h"
+#include "console.h"
 #include "log.h"
 #include "metrics.h"
 #include "ops.h"
@@ -104,8 +108,10 @@ void cmsd__tls_gauges(const shared *sh)
 
 static void reload_refused(cmsd *d, const char *why)
 {
-    log_warn("reload_refused", NULL, NULL, "%s: nothing applied, the running configuration and "
-             "certificates stay in force", why);
+    log_warn("reload_refused", NULL, NULL,
+             "%s: nothing applied, the running configuration and "
+             "certificates stay in force",
+             why);
     metrics_add(CM_RELOADS, CM_RELOAD_REFUSED, 1);
     metrics_gauge_set(CM_RELOAD_SUCCESS, 0, 0);
     audit_push(d, "config_reload", json_pack("{s:s, s:s}", "result", "refused", "reason", why));
@@ -115,6 +121,8 @@ static void reload(cmsd *d)
 {
     char err[1024], why[1200], changed[512];
     tls_ctx *mllp = NULL, *https = NULL;
+    console_csrf_key csrf = {{0}};
+    bool csrf_rotated = false;
     cms_config *nc = malloc(sizeof(*nc));
     d->last_reload_ms = uv_now(&d->loop);
     sdnotify_reloading();
@@ -149,6 +157,12 @@ static void reload(cmsd *d)
         reload_refused(d, why);
         goto out;
     }
+    /* The console's CSRF key follows tls_key's content (console.h). */
+    if (d->sh->console && console_csrf_key_load(nc->tls_key, &csrf, err, sizeof(err)) != CMS_OK) {
+        snprintf(why, sizeof(why), "%s", err);
+        reload_refused(d, why);
+        goto out;
+    }
     /* Everything is ready: apply it all, nothing can fail from here. */
     config_diff(d->live, nc, true, changed, sizeof(changed));
     tls_ctx_replace(d->sh->mllp_tls, mllp);
@@ -157,6 +171,8 @@ static void reload(cmsd *d)
         tls_ctx_replace(d->sh->https_tls, https);
         https = NULL;
     }
+    if (d->sh->console)
+        csrf_rotated = console_csrf_key_set(d->sh->console, &csrf);
     enum log_level lvl = LOG_INFO;
     enum log_format fmt = LOG_FORMAT_TEXT;
     log_level_parse(nc->log_level, &lvl);
@@ -172,9 +188,14 @@ static void reload(cmsd *d)
              "TLS contexts rebuilt from the files (new handshakes use them, live sessions keep "
              "theirs); keys changed: %s",
              changed[0] ? changed : "none");
+    if (csrf_rotated)
+        log_info("console_csrf_rotated", NULL, NULL,
+                 "tls_key's content changed: the console's CSRF tokens changed with it (a "
+                 "console page open before needs a reload)");
     audit_push(d, "config_reload",
                json_pack("{s:s, s:s}", "result", "applied", "changed", changed));
 out:
+    OPENSSL_cleanse(&csrf, sizeof(csrf));
     tls_ctx_free(mllp);
     tls_ctx_free(https);
     free(nc);
@@ -252,8 +273,10 @@ static void close_https(net_conn *c, void *arg)
 static void on_ingest_drained(void *arg)
 {
     worker *w = arg;
-    log_info("drained", NULL, NULL, "worker %u: every monitor connection closed, nothing in "
-             "flight", w->id);
+    log_info("drained", NULL, NULL,
+             "worker %u: every monitor connection closed, nothing in "
+             "flight",
+             w->id);
     cmsd__worker_drained(w);
 }
 
@@ -327,8 +350,8 @@ int cmsd__ops_init(cmsd *d)
     }
     if (d->cfg->metrics_listen[0]) {
         char err[512];
-        d->plain = net_plain_listen(&d->loop, d->cfg->metrics_listen, ops_plain_handler, NULL,
-                                    err, sizeof(err));
+        d->plain = net_plain_listen(&d->loop, d->cfg->metrics_listen, ops_plain_handler, NULL, err,
+                                    sizeof(err));
         if (!d->plain) {
             log_error("listen_failed", NULL, NULL, "metrics_listen: %s", err);
             return UV_EINVAL;

@@ -11,6 +11,9 @@ monitor.
   CRL from the wrong CA, a change to a key that needs a restart (refused whole: the
   reloadable change beside it is not applied either).
 - log_format switches to JSON on a reload.
+- A new server key (same path, new contents) also rotates the console's CSRF tokens: the
+  token given before is refused after the reload, the new session's works; a reload with
+  the same key keeps them.
 - A SIGHUP storm (100 in a second) while a monitor sends: cmsd keeps serving, every
   message acknowledged and stored once, a few complete reloads (folded), nothing lost.
 """
@@ -247,3 +250,63 @@ def test_sighup_storm(rcmsd, db, connect):
                     "GROUP BY control_id", (prefix + "%",))
     assert len(rows) == len(acked) and all(n == 1 for _, n in rows), (len(rows), len(acked))
     still_serving(c, connect)
+
+
+def browser_post(c, pki, token):
+    """POST /api/v1/enroll/tokens as operator1 with a browser's markers (the console's
+    Origin) and token; returns (status, JSON body)."""
+    port = ah.https_port(c)
+    ctx = ssl.create_default_context(cafile=str(pki.root_ca))
+    crt, key = ah.operator(pki, "operator1")
+    ctx.load_cert_chain(str(crt), str(key))
+    body = json.dumps({"serial": h.unique("MON-CSRF"), "ttl_s": 600}).encode()
+    req = ("POST /api/v1/enroll/tokens HTTP/1.1\r\nHost: localhost:%d\r\n"
+           "Origin: https://localhost:%d\r\nSec-Fetch-Site: same-origin\r\n"
+           "X-CSRF-Token: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+           "Connection: close\r\n\r\n" % (port, port, token, len(body))).encode() + body
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s, \
+            ctx.wrap_socket(s, server_hostname="localhost") as t:
+        t.sendall(req)
+        while True:
+            chunk = t.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(payload or b"null")
+
+
+def test_new_server_key_rotates_console_csrf_tokens(cmsd_factory, pki, tmp_path):
+    crt, key = tmp_path / "server.crt", tmp_path / "server.key"
+    shutil.copy(pki.server_cert, crt)
+    shutil.copy(pki.server_key, key)
+    os.chmod(key, 0o600)
+    c = cmsd_factory("cmsd-reload-csrf", tls_cert=str(crt), tls_key=str(key),
+                     tls_crl=str(ah.tls_crl_with_operator_ca(pki)), log_level="info")
+
+    def session_token():
+        st, body, raw = ah.curl(c, pki, "GET", "/api/v1/console/session", cert="operator1")
+        assert st == 200, raw
+        return body["csrf_token"]
+
+    old = session_token()
+    assert browser_post(c, pki, old)[0] == 201
+    # The same key file: the tokens stay.
+    since = c.log_size()
+    assert "event=reload_applied" in reload(c)
+    assert session_token() == old
+    assert browser_post(c, pki, old)[0] == 201
+    # A new key in place: new tokens, the old one refused.
+    new_crt, new_key = new_server_cert(pki, tmp_path, "rotated")
+    shutil.copy(new_crt, crt)
+    shutil.copy(new_key, key)
+    assert "event=reload_applied" in reload(c)
+    c.wait_log(r"event=console_csrf_rotated", since, 10, "console_csrf_rotated")
+    assert sum("console_csrf_rotated" in ln for ln in c.log_lines(since)) == 1
+    new = session_token()
+    assert new != old
+    st, body = browser_post(c, pki, old)
+    assert st == 403 and body["error"] == "csrf_refused" and \
+        "invalid X-CSRF-Token" in body["detail"], (st, body)
+    assert browser_post(c, pki, new)[0] == 201

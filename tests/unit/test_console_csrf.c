@@ -2,7 +2,7 @@
  * without a request: requests that are not a browser's pass; a browser's must
  * come from the console's own origin (Origin, Sec-Fetch-Site) and carry the
  * token of its certificate for today or yesterday; tokens and the secret are
- * deterministic. */
+ * deterministic, and a reload with another key file changes them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "cms_err.h"
 #include "../../server/svc/console/console_int.h"
 
 #define HOST "cms.example:8443"
@@ -249,6 +250,18 @@ static void test_secret_from_key_file(void **state)
     /* other bytes: another secret */
     assert_int_equal(console__csrf_init(b, p3, err, sizeof(err)), 0);
     assert_memory_not_equal(a->secret, b->secret, CONSOLE__SECRET_SIZE);
+    /* a reload: the same file's key changes nothing, another file's rotates the tokens */
+    console_csrf_key k;
+    assert_int_equal(console_csrf_key_load(p2, &k, err, sizeof(err)), CMS_OK);
+    assert_false(console_csrf_key_set(a, &k));
+    console_csrf_token(a, FP_A, DAY, tok);
+    assert_string_equal(tok, KEY_TOKEN_FP_A_DAY);
+    assert_int_equal(console_csrf_key_load(p3, &k, err, sizeof(err)), CMS_OK);
+    assert_true(console_csrf_key_set(a, &k));
+    assert_memory_equal(a->secret, b->secret, CONSOLE__SECRET_SIZE);
+    console_csrf_token(a, FP_A, DAY, tok);
+    assert_string_not_equal(tok, KEY_TOKEN_FP_A_DAY);
+    assert_int_equal(console_csrf_key_load(p4, &k, err, sizeof(err)), CMS_EINVAL);
     /* empty, missing: refused with the path in the reason */
     err[0] = '\0';
     assert_int_equal(console__csrf_init(b, p4, err, sizeof(err)), -1);

@@ -1,4 +1,6 @@
-/* console_csrf.c - the CSRF secret, tokens, and the router's rule (see console.h). */
+/* console_csrf.c - the CSRF secret (a reload may replace it), tokens, and the router's rule
+ * (see console.h). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,18 +11,29 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "cms_err.h"
 #include "console_int.h"
 #include "net.h"
 #include "tls.h"
 
-int console__csrf_init(console_state *cs, const char *tls_key, char *err, size_t cap)
+/* cs->secret: set on the main thread (start-up, a reload), read on the workers. */
+static pthread_mutex_t secret_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void secret_get(const console_state *cs, unsigned char out[CONSOLE__SECRET_SIZE])
 {
-    int rc = -1;
+    pthread_mutex_lock(&secret_mu);
+    memcpy(out, cs->secret, CONSOLE__SECRET_SIZE);
+    pthread_mutex_unlock(&secret_mu);
+}
+
+int console_csrf_key_load(const char *tls_key, console_csrf_key *k, char *err, size_t cap)
+{
+    int rc = CMS_EINVAL;
     unsigned char *buf = NULL;
     FILE *f = fopen(tls_key, "rb");
     if (!f) {
         snprintf(err, cap, "console: cannot read tls_key %s", tls_key);
-        return -1;
+        return CMS_EINVAL;
     }
     if (fseek(f, 0, SEEK_END) != 0)
         goto cleanup;
@@ -33,12 +46,12 @@ int console__csrf_init(console_state *cs, const char *tls_key, char *err, size_t
     /* A key of its own, from the server's private key: every instance that
      * shares the key agrees on the tokens; the key itself is not exposed. */
     static const char label[] = "cms console csrf v1";
-    unsigned int len = sizeof(cs->secret);
-    if (!HMAC(EVP_sha256(), label, (int)sizeof(label) - 1, buf, (size_t)n, cs->secret, &len))
+    unsigned int len = sizeof(k->b);
+    if (!HMAC(EVP_sha256(), label, (int)sizeof(label) - 1, buf, (size_t)n, k->b, &len))
         goto cleanup;
-    rc = 0;
+    rc = CMS_OK;
 cleanup:
-    if (rc != 0)
+    if (rc != CMS_OK)
         snprintf(err, cap, "console: cannot derive the CSRF secret from tls_key %s", tls_key);
     if (buf) {
         OPENSSL_cleanse(buf, (size_t)n);
@@ -48,9 +61,31 @@ cleanup:
     return rc;
 }
 
+bool console_csrf_key_set(console_state *cs, const console_csrf_key *k)
+{
+    pthread_mutex_lock(&secret_mu);
+    bool changed = CRYPTO_memcmp(cs->secret, k->b, CONSOLE__SECRET_SIZE) != 0;
+    memcpy(cs->secret, k->b, CONSOLE__SECRET_SIZE);
+    pthread_mutex_unlock(&secret_mu);
+    return changed;
+}
+
+int console__csrf_init(console_state *cs, const char *tls_key, char *err, size_t cap)
+{
+    console_csrf_key k;
+    if (console_csrf_key_load(tls_key, &k, err, cap) != CMS_OK)
+        return -1;
+    console_csrf_key_set(cs, &k);
+    OPENSSL_cleanse(&k, sizeof(k));
+    return 0;
+}
+
 void console_csrf_token(const console_state *cs, const char *fp_hex, long long day, char out[65])
 {
-    console__csrf_token(cs->secret, fp_hex, day, out);
+    unsigned char secret[CONSOLE__SECRET_SIZE];
+    secret_get(cs, secret);
+    console__csrf_token(secret, fp_hex, day, out);
+    OPENSSL_cleanse(secret, sizeof(secret));
 }
 
 void console__csrf_token(const unsigned char secret[CONSOLE__SECRET_SIZE], const char *fp_hex,
@@ -115,10 +150,15 @@ bool console_csrf_ok(const console_state *cs, const https_req *r, char *why, siz
 {
     const http_request *q = r->http;
     char fp[TLS_FINGERPRINT_HEX_SIZE];
+    unsigned char secret[CONSOLE__SECRET_SIZE];
     tls_peer_fingerprint_hex(net_conn_peer_record(r->conn), fp);
-    return console__csrf_decide(
-        cs ? cs->secret : NULL, http_request_header(q, "origin"),
+    if (cs)
+        secret_get(cs, secret);
+    bool ok = console__csrf_decide(
+        cs ? secret : NULL, http_request_header(q, "origin"),
         http_request_header(q, "sec-fetch-site"), http_request_header(q, "sec-fetch-mode"),
         http_request_header(q, "cookie"), http_request_header(q, "host"),
         http_request_header(q, CONSOLE_CSRF_HEADER), fp, (long long)(time(NULL) / 86400), why, cap);
+    OPENSSL_cleanse(secret, sizeof(secret));
+    return ok;
 }

@@ -13,7 +13,7 @@
 
 #include "console.h"
 
-#define CONSOLE__SECRET_SIZE 32 /* the CSRF key: HMAC-SHA-256 of the server's key file */
+#define CONSOLE__SECRET_SIZE CONSOLE_CSRF_KEY_SIZE /* the CSRF key (console_csrf_key) */
 
 typedef struct console__file {
     char name[128];
@@ -25,20 +25,22 @@ typedef struct console__file {
 struct console_state {
     console__file files[CONSOLE_MAX_FILES];
     size_t nfiles;
-    unsigned char secret[CONSOLE__SECRET_SIZE]; /* the CSRF key (console_csrf.c) */
+    /* The CSRF key (console_csrf.c): under its lock, a reload replaces it. */
+    unsigned char secret[CONSOLE__SECRET_SIZE];
 };
 
 /*
- * Derives cs->secret from the file tls_key (borrowed path; its bytes, at
- * most 1 MiB, whatever their format): the same bytes give the same secret.
- * Returns 0, or -1 with a reason in err (cap bytes): unreadable, empty,
- * too large. Blocking file read. Thread: main.
+ * console_csrf_key_load and console_csrf_key_set: cs->secret from the file
+ * tls_key (borrowed path; its bytes, at most 1 MiB, whatever their format):
+ * the same bytes give the same secret. Returns 0, or -1 with a reason in err
+ * (cap bytes): unreadable, empty, too large. Blocking file read. Thread: main.
  */
 int console__csrf_init(console_state *cs, const char *tls_key, char *err, size_t cap);
 
 /*
  * console_csrf_token with the secret itself (CONSOLE__SECRET_SIZE bytes,
- * borrowed): 64 lowercase hex digits and NUL into out. Thread: any.
+ * borrowed; a copy, not cs's: no lock): 64 lowercase hex digits and NUL
+ * into out. Thread: any.
  */
 void console__csrf_token(const unsigned char secret[CONSOLE__SECRET_SIZE], const char *fp_hex,
                          long long day, char out[65]);
