@@ -34,12 +34,10 @@ int log_format_parse(const char *s, enum log_format *out);
  * device, peer: may be NULL (omitted from the line). fmt: printf-style
  * free text, becomes msg="...". All pointers are borrowed.
  */
-void log_event(enum log_level level, const char *event, const char *device,
-               const char *peer, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-void log_eventv(enum log_level level, const char *event, const char *device,
-                const char *peer, const char *fmt, va_list ap)
-    __attribute__((format(printf, 5, 0)));
+void log_event(enum log_level level, const char *event, const char *device, const char *peer,
+               const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void log_eventv(enum log_level level, const char *event, const char *device, const char *peer,
+                const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
 
 #define log_info(ev, dev, peer, ...) log_event(LOG_INFO, ev, dev, peer, __VA_ARGS__)
 #define log_warn(ev, dev, peer, ...) log_event(LOG_WARN, ev, dev, peer, __VA_ARGS__)
