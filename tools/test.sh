@@ -92,7 +92,7 @@ if want blackbox; then
 	rc=0
 	read -r -a extra <<<"${PYTEST_ARGS:-}"
 	CMS_BUILD=$BUILD PYTHONDONTWRITEBYTECODE=1 \
-		/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/blackbox "${extra[@]}" || rc=$?
+		/usr/bin/python3 -m pytest -q -rs -p no:cacheprovider tests/blackbox "${extra[@]}" || rc=$?
 	if ((rc == 5)); then
 		say "WARNING: pytest collected no tests in tests/blackbox"
 		rc=skip

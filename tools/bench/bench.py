@@ -21,6 +21,10 @@ Scenarios (docs/benchmarks.md has the method):
       200 open live-event streams (GET /api/v1/events: 195 curl, 5 probes that time each
       event from its publication to its arrival): ACK p99 both ways, event delivery p50/p99,
       streams dropped
+  W   waveforms: BENCH_W_DEVICES monitors (100) x 2 ECG channels x 500 Hz (+ 10 numerics),
+      1 msg/s: ACK p50/p99, MB stored per ECG channel-hour against the raw 16-bit samples
+  A   alarms under P2's load: the last tenth of the monitors also raise IHE PCD-04 alarms
+      (start, continue, end) once all are connected: the alarms' ACK p50/p99
   P6  30 000 live mTLS monitors (1 msg / 10 s) on 2 cmsd processes sharing the ports
       (SO_REUSEPORT), from several cms-monitor processes each with its own --source
       127.0.0.x: ACK p50/p99, sessions refused, RSS per session vs Mosquitto
@@ -763,6 +767,124 @@ def p2v_once(pg, i, devices, viewers):
     return r
 
 
+def clean_clinical(pg):
+    """Empty what W and A write beside the numerics (alarms, waveforms, text rows)."""
+    pg.clean_ingest()
+    pg.psql("TRUNCATE cms.waveform_blocks, cms.text_observations, cms.alarm_events, "
+            "cms.alarm_instances, cms.device_heartbeats")
+    pg.psql("CHECKPOINT")
+
+
+def w_once(pg, i, devices, seconds):
+    """W: `devices` monitors, each one ORU^R01 per second with 10 numerics and two ECG
+    channels (ecg1, ecg2) of 500 samples (500 Hz, one NA block per channel per message):
+    ACK latency, samples stored, and the bytes PostgreSQL keeps for them (heap + TOAST of
+    the waveform partitions, then with their index) against 2 bytes per raw sample."""
+    clean_clinical(pg)
+    c = Cmsd(pg, tag="cmsd-w")
+    c.start()
+    meter = CpuMeter({"cmsd": c.pids, "postgres": pg.cpu})
+    try:
+        meter.start()
+        m = monitor(c.port, devices, 1, 4, seconds,
+                    ["--waveforms", "ecg1,ecg2", "--connect-rate", P2_CONNECT_RATE])
+        cpu = meter.stop(extra_cpu=mon_cpu(m))
+    finally:
+        c.stop()
+    pg.psql("CHECKPOINT")
+    q = pg.psql(
+        "SELECT count(*), coalesce(sum(nsamples), 0), "
+        "count(*) FILTER (WHERE samples_i2 IS NOT NULL) FROM cms.waveform_blocks").split("|")
+    blocks, samples, i2 = int(q[0]), int(q[1]), int(q[2])
+    parts = "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'cms.waveform_blocks'::regclass)"
+    table_b = int(pg.psql("SELECT coalesce(sum(pg_table_size(inhrelid)), 0) FROM %s p" % parts))
+    heap_b = int(pg.psql("SELECT coalesce(sum(pg_relation_size(inhrelid)), 0) FROM %s p" % parts))
+    total_b = int(pg.psql("SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM %s p"
+                          % parts))
+    stored_msgs = int(pg.psql("SELECT count(*) FROM cms.messages"))
+    steady = [g for g in m["progress"] if int(g[1]) == devices]
+    steady = steady[2:] if len(steady) > 4 else steady
+    p99s = [float(g[6]) for g in steady]
+    # one ECG channel-hour = 500 Hz x 3600 s samples; raw = 2 bytes a sample (16-bit ADC)
+    ch_hour = 500 * 3600
+    r = {"devices": devices, "seconds": seconds, "acked": m["acked_aa"], "ae": m["ae"],
+         "ar": m["ar"], "unacked": m["unacked"], "stored_msgs": stored_msgs,
+         "p50_ms": m["latency_ms"]["p50"], "p99_ms": m["latency_ms"]["p99"],
+         "max_ms": m["latency_ms"]["max"],
+         "steady_median_interval_p99_ms": statistics.median(p99s) if p99s else None,
+         "steady_worst_interval_p99_ms": max(p99s) if p99s else None,
+         "samples_acked": m["samples_acked"], "samples_per_s": m["samples_per_s"],
+         "blocks": blocks, "samples_stored": samples, "blocks_int16": i2,
+         "table_bytes": table_b, "heap_bytes": heap_b, "toast_bytes": table_b - heap_b,
+         "total_bytes": total_b,
+         "bytes_per_block": table_b / blocks if blocks else None,
+         "bytes_per_channel_hour": table_b / samples * ch_hour if samples else None,
+         "bytes_per_channel_hour_with_index": total_b / samples * ch_hour if samples else None,
+         "raw_bytes_per_channel_hour": 2 * ch_hour,
+         "cores": cpu, "monitor_cpu_share": m["cpu"]["share_of_one_core"]}
+    r["ratio_vs_raw"] = r["bytes_per_channel_hour"] / (2 * ch_hour) if samples else None
+    r["ratio_vs_raw_with_index"] = (r["bytes_per_channel_hour_with_index"] / (2 * ch_hour)
+                                    if samples else None)
+    log("W run %d: %d monitors x 2 ECG x 500 Hz: ACK p50 %.1f p99 %.1f ms (steady median-"
+        "interval p99 %s), %d samples acked, %d stored in %d blocks, %.2f MB per channel-hour "
+        "(%.2f with index; raw 3.60; heap %d B, TOAST %d B), cores %s"
+        % (i, devices, r["p50_ms"], r["p99_ms"], r["steady_median_interval_p99_ms"],
+           r["samples_acked"], samples, blocks, (r["bytes_per_channel_hour"] or 0) / 1e6,
+           (r["bytes_per_channel_hour_with_index"] or 0) / 1e6, heap_b, table_b - heap_b, cpu))
+    return r
+
+
+def a_once(pg, i, devices, alarm_devices, seconds, alarm_every):
+    """A: P2's load (devices monitors x 1 msg/s x 10 obs) in which, once every monitor is
+    connected, `alarm_devices` of them (the last serials, their own cms-monitor) also raise
+    IHE PCD-04 alarms (one start every alarm_every s on average per device, continues every
+    10 s, an end after 5-30 s): the alarms' ACK latency in the steady state, beside the
+    numerics' of both groups."""
+    import concurrent.futures as cf
+    clean_clinical(pg)
+    c = Cmsd(pg, tag="cmsd-a")
+    c.start()
+    n1 = devices - alarm_devices
+    ramp = n1 / P2_CONNECT_RATE
+    meter = CpuMeter({"cmsd": c.pids, "postgres": pg.cpu})
+    try:
+        meter.start()
+        with cf.ThreadPoolExecutor(2) as ex:
+            f1 = ex.submit(monitor, c.port, n1, 1, 4, int(ramp + 8 + seconds + 4),
+                           ["--connect-rate", P2_CONNECT_RATE])
+            time.sleep(ramp + 8)  # the ramp's backlog drains first (as P2's steady part)
+            f2 = ex.submit(monitor, c.port, alarm_devices, 1, 4, seconds,
+                           ["--connect-rate", P2_CONNECT_RATE, "--first", n1 + 1,
+                            "--alarms", alarm_every])
+            m1, m2 = f1.result(), f2.result()
+        cpu = meter.stop(extra_cpu=mon_cpu(m1) + mon_cpu(m2))
+    finally:
+        c.stop()
+    stored_alarm_events = int(pg.psql("SELECT count(*) FROM cms.alarm_events"))
+    steady = [g for g in m1["progress"] if int(g[1]) == n1]
+    steady = steady[4:] if len(steady) > 6 else steady
+    p99s = [float(g[6]) for g in steady]
+    al = m2["alarm_latency_ms"]
+    r = {"devices": devices, "alarm_devices": alarm_devices, "seconds": seconds,
+         "alarm_every_s": alarm_every,
+         "alarms_sent": m2["alarms_sent"], "alarms_aa": m2["alarms_aa"],
+         "alarm_events_stored": stored_alarm_events,
+         "alarm_p50_ms": al["p50"], "alarm_p99_ms": al["p99"], "alarm_max_ms": al["max"],
+         "alarm_acks": al["n"],
+         "numerics_p99_ms_alarm_group": m2["latency_ms"]["p99"],
+         "numerics_steady_median_interval_p99_ms": statistics.median(p99s) if p99s else None,
+         "numerics_p99_ms_whole_run": m1["latency_ms"]["p99"],
+         "ae": m1["ae"] + m2["ae"], "ar": m1["ar"] + m2["ar"],
+         "unacked": m1["unacked"] + m2["unacked"], "cores": cpu}
+    log("A run %d: %d monitors, %d raising alarms: %d alarm events sent, %d AA, %d stored; "
+        "alarm ACK p50 %.1f p99 %.1f max %.1f ms; numerics steady p99 %s ms; AE %d AR %d "
+        "unacked %d; cores %s"
+        % (i, devices, alarm_devices, r["alarms_sent"], r["alarms_aa"], stored_alarm_events,
+           al["p50"], al["p99"], al["max"], r["numerics_steady_median_interval_p99_ms"],
+           r["ae"], r["ar"], r["unacked"], cpu))
+    return r
+
+
 def hold_sessions(srv, proto, n, extra_groups=None):
     """Fresh server: RSS before, then n sessions held by 2 holder processes, RSS after."""
     srv.start()
@@ -1184,7 +1306,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "0")))
-    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P1M,P2,P2V,P3,P4,P5,P6"))
+    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", "P1,P1M,W,P2,A,P2V,P3,P4,P5,P6"))
     ap.add_argument("--sweep", action="store_true", help="cmsd config variations under P1/P4")
     ap.add_argument("--profile", default=os.environ.get("BENCH_PROFILE", ""),
                     help="perf-record cmsd under these scenarios (P1,P2,P3,P4): "
@@ -1335,6 +1457,45 @@ def main():
                     "delivery_p99_ms": stats([r["viewers_summary"]["delivery_p99_ms"] for r in on]),
                     "streams_dropped": sum(r["streams_dropped"] or 0 for r in on),
                     "raw": {"without": off, "with": on}}
+    if "W" in only:
+        wdev = int(os.environ.get("BENCH_W_DEVICES", "100"))
+        wsec = int(os.environ.get("BENCH_W_SECONDS", "20" if quick else "60"))
+        rs = [w_once(pg, i, wdev, wsec) for i in range(runs)]
+        S["W"] = {"params": {"devices": wdev, "channels": 2, "sample_rate_hz": 500,
+                             "seconds": wsec, "rate_per_device": 1, "obs_per_msg": 10},
+                  "p50_ms": stats([r["p50_ms"] for r in rs]),
+                  "p99_ms": stats([r["p99_ms"] for r in rs]),
+                  "steady_median_interval_p99_ms":
+                      stats([r["steady_median_interval_p99_ms"] for r in rs]),
+                  "samples_per_s": stats([r["samples_per_s"] for r in rs]),
+                  "bytes_per_channel_hour": stats([r["bytes_per_channel_hour"] for r in rs]),
+                  "bytes_per_channel_hour_with_index":
+                      stats([r["bytes_per_channel_hour_with_index"] for r in rs]),
+                  "ratio_vs_raw": stats([r["ratio_vs_raw"] for r in rs]),
+                  "ratio_vs_raw_with_index": stats([r["ratio_vs_raw_with_index"] for r in rs]),
+                  "cmsd_cores": stats([r["cores"]["cmsd"] for r in rs]),
+                  "postgres_cores": stats([r["cores"]["postgres"] for r in rs]),
+                  "lost": sum(max(0, r["samples_acked"] - r["samples_stored"]) for r in rs),
+                  "nacked": sum(r["ae"] + r["ar"] + r["unacked"] for r in rs),
+                  "raw": rs}
+    if "A" in only:
+        adev = int(os.environ.get("BENCH_A_DEVICES",
+                                  str(S["P2"]["params"]["devices"]) if "P2" in S
+                                  else ("2000" if quick else "10000")))
+        aal = int(os.environ.get("BENCH_A_ALARM_DEVICES", str(max(1, adev // 10))))
+        aev = int(os.environ.get("BENCH_A_ALARM_EVERY", "10"))
+        rs = [a_once(pg, i, adev, aal, P2_SECONDS, aev) for i in range(runs)]
+        S["A"] = {"params": {"devices": adev, "alarm_devices": aal, "alarm_every_s": aev,
+                             "steady_seconds": P2_SECONDS, "rate_per_device": 1,
+                             "obs_per_msg": 10},
+                  "alarm_p50_ms": stats([r["alarm_p50_ms"] for r in rs]),
+                  "alarm_p99_ms": stats([r["alarm_p99_ms"] for r in rs]),
+                  "alarm_max_ms": stats([r["alarm_max_ms"] for r in rs]),
+                  "alarms_aa": stats([r["alarms_aa"] for r in rs]),
+                  "numerics_steady_median_interval_p99_ms":
+                      stats([r["numerics_steady_median_interval_p99_ms"] for r in rs]),
+                  "nacked": sum(r["ae"] + r["ar"] + r["unacked"] for r in rs),
+                  "raw": rs}
     if "P3" in only:
         rc, rm = [], []
         for i in range(runs):
@@ -1538,9 +1699,10 @@ def write_results(res):
         w = csv.writer(f)
         w.writerow(["scenario", "metric", "median", "min", "max", "runs", "target", "met"])
         for r in rows:
-            s = r["stats"]
-            w.writerow([r["scn"], r["metric"], s and round(s["median"], 3), s and round(s["min"], 3),
-                        s and round(s["max"], 3), s and s["n"], r["target"], r["met"]])
+            s, k = r["stats"], r["scale"]
+            w.writerow([r["scn"], r["metric"], s and round(k * s["median"], 3),
+                        s and round(k * s["min"], 3), s and round(k * s["max"], 3),
+                        s and s["n"], r["target"], r["met"]])
 
 
 def table_rows(res):
@@ -1617,6 +1779,37 @@ def table_rows(res):
         m = p["delivery_p99_ms"]
         add("P2V", "event delivery p99 (ms), publication -> probe", m, "<= 1000",
             yes(m is not None and m["median"] <= 1000), nd=1)
+    if "W" in S:
+        p = S["W"]
+        q = p["params"]
+        add("W", "waveforms: %d monitors x 2 ECG x 500 Hz + 10 obs, 1 msg/s: samples/s"
+            % q["devices"], p["samples_per_s"])
+        m = p["steady_median_interval_p99_ms"]
+        add("W", "ACK latency p99 (ms), steady (median 2-s interval)", m, "<= 250",
+            yes(m is not None and m["median"] is not None and m["median"] <= 250), nd=1)
+        add("W", "ACK latency p50 / p99 (ms), whole run", p["p99_ms"], "<= 250",
+            yes(p["p99_ms"]["median"] <= 250), nd=1)
+        rows[-1]["text"] = "%.1f / %.1f" % (p["p50_ms"]["median"], p["p99_ms"]["median"])
+        add("W", "MB stored per ECG channel-hour (heap + TOAST; raw 16-bit 3.60)",
+            p["bytes_per_channel_hour"], nd=2, scale=1e-6)
+        add("W", "  the same with the (device, start) index", p["bytes_per_channel_hour_with_index"],
+            nd=2, scale=1e-6)
+        add("W", "  ratio stored / raw samples", p["ratio_vs_raw"], nd=2)
+        add("W", "samples ACKed but not stored; messages not ACKed AA", stats([p["lost"]]), "0",
+            yes(p["lost"] == 0 and p["nacked"] == 0))
+        rows[-1]["text"] = "%d; %d" % (p["lost"], p["nacked"])
+    if "A" in S:
+        p = S["A"]
+        q = p["params"]
+        add("A", "alarms under P2: %d monitors, %d raising alarms (1 per %d s)"
+            % (q["devices"], q["alarm_devices"], q["alarm_every_s"]), p["alarms_aa"])
+        add("A", "alarm ACK latency p50 (ms), steady", p["alarm_p50_ms"], nd=1)
+        m = p["alarm_p99_ms"]
+        add("A", "alarm ACK latency p99 (ms), steady", m, "<= 50",
+            yes(m["median"] is not None and m["median"] <= 50), nd=1)
+        add("A", "numerics ACK p99 meanwhile (ms, median 2-s interval)",
+            p["numerics_steady_median_interval_p99_ms"], nd=1)
+        add("A", "messages not ACKed AA", stats([p["nacked"]]), "0", yes(p["nacked"] == 0))
     if "P3" in S:
         p = S["P3"]
         add("P3", "cmsd KiB per held mTLS session (%d)" % p["params"]["sessions"],
@@ -1698,7 +1891,7 @@ def print_table(res):
     print("%-4s %-58s %-28s %-14s %s" % ("", "metric", "median (min-max)", "target", "met"))
     for r in rows:
         print("%-4s %-58s %-28s %-14s %s" % (r["scn"], r["metric"][:58],
-                                             r.get("text") or fmt(r["stats"], nd=r["nd"]),
+                                             r.get("text") or fmt(r["stats"], nd=r["nd"], scale=r["scale"]),
                                              r["target"], r["met"]))
     print("\nresults: %s, %s (%.0f s)" % (BENCH / "results.json", BENCH / "results.csv",
                                           res["elapsed_s"]))
