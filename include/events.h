@@ -21,6 +21,11 @@
  * viewer never holds up ingest or other viewers. Every EVENTS_HEARTBEAT_MS a
  * comment line keeps proxies and the browser's connection alive.
  *
+ * No event is built while no stream is open (nor EVENTS_IDLE_MS after the
+ * last one closed): events_on() is false then. The first stream after such a
+ * gap finds the ring emptied and the ids moved on, so a Last-Event-ID from
+ * before the gap gets "reset".
+ *
  * Per process: several cmsd instances each have their own hub and ids
  * (docs/scale-out.md).
  */
@@ -39,6 +44,7 @@
 #define EVENTS_CLIENT_BUFFER (256u * 1024)   /* unsent bytes before a client is dropped */
 #define EVENTS_HEARTBEAT_MS 15000u
 #define EVENTS_BATCH_MS 50u /* new events wait this long for more: one write per batch */
+#define EVENTS_IDLE_MS 60000u /* events are kept this long after the last stream closed */
 #define EVENTS_WARD_LEN 64  /* a ward's name, NUL included */
 
 /*
@@ -60,7 +66,10 @@ void events_hub_free(void);
  */
 uint64_t events_publish(const char *type, const char *ward, const char *json);
 
-/* True when the hub runs (events_publish would store the event). Thread: any. */
+/*
+ * True when the hub runs and keeps events (a stream is open, or closed less
+ * than EVENTS_IDLE_MS ago): build an event only then. Thread: any.
+ */
 bool events_on(void);
 
 typedef struct events_worker events_worker;

@@ -112,6 +112,39 @@ def metric(c, pki, name):
     return None
 
 
+def test_no_event_built_while_no_stream_is_open(ecmsd, pki):
+    """Runs first on a fresh cmsd: messages committed while nobody watches make no event
+    (no JSON built, none kept: cmsd_sse_events_total stays 0); the first stream then gets
+    the next commit's event, and an id from before it gets "reset"."""
+    c = ecmsd
+    port = int(c.cfg["mllp_listen"].rsplit(":", 1)[1])
+    assert metric(c, pki, "cmsd_sse_clients") == 0
+    with h.device_client(pki, port, DEVICE) as m:
+        for i in range(3):
+            assert m.request(message(100 + i, 70 + i)).code == "AA"
+        assert metric(c, pki, "cmsd_sse_events_total") == 0
+        sse = Sse(c, pki)
+        assert sse.next_event(1.0) is None
+        assert m.request(message(110, 77)).code == "AA"
+        ev = sse.next_event(2.0)
+        assert ev is not None and ev["event"] == "vitals", ev
+        assert metric(c, pki, "cmsd_sse_events_total") == 1
+    old = Sse(c, pki, last_id=int(ev["id"]) - 1)  # the id before the first kept one
+    got = old.next_event(2.0)
+    assert got and int(got["id"]) == int(ev["id"]) and got["event"] == "vitals", got
+    old.close()
+    sse.close()
+    # The server learns of a closed stream when it writes to it: events until it has.
+    deadline = time.monotonic() + 10
+    with h.device_client(pki, port, DEVICE) as m:
+        n = 120
+        while metric(c, pki, "cmsd_sse_clients") != 0:
+            assert time.monotonic() < deadline, "closed streams still counted"
+            assert m.request(message(n, 60)).code == "AA"
+            n += 1
+            time.sleep(0.2)
+
+
 def test_event_within_a_second_of_the_ack_and_resume(ecmsd, pki):
     c = ecmsd
     port = int(c.cfg["mllp_listen"].rsplit(":", 1)[1])

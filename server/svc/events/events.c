@@ -8,9 +8,18 @@
  * worker's async callback copies what its clients have not seen yet under
  * the same mutex, then writes outside it. No thread ever waits on a client's
  * socket.
+ *
+ * Idle: while no stream is open, and EVENTS_IDLE_MS after the last one
+ * closed, events_on() is false and ingest builds no event at all (building
+ * the JSON of every committed message for nobody cost more cmsd CPU than the
+ * rest of the ingest path: P1, docs/benchmarks.md). Events skipped so are a
+ * gap: the first stream after one empties the ring and numbers on past the
+ * gap, so a Last-Event-ID from before it gets "reset", never a silent skip.
+ * Only workers with a stream of their own are woken by a publish.
  */
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +43,28 @@ static struct {
     events__ring ring; /* EVENTS_RING events, EVENTS_RING_BYTES bytes */
     events_worker *workers[MAX_WORKERS];
     size_t nworkers;
+    /* Publishing: streams open in the process, and when the last one closed (monotonic ms;
+     * 0: never one). Written under mu, read without it by events_on(). */
+    atomic_size_t nsubs;
+    _Atomic uint64_t idle_since_ms;
+    bool gap; /* events may have been skipped since the ring's newest (under mu) */
 } hub = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Whether events are being kept: a stream open, or one closed less than EVENTS_IDLE_MS ago. */
+static bool hub_publishing(void)
+{
+    if (atomic_load_explicit(&hub.nsubs, memory_order_relaxed) > 0)
+        return true;
+    uint64_t since = atomic_load_explicit(&hub.idle_since_ms, memory_order_relaxed);
+    return since != 0 && mono_ms() - since < EVENTS_IDLE_MS;
+}
 
 typedef struct sub {
     struct sub *prev, *next;
@@ -53,6 +83,7 @@ struct events_worker {
     uv_timer_t flush; /* EVENTS_BATCH_MS after a wake-up: one write per client per batch */
     bool heartbeat_ok, flush_ok, flush_armed;
     sub *subs;
+    size_t nsubs; /* streams in subs (under the hub's mutex: publishers read it) */
     int open_handles;
     char *buf; /* what one write copies out of the ring */
     size_t cap;
@@ -69,6 +100,9 @@ int events_hub_init(void)
     events__ring_free(&hub.ring);
     int rc = events__ring_init(&hub.ring, EVENTS_RING, EVENTS_RING_BYTES, first_id);
     hub.on = rc == CMS_OK;
+    atomic_store(&hub.nsubs, 0);
+    atomic_store(&hub.idle_since_ms, 0);
+    hub.gap = false;
     pthread_mutex_unlock(&hub.mu);
     return rc == CMS_OK ? CMS_OK : CMS_ENOMEM;
 }
@@ -84,6 +118,8 @@ void events_hub_free(void)
 
 bool events_on(void)
 {
+    if (!hub_publishing())
+        return false;
     pthread_mutex_lock(&hub.mu);
     bool on = hub.on;
     pthread_mutex_unlock(&hub.mu);
@@ -98,7 +134,8 @@ uint64_t events_publish(const char *type, const char *ward, const char *json)
     if (!ev)
         return 0;
     pthread_mutex_lock(&hub.mu);
-    if (!hub.on) {
+    if (!hub.on || !hub_publishing()) {
+        hub.gap = hub.gap || hub.on; /* an event not kept: the ring no longer follows on */
         pthread_mutex_unlock(&hub.mu);
         free(ev);
         return 0;
@@ -107,7 +144,8 @@ uint64_t events_publish(const char *type, const char *ward, const char *json)
     uint64_t id = events__ring_put(&hub.ring, ev, type, ward, json, us);
     for (size_t k = 0; k < hub.nworkers;
          k++) /* under the lock: a closing worker unregisters first */
-        uv_async_send(&hub.workers[k]->async);
+        if (hub.workers[k]->nsubs > 0)
+            uv_async_send(&hub.workers[k]->async);
     pthread_mutex_unlock(&hub.mu);
     metrics_add(CM_SSE_EVENTS, 0, 1);
     return id;
@@ -134,6 +172,11 @@ static void sub_unlink(sub *s)
     if (s->next)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
+    pthread_mutex_lock(&hub.mu);
+    w->nsubs--;
+    if (atomic_fetch_sub(&hub.nsubs, 1) == 1)
+        atomic_store(&hub.idle_since_ms, mono_ms() | 1); /* never 0 */
+    pthread_mutex_unlock(&hub.mu);
     metrics_gauge_add(CM_SSE_CLIENTS, 0, -1);
 }
 
@@ -277,6 +320,22 @@ int events_get(https_req *r)
     s->r = r;
     snprintf(s->ward, sizeof(s->ward), "%s", ward);
     pthread_mutex_lock(&hub.mu);
+    if (hub.gap || !hub_publishing()) {
+        /* Events were skipped while nobody watched (or may be, from now until this
+         * stream is counted): empty the ring and number on past the gap, so that a
+         * Last-Event-ID from before it is answered with reset. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+        uint64_t next = events__ring_newest(&hub.ring) + 2; /* one id left out: the gap */
+        size_t max_ev = hub.ring.max_events, max_b = hub.ring.max_bytes;
+        events__ring_free(&hub.ring);
+        if (events__ring_init(&hub.ring, max_ev, max_b, next > now ? next : now) != CMS_OK)
+            hub.on = false; /* out of memory: events off, as at a failed start */
+        hub.gap = false;
+    }
+    w->nsubs++;
+    atomic_fetch_add(&hub.nsubs, 1);
     s->last_id = events__ring_newest(&hub.ring); /* live from now on */
     pthread_mutex_unlock(&hub.mu);
     uint64_t resume;
