@@ -3,7 +3,7 @@
 #
 #   tools/bench.sh                  all scenarios, 3 runs each (~10-15 min)
 #   BENCH_QUICK=1 tools/bench.sh    one short run of each (~4 min)
-#   tools/bench.sh --only P3        one scenario (P1..P6, comma-separated); --runs N
+#   tools/bench.sh --only P3        one scenario (P1, P1M, W, P2, A, P2V, P3..P6; comma-separated); --runs N
 #   tools/bench.sh --only P6        30 000 live monitors on 2 cmsd processes vs Mosquitto
 #                                   (P6 runs once unless --runs is given; ~6 min)
 #   tools/bench.sh --sweep          cmsd config variations under P1 (and P4 for workers)
