@@ -10,6 +10,8 @@ under test.
 import contextlib
 import json
 import os
+import socket
+import ssl
 import subprocess
 import tempfile
 from pathlib import Path
@@ -183,3 +185,38 @@ def wait_audit(db, since_id, pred, timeout=15, what="audit row"):
 
 def detail(row):
     return json.loads(row["detail"]) if row["detail"] else None
+
+
+def https_raw(c, pki, method, path, headers=None, cert=None, body=b""):
+    """One request to c's HTTPS listener over Python ssl, written by hand (a browser's headers,
+    malformed ones); cert: an operator certificate name. Returns (status, {header: value},
+    body bytes)."""
+    ctx = ssl.create_default_context(cafile=str(pki.root_ca))
+    if cert:
+        crt, key = operator(pki, cert)
+        ctx.load_cert_chain(str(crt), str(key))
+    port = https_port(c)
+    hdrs = {"Host": "localhost:%d" % port, "Connection": "close"}
+    hdrs.update(headers or {})
+    if body or method == "POST":
+        hdrs["Content-Length"] = str(len(body))
+        hdrs.setdefault("Content-Type", "application/json")
+    req = "%s %s HTTP/1.1\r\n%s\r\n" % (method, path, "".join(
+        "%s: %s\r\n" % kv for kv in hdrs.items()))
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            t.sendall(req.encode() + body)
+            data = b""
+            while True:
+                chunk = t.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    out = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        out[k.strip().lower()] = v.strip()
+    return status, out, payload

@@ -14,8 +14,6 @@
 
 import json
 import re
-import socket
-import ssl
 
 import pytest
 
@@ -35,41 +33,8 @@ def ccmsd(pki, db):
     ah.stop_checked(c)
 
 
-def raw(c, pki, method, path, headers=None, cert=None, body=b""):
-    """One request over Python ssl; returns (status, {header: value}, body bytes)."""
-    ctx = ssl.create_default_context(cafile=str(pki.root_ca))
-    if cert:
-        crt, key = ah.operator(pki, cert)
-        ctx.load_cert_chain(str(crt), str(key))
-    port = ah.https_port(c)
-    hdrs = {"Host": "localhost:%d" % port, "Connection": "close"}
-    hdrs.update(headers or {})
-    if body or method == "POST":
-        hdrs["Content-Length"] = str(len(body))
-        hdrs.setdefault("Content-Type", "application/json")
-    req = "%s %s HTTP/1.1\r\n%s\r\n" % (method, path, "".join(
-        "%s: %s\r\n" % kv for kv in hdrs.items()))
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        with ctx.wrap_socket(s, server_hostname="localhost") as t:
-            t.sendall(req.encode() + body)
-            data = b""
-            while True:
-                chunk = t.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    head, _, payload = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    out = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        out[k.strip().lower()] = v.strip()
-    return status, out, payload
-
-
 def test_static_files_headers_and_no_traversal(ccmsd, pki):
-    st, hd, body = raw(ccmsd, pki, "GET", "/console/")
+    st, hd, body = ah.https_raw(ccmsd, pki, "GET", "/console/")
     assert st == 200 and hd["content-type"] == "text/html; charset=utf-8", (st, hd)
     assert b'<script src="app.js" defer></script>' in body
     csp = hd["content-security-policy"]
@@ -81,12 +46,12 @@ def test_static_files_headers_and_no_traversal(ccmsd, pki):
     for name, ctype in (("app.js", "text/javascript; charset=utf-8"),
                         ("app.css", "text/css; charset=utf-8"),
                         ("index.html", "text/html; charset=utf-8")):
-        st, hd, body = raw(ccmsd, pki, "GET", "/console/" + name)
+        st, hd, body = ah.https_raw(ccmsd, pki, "GET", "/console/" + name)
         assert st == 200 and hd["content-type"] == ctype and body, (name, st, hd)
     for path in ("/console/../README.md", "/console/%2e%2e/README.md", "/console/..%2fREADME.md",
                  "/console/nope.js", "/console/.hidden", "/console/app.js/x",
                  "/console/%2e%2e%2f%2e%2e%2fetc%2fpasswd"):
-        st, hd, body = raw(ccmsd, pki, "GET", path)
+        st, hd, body = ah.https_raw(ccmsd, pki, "GET", path)
         assert st in (400, 404), (path, st, body)
         assert b"README" not in body and b"root:" not in body, path
 
@@ -138,7 +103,7 @@ def test_csrf_rule(ccmsd, pki, db):
         ({"Sec-Fetch-Site": "cross-site", "X-CSRF-Token": tok}, "cross-site request"),
     ]
     for hdrs, why in refused:
-        st, hd, out = raw(ccmsd, pki, "POST", "/api/v1/enroll/tokens", hdrs, "operator1", body)
+        st, hd, out = ah.https_raw(ccmsd, pki, "POST", "/api/v1/enroll/tokens", hdrs, "operator1", body)
         j = json.loads(out)
         assert st == 403 and j["error"] == "csrf_refused" and why in j["detail"], (hdrs, st, j)
     rows = []
@@ -149,7 +114,7 @@ def test_csrf_rule(ccmsd, pki, db):
     assert all(ah.detail(r)["path"] == "/api/v1/enroll/tokens" for r in rows)
     assert not ah.audit_rows(db, a0, "enroll_token_created"), "a refused request ran"
     # With the token, from the console's origin: served.
-    st, hd, out = raw(ccmsd, pki, "POST", "/api/v1/enroll/tokens",
+    st, hd, out = ah.https_raw(ccmsd, pki, "POST", "/api/v1/enroll/tokens",
                       {"Origin": origin, "Sec-Fetch-Site": "same-origin", "X-CSRF-Token": tok},
                       "operator1", body)
     assert st == 201, out
@@ -158,6 +123,6 @@ def test_csrf_rule(ccmsd, pki, db):
                            data={"serial": "MON-0043", "ttl_s": 600})
     assert st == 201, rawb
     # Reads are never asked for a token.
-    st, hd, out = raw(ccmsd, pki, "GET", "/api/v1/whoami", {"Origin": "https://evil.example"},
+    st, hd, out = ah.https_raw(ccmsd, pki, "GET", "/api/v1/whoami", {"Origin": "https://evil.example"},
                       "operator1")
     assert st == 200

@@ -24,7 +24,6 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -256,25 +255,12 @@ def browser_post(c, pki, token):
     """POST /api/v1/enroll/tokens as operator1 with a browser's markers (the console's
     Origin) and token; returns (status, JSON body)."""
     port = ah.https_port(c)
-    ctx = ssl.create_default_context(cafile=str(pki.root_ca))
-    crt, key = ah.operator(pki, "operator1")
-    ctx.load_cert_chain(str(crt), str(key))
     body = json.dumps({"serial": h.unique("MON-CSRF"), "ttl_s": 600}).encode()
-    req = ("POST /api/v1/enroll/tokens HTTP/1.1\r\nHost: localhost:%d\r\n"
-           "Origin: https://localhost:%d\r\nSec-Fetch-Site: same-origin\r\n"
-           "X-CSRF-Token: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-           "Connection: close\r\n\r\n" % (port, port, token, len(body))).encode() + body
-    data = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s, \
-            ctx.wrap_socket(s, server_hostname="localhost") as t:
-        t.sendall(req)
-        while True:
-            chunk = t.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, payload = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(payload or b"null")
+    st, _, payload = ah.https_raw(c, pki, "POST", "/api/v1/enroll/tokens", cert="operator1",
+                                  body=body, headers={
+                                      "Origin": "https://localhost:%d" % port,
+                                      "Sec-Fetch-Site": "same-origin", "X-CSRF-Token": token})
+    return st, json.loads(payload or b"null")
 
 
 def test_new_server_key_rotates_console_csrf_tokens(cmsd_factory, pki, tmp_path):
