@@ -493,6 +493,14 @@ def mon_cpu(m):
     return c.get("user_s", 0.0) + c.get("sys_s", 0.0)
 
 
+def steady_intervals(m, devices, skip=3):
+    """cms-monitor's 2-s progress intervals (P2_PROGRESS groups) with all `devices`
+    connected, minus the first `skip` (the backlog the connection ramp built drains there;
+    all kept when there are no more than skip + 2)."""
+    s = [g for g in m["progress"] if int(g[1]) == devices]
+    return s[skip:] if len(s) > skip + 2 else s
+
+
 def p1_once(pg, i, overrides=None, with_copy=True):
     pg.clean_ingest()
     c = Cmsd(pg, overrides, tag="cmsd-p1")
@@ -610,8 +618,7 @@ def p2_once(pg, i, devices):
     cpu["cms-monitor"] = round(mon_cpu(m) / m["elapsed_s"], 3)
     # steady state: every device connected, minus the first 6 s after the ramp (the backlog
     # that the connection ramp built up drains there)
-    steady = [g for g in m["progress"] if int(g[1]) == devices]
-    steady = steady[3:] if len(steady) > 5 else steady
+    steady = steady_intervals(m, devices)
     offered = devices * 1.0
     acked_rates = [float(g[4]) for g in steady]
     p99s = [float(g[6]) for g in steady]
@@ -752,8 +759,7 @@ def p2v_once(pg, i, devices, viewers):
             dropped = published = None
     finally:
         c.stop()
-    steady = [g for g in m["progress"] if int(g[1]) == devices]
-    steady = steady[3:] if len(steady) > 5 else steady
+    steady = steady_intervals(m, devices)
     p99s = [float(g[6]) for g in steady]
     r = {"devices": devices, "viewers": viewers, "p50_ms": m["latency_ms"]["p50"],
          "p99_ms": m["latency_ms"]["p99"],
@@ -769,10 +775,9 @@ def p2v_once(pg, i, devices, viewers):
 
 def clean_clinical(pg):
     """Empty what W and A write beside the numerics (alarms, waveforms, text rows)."""
-    pg.clean_ingest()
     pg.psql("TRUNCATE cms.waveform_blocks, cms.text_observations, cms.alarm_events, "
             "cms.alarm_instances, cms.device_heartbeats")
-    pg.psql("CHECKPOINT")
+    pg.clean_ingest()  # the numerics, then a CHECKPOINT
 
 
 def w_once(pg, i, devices, seconds):
@@ -796,14 +801,14 @@ def w_once(pg, i, devices, seconds):
         "SELECT count(*), coalesce(sum(nsamples), 0), "
         "count(*) FILTER (WHERE samples_i2 IS NOT NULL) FROM cms.waveform_blocks").split("|")
     blocks, samples, i2 = int(q[0]), int(q[1]), int(q[2])
-    parts = "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'cms.waveform_blocks'::regclass)"
-    table_b = int(pg.psql("SELECT coalesce(sum(pg_table_size(inhrelid)), 0) FROM %s p" % parts))
-    heap_b = int(pg.psql("SELECT coalesce(sum(pg_relation_size(inhrelid)), 0) FROM %s p" % parts))
-    total_b = int(pg.psql("SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM %s p"
-                          % parts))
+    # heap + TOAST, heap alone, with the indexes: summed over the partitions
+    table_b, heap_b, total_b = map(int, pg.psql(
+        "SELECT coalesce(sum(pg_table_size(inhrelid)), 0), "
+        "coalesce(sum(pg_relation_size(inhrelid)), 0), "
+        "coalesce(sum(pg_total_relation_size(inhrelid)), 0) "
+        "FROM pg_inherits WHERE inhparent = 'cms.waveform_blocks'::regclass").split("|"))
     stored_msgs = int(pg.psql("SELECT count(*) FROM cms.messages"))
-    steady = [g for g in m["progress"] if int(g[1]) == devices]
-    steady = steady[2:] if len(steady) > 4 else steady
+    steady = steady_intervals(m, devices, skip=2)
     p99s = [float(g[6]) for g in steady]
     # one ECG channel-hour = 500 Hz x 3600 s samples; raw = 2 bytes a sample (16-bit ADC)
     ch_hour = 500 * 3600
@@ -861,8 +866,7 @@ def a_once(pg, i, devices, alarm_devices, seconds, alarm_every):
     finally:
         c.stop()
     stored_alarm_events = int(pg.psql("SELECT count(*) FROM cms.alarm_events"))
-    steady = [g for g in m1["progress"] if int(g[1]) == n1]
-    steady = steady[4:] if len(steady) > 6 else steady
+    steady = steady_intervals(m1, n1, skip=4)
     p99s = [float(g[6]) for g in steady]
     al = m2["alarm_latency_ms"]
     r = {"devices": devices, "alarm_devices": alarm_devices, "seconds": seconds,
