@@ -109,9 +109,7 @@ void cmsd__tls_gauges(const shared *sh)
 static void reload_refused(cmsd *d, const char *why)
 {
     log_warn("reload_refused", NULL, NULL,
-             "%s: nothing applied, the running configuration and "
-             "certificates stay in force",
-             why);
+             "%s: nothing applied, the running configuration and certificates stay in force", why);
     metrics_add(CM_RELOADS, CM_RELOAD_REFUSED, 1);
     metrics_gauge_set(CM_RELOAD_SUCCESS, 0, 0);
     audit_push(d, "config_reload", json_pack("{s:s, s:s}", "result", "refused", "reason", why));
@@ -273,9 +271,7 @@ static void close_https(net_conn *c, void *arg)
 static void on_ingest_drained(void *arg)
 {
     worker *w = arg;
-    log_info("drained", NULL, NULL,
-             "worker %u: every monitor connection closed, nothing in "
-             "flight",
+    log_info("drained", NULL, NULL, "worker %u: every monitor connection closed, nothing in flight",
              w->id);
     cmsd__worker_drained(w);
 }

@@ -47,8 +47,15 @@ static struct {
      * 0: never one). Written under mu, read without it by events_on(). */
     atomic_size_t nsubs;
     _Atomic uint64_t idle_since_ms;
-    bool gap; /* events may have been skipped since the ring's newest (under mu) */
 } hub = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Wall-clock microseconds: event ids start from it, published_us is it. */
+static uint64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static uint64_t mono_ms(void)
 {
@@ -93,16 +100,13 @@ struct events_worker {
 
 int events_hub_init(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t first_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    uint64_t first_id = wall_us();
     pthread_mutex_lock(&hub.mu);
     events__ring_free(&hub.ring);
     int rc = events__ring_init(&hub.ring, EVENTS_RING, EVENTS_RING_BYTES, first_id);
     hub.on = rc == CMS_OK;
     atomic_store(&hub.nsubs, 0);
     atomic_store(&hub.idle_since_ms, 0);
-    hub.gap = false;
     pthread_mutex_unlock(&hub.mu);
     return rc == CMS_OK ? CMS_OK : CMS_ENOMEM;
 }
@@ -128,19 +132,16 @@ bool events_on(void)
 
 uint64_t events_publish(const char *type, const char *ward, const char *json)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t us = wall_us();
     char *ev = malloc(events__ring_event_cap(type, json));
     if (!ev)
         return 0;
     pthread_mutex_lock(&hub.mu);
-    if (!hub.on || !hub_publishing()) {
-        hub.gap = hub.gap || hub.on; /* an event not kept: the ring no longer follows on */
+    if (!hub.on || !hub_publishing()) { /* the next stream finds the gap: events_get */
         pthread_mutex_unlock(&hub.mu);
         free(ev);
         return 0;
     }
-    uint64_t us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
     uint64_t id = events__ring_put(&hub.ring, ev, type, ward, json, us);
     for (size_t k = 0; k < hub.nworkers;
          k++) /* under the lock: a closing worker unregisters first */
@@ -320,19 +321,17 @@ int events_get(https_req *r)
     s->r = r;
     snprintf(s->ward, sizeof(s->ward), "%s", ward);
     pthread_mutex_lock(&hub.mu);
-    if (hub.gap || !hub_publishing()) {
+    if (!hub_publishing()) {
         /* Events were skipped while nobody watched (or may be, from now until this
-         * stream is counted): empty the ring and number on past the gap, so that a
-         * Last-Event-ID from before it is answered with reset. */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t now = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+         * stream is counted; publishing starts again only here): empty the ring and
+         * number on past the gap, so that a Last-Event-ID from before it is answered
+         * with reset. */
+        uint64_t now = wall_us();
         uint64_t next = events__ring_newest(&hub.ring) + 2; /* one id left out: the gap */
         size_t max_ev = hub.ring.max_events, max_b = hub.ring.max_bytes;
         events__ring_free(&hub.ring);
         if (events__ring_init(&hub.ring, max_ev, max_b, next > now ? next : now) != CMS_OK)
             hub.on = false; /* out of memory: events off, as at a failed start */
-        hub.gap = false;
     }
     w->nsubs++;
     atomic_fetch_add(&hub.nsubs, 1);
