@@ -47,6 +47,7 @@ typedef struct cms_config {
     unsigned max_output_bytes;
     unsigned batch_max_msgs;
     unsigned batch_max_delay_ms;
+    char alarm_lane[8]; /* on | off */
     unsigned max_queued_msgs;
     unsigned db_query_timeout_ms;
     unsigned ingest_timeout_ms;

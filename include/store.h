@@ -23,6 +23,9 @@
  *     While the database is unreachable, queued messages wait; a message that
  *     has waited longer than ingest_timeout_ms fails with CMS_EUNAVAIL (the
  *     sender gets AE and resends later).
+ *     With alarm_lane, a second ingest connection does the same for the
+ *     messages that carry an alarm (not only PN heartbeats), without the
+ *     batch delay: an alarm does not wait for a numerics batch in flight.
  *   - the control connection runs everything else (device lookups, audit
  *     rows, maintenance) one query at a time from a FIFO queue.
  *
@@ -46,6 +49,9 @@ typedef struct store_config {
     const char *timezone;        /* session TimeZone for times without offset, e.g. "UTC" */
     unsigned batch_max_msgs;     /* flush a batch at this many messages (default 256) */
     unsigned batch_max_delay_ms; /* ... or this long after the first one (default 5) */
+    bool alarm_lane;             /* a second ingest connection for messages carrying an
+                                    alarm (priority other than PN), sent without delay and
+                                    never behind a numerics batch (default true) */
     unsigned max_queued_msgs;    /* backlog limit: above it store_ingest refuses (default 20000) */
     unsigned query_timeout_ms;   /* per statement (default 10000) */
     unsigned ingest_timeout_ms;  /* a queued message fails after this (default 30000) */
@@ -69,7 +75,9 @@ void store_config_defaults(store_config *c);
  */
 store_t *store_new(uv_loop_t *loop, const store_config *cfg);
 
-/* True once both connections are up (for readiness / health). */
+/* True once the (bulk) ingest and the control connections are up (for
+ * readiness / health; the alarm lane is not required: alarms go bulk while
+ * it is down). */
 bool store_ready(const store_t *s);
 
 /*

@@ -333,6 +333,7 @@ static void *worker_main(void *arg)
     sc.timezone = cfg->db_timezone;
     sc.batch_max_msgs = cfg->batch_max_msgs;
     sc.batch_max_delay_ms = cfg->batch_max_delay_ms;
+    sc.alarm_lane = strcmp(cfg->alarm_lane, "on") == 0;
     sc.max_queued_msgs = cfg->max_queued_msgs;
     sc.query_timeout_ms = cfg->db_query_timeout_ms;
     sc.ingest_timeout_ms = cfg->ingest_timeout_ms;

@@ -132,6 +132,10 @@ static const struct config_key keys[] = {
     KU(batch_max_msgs, 1, 100000, "256", "group commit: flush at this many messages"),
     KU(batch_max_delay_ms, 0, 10000, "5",
        "group commit: or this long after the first queued message"),
+    KS(alarm_lane, T_ENUM, "on",
+       "messages with an alarm go at once on a second database connection per worker; off: "
+       "in the numerics' batches",
+       .allowed = "on|off"),
     KU(max_queued_msgs, 1, 10000000, "20000",
        "global ingest backlog; above it every connection stops reading"),
     KU(db_query_timeout_ms, 100, 600000, "10000", "per SQL statement"),

@@ -22,6 +22,7 @@ void store_config_defaults(store_config *c)
     c->timezone = "UTC";
     c->batch_max_msgs = 256;
     c->batch_max_delay_ms = 5;
+    c->alarm_lane = true;
     c->max_queued_msgs = 20000;
     c->query_timeout_ms = 10000;
     c->ingest_timeout_ms = 30000;
@@ -93,10 +94,6 @@ store_t *store_new(uv_loop_t *loop, const store_config *cfg)
     if (c->reconnect_max_ms < c->reconnect_min_ms)
         c->reconnect_max_ms = c->reconnect_min_ms;
 
-    store__conn_init(s, &s->ingest, "ingest");
-    s->ingest.on_up = store__ingest_on_up;
-    s->ingest.on_result = store__ingest_on_result;
-    s->ingest.on_down = store__ingest_on_down;
     store__conn_init(s, &s->control, "control");
     s->control.on_up = store__ctl_on_up;
     s->control.on_result = store__ctl_on_result;
@@ -119,14 +116,16 @@ store_t *store_new(uv_loop_t *loop, const store_config *cfg)
     uv_timer_start(&s->expire_timer, expire_timer_cb, tick, tick);
     uv_timer_start(&s->maint_timer, maint_timer_cb, MAINT_INTERVAL_MS, MAINT_INTERVAL_MS);
 
-    store__conn_start(&s->ingest);
+    store__ingest_start(s);
     store__conn_start(&s->control);
     return s;
 }
 
 bool store_ready(const store_t *s)
 {
-    return !s->closing && store__conn_up(&s->ingest) && store__conn_up(&s->control);
+    /* The alarm lane is not required: while it is down, alarms go bulk. */
+    return !s->closing && store__conn_up(&s->lanes[STORE_LANE_BULK].conn) &&
+           store__conn_up(&s->control);
 }
 
 void store__release(store_t *s)
@@ -169,22 +168,28 @@ static void finish_close(store_t *s)
     store__ctl_fail_all(s, CMS_ECLOSED);
     store__seen_free(s);
     /* The last close callback frees s (store__release). */
-    store__conn_close(&s->ingest);
+    for (int i = 0; i < STORE_NLANES; i++) {
+        store__conn_close(&s->lanes[i].conn);
+        close_handle(s, &s->lanes[i].batch_timer);
+    }
     store__conn_close(&s->control);
-    close_handle(s, &s->batch_timer);
     close_handle(s, &s->expire_timer);
     close_handle(s, &s->maint_timer);
     close_handle(s, &s->close_timer);
-    log_info("store_closed", NULL, NULL, "batches=%llu msgs=%llu obs=%llu",
-             (unsigned long long)s->batches_ok, (unsigned long long)s->msgs_ok,
-             (unsigned long long)s->obs_ok);
+    for (int i = 0; i < STORE_NLANES; i++) {
+        const store__lane *l = &s->lanes[i];
+        if (l->on)
+            log_info("store_closed", NULL, NULL, "lane=%s batches=%llu msgs=%llu obs=%llu",
+                     l->name, (unsigned long long)l->batches_ok,
+                     (unsigned long long)l->msgs_ok, (unsigned long long)l->obs_ok);
+    }
 }
 
 void store__maybe_finish_close(store_t *s)
 {
     if (!s->closing || s->closed_conns)
         return;
-    bool ingest_busy = s->inflight.n > 0 && store__conn_up(&s->ingest);
+    bool ingest_busy = store__ingest_inflight_up(s) > 0;
     bool ctl_busy = (s->ctl_inflight || s->ctl_head) && store__conn_up(&s->control);
     if (ingest_busy || ctl_busy) {
         store__ctl_kick(s); /* drain the audit rows while we wait */
@@ -197,7 +202,7 @@ static void close_timer_cb(uv_timer_t *t)
 {
     store_t *s = t->data;
     log_warn("store_close_timeout", NULL, NULL, "in_flight_msgs=%zu control_queue=%zu",
-             s->inflight.n, s->ctl_n + (s->ctl_inflight ? 1u : 0u));
+             store_backlog(s), s->ctl_n + (s->ctl_inflight ? 1u : 0u));
     finish_close(s);
 }
 
@@ -216,9 +221,11 @@ void store_close_within(store_t *s, unsigned grace_ms, void (*cb)(void *ctx), vo
     s->closing = true;
     s->close_cb = cb;
     s->close_ctx = ctx;
-    if (s->batch_timer_on) {
-        uv_timer_stop(&s->batch_timer);
-        s->batch_timer_on = false;
+    for (int i = 0; i < STORE_NLANES; i++) {
+        if (s->lanes[i].batch_timer_on) {
+            uv_timer_stop(&s->lanes[i].batch_timer);
+            s->lanes[i].batch_timer_on = false;
+        }
     }
     uv_timer_stop(&s->expire_timer);
     uv_timer_stop(&s->maint_timer);

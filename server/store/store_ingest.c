@@ -2,7 +2,7 @@
  * store_ingest.c - the ingest queue and group commit.
  *
  * store_ingest() copies a message into one compact allocation and appends it
- * to s->queue. A batch (up to batch_max_msgs from the head) is sent as one
+ * to its lane's queue (see the end of this comment). A batch (up to batch_max_msgs from the head) is sent as one
  * call of cms.ingest_batch2() (sql/015) with 21 array parameters for the
  * vitals and four for what messages carry beyond them (store_more.c: JSON
  * arrays of text observations, waveform blocks and alarms, a text[] of
@@ -23,6 +23,18 @@
  *     growing delay.
  * Queued (not in-flight) messages older than ingest_timeout_ms fail with
  * CMS_EUNAVAIL.
+ *
+ * All of the above is per lane (store__lane): a connection with its queue.
+ * The bulk lane batches as described; the alarm lane (store_config.alarm_lane)
+ * takes the messages that carry a real alarm (priority PH, PM, PL or none
+ * given; PN heartbeats stay bulk) and sends them at once (no batch delay),
+ * so an alarm never waits behind a numerics batch in flight. Both lanes
+ * write with the same statement: the (device_id, control_id) key keeps a
+ * message exactly once whichever lane carried it, and the two lanes touch
+ * different rows (a message's own rows; alarms only in the alarm lane), so
+ * neither waits for the other's locks. When the alarm lane's connection is
+ * down, its messages (queued and in flight) move to the head of the bulk
+ * lane and new alarms go there until it is back.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,17 +95,29 @@ static void fifo_prepend(ingest_fifo *dst, ingest_fifo *src)
 }
 
 /* Puts the in-flight batch back at the head of the queue, as it was. */
-static void requeue_inflight(store_t *s)
+static void requeue_inflight(store__lane *l)
 {
-    if (s->inflight_split)
-        s->split_remaining += s->inflight.n;
-    s->inflight_split = false;
-    fifo_prepend(&s->queue, &s->inflight);
+    if (l->inflight_split)
+        l->split_remaining += l->inflight.n;
+    l->inflight_split = false;
+    fifo_prepend(&l->queue, &l->inflight);
 }
 
 size_t store_backlog(const store_t *s)
 {
-    return s->queue.n + s->inflight.n;
+    size_t n = 0;
+    for (int i = 0; i < STORE_NLANES; i++)
+        n += s->lanes[i].queue.n + s->lanes[i].inflight.n;
+    return n;
+}
+
+size_t store__ingest_inflight_up(const store_t *s)
+{
+    size_t n = 0;
+    for (int i = 0; i < STORE_NLANES; i++)
+        if (store__conn_up(&s->lanes[i].conn))
+            n += s->lanes[i].inflight.n;
+    return n;
 }
 
 void store_on_drain(store_t *s, void (*cb)(void *ctx), void *ctx)
@@ -217,22 +241,41 @@ static void item_done(store_t *s, ingest_item *it, int status, bool dup, unsigne
 
 static void batch_timer_cb(uv_timer_t *t)
 {
-    store_t *s = t->data;
-    s->batch_timer_on = false;
-    store__ingest_kick(s);
+    store__lane *l = t->data;
+    l->batch_timer_on = false;
+    store__lane_kick(l);
 }
 
-static void arm_batch_timer(store_t *s, uint64_t ms)
+static void arm_batch_timer(store__lane *l, uint64_t ms)
 {
-    uv_timer_start(&s->batch_timer, batch_timer_cb, ms, 0);
-    s->batch_timer_on = true;
+    uv_timer_start(&l->batch_timer, batch_timer_cb, ms, 0);
+    l->batch_timer_on = true;
 }
 
 void store__ingest_init(store_t *s)
 {
-    uv_timer_init(s->loop, &s->batch_timer);
-    s->batch_timer.data = s;
-    s->retry_ms = s->cfg.reconnect_min_ms;
+    static const char *const names[STORE_NLANES] = {"bulk", "alarm"};
+    static const char *const conn_names[STORE_NLANES] = {"ingest", "ingest_alarm"};
+    for (int i = 0; i < STORE_NLANES; i++) {
+        store__lane *l = &s->lanes[i];
+        store__conn_init(s, &l->conn, conn_names[i]);
+        l->conn.on_up = store__ingest_on_up;
+        l->conn.on_result = store__ingest_on_result;
+        l->conn.on_down = store__ingest_on_down;
+        l->name = names[i];
+        l->on = i == STORE_LANE_BULK || s->cfg.alarm_lane;
+        l->delay_ms = i == STORE_LANE_BULK ? s->cfg.batch_max_delay_ms : 0;
+        l->retry_ms = s->cfg.reconnect_min_ms;
+        uv_timer_init(s->loop, &l->batch_timer);
+        l->batch_timer.data = l;
+    }
+}
+
+void store__ingest_start(store_t *s)
+{
+    for (int i = 0; i < STORE_NLANES; i++)
+        if (s->lanes[i].on)
+            store__conn_start(&s->lanes[i].conn);
 }
 
 void store__ingest_free_buffers(store_t *s)
@@ -261,13 +304,13 @@ static void json_pieces(store__buf *b, const char *p, unsigned n, long long idx,
 
 /* The 4 parameters for what the batch's messages carry beyond vitals;
  * all NULL when none does. */
-static bool build_more(store_t *s, const char *vals[STORE_NPARAMS])
+static bool build_more(store_t *s, const ingest_fifo *batch, const char *vals[STORE_NPARAMS])
 {
     store__buf *t = &s->arr[STORE_NARRAYS], *w = t + 1, *ws = t + 2, *a = t + 3;
     bool any = false;
     long long idx = 0, wi = 0, ai = 0;
 
-    for (ingest_item *it = s->inflight.head; it && !any; it = it->next)
+    for (ingest_item *it = batch->head; it && !any; it = it->next)
         any = it->more != NULL;
     for (int i = STORE_NARRAYS; i < STORE_NPARAMS; i++)
         vals[i] = NULL;
@@ -280,7 +323,7 @@ static bool build_more(store_t *s, const char *vals[STORE_NPARAMS])
     store__buf_append(w, "[", 1);
     store__buf_append(a, "[", 1);
     store__arr_begin(ws);
-    for (ingest_item *it = s->inflight.head; it; it = it->next) {
+    for (ingest_item *it = batch->head; it; it = it->next) {
         idx++;
         if (!it->more)
             continue;
@@ -307,14 +350,15 @@ static bool build_more(store_t *s, const char *vals[STORE_NPARAMS])
     return true;
 }
 
-/* Builds the parameters of s->inflight. Returns false on OOM. */
-static bool build_params(store_t *s, const char *vals[STORE_NPARAMS])
+/* Builds the parameters of batch in s->arr (copied by libpq when sent, so
+ * the lanes share the buffers). Returns false on OOM. */
+static bool build_params(store_t *s, const ingest_fifo *batch, const char *vals[STORE_NPARAMS])
 {
     store__buf *a = s->arr;
     for (int i = 0; i < STORE_NARRAYS; i++)
         store__arr_begin(&a[i]);
     long long idx = 0;
-    for (ingest_item *it = s->inflight.head; it; it = it->next) {
+    for (ingest_item *it = batch->head; it; it = it->next) {
         idx++;
         store__arr_int(&a[0], (long long)it->device_id);
         store__arr_text(&a[1], it->control_id);
@@ -347,41 +391,60 @@ static bool build_params(store_t *s, const char *vals[STORE_NPARAMS])
             return false;
         vals[i] = a[i].p;
     }
-    return build_more(s, vals);
+    return build_more(s, batch, vals);
 }
 
-void store__ingest_kick(store_t *s)
+void store__lane_kick(store__lane *l)
 {
-    if (s->inflight.n > 0 || s->queue.n == 0 || !store__conn_up(&s->ingest) ||
-        s->ingest.state != SC_READY)
+    store_t *s = l->conn.s;
+    if (l->inflight.n > 0 || l->queue.n == 0 || l->conn.state != SC_READY)
         return;
     uint64_t now = uv_now(s->loop);
-    if (s->hold_until > now) {
-        if (!s->batch_timer_on)
-            arm_batch_timer(s, s->hold_until - now);
+    if (l->hold_until > now) {
+        if (!l->batch_timer_on)
+            arm_batch_timer(l, l->hold_until - now);
         return;
     }
-    if (s->batch_timer_on) {
-        uv_timer_stop(&s->batch_timer);
-        s->batch_timer_on = false;
+    if (l->batch_timer_on) {
+        uv_timer_stop(&l->batch_timer);
+        l->batch_timer_on = false;
     }
-    s->inflight_split = s->split_remaining > 0;
-    size_t max = s->inflight_split ? 1 : s->cfg.batch_max_msgs;
-    while (s->inflight.n < max && s->queue.n > 0)
-        fifo_push(&s->inflight, fifo_pop(&s->queue));
-    if (s->inflight_split)
-        s->split_remaining--;
+    l->inflight_split = l->split_remaining > 0;
+    size_t max = l->inflight_split ? 1 : s->cfg.batch_max_msgs;
+    while (l->inflight.n < max && l->queue.n > 0)
+        fifo_push(&l->inflight, fifo_pop(&l->queue));
+    if (l->inflight_split)
+        l->split_remaining--;
 
     const char *vals[STORE_NPARAMS];
-    if (!build_params(s, vals)) {
-        log_error("store_batch_oom", NULL, NULL, "msgs=%zu", s->inflight.n);
-        requeue_inflight(s);
-        s->hold_until = now + s->retry_ms;
-        arm_batch_timer(s, s->retry_ms);
+    if (!build_params(s, &l->inflight, vals)) {
+        log_error("store_batch_oom", NULL, NULL, "lane=%s msgs=%zu", l->name, l->inflight.n);
+        requeue_inflight(l);
+        l->hold_until = now + l->retry_ms;
+        arm_batch_timer(l, l->retry_ms);
         return;
     }
     /* On failure the connection resets and on_down puts the batch back. */
-    store__conn_send(&s->ingest, "ingest_batch", ingest_sql, STORE_NPARAMS, vals);
+    store__conn_send(&l->conn, "ingest_batch", ingest_sql, STORE_NPARAMS, vals);
+}
+
+/* A real alarm (not only PN heartbeats) in the message? */
+static bool has_alarm(const clinical_content *more)
+{
+    for (size_t i = 0; more && i < more->nalarms; i++)
+        if (strcmp(more->alarms[i].priority, "PN") != 0)
+            return true;
+    return false;
+}
+
+/* The lane a new message joins: the alarm lane for an alarm while its
+ * connection is up, else the bulk lane. */
+static store__lane *lane_for(store_t *s, const clinical_content *more)
+{
+    store__lane *a = &s->lanes[STORE_LANE_ALARM];
+    if (a->on && store__conn_up(&a->conn) && has_alarm(more))
+        return a;
+    return &s->lanes[STORE_LANE_BULK];
 }
 
 static int ingest(store_t *s, int64_t device_id, const vitals_msg *msg,
@@ -409,11 +472,12 @@ static int ingest(store_t *s, int64_t device_id, const vitals_msg *msg,
     it->full_cb = full_cb;
     it->ctx = ctx;
     it->deadline = uv_now(s->loop) + s->cfg.ingest_timeout_ms;
-    fifo_push(&s->queue, it);
-    if (s->queue.n >= s->cfg.batch_max_msgs)
-        store__ingest_kick(s);
-    else if (!s->batch_timer_on && s->inflight.n == 0)
-        arm_batch_timer(s, s->cfg.batch_max_delay_ms);
+    store__lane *l = lane_for(s, more);
+    fifo_push(&l->queue, it);
+    if (l->queue.n >= s->cfg.batch_max_msgs || l->delay_ms == 0)
+        store__lane_kick(l);
+    else if (!l->batch_timer_on && l->inflight.n == 0)
+        arm_batch_timer(l, l->delay_ms);
     return CMS_OK;
 }
 
@@ -433,21 +497,41 @@ int store_ingest_full(store_t *s, int64_t device_id, const vitals_msg *msg,
 
 void store__ingest_on_up(store__conn *c)
 {
-    store_t *s = c->s;
-    s->hold_until = 0;
-    store__ingest_kick(s);
+    store__lane *l = store__lane_of(c);
+    l->hold_until = 0;
+    store__lane_kick(l);
+}
+
+/* Moves everything of the alarm lane a to the head of the bulk lane b (a's
+ * connection is down). b's head items to send one at a time stay so; the
+ * moved ones are sent one at a time too when b had any (over-splitting only
+ * costs time). */
+static void lane_hand_over(store__lane *a, store__lane *b)
+{
+    size_t moved = a->queue.n, split = a->split_remaining;
+    if (moved == 0)
+        return;
+    b->split_remaining = b->split_remaining > 0 ? b->split_remaining + moved : split;
+    a->split_remaining = 0;
+    fifo_prepend(&b->queue, &a->queue);
+    log_warn("store_lane_handover", NULL, NULL, "msgs=%zu from=%s to=%s", moved, a->name,
+             b->name);
+    store__lane_kick(b);
 }
 
 void store__ingest_on_down(store__conn *c, bool query_lost)
 {
+    store__lane *l = store__lane_of(c);
     store_t *s = c->s;
     (void)query_lost;
-    if (s->inflight.n > 0) {
+    if (l->inflight.n > 0) {
         /* Unknown outcome: send the same messages again after reconnecting. */
-        log_warn("store_batch_resend", NULL, NULL, "msgs=%zu reason=connection_lost",
-                 s->inflight.n);
-        requeue_inflight(s);
+        log_warn("store_batch_resend", NULL, NULL, "lane=%s msgs=%zu reason=connection_lost",
+                 l->name, l->inflight.n);
+        requeue_inflight(l);
     }
+    if (l != &s->lanes[STORE_LANE_BULK] && !s->closing)
+        lane_hand_over(l, &s->lanes[STORE_LANE_BULK]);
     if (s->closing)
         store__maybe_finish_close(s);
 }
@@ -468,64 +552,69 @@ static void one_line(char *buf, size_t cap, const char *m)
         buf[--n] = '\0';
 }
 
-static void batch_failed(store_t *s, PGresult *res)
+static void batch_failed(store__lane *l, PGresult *res)
 {
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     char msg[512];
     const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
     one_line(msg, sizeof msg, primary ? primary : PQresultErrorMessage(res));
     if (data_error(state)) {
-        if (s->inflight.n > 1) {
-            log_warn("store_batch_split", NULL, NULL, "msgs=%zu sqlstate=%s error=\"%s\"",
-                     s->inflight.n, state, msg);
-            s->inflight_split = true; /* all of it goes back one by one */
-            requeue_inflight(s);
+        if (l->inflight.n > 1) {
+            log_warn("store_batch_split", NULL, NULL,
+                     "lane=%s msgs=%zu sqlstate=%s error=\"%s\"", l->name, l->inflight.n, state,
+                     msg);
+            l->inflight_split = true; /* all of it goes back one by one */
+            requeue_inflight(l);
             return;
         }
-        ingest_item *it = fifo_pop(&s->inflight);
+        ingest_item *it = fifo_pop(&l->inflight);
         log_warn("store_msg_refused", NULL, NULL,
                  "device_id=%lld control_id=%s sqlstate=%s error=\"%s\"", (long long)it->device_id,
                  it->control_id, state, msg);
-        item_done(s, it, CMS_EPROTO, false, 0);
+        item_done(l->conn.s, it, CMS_EPROTO, false, 0);
         return;
     }
     /* Transient or not ours to judge: retry the same batch after a delay. */
-    log_warn("store_batch_retry", NULL, NULL, "msgs=%zu sqlstate=%s retry_in_ms=%u error=\"%s\"",
-             s->inflight.n, state ? state : "-", s->retry_ms, msg);
-    requeue_inflight(s);
-    s->hold_until = uv_now(s->loop) + s->retry_ms;
-    unsigned next = s->retry_ms * 2;
-    s->retry_ms = next > s->cfg.reconnect_max_ms ? s->cfg.reconnect_max_ms : next;
+    store_t *s = l->conn.s;
+    log_warn("store_batch_retry", NULL, NULL,
+             "lane=%s msgs=%zu sqlstate=%s retry_in_ms=%u error=\"%s\"", l->name,
+             l->inflight.n, state ? state : "-", l->retry_ms, msg);
+    requeue_inflight(l);
+    l->hold_until = uv_now(s->loop) + l->retry_ms;
+    unsigned next = l->retry_ms * 2;
+    l->retry_ms = next > s->cfg.reconnect_max_ms ? s->cfg.reconnect_max_ms : next;
 }
 
 void store__ingest_on_result(store__conn *c, PGresult *res)
 {
+    store__lane *l = store__lane_of(c);
     store_t *s = c->s;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        batch_failed(s, res);
+        batch_failed(l, res);
         goto next;
     }
-    size_t n = s->inflight.n;
+    size_t n = l->inflight.n;
     if ((size_t)PQntuples(res) != n || PQnfields(res) != 3) {
-        log_error("store_batch_bad_result", NULL, NULL, "msgs=%zu rows=%d", n, PQntuples(res));
-        requeue_inflight(s);
-        s->hold_until = uv_now(s->loop) + s->retry_ms;
+        log_error("store_batch_bad_result", NULL, NULL, "lane=%s msgs=%zu rows=%d", l->name, n,
+                  PQntuples(res));
+        requeue_inflight(l);
+        l->hold_until = uv_now(s->loop) + l->retry_ms;
         goto next;
     }
-    s->retry_ms = s->cfg.reconnect_min_ms;
+    l->retry_ms = s->cfg.reconnect_min_ms;
     /* Detach first: callbacks may queue new messages or close the store. */
-    ingest_fifo done = s->inflight;
-    s->inflight.head = s->inflight.tail = NULL;
-    s->inflight.n = 0;
-    s->batches_ok++;
-    s->msgs_ok += n;
+    ingest_fifo done = l->inflight;
+    l->inflight.head = l->inflight.tail = NULL;
+    l->inflight.n = 0;
+    l->batches_ok++;
+    l->msgs_ok += n;
     metrics_observe(CM_BATCH_MESSAGES, 0, (double)n);
     int row = 0;
     ingest_item *it;
     while ((it = fifo_pop(&done)) != NULL) {
         bool dup = PQgetvalue(res, row, 1)[0] == 't';
         unsigned unknown = (unsigned)strtoul(PQgetvalue(res, row, 2), NULL, 10);
-        s->obs_ok += dup ? 0 : it->nobs;
+        l->obs_ok += dup ? 0 : it->nobs;
         if (!dup)
             metrics_add(CM_OBSERVATIONS, 0, it->nobs);
         row++;
@@ -540,42 +629,49 @@ next:
         store__latest_tick(s, uv_now(s->loop), true); /* what the last batch committed */
         store__maybe_finish_close(s);
     } else
-        store__ingest_kick(s);
+        store__lane_kick(l);
 }
 
 /* ---- expiry and shutdown ---------------------------------------------- */
 
 void store__ingest_expire(store_t *s, uint64_t now)
 {
-    size_t expired = 0;
-    while (s->queue.head && s->queue.head->deadline <= now) {
-        ingest_item *it = fifo_pop(&s->queue);
-        if (s->split_remaining > 0)
-            s->split_remaining--;
-        expired++;
-        item_done(s, it, CMS_EUNAVAIL, false, 0);
-    }
-    results_round(s);
-    if (expired) {
-        log_warn("store_ingest_timeout", NULL, NULL, "expired=%zu queued=%zu ingest_conn=%s",
-                 expired, s->queue.n, store__conn_up(&s->ingest) ? "up" : "down");
-        check_drain(s);
+    for (int i = 0; i < STORE_NLANES; i++) {
+        store__lane *l = &s->lanes[i];
+        size_t expired = 0;
+        while (l->queue.head && l->queue.head->deadline <= now) {
+            ingest_item *it = fifo_pop(&l->queue);
+            if (l->split_remaining > 0)
+                l->split_remaining--;
+            expired++;
+            item_done(s, it, CMS_EUNAVAIL, false, 0);
+        }
+        results_round(s);
+        if (expired) {
+            log_warn("store_ingest_timeout", NULL, NULL,
+                     "lane=%s expired=%zu queued=%zu ingest_conn=%s", l->name, expired,
+                     l->queue.n, store__conn_up(&l->conn) ? "up" : "down");
+            check_drain(s);
+        }
     }
 }
 
 void store__ingest_fail_queued(store_t *s, int status)
 {
     ingest_item *it;
-    s->split_remaining = 0;
-    while ((it = fifo_pop(&s->queue)) != NULL)
-        item_done(s, it, status, false, 0);
+    for (int i = 0; i < STORE_NLANES; i++) {
+        s->lanes[i].split_remaining = 0;
+        while ((it = fifo_pop(&s->lanes[i].queue)) != NULL)
+            item_done(s, it, status, false, 0);
+    }
     results_round(s);
 }
 
 void store__ingest_fail_inflight(store_t *s, int status)
 {
     ingest_item *it;
-    while ((it = fifo_pop(&s->inflight)) != NULL)
-        item_done(s, it, status, false, 0);
+    for (int i = 0; i < STORE_NLANES; i++)
+        while ((it = fifo_pop(&s->lanes[i].inflight)) != NULL)
+            item_done(s, it, status, false, 0);
     results_round(s);
 }

@@ -200,6 +200,36 @@ typedef struct ingest_fifo {
     size_t n;
 } ingest_fifo;
 
+/*
+ * An ingest lane: one connection with its own queue and group commit.
+ * STORE_LANE_BULK carries every message by default; STORE_LANE_ALARM (when
+ * store_config.alarm_lane) carries messages with a real alarm (priority
+ * other than PN), sent at once and never behind a numerics batch. While
+ * the alarm lane's connection is down its messages go to the bulk lane.
+ */
+enum { STORE_LANE_BULK, STORE_LANE_ALARM, STORE_NLANES };
+
+typedef struct store__lane {
+    store__conn conn;       /* its connection (conn.s: the store); see store__lane_of() */
+    const char *name;       /* "bulk" or "alarm" (static, for logs) */
+    bool on;                /* started (the alarm lane only with cfg.alarm_lane) */
+    unsigned delay_ms;      /* wait this long after the first queued message */
+    ingest_fifo queue;      /* waiting, oldest first */
+    ingest_fifo inflight;   /* the batch in flight on conn */
+    size_t split_remaining; /* head items to send one at a time */
+    bool inflight_split;    /* the in-flight batch is one of those */
+    uint64_t hold_until;    /* no batch before (transient error backoff) */
+    unsigned retry_ms;      /* transient error backoff */
+    bool batch_timer_on;
+    uv_timer_t batch_timer; /* delay_ms / retry hold */
+    uint64_t batches_ok, msgs_ok, obs_ok; /* counters (logs) */
+} store__lane;
+
+static inline store__lane *store__lane_of(store__conn *c)
+{
+    return (store__lane *)((char *)c - offsetof(store__lane, conn));
+}
+
 /* ------------------------------------------------------------------------ */
 /* store_ctl.c: the control queue                                           */
 /* ------------------------------------------------------------------------ */
@@ -244,19 +274,12 @@ struct store {
     void *close_ctx;
     int pending_closes; /* handles whose close callback is due */
 
-    store__conn ingest, control;
+    store__conn control;
 
-    /* ingest */
-    ingest_fifo queue;      /* waiting, oldest first */
-    ingest_fifo inflight;   /* the batch in flight on the ingest conn */
-    size_t split_remaining; /* head items to send one at a time */
-    bool inflight_split;    /* the in-flight batch is one of those */
-    uint64_t hold_until;    /* no batch before (transient error backoff) */
-    unsigned retry_ms;      /* transient error backoff */
-    bool batch_timer_on;
-    uv_timer_t batch_timer;  /* batch_max_delay_ms / retry hold */
+    /* ingest (store_ingest.c) */
+    store__lane lanes[STORE_NLANES];
     uv_timer_t expire_timer; /* ingest_timeout / lookup deadlines (periodic) */
-    store__buf arr[STORE_NPARAMS];
+    store__buf arr[STORE_NPARAMS]; /* a batch's parameters, built just before sending */
     store__buf more_buf; /* store_more.c scratch */
     bool refused; /* store_ingest returned ELIMIT since last drain */
     void (*drain_cb)(void *ctx);
@@ -264,7 +287,6 @@ struct store {
     void (*results_cb)(void *ctx); /* store_on_results */
     void *results_ctx;
     bool results_due; /* an ingest callback ran since results_cb last did */
-    uint64_t batches_ok, msgs_ok, obs_ok; /* counters (debug logs) */
 
     /* control */
     ctl_item *ctl_head, *ctl_tail;
@@ -359,8 +381,13 @@ bool store__dc_get(store_t *s, const char *serial, const char *fingerprint, stor
 void store__dc_sweep(store_t *s, uint64_t now);
 
 /* store_ingest.c */
+/* Sets up the lanes (timers, connections; the alarm lane only with cfg.alarm_lane). */
 void store__ingest_init(store_t *s);
-void store__ingest_kick(store_t *s); /* send a batch if possible */
+/* Starts connecting every lane that is on. */
+void store__ingest_start(store_t *s);
+void store__lane_kick(store__lane *l); /* send a batch if possible */
+/* Messages in flight on lanes whose connection is up (closing waits for them). */
+size_t store__ingest_inflight_up(const store_t *s);
 void store__ingest_on_up(store__conn *c);
 void store__ingest_on_result(store__conn *c, PGresult *res);
 void store__ingest_on_down(store__conn *c, bool query_lost);
