@@ -264,7 +264,6 @@ void store__ingest_init(store_t *s)
         l->conn.on_down = store__ingest_on_down;
         l->name = names[i];
         l->on = i == STORE_LANE_BULK || s->cfg.alarm_lane;
-        l->delay_ms = i == STORE_LANE_BULK ? s->cfg.batch_max_delay_ms : 0;
         l->retry_ms = s->cfg.reconnect_min_ms;
         uv_timer_init(s->loop, &l->batch_timer);
         l->batch_timer.data = l;
@@ -474,10 +473,10 @@ static int ingest(store_t *s, int64_t device_id, const vitals_msg *msg,
     it->deadline = uv_now(s->loop) + s->cfg.ingest_timeout_ms;
     store__lane *l = lane_for(s, more);
     fifo_push(&l->queue, it);
-    if (l->queue.n >= s->cfg.batch_max_msgs || l->delay_ms == 0)
+    if (l->queue.n >= s->cfg.batch_max_msgs || l == &s->lanes[STORE_LANE_ALARM])
         store__lane_kick(l);
     else if (!l->batch_timer_on && l->inflight.n == 0)
-        arm_batch_timer(l, l->delay_ms);
+        arm_batch_timer(l, s->cfg.batch_max_delay_ms);
     return CMS_OK;
 }
 

@@ -213,7 +213,6 @@ typedef struct store__lane {
     store__conn conn;       /* its connection (conn.s: the store); see store__lane_of() */
     const char *name;       /* "bulk" or "alarm" (static, for logs) */
     bool on;                /* started (the alarm lane only with cfg.alarm_lane) */
-    unsigned delay_ms;      /* wait this long after the first queued message */
     ingest_fifo queue;      /* waiting, oldest first */
     ingest_fifo inflight;   /* the batch in flight on conn */
     size_t split_remaining; /* head items to send one at a time */
@@ -221,7 +220,7 @@ typedef struct store__lane {
     uint64_t hold_until;    /* no batch before (transient error backoff) */
     unsigned retry_ms;      /* transient error backoff */
     bool batch_timer_on;
-    uv_timer_t batch_timer; /* delay_ms / retry hold */
+    uv_timer_t batch_timer; /* bulk: batch_max_delay_ms; both: retry hold */
     uint64_t batches_ok, msgs_ok, obs_ok; /* counters (logs) */
 } store__lane;
 
