@@ -31,7 +31,10 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+// A state change refused for its CSRF token (the token is per certificate and day and keyed
+// by the server's TLS key: a page open across two midnights or a key rotation holds a stale
+// one) fetches the current token and is sent once more: nothing was changed by the refusal.
+async function api(method, path, body, retried) {
   const opt = { method, credentials: 'same-origin', headers: {} };
   if (method !== 'GET') {
     opt.headers['X-CSRF-Token'] = state.session ? state.session.csrf_token : '';
@@ -41,6 +44,11 @@ async function api(method, path, body) {
   const res = await fetch(path, opt);
   let data = null;
   try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok && res.status === 403 && method !== 'GET' && !retried && data &&
+      data.error === 'csrf_refused' && /X-CSRF-Token/.test(data.detail || '')) {
+    state.session = await api('GET', '/api/v1/console/session');
+    return api(method, path, body, true);
+  }
   if (!res.ok) throw new ApiError(res.status, data);
   return data;
 }

@@ -10,7 +10,9 @@ log holds:
   - an alarm appears in its priority colour and clears (cms-monitor --alarms);
   - the importer's own approval is refused, operator2 approves from the page;
   - a rollout created from the page (with its CSRF token) is paused and resumed from the
-    rollouts page, then pauses by itself when its device reports a failure (injected);
+    rollouts page (the pause sent first with a stale token: refused and audited, then sent
+    again with the token the page fetched), then pauses by itself when its device reports
+    a failure (injected);
   - no Content-Security-Policy violation, no script error;
   - screenshots under the test's directory (build/.../console-browser/).
 
@@ -113,7 +115,7 @@ def test_console_in_chromium(console_cmsd, pki, db):
     assert "alarm_cleared" in steps
     assert "two_person_rule" in steps["self_approval_refused"]["message"], steps
     assert "done" in steps["approved"]["message"]
-    assert "rollout_paused" in steps
+    assert steps["rollout_paused"]["token_renewed"], steps["rollout_paused"]
     assert steps["rollout_auto_paused"]["reason"].startswith("auto"), steps
     assert "intact" in steps["audit"]["chain"]
     assert res["csp_violations"] == [], res["csp_violations"]
@@ -133,3 +135,8 @@ def test_console_in_chromium(console_cmsd, pki, db):
             and r["actor"] == "operator:operator2"], [r["event"] for r in rows]
     paused = [json.loads(r["detail"])["reason"] for r in rows if r["event"] == "rollout_paused"]
     assert "manual" in paused and "auto" in paused, paused
+    # the stale token's refusal is audited, then the same pause went through with the new one
+    stale = [r for r in by("csrf_refused") if r["actor"] == "operator:operator2"]
+    assert [json.loads(r["detail"])["reason"] for r in stale] == ["invalid X-CSRF-Token"], stale
+    first_pause = min(r["id"] for r in by("rollout_paused"))
+    assert stale[0]["id"] < first_pause

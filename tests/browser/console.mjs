@@ -130,12 +130,17 @@ async function main() {
     await b.page.goto(cfg.url + '/console/#rollouts');
     const row = `tr[data-rollout="${created.id}"]`;
     await b.page.waitForSelector(row + ' button.pause', { timeout: 20000 });
+    // The page holds a stale CSRF token (as after a key rotation or two midnights): the
+    // pause is refused once, the page fetches the current token and sends it again.
+    const stale = 'f'.repeat(64);
+    await b.page.evaluate((t) => { state.session.csrf_token = t; }, stale);
     await b.page.click(row + ' button.pause');
     await b.page.waitForFunction((sel) => {
       const e = document.querySelector(sel + ' .rollout-state');
       return e && e.textContent === 'paused';
     }, row, { timeout: 20000 });
-    step('rollout_paused', { id: created.id });
+    step('rollout_paused', { id: created.id,
+      token_renewed: await b.page.evaluate((t) => state.session.csrf_token !== t, stale) });
     await shot(b.page, '07-rollout-paused');
 
     // 5b. Resumed from the page; the device is offered the release, reports a failure, and
