@@ -93,12 +93,14 @@ def stored_clinical(db):
 def test_monitor_waveforms_and_alarms_counts(cmsd, pki, db, bench_devices):
     blocks0, samples0, events0, msgs0 = stored_clinical(db)
     m = monitor(cmsd, pki, "--rate", 4, "--window", 4, "--duration", 3, "--waveforms",
-                "ecg2,pleth", "--alarms", 1, "--heartbeat", 1)
+                "ecg2,pleth", "--alarms", 1, "--heartbeat", 1, "--steady-after", 1)
     blocks, samples, events, msgs = stored_clinical(db)
     assert (m["ae"], m["ar"], m["unacked"], m["lost"]) == (0, 0, 0, 0), m
     assert m["alarms_sent"] > 0 and m["alarms_aa"] == m["alarms_sent"], m
     assert m["heartbeats_sent"] > 0 and m["heartbeats_aa"] == m["heartbeats_sent"], m
     assert m["alarm_latency_ms"]["n"] == m["alarms_aa"], m
+    # the steady figures: only the alarms sent from 1 s after every device's first ACK
+    assert 0 < m["alarm_latency_ms"]["steady"]["n"] < m["alarm_latency_ms"]["n"], m
     # a block per channel per message: 500 Hz / 4 + 125 Hz / 4 samples
     assert m["samples_acked"] == m["acked_aa"] * (125 + 31), m
     assert (blocks - blocks0, samples - samples0) == (2 * m["acked_aa"], m["samples_acked"]), m

@@ -252,10 +252,14 @@ int dev_on_frame(void *ctx, const char *payload, size_t len)
     uint64_t lat_us = (m->last_ack_ns - p->sent_ns) / 1000u;
     hist_add(&m->hist, lat_us);
     hist_add(&m->ihist, lat_us);
-    if (p->kind == MSG_ALARM)
+    if (p->kind == MSG_ALARM) {
         hist_add(&m->ahist, lat_us);
-    if (!dev->ever_up)
-        m->devs_up++;
+        if (m->all_up_ns &&
+            p->sent_ns >= m->all_up_ns + (uint64_t)(m->opts.steady_after * 1e9))
+            hist_add(&m->ahist_steady, lat_us);
+    }
+    if (!dev->ever_up && ++m->devs_up == m->ndev)
+        m->all_up_ns = m->last_ack_ns;
     dev->ever_up = 1;
     m->ever_connected = 1;
     dev->fail_streak = 0;

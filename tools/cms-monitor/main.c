@@ -91,6 +91,8 @@ static void usage(FILE *f)
         "                        (SpO2 desat, HR high, ECG lead-off), continues every 10 s,\n"
         "                        ends after 5-30 s (default 0 = none)\n"
         "  --heartbeat SEC       ORU^R40 watchdog (priority PN) every SEC s (default 0 = none)\n"
+        "  --steady-after SEC    the alarm latency's \"steady\" figures count alarms sent SEC s\n"
+        "                        or more after every device got its first ACK (default 5)\n"
         "Timing:\n"
         "  --ack-timeout MS      reconnect when an ACK takes longer (default 30000)\n"
         "  --handshake-timeout MS  TCP connect + TLS handshake limit (default 10000)\n"
@@ -157,6 +159,7 @@ enum {
     OPT_SEED,
     OPT_WAVEFORMS,
     OPT_ALARMS,
+    OPT_STEADY_AFTER,
     OPT_HEARTBEAT,
 };
 
@@ -198,6 +201,7 @@ static const struct option longopts[] = {
     {"seed", required_argument, 0, OPT_SEED},
     {"waveforms", required_argument, 0, OPT_WAVEFORMS},
     {"alarms", required_argument, 0, OPT_ALARMS},
+    {"steady-after", required_argument, 0, OPT_STEADY_AFTER},
     {"heartbeat", required_argument, 0, OPT_HEARTBEAT},
     {"help", no_argument, 0, 'h'},
     {0, 0, 0, 0},
@@ -250,6 +254,7 @@ static int parse_opts(int argc, char **argv, struct mon_opts *o)
     o->serial_prefix = "MON-";
     o->first = 1;
     o->devices = 1;
+    o->steady_after = 5;
     o->serial_width = 4;
     o->rate = 1;
     o->window = 1;
@@ -384,6 +389,9 @@ static int parse_opts(int argc, char **argv, struct mon_opts *o)
         }
         case OPT_ALARMS:
             r = parse_double(n, optarg, 0, 86400, &o->alarm_every);
+            break;
+        case OPT_STEADY_AFTER:
+            r = parse_double(n, optarg, 0, 86400, &o->steady_after);
             break;
         case OPT_HEARTBEAT:
             r = parse_double(n, optarg, 0, 86400, &o->heartbeat);

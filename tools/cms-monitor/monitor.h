@@ -66,6 +66,8 @@ struct mon_opts {
     const char *waveforms; /* --waveforms: comma-separated channel names, or NULL */
     double alarm_every;    /* --alarms: mean seconds between alarm starts, 0 = none */
     double heartbeat;      /* --heartbeat: seconds between watchdog messages, 0 = none */
+    double steady_after;   /* --steady-after: the steady alarm histogram starts this many
+                              seconds after every device got its first ACK */
 };
 
 /* ---- message generator (msg.c) ---- */
@@ -300,6 +302,8 @@ struct mon {
     struct mon_stats st;
     struct hist hist, ihist; /* whole run, current report interval */
     struct hist ahist;       /* ORU^R40 alarm events only (not heartbeats), whole run */
+    struct hist ahist_steady; /* ... sent from all_up_ns + steady_after on */
+    uint64_t all_up_ns;       /* when the last device got its first ACK (0: not yet) */
     struct mon_stats prev;   /* at the previous report */
     uint64_t start_ns, prev_ns, end_ns;
     uint64_t last_ack_ns; /* when the last ACK arrived */

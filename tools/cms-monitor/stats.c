@@ -185,6 +185,14 @@ void stats_report_final(struct mon *m, int status)
             setf(al, "p99", ms(hist_quantile(ah, 0.99)));
             setf(al, "max", ms(ah->max_us));
             setu(al, "n", ah->n);
+            /* the same for the alarms sent once every device was connected (+ --steady-after) */
+            json_t *st = json_object();
+            ah = &m->ahist_steady;
+            setf(st, "p50", ms(hist_quantile(ah, 0.5)));
+            setf(st, "p99", ms(hist_quantile(ah, 0.99)));
+            setf(st, "max", ms(ah->max_us));
+            setu(st, "n", ah->n);
+            json_object_set_new(al, "steady", st);
             json_object_set_new(o, "alarm_latency_ms", al);
         }
         setf(lat, "p50", ms(hist_quantile(h, 0.5)));
