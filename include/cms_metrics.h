@@ -84,7 +84,7 @@ enum cm_hl7_type { CM_HL7_ORU_R01 = 0, CM_HL7_ORU_R40, CM_HL7_OTHER, CM_HL7__COU
 enum cm_result { CM_RESULT_AA = 0, CM_RESULT_AE, CM_RESULT_AR, CM_RESULT__COUNT };
 
 /* label query of cmsd_db_roundtrip_seconds */
-enum cm_query { CM_QUERY_INGEST = 0, CM_QUERY_CONTROL, CM_QUERY__COUNT };
+enum cm_query { CM_QUERY_INGEST = 0, CM_QUERY_CONTROL, CM_QUERY_INGEST_ALARM, CM_QUERY__COUNT };
 
 /* label code of cmsd_http_responses_total */
 enum cm_http_class { CM_HTTP_2XX = 0, CM_HTTP_3XX, CM_HTTP_4XX, CM_HTTP_5XX, CM_HTTP__COUNT };

@@ -127,7 +127,8 @@ typedef void (*store_ingest_full_cb)(void *ctx, int status, const store_ingest_r
  * The newest committed numeric value of each (device, code, sub id) is kept
  * in memory and written to cms.latest_observations about once a second on
  * the control connection (cms.latest_upsert; a lost write is made good by
- * the next value).
+ * the next value); when a write takes longer than 100 ms, the next goes 10
+ * times its duration later (at most 10 s): store_latest.c.
  */
 int store_ingest_full(store_t *s, int64_t device_id, const vitals_msg *msg,
                       const clinical_content *more, store_ingest_full_cb cb, void *ctx);

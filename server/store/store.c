@@ -179,9 +179,9 @@ static void finish_close(store_t *s)
     for (int i = 0; i < STORE_NLANES; i++) {
         const store__lane *l = &s->lanes[i];
         if (l->on)
-            log_info("store_closed", NULL, NULL, "lane=%s batches=%llu msgs=%llu obs=%llu",
-                     l->name, (unsigned long long)l->batches_ok,
-                     (unsigned long long)l->msgs_ok, (unsigned long long)l->obs_ok);
+            log_info("store_closed", NULL, NULL, "lane=%s batches=%llu msgs=%llu obs=%llu", l->name,
+                     (unsigned long long)l->batches_ok, (unsigned long long)l->msgs_ok,
+                     (unsigned long long)l->obs_ok);
     }
 }
 

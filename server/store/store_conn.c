@@ -336,7 +336,9 @@ static void query_complete(store__conn *c)
     } else {
         c->state = SC_READY;
         metrics_observe(CM_DB_ROUNDTRIP,
-                        c == &c->s->control ? CM_QUERY_CONTROL : CM_QUERY_INGEST,
+                        c == &c->s->control                        ? CM_QUERY_CONTROL
+                        : c == &c->s->lanes[STORE_LANE_ALARM].conn ? CM_QUERY_INGEST_ALARM
+                                                                   : CM_QUERY_INGEST,
                         (double)(uv_hrtime() - c->sent_ns) / 1e9);
         if (c->on_result)
             c->on_result(c, res);

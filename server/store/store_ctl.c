@@ -207,6 +207,7 @@ void store__ctl_on_result(store__conn *c, PGresult *res)
             it = NULL;
             break;
         case CTL_LATEST:
+            store__latest_written(s, (uv_hrtime() - c->sent_ns) / 1000000u);
             if (PQresultStatus(res) != PGRES_TUPLES_OK)
                 log_warn("latest_upsert_failed", NULL, NULL, "%s",
                          PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)

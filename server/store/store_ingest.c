@@ -2,14 +2,13 @@
  * store_ingest.c - the ingest queue and group commit.
  *
  * store_ingest() copies a message into one compact allocation and appends it
- * to its lane's queue (see the end of this comment). A batch (up to batch_max_msgs from the head) is sent as one
- * call of cms.ingest_batch2() (sql/015) with 21 array parameters for the
- * vitals and four for what messages carry beyond them (store_more.c: JSON
- * arrays of text observations, waveform blocks and alarms, a text[] of
- * sample literals; all NULL when no message of the batch has any) when the
- * queue reaches batch_max_msgs, when batch_max_delay_ms passed since the
- * first queued one, or right after the previous batch returned (group commit: whatever queued
- * meanwhile goes next). One batch is in flight at a time.
+ * to its lane's queue (see the end of this comment). A batch (up to batch_max_msgs from the head)
+ * is sent as one call of cms.ingest_batch2() (sql/015) with 21 array parameters for the vitals and
+ * four for what messages carry beyond them (store_more.c: JSON arrays of text observations,
+ * waveform blocks and alarms, a text[] of sample literals; all NULL when no message of the batch
+ * has any) when the queue reaches batch_max_msgs, when batch_max_delay_ms passed since the first
+ * queued one, or right after the previous batch returned (group commit: whatever queued meanwhile
+ * goes next). One batch is in flight at a time.
  *
  * Outcomes of a batch:
  *   - success: each callback gets CMS_OK and its duplicate flag;
@@ -34,7 +33,9 @@
  * different rows (a message's own rows; alarms only in the alarm lane), so
  * neither waits for the other's locks. When the alarm lane's connection is
  * down, its messages (queued and in flight) move to the head of the bulk
- * lane and new alarms go there until it is back.
+ * lane and new alarms go there until it is back and no alarm is left on the
+ * bulk lane (s->bulk_alarms): a device's alarm events are committed in the
+ * order they came (a continue never overtakes its start).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,6 +225,8 @@ static ingest_item *item_new(int64_t device_id, const vitals_msg *m)
 static void item_done(store_t *s, ingest_item *it, int status, bool dup, unsigned unknown)
 {
     s->results_due = true;
+    if (it->alarm_in_bulk)
+        s->bulk_alarms--;
     store_ingest_cb cb = it->cb;
     store_ingest_full_cb full_cb = it->full_cb;
     void *ctx = it->ctx;
@@ -437,12 +440,16 @@ static bool has_alarm(const clinical_content *more)
 }
 
 /* The lane a new message joins: the alarm lane for an alarm while its
- * connection is up, else the bulk lane. */
-static store__lane *lane_for(store_t *s, const clinical_content *more)
+ * connection is up and no alarm waits on the bulk lane, else the bulk lane. */
+static store__lane *lane_for(store_t *s, ingest_item *it, const clinical_content *more)
 {
     store__lane *a = &s->lanes[STORE_LANE_ALARM];
-    if (a->on && store__conn_up(&a->conn) && has_alarm(more))
+    if (!a->on || !has_alarm(more))
+        return &s->lanes[STORE_LANE_BULK];
+    if (store__conn_up(&a->conn) && s->bulk_alarms == 0)
         return a;
+    it->alarm_in_bulk = true;
+    s->bulk_alarms++;
     return &s->lanes[STORE_LANE_BULK];
 }
 
@@ -471,7 +478,7 @@ static int ingest(store_t *s, int64_t device_id, const vitals_msg *msg,
     it->full_cb = full_cb;
     it->ctx = ctx;
     it->deadline = uv_now(s->loop) + s->cfg.ingest_timeout_ms;
-    store__lane *l = lane_for(s, more);
+    store__lane *l = lane_for(s, it, more);
     fifo_push(&l->queue, it);
     if (l->queue.n >= s->cfg.batch_max_msgs || l == &s->lanes[STORE_LANE_ALARM])
         store__lane_kick(l);
@@ -510,11 +517,13 @@ static void lane_hand_over(store__lane *a, store__lane *b)
     size_t moved = a->queue.n, split = a->split_remaining;
     if (moved == 0)
         return;
+    for (ingest_item *it = a->queue.head; it; it = it->next)
+        it->alarm_in_bulk = true;
+    a->conn.s->bulk_alarms += moved;
     b->split_remaining = b->split_remaining > 0 ? b->split_remaining + moved : split;
     a->split_remaining = 0;
     fifo_prepend(&b->queue, &a->queue);
-    log_warn("store_lane_handover", NULL, NULL, "msgs=%zu from=%s to=%s", moved, a->name,
-             b->name);
+    log_warn("store_lane_handover", NULL, NULL, "msgs=%zu from=%s to=%s", moved, a->name, b->name);
     store__lane_kick(b);
 }
 
@@ -559,9 +568,8 @@ static void batch_failed(store__lane *l, PGresult *res)
     one_line(msg, sizeof msg, primary ? primary : PQresultErrorMessage(res));
     if (data_error(state)) {
         if (l->inflight.n > 1) {
-            log_warn("store_batch_split", NULL, NULL,
-                     "lane=%s msgs=%zu sqlstate=%s error=\"%s\"", l->name, l->inflight.n, state,
-                     msg);
+            log_warn("store_batch_split", NULL, NULL, "lane=%s msgs=%zu sqlstate=%s error=\"%s\"",
+                     l->name, l->inflight.n, state, msg);
             l->inflight_split = true; /* all of it goes back one by one */
             requeue_inflight(l);
             return;
@@ -576,8 +584,8 @@ static void batch_failed(store__lane *l, PGresult *res)
     /* Transient or not ours to judge: retry the same batch after a delay. */
     store_t *s = l->conn.s;
     log_warn("store_batch_retry", NULL, NULL,
-             "lane=%s msgs=%zu sqlstate=%s retry_in_ms=%u error=\"%s\"", l->name,
-             l->inflight.n, state ? state : "-", l->retry_ms, msg);
+             "lane=%s msgs=%zu sqlstate=%s retry_in_ms=%u error=\"%s\"", l->name, l->inflight.n,
+             state ? state : "-", l->retry_ms, msg);
     requeue_inflight(l);
     l->hold_until = uv_now(s->loop) + l->retry_ms;
     unsigned next = l->retry_ms * 2;
@@ -648,8 +656,8 @@ void store__ingest_expire(store_t *s, uint64_t now)
         results_round(s);
         if (expired) {
             log_warn("store_ingest_timeout", NULL, NULL,
-                     "lane=%s expired=%zu queued=%zu ingest_conn=%s", l->name, expired,
-                     l->queue.n, store__conn_up(&l->conn) ? "up" : "down");
+                     "lane=%s expired=%zu queued=%zu ingest_conn=%s", l->name, expired, l->queue.n,
+                     store__conn_up(&l->conn) ? "up" : "down");
             check_drain(s);
         }
     }

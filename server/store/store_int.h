@@ -188,6 +188,7 @@ typedef struct ingest_item {
     int64_t device_id;
     const char *control_id, *patient_authority, *patient_id, *location, *msg_time;
     char received_at[40];
+    bool alarm_in_bulk; /* carries an alarm and is on the bulk lane (s->bulk_alarms) */
     size_t nobs;
     ingest_obs *obs;
 } ingest_item;
@@ -220,7 +221,7 @@ typedef struct store__lane {
     uint64_t hold_until;    /* no batch before (transient error backoff) */
     unsigned retry_ms;      /* transient error backoff */
     bool batch_timer_on;
-    uv_timer_t batch_timer; /* bulk: batch_max_delay_ms; both: retry hold */
+    uv_timer_t batch_timer;               /* bulk: batch_max_delay_ms; both: retry hold */
     uint64_t batches_ok, msgs_ok, obs_ok; /* counters (logs) */
 } store__lane;
 
@@ -277,6 +278,7 @@ struct store {
 
     /* ingest (store_ingest.c) */
     store__lane lanes[STORE_NLANES];
+    size_t bulk_alarms;      /* alarm messages on the bulk lane: new alarms follow them there */
     uv_timer_t expire_timer; /* ingest_timeout / lookup deadlines (periodic) */
     store__buf arr[STORE_NPARAMS]; /* a batch's parameters, built just before sending */
     store__buf more_buf; /* store_more.c scratch */
@@ -309,8 +311,9 @@ struct store {
     /* the newest committed values, written once a second (store_latest.c) */
     struct store__latest *latest;
     uint64_t latest_flushed_at;
-    uv_timer_t maint_timer; /* hourly maintenance */
-    uv_timer_t close_timer; /* store_close deadline */
+    uint64_t latest_cost_ms; /* how long the last write took, sent -> result */
+    uv_timer_t maint_timer;  /* hourly maintenance */
+    uv_timer_t close_timer;  /* store_close deadline */
 };
 
 /* store_more.c */
@@ -323,6 +326,8 @@ ingest_more *store__more_new(store_t *s, const clinical_content *c, bool *oom);
 void store__latest_put(store_t *s, const ingest_item *it);
 /* Queues the write of what was kept when a second has passed (or now: force). */
 void store__latest_tick(store_t *s, uint64_t now, bool force);
+/* The last write's result came after cost_ms (paces the next ones). */
+void store__latest_written(store_t *s, uint64_t cost_ms);
 extern const char store__latest_sql[]; /* CTL_LATEST's statement */
 void store__latest_free(store_t *s);
 

@@ -16,6 +16,7 @@ import time
 import psycopg2
 
 import helpers as h
+from ha_helpers import metric
 from test_alarms import r40
 
 NUM_DEV = "MON-0001"   # sends numerics (stuck behind the lock)
@@ -57,8 +58,17 @@ def stored(db, device, cid):
                     " WHERE d.serial = %s AND m.control_id = %s", (device, cid))[0][0]
 
 
+def lane_cmsd(cmsd_factory, name, **kw):
+    return cmsd_factory(name, workers=1, metrics_listen="127.0.0.1:%d" % h.free_port(), **kw)
+
+
+def alarm_batches(srv):
+    """Statements the alarm lane completed (cmsd_db_roundtrip_seconds{query="ingest_alarm"})."""
+    return metric(srv, "cmsd_db_roundtrip_seconds_count", query="ingest_alarm") or 0
+
+
 def test_alarm_acked_while_numerics_are_held(cmsd_factory, db, connect):
-    srv = cmsd_factory("cmsd-lane-on", workers=1)
+    srv = lane_cmsd(cmsd_factory, "cmsd-lane-on")
     with connect(srv.port, NUM_DEV) as num, connect(srv.port, ALARM_DEV) as al:
         with locked(db, OBS_PARTITIONS):
             ncid = h.unique("N")
@@ -75,6 +85,7 @@ def test_alarm_acked_while_numerics_are_held(cmsd_factory, db, connect):
             assert (ack.code, ack.control_id) == ("AA", acid), ack.raw
             assert took < 5, took
             assert stored(db, ALARM_DEV, acid) == 1
+            assert alarm_batches(srv) == 1
             # a heartbeat (PN) goes with the numerics: held too
             hcid = h.unique("H")
             al.send(r40(ALARM_DEV, hcid, h.unique("HB"), "continue", prio="PN", kind="ST"))
@@ -89,7 +100,7 @@ def test_alarm_acked_while_numerics_are_held(cmsd_factory, db, connect):
 
 
 def test_lane_off_alarm_waits_like_numerics(cmsd_factory, db, connect):
-    srv = cmsd_factory("cmsd-lane-off", workers=1, alarm_lane="off")
+    srv = lane_cmsd(cmsd_factory, "cmsd-lane-off", alarm_lane="off")
     with connect(srv.port, NUM_DEV) as num, connect(srv.port, ALARM_DEV) as al:
         with locked(db, OBS_PARTITIONS):
             ncid = h.unique("N")
@@ -103,10 +114,11 @@ def test_lane_off_alarm_waits_like_numerics(cmsd_factory, db, connect):
         ack = al.recv_ack(timeout=20)
         assert (ack.code, ack.control_id) == ("AA", acid), ack.raw
     assert stored(db, ALARM_DEV, acid) == 1
+    assert alarm_batches(srv) == 0
 
 
 def test_alarm_lane_lost_mid_batch_hands_over(cmsd_factory, db, connect):
-    srv = cmsd_factory("cmsd-lane-lost", workers=1)
+    srv = lane_cmsd(cmsd_factory, "cmsd-lane-lost")
     since = srv.log_size()
     with connect(srv.port, ALARM_DEV) as al:
         aid = h.unique("ALM")
@@ -127,3 +139,12 @@ def test_alarm_lane_lost_mid_batch_hands_over(cmsd_factory, db, connect):
         # resent after an unknown outcome: one event, not two
         n = db.query("SELECT nevents FROM cms.alarms WHERE alarm_id = %s AND current", (aid,))
         assert n == [(2,)], n
+        # once nothing of it is left on the numerics connection, alarms use the lane again
+        h.wait_until(lambda: db.scalar("SELECT count(*) FROM pg_stat_activity WHERE "
+                                       "application_name = 'cmsd-ingest_alarm'") == 1, 20,
+                     what="the alarm lane reconnected")
+        time.sleep(0.5)  # its session setup answered: the lane is up in cmsd too
+        before = alarm_batches(srv)
+        ack = al.request(r40(ALARM_DEV, h.unique("A"), aid, "end", state="inactive"), timeout=10)
+        assert ack.code == "AA", ack.raw
+        assert alarm_batches(srv) == before + 1

@@ -749,14 +749,24 @@ def p2v_once(pg, i, devices, viewers):
     v = None
     try:
         dur = int(devices / P2_CONNECT_RATE) + P2_SECONDS
+        # where the two cores went: the viewers' curl processes share them with the server
+        # here (in a ward they are browsers on other machines)
         if viewers:
             with Viewers(c.https_port, viewers) as v:
+                meter = CpuMeter({"cmsd": c.pids, "postgres": pg.cpu,
+                                  "viewers_curl": lambda: [p.pid for p in v.procs]})
+                meter.start()
                 m = monitor(c.port, devices, 1, 4, dur, ["--connect-rate", P2_CONNECT_RATE])
+                cpu = meter.stop(extra_cpu=mon_cpu(m))
                 dropped = metrics_value(c.metrics_port, "cmsd_sse_dropped_total")
                 published = metrics_value(c.metrics_port, "cmsd_sse_events_total")
         else:
+            meter = CpuMeter({"cmsd": c.pids, "postgres": pg.cpu})
+            meter.start()
             m = monitor(c.port, devices, 1, 4, dur, ["--connect-rate", P2_CONNECT_RATE])
+            cpu = meter.stop(extra_cpu=mon_cpu(m))
             dropped = published = None
+        cpu["cms-monitor"] = round(mon_cpu(m) / m["elapsed_s"], 3)
     finally:
         c.stop()
     steady = steady_intervals(m, devices)
@@ -765,11 +775,12 @@ def p2v_once(pg, i, devices, viewers):
          "p99_ms": m["latency_ms"]["p99"],
          "steady_median_interval_p99_ms": statistics.median(p99s) if p99s else None,
          "ae": m["ae"], "unacked": m["unacked"], "acked": m["acked_aa"],
-         "events_published": published, "streams_dropped": dropped,
+         "events_published": published, "streams_dropped": dropped, "cores": cpu,
          "viewers_summary": v.summary() if v else None}
     log("P2V run %d: %d monitors, %d viewers: ACK p50 %.1f ms p99 %.1f ms (steady median-interval"
-        " p99 %s); events %s" % (i, devices, viewers, r["p50_ms"], r["p99_ms"],
-                                 r["steady_median_interval_p99_ms"], r["viewers_summary"]))
+        " p99 %s); events %s; cores %s" % (i, devices, viewers, r["p50_ms"], r["p99_ms"],
+                                           r["steady_median_interval_p99_ms"],
+                                           r["viewers_summary"], cpu))
     return r
 
 
@@ -1463,6 +1474,11 @@ def main():
                     "delivery_p50_ms": stats([r["viewers_summary"]["delivery_p50_ms"] for r in on]),
                     "delivery_p99_ms": stats([r["viewers_summary"]["delivery_p99_ms"] for r in on]),
                     "streams_dropped": sum(r["streams_dropped"] or 0 for r in on),
+                    "cmsd_cores_without": stats([r["cores"]["cmsd"] for r in off]),
+                    "cmsd_cores_with": stats([r["cores"]["cmsd"] for r in on]),
+                    "viewers_curl_cores": stats([r["cores"]["viewers_curl"] for r in on]),
+                    "machine_busy_without": stats([r["cores"]["machine_busy"] for r in off]),
+                    "machine_busy_with": stats([r["cores"]["machine_busy"] for r in on]),
                     "raw": {"without": off, "with": on}}
     if "W" in only:
         wdev = int(os.environ.get("BENCH_W_DEVICES", "100"))
@@ -1801,6 +1817,15 @@ def table_rows(res):
         m = p["delivery_p99_ms"]
         add("P2V", "event delivery p99 (ms), publication -> probe", m, "<= 1000",
             yes(m is not None and m["median"] <= 1000), nd=1)
+        add("P2V", "cmsd cores: without / with streams", p["cmsd_cores_without"], nd=2)
+        rows[-1]["text"] = fmt(p["cmsd_cores_without"], nd=2) + " / " + fmt(p["cmsd_cores_with"],
+                                                                            nd=2)
+        add("P2V", "the viewers' curl processes (cores, on this machine)",
+            p["viewers_curl_cores"], nd=2)
+        add("P2V", "machine busy (cores of 2): without / with streams",
+            p["machine_busy_without"], nd=2)
+        rows[-1]["text"] = (fmt(p["machine_busy_without"], nd=2) + " / "
+                            + fmt(p["machine_busy_with"], nd=2))
     if "W" in S:
         p = S["W"]
         q = p["params"]

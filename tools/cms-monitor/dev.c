@@ -254,8 +254,7 @@ int dev_on_frame(void *ctx, const char *payload, size_t len)
     hist_add(&m->ihist, lat_us);
     if (p->kind == MSG_ALARM) {
         hist_add(&m->ahist, lat_us);
-        if (m->all_up_ns &&
-            p->sent_ns >= m->all_up_ns + (uint64_t)(m->opts.steady_after * 1e9))
+        if (m->all_up_ns && p->sent_ns >= m->all_up_ns + (uint64_t)(m->opts.steady_after * 1e9))
             hist_add(&m->ahist_steady, lat_us);
     }
     if (!dev->ever_up && ++m->devs_up == m->ndev)
