@@ -198,3 +198,15 @@ def test_monitor_source_that_cannot_be_used_is_a_setup_error(cmsd, pki, bench_de
                "1", "--count", "1", "--source", source], timeout=60, check=False)
     assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
     assert "--source %s: %s" % (source, why) in p.stderr, p.stderr[-2000:]
+
+
+def test_monitor_wards_spread_locations(cmsd, pki, db, bench_devices):
+    """--wards N: device number n reports from WARD-<1 + n % N> (PV1-3), bed BED-<n>."""
+    m = monitor(cmsd, pki, "--rate", 4, "--window", 2, "--duration", 1, "--wards", 3)
+    assert m["acked_aa"] > 0 and m["ae"] == 0, m
+    rows = db.query("SELECT DISTINCT d.serial, m.location FROM cms.messages m "
+                    "JOIN cms.devices d ON d.id = m.device_id WHERE d.serial = ANY(%s) "
+                    "AND m.location LIKE 'WARD-%%'", (DEVICES,))
+    want = {s: "WARD-%d^^BED-%s" % (1 + int(s[4:]) % 3, s[4:]) for s in DEVICES}
+    assert rows and all(want[s] == loc for s, loc in rows), rows
+    assert {loc.split("^")[0] for _, loc in rows} == {"WARD-1", "WARD-2", "WARD-3"}, rows

@@ -76,6 +76,8 @@ static void usage(FILE *f)
         "  --patient MRN         PID-3 (default MRN-<serial>; with several devices MRN is a\n"
         "                        prefix followed by the serial's number)\n"
         "  --location L          PV1-3, HL7 components allowed (default ICU^^BED-<number>)\n"
+        "  --wards N             devices spread over N wards: PV1-3 WARD-<1 + number %% N>^^\n"
+        "                        BED-<number> (default 0: all in ICU)\n"
         "  --facility F          MSH-6 and PID-3 assigning authority (default GENERAL HOSPITAL)\n"
         "  --control-prefix P    MSH-10 = P<6-digit sequence> (default <serial>-<random run "
         "tag>-;\n"
@@ -159,6 +161,7 @@ enum {
     OPT_SEED,
     OPT_WAVEFORMS,
     OPT_ALARMS,
+    OPT_WARDS,
     OPT_STEADY_AFTER,
     OPT_HEARTBEAT,
 };
@@ -183,6 +186,7 @@ static const struct option longopts[] = {
     {"obs", required_argument, 0, OPT_OBS},
     {"patient", required_argument, 0, OPT_PATIENT},
     {"location", required_argument, 0, OPT_LOCATION},
+    {"wards", required_argument, 0, OPT_WARDS},
     {"facility", required_argument, 0, OPT_FACILITY},
     {"control-prefix", required_argument, 0, OPT_CONTROL_PREFIX},
     {"resend-on-reconnect", no_argument, 0, OPT_RESEND},
@@ -332,6 +336,9 @@ static int parse_opts(int argc, char **argv, struct mon_opts *o)
             break;
         case OPT_LOCATION:
             o->location = optarg;
+            break;
+        case OPT_WARDS:
+            r = parse_uint(n, optarg, 0, 100000, &o->wards);
             break;
         case OPT_FACILITY:
             o->facility = optarg;

@@ -55,6 +55,7 @@ struct mon_opts {
     double connect_rate; /* handshakes/s */
     unsigned obs;
     const char *patient, *location, *control_prefix, *facility;
+    unsigned wards; /* --wards: spread devices over WARD-1..WARD-n (0: all in ICU) */
     int resend;
     int json, quiet, verbose;
     int resume; /* reuse TLS sessions on reconnect */
