@@ -663,11 +663,11 @@ class Viewers:
     def __init__(self, https_port, n, probes=5, wards=0):
         self.port, self.n, self.probes = https_port, n, min(probes, n)
         self.wards = wards  # > 0: stream k watches ward WARD-<1 + k % wards> (?ward=), else all
+        self.delays_ms, self.events, self.closed = [], 0, 0
+        self.procs, self.threads, self.stop_ev = [], [], None
 
     def _path(self, k):
         return "/api/v1/events" + ("?ward=WARD-%d" % (1 + k % self.wards) if self.wards else "")
-        self.delays_ms, self.events, self.closed = [], 0, 0
-        self.procs, self.threads, self.stop_ev = [], [], None
 
     def _probe(self, k):
         import ssl
