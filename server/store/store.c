@@ -153,6 +153,7 @@ static void timer_closed(uv_handle_t *h)
 static void close_handle(store_t *s, uv_timer_t *t)
 {
     uv_timer_stop(t);
+    t->data = s; /* a lane's batch timer had its lane there: no callback runs any more */
     s->pending_closes++;
     uv_close((uv_handle_t *)t, timer_closed);
 }
