@@ -295,16 +295,16 @@ int gen_init(struct gen *g, const struct mon_opts *o, const char *serial, uint64
         if (n < 0 || (size_t)n >= sizeof g->pid)
             return CMS_EINVAL;
     }
+    const char *bed = serial_digits(g->serial_esc); /* the bed number: the device's */
     if (o->location != NULL) {
         if (!raw_field_ok(o->location) || strlen(o->location) >= sizeof loc)
             return CMS_EINVAL;
         snprintf(loc, sizeof loc, "%s", o->location);
     } else if (o->wards > 0) { /* device number n in ward WARD-<1 + n % wards> */
-        const char *digits = serial_digits(g->serial_esc);
-        unsigned long num = strtoul(digits, NULL, 10);
-        snprintf(loc, sizeof loc, "WARD-%lu^^BED-%.32s", 1 + num % o->wards, digits);
+        unsigned long num = strtoul(bed, NULL, 10);
+        snprintf(loc, sizeof loc, "WARD-%lu^^BED-%.32s", 1 + num % o->wards, bed);
     } else {
-        snprintf(loc, sizeof loc, "ICU^^BED-%.32s", serial_digits(g->serial_esc));
+        snprintf(loc, sizeof loc, "ICU^^BED-%.32s", bed);
     }
     n = snprintf(g->pv1, sizeof g->pv1, "PV1||I|%s", loc);
     if (n < 0 || (size_t)n >= sizeof g->pv1)
