@@ -32,6 +32,7 @@ Scenarios (docs/benchmarks.md has the method):
 """
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -753,29 +754,25 @@ def p2v_once(pg, i, devices, viewers, ward_streams=False):
     pg.clean_ingest()
     c = Cmsd(pg, {"tls_operator_ca": PKI / "operator-ca-bundle.pem"}, tag="cmsd-p2v")
     c.start()
-    v = None
     try:
         dur = int(devices / P2_CONNECT_RATE) + P2_SECONDS
         # where the two cores went: the viewers' curl processes share them with the server
         # here (in a ward they are browsers on other machines)
-        if viewers:
-            with Viewers(c.https_port, viewers,
-                         wards=P2V_WARDS if ward_streams else 0) as v:
-                meter = CpuMeter({"cmsd": c.pids, "postgres": pg.cpu,
-                                  "viewers_curl": lambda: [p.pid for p in v.procs]})
-                meter.start()
-                m = monitor(c.port, devices, 1, 4, dur, ["--connect-rate", P2_CONNECT_RATE,
-                                                         "--wards", P2V_WARDS])
-                cpu = meter.stop(extra_cpu=mon_cpu(m))
-                dropped = metrics_value(c.metrics_port, "cmsd_sse_dropped_total")
-                published = metrics_value(c.metrics_port, "cmsd_sse_events_total")
-        else:
-            meter = CpuMeter({"cmsd": c.pids, "postgres": pg.cpu})
+        vctx = (Viewers(c.https_port, viewers, wards=P2V_WARDS if ward_streams else 0)
+                if viewers else contextlib.nullcontext())
+        with vctx as v:
+            procs = {"cmsd": c.pids, "postgres": pg.cpu}
+            if v is not None:
+                procs["viewers_curl"] = lambda: [p.pid for p in v.procs]
+            meter = CpuMeter(procs)
             meter.start()
             m = monitor(c.port, devices, 1, 4, dur, ["--connect-rate", P2_CONNECT_RATE,
                                                      "--wards", P2V_WARDS])
             cpu = meter.stop(extra_cpu=mon_cpu(m))
             dropped = published = None
+            if v is not None:
+                dropped = metrics_value(c.metrics_port, "cmsd_sse_dropped_total")
+                published = metrics_value(c.metrics_port, "cmsd_sse_events_total")
         cpu["cms-monitor"] = round(mon_cpu(m) / m["elapsed_s"], 3)
     finally:
         c.stop()
@@ -1474,11 +1471,11 @@ def main():
     if "P2V" in only:
         devices = int(os.environ.get("BENCH_P2V_DEVICES", "1000"))
         nview = int(os.environ.get("BENCH_P2V_VIEWERS", "200"))
-        off, on, onn = [], [], []
+        off, on, ward = [], [], []
         for i in range(runs):  # alternating, so that a noisy neighbour hits all alike
             off.append(p2v_once(pg, i, devices, 0))
             on.append(p2v_once(pg, i, devices, nview))
-            onn.append(p2v_once(pg, i, devices, nview, ward_streams=True))
+            ward.append(p2v_once(pg, i, devices, nview, ward_streams=True))
         S["P2V"] = {"params": {"devices": devices, "viewers": nview, "wards": P2V_WARDS,
                                "rate_per_device": 1,
                                "obs_per_msg": 10, "steady_seconds": P2_SECONDS},
@@ -1492,16 +1489,16 @@ def main():
                     "cmsd_cores_without": stats([r["cores"]["cmsd"] for r in off]),
                     "cmsd_cores_with": stats([r["cores"]["cmsd"] for r in on]),
                     "viewers_curl_cores": stats([r["cores"]["viewers_curl"] for r in on]),
-                    "ward_p99_ms_with": stats([r["p99_ms"] for r in onn]),
+                    "ward_p99_ms_with": stats([r["p99_ms"] for r in ward]),
                     "ward_steady_p99_ms_with":
-                        stats([r["steady_median_interval_p99_ms"] for r in onn]),
+                        stats([r["steady_median_interval_p99_ms"] for r in ward]),
                     "ward_delivery_p99_ms":
-                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in onn]),
-                    "ward_streams_dropped": sum(r["streams_dropped"] or 0 for r in onn),
-                    "ward_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in onn]),
+                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in ward]),
+                    "ward_streams_dropped": sum(r["streams_dropped"] or 0 for r in ward),
+                    "ward_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in ward]),
                     "machine_busy_without": stats([r["cores"]["machine_busy"] for r in off]),
                     "machine_busy_with": stats([r["cores"]["machine_busy"] for r in on]),
-                    "raw": {"without": off, "with": on, "with_ward_streams": onn}}
+                    "raw": {"without": off, "with": on, "with_ward_streams": ward}}
     if "W" in only:
         wdev = int(os.environ.get("BENCH_W_DEVICES", "100"))
         wsec = int(os.environ.get("BENCH_W_SECONDS", "20" if quick else "60"))
