@@ -50,6 +50,9 @@ enum cm_id {
     CM_SSE_CLIENTS,
     CM_SSE_EVENTS,
     CM_SSE_DROPPED,
+    CM_SSE_RELAYED,
+    CM_SSE_RELAY_RECEIVED,
+    CM_SSE_RELAY_DROPPED,
     CM__COUNT
 };
 

@@ -27,7 +27,10 @@
  * before the gap gets "reset".
  *
  * Per process: several cmsd instances each have their own hub and ids
- * (docs/scale-out.md).
+ * (docs/scale-out.md). Relay: instances sharing a database hand each other
+ * their events through it (PostgreSQL NOTIFY, events_relay.c), so a viewer
+ * connected to any instance sees what every instance stored; only while
+ * another instance has a stream open (it says so every EVENTS_WATCH_MS).
  */
 #ifndef CMS_EVENTS_H
 #define CMS_EVENTS_H
@@ -38,6 +41,7 @@
 #include <uv.h>
 
 #include "https.h"
+#include "store.h"
 
 #define EVENTS_RING 4096                     /* events kept for Last-Event-ID ... */
 #define EVENTS_RING_BYTES (8u * 1024 * 1024) /* ... and at most this many bytes of them */
@@ -46,6 +50,8 @@
 #define EVENTS_BATCH_MS 50u /* new events wait this long for more: one write per batch */
 #define EVENTS_IDLE_MS 60000u /* events are kept this long after the last stream closed */
 #define EVENTS_WARD_LEN 64  /* a ward's name, NUL included */
+#define EVENTS_WATCH_MS 5000u /* a process with a stream open tells the others this often */
+#define EVENTS_RELAY_MS 20u   /* events for the other instances wait this long for more */
 
 /*
  * Starts the process's hub. Returns CMS_OK or CMS_ENOMEM. Thread: main,
@@ -95,5 +101,17 @@ void events_worker_close(events_worker *w);
  * runs until the client or the server closes it) or CMS_OK after an answer.
  */
 int events_get(https_req *r);
+
+/*
+ * Relays this process's events to the other instances on the same database and theirs to
+ * this process's streams (events_relay.c): LISTENs on cms_events and cms_events_watch through
+ * store, sends the relay NOTIFYs and the periodic watch announcement on loop. One relay per
+ * process: the first call wins, a second returns CMS_EINVAL. loop and store borrowed (they
+ * must outlive events_relay_stop). Returns CMS_OK, CMS_ENOMEM or what store_listen returned.
+ * Thread: loop's, after events_hub_init.
+ */
+int events_relay_start(uv_loop_t *loop, store_t *store);
+/* Stops the relay started on loop (no-op otherwise); what waits is dropped. Thread: loop's. */
+void events_relay_stop(uv_loop_t *loop);
 
 #endif

@@ -128,6 +128,7 @@ static void worker_shutdown(worker *w, bool now)
     close_if_open((uv_handle_t *)&w->drain_async, true);
     close_if_open((uv_handle_t *)&w->audit_async, true);
     ops_worker_listening(w->id, false);
+    events_relay_stop(&w->loop);        /* worker 0's */
     events_worker_close(w->svc.events); /* its streams end, their connections close */
     w->svc.events = NULL;
     if (w->anchor_on) {
@@ -269,6 +270,9 @@ static int worker_listen(worker *w)
     };
     w->svc.console = w->console;
     w->svc.events = events_worker_new(&w->loop, w->id); /* NULL: GET /api/v1/events is 503 */
+    if (w->svc.events && w->id == 0 && events_relay_start(&w->loop, w->store) != CMS_OK)
+        log_warn("sse_relay_off", NULL, NULL,
+                 "live events are not relayed between instances (LISTEN failed)");
     https_ctx_init(&w->https, w->store, w->net, &hc, svc_routes, &w->svc);
     if (net_listen(w->net, cfg->https_listen, w->https_tls, &https_proto, &w->https, err,
                    sizeof(err)) != CMS_OK) {

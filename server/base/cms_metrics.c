@@ -170,6 +170,17 @@ const metric_def cms_metric_defs[CM__COUNT] = {
     [CM_SSE_DROPPED] = {.name = "cmsd_sse_dropped_total",
                         .help = "Event stream clients dropped for not reading.",
                         .type = METRIC_COUNTER},
+    [CM_SSE_RELAYED] = {.name = "cmsd_sse_relayed_total",
+                        .help = "Live events sent to the other instances (NOTIFY cms_events).",
+                        .type = METRIC_COUNTER},
+    [CM_SSE_RELAY_RECEIVED] = {.name = "cmsd_sse_relay_received_total",
+                               .help = "Live events of other instances put into this one's "
+                                       "streams.",
+                               .type = METRIC_COUNTER},
+    [CM_SSE_RELAY_DROPPED] = {.name = "cmsd_sse_relay_dropped_total",
+                              .help = "Live events that could not be relayed to the other "
+                                      "instances.",
+                              .type = METRIC_COUNTER},
 };
 
 metrics_registry *cms_metrics_new(unsigned nshards, const char *version, char *err, size_t cap)

@@ -64,13 +64,24 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Whether events are being kept: a stream open, or one closed less than EVENTS_IDLE_MS ago. */
-static bool hub_publishing(void)
+bool events__local_publishing(void)
 {
     if (atomic_load_explicit(&hub.nsubs, memory_order_relaxed) > 0)
         return true;
     uint64_t since = atomic_load_explicit(&hub.idle_since_ms, memory_order_relaxed);
     return since != 0 && mono_ms() - since < EVENTS_IDLE_MS;
+}
+
+size_t events__local_streams(void)
+{
+    return atomic_load_explicit(&hub.nsubs, memory_order_relaxed);
+}
+
+/* Whether events are being kept: for a stream of this process (events__local_publishing) or of
+ * another instance (events_relay.c). */
+static bool hub_publishing(void)
+{
+    return events__local_publishing() || events__relay_remote();
 }
 
 typedef struct sub {
@@ -105,6 +116,7 @@ int events_hub_init(void)
     events__ring_free(&hub.ring);
     int rc = events__ring_init(&hub.ring, EVENTS_RING, EVENTS_RING_BYTES, first_id);
     hub.on = rc == CMS_OK;
+    events__relay_init();
     atomic_store(&hub.nsubs, 0);
     atomic_store(&hub.idle_since_ms, 0);
     pthread_mutex_unlock(&hub.mu);
@@ -118,6 +130,7 @@ void events_hub_free(void)
     events__ring_free(&hub.ring);
     hub.nworkers = 0;
     pthread_mutex_unlock(&hub.mu);
+    events__relay_free();
 }
 
 bool events_on(void)
@@ -130,14 +143,16 @@ bool events_on(void)
     return on;
 }
 
-uint64_t events_publish(const char *type, const char *ward, const char *json)
+/* Into the ring, when publishing (for this process's streams only: local). */
+static uint64_t publish(const char *type, const char *ward, const char *json, uint64_t us,
+                        bool local)
 {
-    uint64_t us = wall_us();
     char *ev = malloc(events__ring_event_cap(type, json));
     if (!ev)
         return 0;
     pthread_mutex_lock(&hub.mu);
-    if (!hub.on || !hub_publishing()) { /* the next stream finds the gap: events_get */
+    if (!hub.on || !(local ? events__local_publishing() : hub_publishing())) {
+        /* the next stream finds the gap: events_get */
         pthread_mutex_unlock(&hub.mu);
         free(ev);
         return 0;
@@ -148,8 +163,24 @@ uint64_t events_publish(const char *type, const char *ward, const char *json)
         if (hub.workers[k]->nsubs > 0)
             uv_async_send(&hub.workers[k]->async);
     pthread_mutex_unlock(&hub.mu);
-    metrics_add(CM_SSE_EVENTS, 0, 1);
     return id;
+}
+
+uint64_t events_publish(const char *type, const char *ward, const char *json)
+{
+    uint64_t us = wall_us();
+    uint64_t id = publish(type, ward, json, us, false);
+    if (id) {
+        metrics_add(CM_SSE_EVENTS, 0, 1);
+        events__relay_offer(us, type, ward, json);
+    }
+    return id;
+}
+
+uint64_t events__publish_inbound(const char *type, const char *ward, const char *json,
+                                 uint64_t published_us)
+{
+    return publish(type, ward, json, published_us, true);
 }
 
 /* events__ring_copy under the hub's lock. */
@@ -349,6 +380,7 @@ int events_get(https_req *r)
     log_info("sse_open", net_conn_identity(r->conn), r->peer_addr, "event stream opened%s%s%s",
              ward[0] ? " for ward " : "", ward, resuming ? " (resuming)" : "");
     https_stream_begin(r, head, sizeof(head) - 1, on_writable, s);
+    events__relay_announce(st->store); /* the other instances relay their events from now on */
     return CMS_EAGAIN;
 }
 
