@@ -18,8 +18,9 @@ Scenarios (docs/benchmarks.md has the method):
   P4  full and resumed mTLS handshakes/s, cmsd vs nginx (same workers)
   P5  64 MiB firmware download over mTLS, cmsd (signed, approved release) vs nginx (a file)
   P2V P2's load at BENCH_P2V_DEVICES monitors (1000, spread over BENCH_P2V_WARDS wards, 20)
-      run three times, side by side: without, with 200 open live-event streams watching every
-      ward, and with 200 each watching one ward (?ward=, the console's ward view)
+      run four times, side by side: without, with 200 open live-event streams watching every
+      ward, with 200 each watching one ward (?ward=, the console's ward view), and those ward
+      streams on a second cmsd on the same database (the events relayed, as behind HAProxy)
       (GET /api/v1/events: 195 curl, 5 probes that time each event from its publication to
       its arrival): ACK p99 each way, event delivery p50/p99, streams dropped, cores
   W   waveforms: BENCH_W_DEVICES monitors (100) x 2 ECG channels x 500 Hz (+ 10 numerics),
@@ -747,21 +748,28 @@ def metrics_value(port, name):
     return None
 
 
-def p2v_once(pg, i, devices, viewers, ward_streams=False):
+def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False):
     """P2's paced load (1 msg/s per monitor, 10 obs; the monitors in P2V_WARDS wards) with
     `viewers` live-event streams open (0: none), each watching every ward or (ward_streams)
-    one ward, as the console's ward view does; ACK latency as cms-monitor measures it."""
+    one ward, as the console's ward view does; ACK latency as cms-monitor measures it.
+    relay: the streams are on a second cmsd on the same database (as behind HAProxy), which
+    gets every event through the relay (NOTIFY cms_events)."""
     pg.clean_ingest()
     c = Cmsd(pg, {"tls_operator_ca": PKI / "operator-ca-bundle.pem"}, tag="cmsd-p2v")
     c.start()
+    c2 = None
+    if relay:
+        c2 = Cmsd(pg, {"tls_operator_ca": PKI / "operator-ca-bundle.pem"}, tag="cmsd-p2v-b")
+        c2.start()
     try:
         dur = int(devices / P2_CONNECT_RATE) + P2_SECONDS
         # where the two cores went: the viewers' curl processes share them with the server
         # here (in a ward they are browsers on other machines)
-        vctx = (Viewers(c.https_port, viewers, wards=P2V_WARDS if ward_streams else 0)
+        vctx = (Viewers((c2 or c).https_port, viewers, wards=P2V_WARDS if ward_streams else 0)
                 if viewers else contextlib.nullcontext())
         with vctx as v:
-            procs = {"cmsd": c.pids, "postgres": pg.cpu}
+            pids = (lambda: c.pids() + c2.pids()) if c2 else c.pids
+            procs = {"cmsd": pids, "postgres": pg.cpu}
             if v is not None:
                 procs["viewers_curl"] = lambda: [p.pid for p in v.procs]
             meter = CpuMeter(procs)
@@ -770,12 +778,19 @@ def p2v_once(pg, i, devices, viewers, ward_streams=False):
                                                      "--wards", P2V_WARDS])
             cpu = meter.stop(extra_cpu=mon_cpu(m))
             dropped = published = None
+            relayed = None
             if v is not None:
-                dropped = metrics_value(c.metrics_port, "cmsd_sse_dropped_total")
+                dropped = metrics_value((c2 or c).metrics_port, "cmsd_sse_dropped_total")
                 published = metrics_value(c.metrics_port, "cmsd_sse_events_total")
+            if c2 is not None:
+                relayed = {k: metrics_value(srv.metrics_port, "cmsd_sse_" + k + "_total")
+                           for k, srv in (("relayed", c), ("relay_dropped", c),
+                                          ("relay_received", c2))}
         cpu["cms-monitor"] = round(mon_cpu(m) / m["elapsed_s"], 3)
     finally:
         c.stop()
+        if c2 is not None:
+            c2.stop()
     steady = steady_intervals(m, devices)
     p99s = [float(g[6]) for g in steady]
     r = {"devices": devices, "viewers": viewers, "ward_streams": ward_streams,
@@ -784,10 +799,11 @@ def p2v_once(pg, i, devices, viewers, ward_streams=False):
          "steady_median_interval_p99_ms": statistics.median(p99s) if p99s else None,
          "ae": m["ae"], "unacked": m["unacked"], "acked": m["acked_aa"],
          "events_published": published, "streams_dropped": dropped, "cores": cpu,
-         "viewers_summary": v.summary() if v else None}
+         "viewers_summary": v.summary() if v else None, "relay": relay, "relayed": relayed}
     log("P2V run %d: %d monitors, %d viewers%s: ACK p50 %.1f ms p99 %.1f ms (steady median-interval"
         " p99 %s); events %s; cores %s" % (i, devices, viewers,
-                                           " (one ward each)" if ward_streams else "",
+                                           (" (one ward each)" if ward_streams else "")
+                                           + (" on a second instance" if relay else ""),
                                            r["p50_ms"], r["p99_ms"],
                                            r["steady_median_interval_p99_ms"],
                                            r["viewers_summary"], cpu))
@@ -1471,11 +1487,12 @@ def main():
     if "P2V" in only:
         devices = int(os.environ.get("BENCH_P2V_DEVICES", "1000"))
         nview = int(os.environ.get("BENCH_P2V_VIEWERS", "200"))
-        off, on, ward = [], [], []
+        off, on, ward, relayed = [], [], [], []
         for i in range(runs):  # alternating, so that a noisy neighbour hits all alike
             off.append(p2v_once(pg, i, devices, 0))
             on.append(p2v_once(pg, i, devices, nview))
             ward.append(p2v_once(pg, i, devices, nview, ward_streams=True))
+            relayed.append(p2v_once(pg, i, devices, nview, ward_streams=True, relay=True))
         S["P2V"] = {"params": {"devices": devices, "viewers": nview, "wards": P2V_WARDS,
                                "rate_per_device": 1,
                                "obs_per_msg": 10, "steady_seconds": P2_SECONDS},
@@ -1498,7 +1515,14 @@ def main():
                     "ward_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in ward]),
                     "machine_busy_without": stats([r["cores"]["machine_busy"] for r in off]),
                     "machine_busy_with": stats([r["cores"]["machine_busy"] for r in on]),
-                    "raw": {"without": off, "with": on, "with_ward_streams": ward}}
+                    "relay_p99_ms_with": stats([r["p99_ms"] for r in relayed]),
+                    "relay_delivery_p99_ms":
+                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in relayed]),
+                    "relay_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in relayed]),
+                    "relay_dropped": sum((r["relayed"] or {}).get("relay_dropped") or 0
+                                         for r in relayed),
+                    "raw": {"without": off, "with": on, "with_ward_streams": ward,
+                            "ward_streams_on_second_instance": relayed}}
     if "W" in only:
         wdev = int(os.environ.get("BENCH_W_DEVICES", "100"))
         wsec = int(os.environ.get("BENCH_W_SECONDS", "20" if quick else "60"))
@@ -1848,6 +1872,13 @@ def table_rows(res):
             p["ward_steady_p99_ms_with"], nd=1)
         add("P2V", "  event delivery p99 (ms), ward streams", p["ward_delivery_p99_ms"],
             "<= 1000", nd=1)
+        if "relay_p99_ms_with" in p:
+            add("P2V", "ACK p99 (ms), the ward streams on a second cmsd (relayed, %d dropped)"
+                % p["relay_dropped"], p["relay_p99_ms_with"], "unchanged", nd=1)
+            add("P2V", "  event delivery p99 (ms), relayed: publication on A -> probe on B",
+                p["relay_delivery_p99_ms"], "<= 1000", nd=1)
+            add("P2V", "  cmsd cores (both instances), relayed", p["relay_cmsd_cores_with"],
+                nd=2)
         add("P2V", "  cmsd cores, ward streams", p["ward_cmsd_cores_with"], nd=2)
         add("P2V", "machine busy (cores of 2): without / with streams",
             p["machine_busy_without"], nd=2)
