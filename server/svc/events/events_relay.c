@@ -24,7 +24,8 @@
  * or several with nobody watching, send no NOTIFY at all. Relayed events
  * take this process's ids (Last-Event-ID stays per instance). An event that
  * cannot go (its line alone over the payload limit, RELAY_PENDING_MAX bytes
- * already waiting, a failed statement) is counted in
+ * already waiting, RELAY_INFLIGHT_MAX statements still unanswered, a failed
+ * statement) is counted in
  * cmsd_sse_relay_dropped_total and logged; the viewers on other instances
  * miss it, nothing stored is affected.
  *
@@ -51,6 +52,9 @@
 
 #define RELAY_PER_STATEMENT 8                /* payloads per pg_notify statement */
 #define RELAY_PENDING_MAX (4u * 1024 * 1024) /* bytes waiting before events are dropped */
+#define RELAY_INFLIGHT_MAX 4 /* statements queued or running on the owner's control connection:
+                              * beyond, events are dropped, so that the relay never crowds out
+                              * the audit rows and service queries that share that queue */
 
 typedef struct relay_payload {
     char *data; /* EVENTS__PAYLOAD_MAX + 1 bytes (room for a NUL) */
@@ -77,6 +81,7 @@ static struct {
     size_t nfull, capfull;
     relay_payload cur; /* the one being filled (data NULL: none) */
     size_t pending_bytes;
+    unsigned inflight; /* relay statements handed to the store, not answered yet */
     uint64_t dropped_logged_ms;
 } relay = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -208,13 +213,13 @@ static void on_sent(void *ctx, int status, const store_rows *rows)
 {
     (void)rows;
     sent *s = ctx;
-    if (status == CMS_OK) {
+    pthread_mutex_lock(&relay.mu);
+    relay.inflight--;
+    if (status == CMS_OK)
         metrics_add(CM_SSE_RELAYED, 0, s->nevents);
-    } else {
-        pthread_mutex_lock(&relay.mu);
+    else
         dropped_locked(s->nevents, cms_strerror(status));
-        pthread_mutex_unlock(&relay.mu);
-    }
+    pthread_mutex_unlock(&relay.mu);
     free(s);
 }
 
@@ -242,6 +247,15 @@ static void on_flush(uv_timer_t *t)
             p[k] = full[i + k].data;
             nev += full[i + k].nevents;
         }
+        pthread_mutex_lock(&relay.mu);
+        bool room = relay.inflight < RELAY_INFLIGHT_MAX;
+        if (room)
+            relay.inflight++;
+        else
+            dropped_locked(nev, "database slow: relay statements still unanswered");
+        pthread_mutex_unlock(&relay.mu);
+        if (!room)
+            continue;
         sent *s = malloc(sizeof(*s));
         int rc = s ? CMS_OK : CMS_ENOMEM;
         if (s) {
@@ -251,6 +265,7 @@ static void on_flush(uv_timer_t *t)
         if (rc != CMS_OK) { /* store_query copied nothing, calls nothing */
             free(s);
             pthread_mutex_lock(&relay.mu);
+            relay.inflight--;
             dropped_locked(nev, cms_strerror(rc));
             pthread_mutex_unlock(&relay.mu);
         }
