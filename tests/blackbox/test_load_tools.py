@@ -92,7 +92,7 @@ def stored_clinical(db):
 
 def test_monitor_waveforms_and_alarms_counts(cmsd, pki, db, bench_devices):
     blocks0, samples0, events0, msgs0 = stored_clinical(db)
-    m = monitor(cmsd, pki, "--rate", 4, "--window", 4, "--duration", 3, "--waveforms",
+    m = monitor(cmsd, pki, "--rate", 4, "--window", 4, "--duration", 6, "--waveforms",
                 "ecg2,pleth", "--alarms", 1, "--heartbeat", 1, "--steady-after", 1)
     blocks, samples, events, msgs = stored_clinical(db)
     assert (m["ae"], m["ar"], m["unacked"], m["lost"]) == (0, 0, 0, 0), m
