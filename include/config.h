@@ -75,6 +75,7 @@ typedef struct cms_config {
     unsigned fw_manifest_ttl_s;
     char fw_cache_dir[CONFIG_STR];
     char console_dir[CONFIG_STR]; /* the web console's files (console.h) */
+    unsigned events_batch_ms;     /* live events wait this long for more (events.h) */
     unsigned fw_max_image_bytes;
     unsigned fw_download_timeout_s;
     char hl7_app[64];

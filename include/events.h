@@ -10,8 +10,9 @@
  * pass EVENTS_RING_BYTES). Each
  * worker that serves SSE clients has an events_worker: the hub wakes it
  * (uv_async_send, never blocking the publisher beyond a short mutex) and it
- * writes the new events to its clients on its own loop, EVENTS_BATCH_MS
- * after the wake-up (what arrived meanwhile goes in the same write).
+ * writes the new events to its clients on its own loop, batch_ms
+ * (events_hub_init, config events_batch_ms) after the wake-up (what arrived
+ * meanwhile goes in the same write; 0: at once).
  *
  * A client resumes with Last-Event-ID: the events after that id still in the
  * ring are sent first; an id older than the ring (or unknown to this
@@ -47,17 +48,18 @@
 #define EVENTS_RING_BYTES (8u * 1024 * 1024) /* ... and at most this many bytes of them */
 #define EVENTS_CLIENT_BUFFER (256u * 1024)   /* unsent bytes before a client is dropped */
 #define EVENTS_HEARTBEAT_MS 15000u
-#define EVENTS_BATCH_MS 50u /* new events wait this long for more: one write per batch */
 #define EVENTS_IDLE_MS 60000u /* events are kept this long after the last stream closed */
 #define EVENTS_WARD_LEN 64  /* a ward's name, NUL included */
 #define EVENTS_WATCH_MS 5000u /* a process with a stream open tells the others this often */
 #define EVENTS_RELAY_MS 20u   /* events for the other instances wait this long for more */
 
 /*
- * Starts the process's hub. Returns CMS_OK or CMS_ENOMEM. Thread: main,
- * before any worker runs. Until it is called, events_publish does nothing.
+ * Starts the process's hub; workers write new events to their streams
+ * batch_ms after the first (0: at once). Returns CMS_OK or CMS_ENOMEM.
+ * Thread: main, before any worker runs. Until it is called, events_publish
+ * does nothing.
  */
-int events_hub_init(void);
+int events_hub_init(unsigned batch_ms);
 /* Frees the hub (after every worker's events_worker was closed). Thread: main. */
 void events_hub_free(void);
 

@@ -513,7 +513,7 @@ static int shared_load(shared *s, const cms_config *cfg, bool check_only)
             fprintf(stderr, "cmsd: %s\n", err);
             return CMS_EINVAL;
         }
-        s->events_on = events_hub_init() == CMS_OK;
+        s->events_on = events_hub_init(cfg->events_batch_ms) == CMS_OK;
     }
     return CMS_OK;
 }

@@ -101,8 +101,7 @@ static const struct config_key keys[] = {
     KS(tls_operator_ca, T_FILE, "", "CA bundle for operator certificates (admin API), PEM",
        .flags = K_RELOAD),
     KS(tls_crl, T_FILE, "",
-       "CRL file (PEM): the device CA's CRL, signed by it, not past nextUpdate",
-       .flags = K_RELOAD),
+       "CRL file (PEM): the device CA's CRL, signed by it, not past nextUpdate", .flags = K_RELOAD),
     KU(tls_session_timeout_s, 0, 86400, "300",
        "TLS session lifetime for resumption; 0 = always a full handshake"),
     KU(tls_session_cache_size, 16, 10000000, "20480",
@@ -193,6 +192,9 @@ static const struct config_key keys[] = {
     /* web console */
     KS(console_dir, T_STRING, "/usr/share/cms/console",
        "the web console's static files, read at start (missing: no console, the API stays)"),
+    KU(events_batch_ms, 0, 1000, "50",
+       "live event streams: new events wait this long for more, then one write per stream; "
+       "0 = written at once"),
     /* HL7, logging */
     KS(hl7_app, T_STRING, "CMS", "our MSH-3 in ACKs"),
     KS(hl7_facility, T_STRING, "CMS", "our MSH-4 in ACKs"),
@@ -202,16 +204,14 @@ static const struct config_key keys[] = {
        .allowed = "text|json", .flags = K_RELOAD),
     /* operations (docs/operations.md) */
     KU(shutdown_timeout_s, 1, 3600, "30",
-       "SIGTERM drain bound: what is still open then is closed unacknowledged",
-       .flags = K_RELOAD),
+       "SIGTERM drain bound: what is still open then is closed unacknowledged", .flags = K_RELOAD),
     KS(metrics, T_ENUM, "on", "the metrics registry and GET /metrics (Prometheus); off: 404",
        .allowed = "on|off"),
     KS(metrics_listen, T_ADDR, "",
        "loopback-only plaintext /metrics, /readyz, /healthz for a local scraper; \"\" = off"),
     /* behind a load balancer */
     KS(proxy_protocol, T_ENUM, "off",
-       "v2: every connection starts with a PROXY v2 header naming the peer",
-       .allowed = "off|v2"),
+       "v2: every connection starts with a PROXY v2 header naming the peer", .allowed = "off|v2"),
     KS(proxy_allow, T_STRING, "",
        "the load balancers' addresses or CIDR blocks, comma-separated; required with v2"),
 };

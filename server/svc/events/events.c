@@ -47,6 +47,7 @@ static struct {
      * 0: never one). Written under mu, read without it by events_on(). */
     atomic_size_t nsubs;
     _Atomic uint64_t idle_since_ms;
+    unsigned batch_ms; /* set before any worker runs (events_hub_init) */
 } hub = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* Wall-clock microseconds: event ids start from it, published_us is it. */
@@ -98,7 +99,7 @@ struct events_worker {
     unsigned id;
     uv_async_t async;
     uv_timer_t heartbeat;
-    uv_timer_t flush; /* EVENTS_BATCH_MS after a wake-up: one write per client per batch */
+    uv_timer_t flush; /* hub.batch_ms after a wake-up: one write per client per batch */
     bool heartbeat_ok, flush_ok, flush_armed;
     sub *subs;
     size_t nsubs; /* streams in subs (under the hub's mutex: publishers read it) */
@@ -109,10 +110,11 @@ struct events_worker {
 
 /* ---- hub --------------------------------------------------------------------------------- */
 
-int events_hub_init(void)
+int events_hub_init(unsigned batch_ms)
 {
     uint64_t first_id = wall_us();
     pthread_mutex_lock(&hub.mu);
+    hub.batch_ms = batch_ms;
     events__ring_free(&hub.ring);
     int rc = events__ring_init(&hub.ring, EVENTS_RING, EVENTS_RING_BYTES, first_id);
     hub.on = rc == CMS_OK;
@@ -288,7 +290,7 @@ static void on_flush(uv_timer_t *t)
     deliver_all(w);
 }
 
-/* New events: written EVENTS_BATCH_MS later, together with those that follow them
+/* New events: written hub.batch_ms later, together with those that follow them
  * meanwhile (a commit every few ms would otherwise be a TLS record and a system call per
  * client each). */
 static void on_async(uv_async_t *a)
@@ -296,13 +298,13 @@ static void on_async(uv_async_t *a)
     events_worker *w = a->data;
     if (!w->subs)
         return;
-    if (!w->flush_ok) {
+    if (!w->flush_ok || hub.batch_ms == 0) {
         deliver_all(w);
         return;
     }
     if (!w->flush_armed) {
         w->flush_armed = true;
-        uv_timer_start(&w->flush, on_flush, EVENTS_BATCH_MS, 0);
+        uv_timer_start(&w->flush, on_flush, hub.batch_ms, 0);
     }
 }
 
