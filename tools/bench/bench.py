@@ -18,9 +18,10 @@ Scenarios (docs/benchmarks.md has the method):
   P4  full and resumed mTLS handshakes/s, cmsd vs nginx (same workers)
   P5  64 MiB firmware download over mTLS, cmsd (signed, approved release) vs nginx (a file)
   P2V P2's load at BENCH_P2V_DEVICES monitors (1000, spread over BENCH_P2V_WARDS wards, 20)
-      run four times, side by side: without, with 200 open live-event streams watching every
-      ward, with 200 each watching one ward (?ward=, the console's ward view), and those ward
-      streams on a second cmsd on the same database (the events relayed, as behind HAProxy)
+      run five times, side by side: without, with 200 open live-event streams watching every
+      ward, with 200 each watching one ward (?ward=, the console's ward view), those ward
+      streams on a second cmsd on the same database (the events relayed, as behind HAProxy),
+      and those ward streams with events_batch_ms = BENCH_P2V_BATCH_MS (250; default 50)
       (GET /api/v1/events: 195 curl, 5 probes that time each event from its publication to
       its arrival): ACK p99 each way, event delivery p50/p99, streams dropped, cores
   W   waveforms: BENCH_W_DEVICES monitors (100) x 2 ECG channels x 500 Hz (+ 10 numerics),
@@ -748,14 +749,18 @@ def metrics_value(port, name):
     return None
 
 
-def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False):
+def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False, batch_ms=None):
     """P2's paced load (1 msg/s per monitor, 10 obs; the monitors in P2V_WARDS wards) with
     `viewers` live-event streams open (0: none), each watching every ward or (ward_streams)
     one ward, as the console's ward view does; ACK latency as cms-monitor measures it.
     relay: the streams are on a second cmsd on the same database (as behind HAProxy), which
-    gets every event through the relay (NOTIFY cms_events)."""
+    gets every event through the relay (NOTIFY cms_events). batch_ms: cmsd's
+    events_batch_ms (None: its default)."""
     pg.clean_ingest()
-    c = Cmsd(pg, {"tls_operator_ca": PKI / "operator-ca-bundle.pem"}, tag="cmsd-p2v")
+    conf = {"tls_operator_ca": PKI / "operator-ca-bundle.pem"}
+    if batch_ms is not None:
+        conf["events_batch_ms"] = batch_ms
+    c = Cmsd(pg, conf, tag="cmsd-p2v")
     c.start()
     c2 = None
     if relay:
@@ -799,11 +804,14 @@ def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False):
          "steady_median_interval_p99_ms": statistics.median(p99s) if p99s else None,
          "ae": m["ae"], "unacked": m["unacked"], "acked": m["acked_aa"],
          "events_published": published, "streams_dropped": dropped, "cores": cpu,
-         "viewers_summary": v.summary() if v else None, "relay": relay, "relayed": relayed}
+         "viewers_summary": v.summary() if v else None, "relay": relay, "relayed": relayed,
+         "events_batch_ms": batch_ms}
     log("P2V run %d: %d monitors, %d viewers%s: ACK p50 %.1f ms p99 %.1f ms (steady median-interval"
         " p99 %s); events %s; cores %s" % (i, devices, viewers,
                                            (" (one ward each)" if ward_streams else "")
-                                           + (" on a second instance" if relay else ""),
+                                           + (" on a second instance" if relay else "")
+                                           + (", events_batch_ms %d" % batch_ms
+                                              if batch_ms is not None else ""),
                                            r["p50_ms"], r["p99_ms"],
                                            r["steady_median_interval_p99_ms"],
                                            r["viewers_summary"], cpu))
@@ -1487,12 +1495,14 @@ def main():
     if "P2V" in only:
         devices = int(os.environ.get("BENCH_P2V_DEVICES", "1000"))
         nview = int(os.environ.get("BENCH_P2V_VIEWERS", "200"))
-        off, on, ward, relayed = [], [], [], []
+        bms = int(os.environ.get("BENCH_P2V_BATCH_MS", "250"))
+        off, on, ward, relayed, wbatch = [], [], [], [], []
         for i in range(runs):  # alternating, so that a noisy neighbour hits all alike
             off.append(p2v_once(pg, i, devices, 0))
             on.append(p2v_once(pg, i, devices, nview))
             ward.append(p2v_once(pg, i, devices, nview, ward_streams=True))
             relayed.append(p2v_once(pg, i, devices, nview, ward_streams=True, relay=True))
+            wbatch.append(p2v_once(pg, i, devices, nview, ward_streams=True, batch_ms=bms))
         S["P2V"] = {"params": {"devices": devices, "viewers": nview, "wards": P2V_WARDS,
                                "rate_per_device": 1,
                                "obs_per_msg": 10, "steady_seconds": P2_SECONDS},
@@ -1521,8 +1531,19 @@ def main():
                     "relay_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in relayed]),
                     "relay_dropped": sum((r["relayed"] or {}).get("relay_dropped") or 0
                                          for r in relayed),
+                    "batch_ms": bms,
+                    "batch_p99_ms_with": stats([r["p99_ms"] for r in wbatch]),
+                    "batch_steady_p99_ms_with":
+                        stats([r["steady_median_interval_p99_ms"] for r in wbatch]),
+                    "batch_delivery_p99_ms":
+                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in wbatch]),
+                    "batch_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in wbatch]),
+                    "batch_curl_cores_with": stats([r["cores"]["viewers_curl"] for r in wbatch]),
+                    "ward_curl_cores_with": stats([r["cores"]["viewers_curl"] for r in ward]),
+                    "batch_streams_dropped": sum(r["streams_dropped"] or 0 for r in wbatch),
                     "raw": {"without": off, "with": on, "with_ward_streams": ward,
-                            "ward_streams_on_second_instance": relayed}}
+                            "ward_streams_on_second_instance": relayed,
+                            "ward_streams_longer_batches": wbatch}}
     if "W" in only:
         wdev = int(os.environ.get("BENCH_W_DEVICES", "100"))
         wsec = int(os.environ.get("BENCH_W_SECONDS", "20" if quick else "60"))
@@ -1880,6 +1901,19 @@ def table_rows(res):
             add("P2V", "  cmsd cores (both instances), relayed", p["relay_cmsd_cores_with"],
                 nd=2)
         add("P2V", "  cmsd cores, ward streams", p["ward_cmsd_cores_with"], nd=2)
+        if "batch_p99_ms_with" in p:
+            add("P2V", "ACK p99 (ms), ward streams, events_batch_ms %d (%d dropped)"
+                % (p["batch_ms"], p["batch_streams_dropped"]), p["batch_p99_ms_with"],
+                "unchanged", nd=1)
+            add("P2V", "  steady median 2-s interval p99 (ms), events_batch_ms %d" % p["batch_ms"],
+                p["batch_steady_p99_ms_with"], nd=1)
+            add("P2V", "  event delivery p99 (ms), events_batch_ms %d" % p["batch_ms"],
+                p["batch_delivery_p99_ms"], "<= 1000", nd=1)
+            add("P2V", "  cmsd / curl cores, ward streams: batch 50 vs %d" % p["batch_ms"],
+                p["batch_cmsd_cores_with"], nd=2)
+            rows[-1]["text"] = "%s / %s vs %s / %s" % (
+                fmt(p["ward_cmsd_cores_with"], nd=2), fmt(p["ward_curl_cores_with"], nd=2),
+                fmt(p["batch_cmsd_cores_with"], nd=2), fmt(p["batch_curl_cores_with"], nd=2))
         add("P2V", "machine busy (cores of 2): without / with streams",
             p["machine_busy_without"], nd=2)
         rows[-1]["text"] = (fmt(p["machine_busy_without"], nd=2) + " / "
