@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import re
+import time
 import zoneinfo
 
 import pytest
@@ -158,15 +159,24 @@ def test_stages_offer_advance_complete(fw_cmsd, pki, db, rollout_devices):
     assert done["installed"] == 10 and done["finished_at"]
     assert [s["installed"] for s in done["stages"]] == [2, 8]
     wait_audit(db, a1, "rollout_completed")
-    # Counted (docs/operations.md): this cmsd made these transitions.
-    st, _, text = curl(c, pki, "GET", "/metrics", cert=(pki.path("operators/scraper.crt"),
-                                                        pki.path("operators/scraper.key")))
-    assert st == 200, text[:300]
-    for ev in ("rollout_created", "rollout_started", "rollout_stage_advanced",
-               "rollout_completed"):
-        m = re.search(r'^cmsd_fw_rollout_transitions_total\{event="%s"\} (\S+)$' % ev, text,
-                      re.M)
-        assert m and float(m.group(1)) >= 1, ev
+    # Counted (docs/operations.md): this cmsd made these transitions. The audit row is
+    # committed before cmsd reads the statement's answer, so the counter may lag a moment.
+    deadline = time.monotonic() + 10
+    while True:
+        st, _, text = curl(c, pki, "GET", "/metrics", cert=(pki.path("operators/scraper.crt"),
+                                                            pki.path("operators/scraper.key")))
+        assert st == 200, text[:300]
+        missing = []
+        for ev in ("rollout_created", "rollout_started", "rollout_stage_advanced",
+                   "rollout_completed"):
+            m = re.search(r'^cmsd_fw_rollout_transitions_total\{event="%s"\} (\S+)$' % ev,
+                          text, re.M)
+            if not (m and float(m.group(1)) >= 1):
+                missing.append(ev)
+        if not missing:
+            break
+        assert time.monotonic() < deadline, "not counted: %s" % missing
+        time.sleep(0.1)
 
     # cmsctl's table and list; a finished rollout cannot be paused (409, audited).
     p = cmsctl(c, pki, "viewer1", "firmware", "rollout", "show", str(ro["id"]))
