@@ -18,10 +18,12 @@ Scenarios (docs/benchmarks.md has the method):
   P4  full and resumed mTLS handshakes/s, cmsd vs nginx (same workers)
   P5  64 MiB firmware download over mTLS, cmsd (signed, approved release) vs nginx (a file)
   P2V P2's load at BENCH_P2V_DEVICES monitors (1000, spread over BENCH_P2V_WARDS wards, 20)
-      run five times, side by side: without, with 200 open live-event streams watching every
+      run six times, side by side: without, with 200 open live-event streams watching every
       ward, with 200 each watching one ward (?ward=, the console's ward view), those ward
       streams on a second cmsd on the same database (the events relayed, as behind HAProxy),
-      and those ward streams with events_batch_ms = BENCH_P2V_BATCH_MS (250; default 50)
+      those ward streams with events_batch_ms = BENCH_P2V_BATCH_MS (250; default 50), and
+      those ward streams with the readers under SCHED_IDLE (their CPU no longer competes,
+      as when the viewers are browsers on other machines)
       (GET /api/v1/events: 195 curl, 5 probes that time each event from its publication to
       its arrival): ACK p99 each way, event delivery p50/p99, streams dropped, cores
   W   waveforms: BENCH_W_DEVICES monitors (100) x 2 ECG channels x 500 Hz (+ 10 numerics),
@@ -663,8 +665,12 @@ class Viewers:
     threads that time every event from the hub's published_us to its arrival (same host
     clock)."""
 
-    def __init__(self, https_port, n, probes=5, wards=0):
+    def __init__(self, https_port, n, probes=5, wards=0, idle=False):
         self.port, self.n, self.probes = https_port, n, min(probes, n)
+        # idle: the readers (curl and probe threads) run under SCHED_IDLE, only when nothing
+        # else on the host wants a core: their CPU no longer competes with cmsd, PostgreSQL
+        # and the load generator, as when the viewers are browsers on other machines
+        self.idle = idle
         self.wards = wards  # > 0: stream k watches ward WARD-<1 + k % wards> (?ward=), else all
         self.delays_ms, self.events, self.closed = [], 0, 0
         self.procs, self.threads, self.stop_ev = [], [], None
@@ -672,8 +678,14 @@ class Viewers:
     def _path(self, k):
         return "/api/v1/events" + ("?ward=WARD-%d" % (1 + k % self.wards) if self.wards else "")
 
+    @staticmethod
+    def _to_idle():
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+
     def _probe(self, k):
         import ssl
+        if self.idle:
+            self._to_idle()
         ctx = ssl.create_default_context(cafile=str(PKI / "ca.pem"))
         ctx.load_cert_chain(str(PKI / "operators/viewer1.crt"), str(PKI / "operators/viewer1.key"))
         s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.port), timeout=30),
@@ -710,7 +722,8 @@ class Viewers:
             self.procs.append(subprocess.Popen(
                 ["curl", "-sN", "--cacert", PKI / "ca.pem", "--cert", PKI / "operators/viewer1.crt",
                  "--key", PKI / "operators/viewer1.key", "-o", "/dev/null", url],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                preexec_fn=self._to_idle if self.idle else None))
         for k in range(self.probes):
             t = threading.Thread(target=self._probe, args=(k,), daemon=True)
             t.start()
@@ -749,13 +762,14 @@ def metrics_value(port, name):
     return None
 
 
-def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False, batch_ms=None):
+def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False, batch_ms=None,
+             idle_readers=False):
     """P2's paced load (1 msg/s per monitor, 10 obs; the monitors in P2V_WARDS wards) with
     `viewers` live-event streams open (0: none), each watching every ward or (ward_streams)
     one ward, as the console's ward view does; ACK latency as cms-monitor measures it.
     relay: the streams are on a second cmsd on the same database (as behind HAProxy), which
     gets every event through the relay (NOTIFY cms_events). batch_ms: cmsd's
-    events_batch_ms (None: its default)."""
+    events_batch_ms (None: its default). idle_readers: the viewers under SCHED_IDLE (Viewers)."""
     pg.clean_ingest()
     conf = {"tls_operator_ca": PKI / "operator-ca-bundle.pem"}
     if batch_ms is not None:
@@ -770,8 +784,8 @@ def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False, batch_ms=
         dur = int(devices / P2_CONNECT_RATE) + P2_SECONDS
         # where the two cores went: the viewers' curl processes share them with the server
         # here (in a ward they are browsers on other machines)
-        vctx = (Viewers((c2 or c).https_port, viewers, wards=P2V_WARDS if ward_streams else 0)
-                if viewers else contextlib.nullcontext())
+        vctx = (Viewers((c2 or c).https_port, viewers, wards=P2V_WARDS if ward_streams else 0,
+                        idle=idle_readers) if viewers else contextlib.nullcontext())
         with vctx as v:
             pids = (lambda: c.pids() + c2.pids()) if c2 else c.pids
             procs = {"cmsd": pids, "postgres": pg.cpu}
@@ -805,13 +819,14 @@ def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False, batch_ms=
          "ae": m["ae"], "unacked": m["unacked"], "acked": m["acked_aa"],
          "events_published": published, "streams_dropped": dropped, "cores": cpu,
          "viewers_summary": v.summary() if v else None, "relay": relay, "relayed": relayed,
-         "events_batch_ms": batch_ms}
+         "events_batch_ms": batch_ms, "idle_readers": idle_readers}
     log("P2V run %d: %d monitors, %d viewers%s: ACK p50 %.1f ms p99 %.1f ms (steady median-interval"
         " p99 %s); events %s; cores %s" % (i, devices, viewers,
                                            (" (one ward each)" if ward_streams else "")
                                            + (" on a second instance" if relay else "")
                                            + (", events_batch_ms %d" % batch_ms
-                                              if batch_ms is not None else ""),
+                                              if batch_ms is not None else "")
+                                           + (", readers SCHED_IDLE" if idle_readers else ""),
                                            r["p50_ms"], r["p99_ms"],
                                            r["steady_median_interval_p99_ms"],
                                            r["viewers_summary"], cpu))
@@ -1496,13 +1511,14 @@ def main():
         devices = int(os.environ.get("BENCH_P2V_DEVICES", "1000"))
         nview = int(os.environ.get("BENCH_P2V_VIEWERS", "200"))
         bms = int(os.environ.get("BENCH_P2V_BATCH_MS", "250"))
-        off, on, ward, relayed, wbatch = [], [], [], [], []
+        off, on, ward, relayed, wbatch, widle = [], [], [], [], [], []
         for i in range(runs):  # alternating, so that a noisy neighbour hits all alike
             off.append(p2v_once(pg, i, devices, 0))
             on.append(p2v_once(pg, i, devices, nview))
             ward.append(p2v_once(pg, i, devices, nview, ward_streams=True))
             relayed.append(p2v_once(pg, i, devices, nview, ward_streams=True, relay=True))
             wbatch.append(p2v_once(pg, i, devices, nview, ward_streams=True, batch_ms=bms))
+            widle.append(p2v_once(pg, i, devices, nview, ward_streams=True, idle_readers=True))
         S["P2V"] = {"params": {"devices": devices, "viewers": nview, "wards": P2V_WARDS,
                                "rate_per_device": 1,
                                "obs_per_msg": 10, "steady_seconds": P2_SECONDS},
@@ -1541,9 +1557,17 @@ def main():
                     "batch_curl_cores_with": stats([r["cores"]["viewers_curl"] for r in wbatch]),
                     "ward_curl_cores_with": stats([r["cores"]["viewers_curl"] for r in ward]),
                     "batch_streams_dropped": sum(r["streams_dropped"] or 0 for r in wbatch),
+                    "idle_p99_ms_with": stats([r["p99_ms"] for r in widle]),
+                    "idle_steady_p99_ms_with":
+                        stats([r["steady_median_interval_p99_ms"] for r in widle]),
+                    "idle_delivery_p99_ms":
+                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in widle]),
+                    "idle_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in widle]),
+                    "idle_streams_dropped": sum(r["streams_dropped"] or 0 for r in widle),
                     "raw": {"without": off, "with": on, "with_ward_streams": ward,
                             "ward_streams_on_second_instance": relayed,
-                            "ward_streams_longer_batches": wbatch}}
+                            "ward_streams_longer_batches": wbatch,
+                            "ward_streams_idle_readers": widle}}
     if "W" in only:
         wdev = int(os.environ.get("BENCH_W_DEVICES", "100"))
         wsec = int(os.environ.get("BENCH_W_SECONDS", "20" if quick else "60"))
@@ -1914,6 +1938,15 @@ def table_rows(res):
             rows[-1]["text"] = "%s / %s vs %s / %s" % (
                 fmt(p["ward_cmsd_cores_with"], nd=2), fmt(p["ward_curl_cores_with"], nd=2),
                 fmt(p["batch_cmsd_cores_with"], nd=2), fmt(p["batch_curl_cores_with"], nd=2))
+        if "idle_p99_ms_with" in p:
+            add("P2V", "ACK p99 (ms), ward streams, readers SCHED_IDLE (%d dropped)"
+                % p["idle_streams_dropped"], p["idle_p99_ms_with"], "unchanged", nd=1)
+            add("P2V", "  steady median 2-s interval p99 (ms), readers SCHED_IDLE",
+                p["idle_steady_p99_ms_with"], nd=1)
+            add("P2V", "  event delivery p99 (ms), readers SCHED_IDLE", p["idle_delivery_p99_ms"],
+                "<= 1000", nd=1)
+            add("P2V", "  cmsd cores, ward streams, readers SCHED_IDLE", p["idle_cmsd_cores_with"],
+                nd=2)
         add("P2V", "machine busy (cores of 2): without / with streams",
             p["machine_busy_without"], nd=2)
         rows[-1]["text"] = (fmt(p["machine_busy_without"], nd=2) + " / "
