@@ -12,7 +12,10 @@
  * (uv_async_send, never blocking the publisher beyond a short mutex) and it
  * writes the new events to its clients on its own loop, batch_ms
  * (events_hub_init, config events_batch_ms) after the wake-up (what arrived
- * meanwhile goes in the same write; 0: at once).
+ * meanwhile goes in the same write; 0: on the next loop turn), at most
+ * EVENTS_FLUSH_SUBS clients per loop turn: the loop reads, stores and ACKs
+ * between two turns, so however many viewers a worker serves, a monitor's
+ * ACK waits for the writes of at most that many.
  *
  * A client resumes with Last-Event-ID: the events after that id still in the
  * ring are sent first; an id older than the ring (or unknown to this
@@ -52,6 +55,7 @@
 #define EVENTS_WARD_LEN 64  /* a ward's name, NUL included */
 #define EVENTS_WATCH_MS 5000u /* a process with a stream open tells the others this often */
 #define EVENTS_RELAY_MS 20u   /* events for the other instances wait this long for more */
+#define EVENTS_FLUSH_SUBS 32u /* streams a worker writes to in one loop turn */
 
 /*
  * Starts the process's hub; workers write new events to their streams

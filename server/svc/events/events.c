@@ -100,7 +100,11 @@ struct events_worker {
     uv_async_t async;
     uv_timer_t heartbeat;
     uv_timer_t flush; /* hub.batch_ms after a wake-up: one write per client per batch */
-    bool heartbeat_ok, flush_ok, flush_armed;
+    bool heartbeat_ok, flush_ok;
+    bool flush_armed; /* a batch is waiting for its timer or being written */
+    bool flushing;    /* being written, EVENTS_FLUSH_SUBS streams per loop turn ... */
+    bool flush_more;  /* ... and events came meanwhile: another batch after it */
+    sub *resume;      /* while flushing: the stream the next turn starts with */
     sub *subs;
     size_t nsubs; /* streams in subs (under the hub's mutex: publishers read it) */
     int open_handles;
@@ -199,6 +203,8 @@ static size_t hub_copy(uint64_t *last, const char *ward, char **buf, size_t *cap
 static void sub_unlink(sub *s)
 {
     events_worker *w = s->w;
+    if (w->resume == s)
+        w->resume = s->next;
     if (s->prev)
         s->prev->next = s->next;
     else if (w->subs == s)
@@ -283,11 +289,33 @@ static void deliver_all(events_worker *w)
     }
 }
 
+/*
+ * One loop turn of a batch: at most EVENTS_FLUSH_SUBS streams, then the rest on
+ * the next turn (a 0 ms timer runs after that turn's I/O), so that the monitors
+ * this worker serves are read and answered in between. Streams opened meanwhile
+ * start live (events_get); streams ended meanwhile move resume on (sub_unlink).
+ */
 static void on_flush(uv_timer_t *t)
 {
     events_worker *w = t->data;
-    w->flush_armed = false;
-    deliver_all(w);
+    sub *s = w->flushing ? w->resume : w->subs;
+    w->flushing = true;
+    for (unsigned n = 0; s && n < EVENTS_FLUSH_SUBS; n++) {
+        w->resume = s->next;
+        sub_deliver(s); /* may end s, never another stream */
+        s = w->resume;
+    }
+    if (s) {
+        uv_timer_start(&w->flush, on_flush, 0, 0);
+        return;
+    }
+    w->flushing = false;
+    w->resume = NULL;
+    w->flush_armed = w->flush_more;
+    if (w->flush_more) { /* the streams written before those events came lack them */
+        w->flush_more = false;
+        uv_timer_start(&w->flush, on_flush, hub.batch_ms, 0);
+    }
 }
 
 /* New events: written hub.batch_ms later, together with those that follow them
@@ -298,11 +326,13 @@ static void on_async(uv_async_t *a)
     events_worker *w = a->data;
     if (!w->subs)
         return;
-    if (!w->flush_ok || hub.batch_ms == 0) {
+    if (!w->flush_ok) {
         deliver_all(w);
         return;
     }
-    if (!w->flush_armed) {
+    if (w->flushing)
+        w->flush_more = true;
+    else if (!w->flush_armed) {
         w->flush_armed = true;
         uv_timer_start(&w->flush, on_flush, hub.batch_ms, 0);
     }
