@@ -76,9 +76,7 @@ def test_every_stream_gets_every_event_once_when_written_in_turns(mcmsd, pki):
         assert values == sent, "stream %d" % k
         assert s.next_event(0.05) is None  # nothing twice
     # The closed ones were written to since (a write to a closed socket fails): counted out.
-    deadline = time.monotonic() + 10
-    while metric(c, pki, "cmsd_sse_clients") != STREAMS - CLOSED:
-        assert time.monotonic() < deadline, "closed streams not counted out"
-        time.sleep(0.1)
+    h.wait_until(lambda: metric(c, pki, "cmsd_sse_clients") == STREAMS - CLOSED, 10,
+                 interval=0.1, what="the closed streams counted out")
     for s in open_streams:
         s.close()

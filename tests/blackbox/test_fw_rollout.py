@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import json
 import re
-import time
 import zoneinfo
 
 import pytest
@@ -161,22 +160,21 @@ def test_stages_offer_advance_complete(fw_cmsd, pki, db, rollout_devices):
     wait_audit(db, a1, "rollout_completed")
     # Counted (docs/operations.md): this cmsd made these transitions. The audit row is
     # committed before cmsd reads the statement's answer, so the counter may lag a moment.
-    deadline = time.monotonic() + 10
-    while True:
+    counted = ("rollout_created", "rollout_started", "rollout_stage_advanced",
+               "rollout_completed")
+
+    def all_counted():
         st, _, text = curl(c, pki, "GET", "/metrics", cert=(pki.path("operators/scraper.crt"),
                                                             pki.path("operators/scraper.key")))
         assert st == 200, text[:300]
-        missing = []
-        for ev in ("rollout_created", "rollout_started", "rollout_stage_advanced",
-                   "rollout_completed"):
+        for ev in counted:
             m = re.search(r'^cmsd_fw_rollout_transitions_total\{event="%s"\} (\S+)$' % ev,
                           text, re.M)
             if not (m and float(m.group(1)) >= 1):
-                missing.append(ev)
-        if not missing:
-            break
-        assert time.monotonic() < deadline, "not counted: %s" % missing
-        time.sleep(0.1)
+                return False
+        return True
+    h.wait_until(all_counted, 10, interval=0.1,
+                 what="cmsd_fw_rollout_transitions_total >= 1 for each of %s" % (counted,))
 
     # cmsctl's table and list; a finished rollout cannot be paused (409, audited).
     p = cmsctl(c, pki, "viewer1", "firmware", "rollout", "show", str(ro["id"]))

@@ -833,6 +833,17 @@ def p2v_once(pg, i, devices, viewers, ward_streams=False, relay=False, batch_ms=
     return r
 
 
+def p2v_variant(name, rs):
+    """The figures of one P2V variant with streams (p2v_once results), keyed name_...: ACK
+    p99 whole run and steady, delivery p99, cmsd and curl cores, streams dropped."""
+    return {name + "_p99_ms_with": stats([r["p99_ms"] for r in rs]),
+            name + "_steady_p99_ms_with": stats([r["steady_median_interval_p99_ms"] for r in rs]),
+            name + "_delivery_p99_ms": stats([r["viewers_summary"]["delivery_p99_ms"] for r in rs]),
+            name + "_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in rs]),
+            name + "_curl_cores_with": stats([r["cores"]["viewers_curl"] for r in rs]),
+            name + "_streams_dropped": sum(r["streams_dropped"] or 0 for r in rs)}
+
+
 def clean_clinical(pg):
     """Empty what W and A write beside the numerics (alarms, waveforms, text rows)."""
     pg.psql("TRUNCATE cms.waveform_blocks, cms.text_observations, cms.alarm_events, "
@@ -1532,38 +1543,13 @@ def main():
                     "cmsd_cores_without": stats([r["cores"]["cmsd"] for r in off]),
                     "cmsd_cores_with": stats([r["cores"]["cmsd"] for r in on]),
                     "viewers_curl_cores": stats([r["cores"]["viewers_curl"] for r in on]),
-                    "ward_p99_ms_with": stats([r["p99_ms"] for r in ward]),
-                    "ward_steady_p99_ms_with":
-                        stats([r["steady_median_interval_p99_ms"] for r in ward]),
-                    "ward_delivery_p99_ms":
-                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in ward]),
-                    "ward_streams_dropped": sum(r["streams_dropped"] or 0 for r in ward),
-                    "ward_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in ward]),
+                    **p2v_variant("ward", ward), **p2v_variant("relay", relayed),
+                    **p2v_variant("batch", wbatch), **p2v_variant("idle", widle),
                     "machine_busy_without": stats([r["cores"]["machine_busy"] for r in off]),
                     "machine_busy_with": stats([r["cores"]["machine_busy"] for r in on]),
-                    "relay_p99_ms_with": stats([r["p99_ms"] for r in relayed]),
-                    "relay_delivery_p99_ms":
-                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in relayed]),
-                    "relay_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in relayed]),
                     "relay_dropped": sum((r["relayed"] or {}).get("relay_dropped") or 0
                                          for r in relayed),
                     "batch_ms": bms,
-                    "batch_p99_ms_with": stats([r["p99_ms"] for r in wbatch]),
-                    "batch_steady_p99_ms_with":
-                        stats([r["steady_median_interval_p99_ms"] for r in wbatch]),
-                    "batch_delivery_p99_ms":
-                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in wbatch]),
-                    "batch_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in wbatch]),
-                    "batch_curl_cores_with": stats([r["cores"]["viewers_curl"] for r in wbatch]),
-                    "ward_curl_cores_with": stats([r["cores"]["viewers_curl"] for r in ward]),
-                    "batch_streams_dropped": sum(r["streams_dropped"] or 0 for r in wbatch),
-                    "idle_p99_ms_with": stats([r["p99_ms"] for r in widle]),
-                    "idle_steady_p99_ms_with":
-                        stats([r["steady_median_interval_p99_ms"] for r in widle]),
-                    "idle_delivery_p99_ms":
-                        stats([r["viewers_summary"]["delivery_p99_ms"] for r in widle]),
-                    "idle_cmsd_cores_with": stats([r["cores"]["cmsd"] for r in widle]),
-                    "idle_streams_dropped": sum(r["streams_dropped"] or 0 for r in widle),
                     "raw": {"without": off, "with": on, "with_ward_streams": ward,
                             "ward_streams_on_second_instance": relayed,
                             "ward_streams_longer_batches": wbatch,

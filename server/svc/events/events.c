@@ -99,9 +99,9 @@ struct events_worker {
     unsigned id;
     uv_async_t async;
     uv_timer_t heartbeat;
-    uv_timer_t flush; /* hub.batch_ms after a wake-up: one write per client per batch */
+    uv_timer_t flush; /* hub.batch_ms after a wake-up: one write per client per batch; */
+                      /* active: a batch waits for its timer or for its next turn */
     bool heartbeat_ok, flush_ok;
-    bool flush_armed; /* a batch is waiting for its timer or being written */
     bool flushing;    /* being written, EVENTS_FLUSH_SUBS streams per loop turn ... */
     bool flush_more;  /* ... and events came meanwhile: another batch after it */
     sub *resume;      /* while flushing: the stream the next turn starts with */
@@ -311,7 +311,6 @@ static void on_flush(uv_timer_t *t)
     }
     w->flushing = false;
     w->resume = NULL;
-    w->flush_armed = w->flush_more;
     if (w->flush_more) { /* the streams written before those events came lack them */
         w->flush_more = false;
         uv_timer_start(&w->flush, on_flush, hub.batch_ms, 0);
@@ -332,10 +331,8 @@ static void on_async(uv_async_t *a)
     }
     if (w->flushing)
         w->flush_more = true;
-    else if (!w->flush_armed) {
-        w->flush_armed = true;
+    else if (!uv_is_active((uv_handle_t *)&w->flush))
         uv_timer_start(&w->flush, on_flush, hub.batch_ms, 0);
-    }
 }
 
 static void on_heartbeat(uv_timer_t *t)
